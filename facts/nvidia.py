@@ -1,0 +1,621 @@
+"""NVIDIA facts: GPUs as nvidia-smi sees them, PCI devices, kernel module state, Secure Boot.
+
+Each fact is a pyinfra ``FactBase`` over a pure ``parse_*`` function (text in, frozen dataclass
+out). Parsers never raise: text they cannot read becomes ``status="unknown"`` with a ``reason``
+and the ``raw`` output, which checks report as "could not check". A missing tool or a missing GPU
+is a normal answer with its own status ("absent"), never an error.
+
+Public API
+----------
+Facts: ``NvidiaGpus``, ``NvidiaPciDevices``, ``NvidiaKernelModule``, ``SecureBoot``.
+Parsers: ``parse_nvidia_smi_query``, ``parse_lspci_nvidia``, ``parse_kernel_module_state``,
+``parse_mokutil_sb_state``, ``parse_efivar_secureboot``, ``parse_secure_boot_probe``.
+Shell snippets (reused by ``facts.probe``): ``NVIDIA_SMI_SCRIPT``, ``LSPCI_SCRIPT``,
+``KERNEL_MODULE_SCRIPT``, ``SECURE_BOOT_SCRIPT``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pyinfra.api import FactBase
+
+from facts._shell import RC_NOT_FOUND, CommandResult, clip, require_tool, split_rc, wrap
+
+# --------------------------------------------------------------------------------------------
+# GPUs from nvidia-smi
+# --------------------------------------------------------------------------------------------
+
+# The exact query the simulator answers; field order is the CSV column order below.
+NVIDIA_SMI_FIELDS = (
+    "index",
+    "name",
+    "uuid",
+    "memory.total",
+    "memory.used",
+    "compute_cap",
+    "driver_version",
+    "pci.bus_id",
+    "persistence_mode",
+    "mig.mode.current",
+)
+NVIDIA_SMI_QUERY = (
+    f"nvidia-smi --query-gpu={','.join(NVIDIA_SMI_FIELDS)} --format=csv,noheader,nounits"
+)
+NVIDIA_SMI_SCRIPT = f"{require_tool('nvidia-smi')}\n{NVIDIA_SMI_QUERY}"
+
+GpuQueryStatus = Literal[
+    "ok", "no_driver", "no_devices", "version_mismatch", "not_installed", "unknown"
+]
+
+# nvidia-smi prints these for values a GPU does not report.
+_NOT_AVAILABLE = {"[N/A]", "N/A", "[Not Supported]", "Not Supported", "[Unknown Error]", ""}
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU row of the nvidia-smi query."""
+
+    index: int
+    name: str
+    uuid: str
+    memory_total_mib: int | None
+    memory_used_mib: int | None
+    compute_capability: tuple[int, int] | None
+    driver_version: str | None
+    pci_bus_id: str | None
+    persistence_mode: bool | None
+    mig_mode: str | None  # "Enabled" / "Disabled"; None where the GPU has no MIG ([N/A])
+
+
+@dataclass(frozen=True)
+class GpuQuery:
+    """What ``nvidia-smi --query-gpu`` said.
+
+    ``status`` is ``ok`` (``gpus`` filled), an absent state (``not_installed``, ``no_driver``,
+    ``no_devices``), ``version_mismatch`` (kernel module and userspace differ: reboot or reload
+    needed) or ``unknown`` (``reason`` says why; ``raw`` holds the output).
+    """
+
+    status: GpuQueryStatus
+    gpus: tuple[Gpu, ...] = ()
+    reason: str = ""
+    raw: str = ""
+    nvml_library_version: str | None = None  # newer drivers print it with a version mismatch
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def total_memory_mib(self) -> int:
+        return sum(g.memory_total_mib or 0 for g in self.gpus)
+
+
+def _value(cell: str) -> str | None:
+    cell = cell.strip()
+    return None if cell in _NOT_AVAILABLE else cell
+
+
+def _int(cell: str) -> int | None:
+    value = _value(cell)
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def _compute_capability(cell: str) -> tuple[int, int] | None:
+    value = _value(cell)
+    match = re.fullmatch(r"(\d+)\.(\d+)", value or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def _persistence(cell: str) -> bool | None:
+    value = (_value(cell) or "").lower()
+    return {"enabled": True, "disabled": False}.get(value)
+
+
+def _mig(cell: str) -> str | None:
+    value = _value(cell)
+    return value if value in ("Enabled", "Disabled") else None
+
+
+def parse_nvidia_smi_query(text: str, exit_code: int | None = None) -> GpuQuery:
+    """Parse the output of ``NVIDIA_SMI_QUERY`` (stderr folded in). Never raises."""
+    try:
+        return _parse_nvidia_smi_query(text, exit_code)
+    except Exception as exc:  # a parser must not take a host run down with it
+        return GpuQuery("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
+
+
+def _parse_nvidia_smi_query(text: str, exit_code: int | None) -> GpuQuery:
+    raw = clip(text)
+    result = CommandResult(text, exit_code)
+    if result.missing_tool or (exit_code == RC_NOT_FOUND and "not found" in text):
+        return GpuQuery("not_installed", reason="nvidia-smi is not installed", raw=raw)
+    # The message wording varies by a quote character ("couldn't" / "couldn‘t").
+    if "communicate with the NVIDIA driver" in text:
+        return GpuQuery("no_driver", reason="nvidia-smi cannot reach the NVIDIA driver", raw=raw)
+    if "No devices were found" in text:
+        return GpuQuery("no_devices", reason="the driver sees no NVIDIA GPU", raw=raw)
+    if "Driver/library version mismatch" in text:
+        lib = re.search(r"NVML library version:\s*([0-9][0-9.]*)", text)
+        return GpuQuery(
+            "version_mismatch",
+            reason="kernel module and NVML library versions differ (reload module or reboot)",
+            raw=raw,
+            nvml_library_version=lib.group(1) if lib else None,
+        )
+    invalid = re.search(r'Field "([^"]+)" is not a valid field to query', text)
+    if invalid:
+        return GpuQuery(
+            "unknown",
+            reason=f'nvidia-smi does not know the field "{invalid.group(1)}" '
+            "(driver too old: compute_cap needs about 510 or newer)",
+            raw=raw,
+        )
+
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        return GpuQuery("unknown", reason="nvidia-smi printed nothing", raw=raw)
+
+    gpus: list[Gpu] = []
+    for row in csv.reader(lines, skipinitialspace=True):
+        if len(row) != len(NVIDIA_SMI_FIELDS):
+            return GpuQuery(
+                "unknown",
+                reason=f"expected {len(NVIDIA_SMI_FIELDS)} CSV fields, got {len(row)}: {row[:3]}",
+                raw=raw,
+            )
+        index = _int(row[0])
+        if index is None:
+            return GpuQuery("unknown", reason=f"GPU index is not a number: {row[0]!r}", raw=raw)
+        gpus.append(
+            Gpu(
+                index=index,
+                name=row[1].strip(),
+                uuid=row[2].strip(),
+                memory_total_mib=_int(row[3]),
+                memory_used_mib=_int(row[4]),
+                compute_capability=_compute_capability(row[5]),
+                driver_version=_value(row[6]),
+                pci_bus_id=_value(row[7]),
+                persistence_mode=_persistence(row[8]),
+                mig_mode=_mig(row[9]),
+            )
+        )
+    if exit_code not in (None, 0):
+        return GpuQuery(
+            "unknown", reason=f"nvidia-smi exited {exit_code}", raw=raw, gpus=tuple(gpus)
+        )
+    return GpuQuery("ok", gpus=tuple(gpus), raw=raw)
+
+
+class NvidiaGpus(FactBase[GpuQuery]):
+    """GPUs and driver as ``nvidia-smi --query-gpu`` reports them.
+
+    .. code:: python
+
+        GpuQuery(status="ok", gpus=(Gpu(index=0, name="NVIDIA H100 80GB HBM3",
+                 uuid="GPU-…", memory_total_mib=81559, memory_used_mib=0,
+                 compute_capability=(9, 0), driver_version="535.129.03",
+                 pci_bus_id="00000000:18:00.0", persistence_mode=True, mig_mode="Disabled"),))
+    """
+
+    def command(self) -> str:
+        return wrap(NVIDIA_SMI_SCRIPT)
+
+    @staticmethod
+    def default() -> GpuQuery:
+        return GpuQuery("unknown", reason="no output from the host")
+
+    def process(self, output: list[str]) -> GpuQuery:
+        result = split_rc(output)
+        return parse_nvidia_smi_query(result.text, result.exit_code)
+
+
+# --------------------------------------------------------------------------------------------
+# NVIDIA PCI devices (before any driver exists)
+# --------------------------------------------------------------------------------------------
+
+LSPCI_SCRIPT = f"{require_tool('lspci')}\nlspci -Dnn -d 10de:"
+
+PciStatus = Literal["ok", "none", "not_installed", "unknown"]
+
+_GPU_CLASSES = {"0300", "0302"}  # VGA compatible controller, 3D controller
+_GPU_CLASS_NAMES = {"VGA compatible controller", "3D controller"}
+_NVSWITCH_CLASS = "0680"  # "Bridge" (other bridge device); HGX NVSwitches use it
+
+_LSPCI_LINE = re.compile(
+    r"^(?P<address>(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\s+"
+    r"(?P<class_name>[^\[:]+?)(?:\s+\[(?P<class_code>[0-9a-fA-F]{4})\])?:\s+(?P<rest>.*)$"
+)
+_LSPCI_IDS = re.compile(r"\s*\[(?P<vendor>[0-9a-fA-F]{4}):(?P<device>[0-9a-fA-F]{4})\]\s*$")
+_LSPCI_REV = re.compile(r"\s*\(rev (?P<rev>[0-9a-fA-F]+)\)\s*$")
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    """One ``lspci -Dnn`` line."""
+
+    address: str
+    class_code: str | None  # e.g. "0302"; None when lspci ran without -nn
+    class_name: str
+    device_name: str  # e.g. "NVIDIA Corporation GH100 [H100 SXM5 80GB]"
+    vendor_id: str | None
+    device_id: str | None
+    revision: str | None
+
+    @property
+    def is_gpu(self) -> bool:
+        if self.class_code is not None:
+            return self.class_code in _GPU_CLASSES
+        return self.class_name in _GPU_CLASS_NAMES
+
+    @property
+    def is_nvswitch(self) -> bool:
+        return self.class_code == _NVSWITCH_CLASS or "NVSwitch" in self.device_name
+
+
+@dataclass(frozen=True)
+class NvidiaPci:
+    """NVIDIA PCI functions split into GPUs, NVSwitches and the rest (audio, USB-C, ...).
+
+    ``status`` is ``ok`` (devices found), ``none`` (no NVIDIA device on the bus),
+    ``not_installed`` (no lspci) or ``unknown``. NVSwitch presence decides Fabric Manager.
+    """
+
+    status: PciStatus
+    gpus: tuple[PciDevice, ...] = ()
+    nvswitches: tuple[PciDevice, ...] = ()
+    others: tuple[PciDevice, ...] = ()
+    reason: str = ""
+    raw: str = ""
+
+    @property
+    def has_nvswitch(self) -> bool:
+        return bool(self.nvswitches)
+
+
+def _parse_lspci_line(line: str) -> PciDevice | None:
+    match = _LSPCI_LINE.match(line.strip())
+    if not match:
+        return None
+    rest = match.group("rest")
+    revision = None
+    rev = _LSPCI_REV.search(rest)
+    if rev:
+        revision = rev.group("rev")
+        rest = rest[: rev.start()]
+    vendor_id = device_id = None
+    ids = _LSPCI_IDS.search(rest)
+    if ids:
+        vendor_id, device_id = ids.group("vendor").lower(), ids.group("device").lower()
+        rest = rest[: ids.start()]
+    code = match.group("class_code")
+    return PciDevice(
+        address=match.group("address"),
+        class_code=code.lower() if code else None,
+        class_name=match.group("class_name").strip(),
+        device_name=rest.strip(),
+        vendor_id=vendor_id,
+        device_id=device_id,
+        revision=revision,
+    )
+
+
+def parse_lspci_nvidia(text: str, exit_code: int | None = None) -> NvidiaPci:
+    """Parse ``lspci -Dnn -d 10de:`` output. Never raises."""
+    try:
+        return _parse_lspci_nvidia(text, exit_code)
+    except Exception as exc:
+        return NvidiaPci("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
+
+
+def _parse_lspci_nvidia(text: str, exit_code: int | None) -> NvidiaPci:
+    raw = clip(text)
+    if CommandResult(text, exit_code).missing_tool:
+        return NvidiaPci("not_installed", reason="lspci (pciutils) is not installed", raw=raw)
+    lines = [line for line in text.splitlines() if line.strip()]
+    if exit_code not in (None, 0):
+        return NvidiaPci("unknown", reason=f"lspci exited {exit_code}", raw=raw)
+    if not lines:
+        return NvidiaPci("none", reason="no NVIDIA device on the PCI bus", raw=raw)
+    devices: list[PciDevice] = []
+    for line in lines:
+        device = _parse_lspci_line(line)
+        if device is None:
+            return NvidiaPci("unknown", reason=f"unreadable lspci line: {line[:120]!r}", raw=raw)
+        devices.append(device)
+    # lspci -d 10de: already filters, but a fixture or wrapper may not; keep NVIDIA only.
+    nvidia = [d for d in devices if d.vendor_id in (None, "10de")]
+    return NvidiaPci(
+        "ok" if nvidia else "none",
+        gpus=tuple(d for d in nvidia if d.is_gpu and not d.is_nvswitch),
+        nvswitches=tuple(d for d in nvidia if d.is_nvswitch),
+        others=tuple(d for d in nvidia if not d.is_gpu and not d.is_nvswitch),
+        raw=raw,
+    )
+
+
+class NvidiaPciDevices(FactBase[NvidiaPci]):
+    """NVIDIA devices on the PCI bus (works before any driver is installed).
+
+    .. code:: python
+
+        NvidiaPci(status="ok", gpus=(PciDevice(address="0000:18:00.0", class_code="0302",
+                  class_name="3D controller", device_name="NVIDIA Corporation GH100 [...]",
+                  vendor_id="10de", device_id="2330", revision="a1"), ...),
+                  nvswitches=(...), others=())
+    """
+
+    def command(self) -> str:
+        return wrap(LSPCI_SCRIPT)
+
+    @staticmethod
+    def default() -> NvidiaPci:
+        return NvidiaPci("unknown", reason="no output from the host")
+
+    def process(self, output: list[str]) -> NvidiaPci:
+        result = split_rc(output)
+        return parse_lspci_nvidia(result.text, result.exit_code)
+
+
+# --------------------------------------------------------------------------------------------
+# Kernel module versus userspace
+# --------------------------------------------------------------------------------------------
+
+# Usual homes of libnvidia-ml.so.<version> (Debian/Ubuntu multiarch, RHEL, others).
+NVML_LIB_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+)
+
+KERNEL_MODULE_SCRIPT = "\n".join(
+    [
+        "if [ -d /sys/module/nvidia ]; then echo nvidia_loaded=yes; else echo nvidia_loaded=no; fi",
+        "if [ -r /sys/module/nvidia/version ]; then"
+        " printf 'module_version=%s\\n' \"$(cat /sys/module/nvidia/version)\"; fi",
+        "if [ -r /proc/driver/nvidia/version ]; then"
+        " sed 's/^/proc_version=/' /proc/driver/nvidia/version; fi",
+        f"for d in {' '.join(NVML_LIB_DIRS)}; do",
+        '  for f in "$d"/libnvidia-ml.so.*; do'
+        ' if [ -e "$f" ]; then printf \'nvml_lib=%s\\n\' "$f"; fi; done',
+        "done",
+        "if [ -d /sys/module/nouveau ]; then echo nouveau_loaded=yes;"
+        " else echo nouveau_loaded=no; fi",
+    ]
+)
+
+ModuleStatus = Literal["loaded", "not_loaded", "unknown"]
+
+_NVRM = re.compile(
+    r"NVRM version: NVIDIA UNIX (?P<open>Open )?(?:\S+ )?Kernel Module(?: for \S+)?\s+"
+    r"(?P<version>\d+\.\d+(?:\.\d+)?)"
+)
+_NVML_FILE = re.compile(r"libnvidia-ml\.so\.(?P<version>\d+\.\d+(?:\.\d+)?)$")
+
+
+@dataclass(frozen=True)
+class KernelModuleState:
+    """The loaded ``nvidia`` kernel module against the installed userspace (NVML) library.
+
+    ``mismatch`` is True when the loaded module's version is not among the installed
+    ``libnvidia-ml.so.<version>`` files (the "Driver/library version mismatch" state after an
+    upgrade without reboot), False when it is, None when either side is unknown.
+    """
+
+    status: ModuleStatus
+    loaded_version: str | None = None
+    proc_version_line: str | None = None
+    open_kernel_module: bool | None = None
+    userspace_versions: tuple[str, ...] = ()
+    nouveau_loaded: bool | None = None
+    mismatch: bool | None = None
+    reason: str = ""
+    raw: str = ""
+
+
+def parse_kernel_module_state(text: str, exit_code: int | None = None) -> KernelModuleState:
+    """Parse the labelled lines of ``KERNEL_MODULE_SCRIPT``. Never raises."""
+    try:
+        return _parse_kernel_module_state(text, exit_code)
+    except Exception as exc:
+        return KernelModuleState("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
+
+
+def _parse_kernel_module_state(text: str, exit_code: int | None) -> KernelModuleState:
+    raw = clip(text)
+    labels: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            labels.setdefault(key.strip(), []).append(value.strip())
+    if "nvidia_loaded" not in labels:
+        return KernelModuleState("unknown", reason="module probe printed no state", raw=raw)
+
+    loaded = labels["nvidia_loaded"][0] == "yes"
+    proc_line = next(iter(labels.get("proc_version", [])), None)
+    nvrm = _NVRM.search(proc_line or "")
+    module_version = next(iter(labels.get("module_version", [])), None) or None
+    loaded_version = module_version or (nvrm.group("version") if nvrm else None)
+
+    versions: list[str] = []
+    for path in labels.get("nvml_lib", []):
+        match = _NVML_FILE.search(path)
+        if match and match.group("version") not in versions:
+            versions.append(match.group("version"))
+
+    mismatch: bool | None = None
+    if loaded and loaded_version and versions:
+        mismatch = loaded_version not in versions
+    nouveau = labels.get("nouveau_loaded", [""])[0]
+    reason = ""
+    if loaded and not loaded_version:
+        reason = "nvidia module is loaded but its version could not be read"
+    return KernelModuleState(
+        "loaded" if loaded else "not_loaded",
+        loaded_version=loaded_version if loaded else None,
+        proc_version_line=proc_line,
+        open_kernel_module=bool(nvrm.group("open")) if nvrm else None,
+        userspace_versions=tuple(versions),
+        nouveau_loaded={"yes": True, "no": False}.get(nouveau),
+        mismatch=mismatch,
+        reason=reason,
+        raw=raw,
+    )
+
+
+class NvidiaKernelModule(FactBase[KernelModuleState]):
+    """Loaded ``nvidia`` module version, installed NVML versions, nouveau, mismatch flag.
+
+    .. code:: python
+
+        KernelModuleState(status="loaded", loaded_version="535.129.03",
+                          userspace_versions=("535.129.03",), nouveau_loaded=False,
+                          mismatch=False)
+    """
+
+    def command(self) -> str:
+        return wrap(KERNEL_MODULE_SCRIPT)
+
+    @staticmethod
+    def default() -> KernelModuleState:
+        return KernelModuleState("unknown", reason="no output from the host")
+
+    def process(self, output: list[str]) -> KernelModuleState:
+        result = split_rc(output)
+        return parse_kernel_module_state(result.text, result.exit_code)
+
+
+# --------------------------------------------------------------------------------------------
+# Secure Boot
+# --------------------------------------------------------------------------------------------
+
+SECURE_BOOT_EFIVAR = "/sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+SECURE_BOOT_SCRIPT = "\n".join(
+    [
+        "if command -v mokutil >/dev/null 2>&1; then",
+        "  echo '@mokutil'; mokutil --sb-state 2>&1; echo \"@mokutil_rc=$?\"",
+        "fi",
+        f"if [ -r {SECURE_BOOT_EFIVAR} ]; then",
+        f"  echo '@efivar'; od -An -tu1 {SECURE_BOOT_EFIVAR}",
+        "elif [ -d /sys/firmware/efi ]; then echo '@efi=yes'; else echo '@efi=no'; fi",
+    ]
+)
+
+SecureBootStatus = Literal["enabled", "disabled", "not_efi", "unknown"]
+
+
+@dataclass(frozen=True)
+class SecureBootState:
+    """Whether the firmware enforces Secure Boot (unsigned kernel modules are then refused).
+
+    ``source`` says which reading decided: ``mokutil``, ``efivar`` (the SecureBoot EFI
+    variable read with ``od``) or ``firmware`` (no EFI firmware at all: ``not_efi``).
+    """
+
+    status: SecureBootStatus
+    source: Literal["mokutil", "efivar", "firmware"] | None = None
+    setup_mode: bool = False
+    shim_validation_disabled: bool = False
+    reason: str = ""
+    raw: str = ""
+
+
+def parse_mokutil_sb_state(text: str, exit_code: int | None = None) -> SecureBootState:
+    """Parse ``mokutil --sb-state`` output. Never raises."""
+    raw = clip(text)
+    try:
+        if "EFI variables are not supported" in text or "doesn't support Secure Boot" in text:
+            return SecureBootState("not_efi", "mokutil", reason="not booted through EFI", raw=raw)
+        setup = "Platform is in Setup Mode" in text
+        shim_off = "SecureBoot validation is disabled in shim" in text
+        if re.search(r"^SecureBoot enabled\s*$", text, re.MULTILINE):
+            return SecureBootState(
+                "enabled", "mokutil", setup_mode=setup, shim_validation_disabled=shim_off, raw=raw
+            )
+        if re.search(r"^SecureBoot disabled\s*$", text, re.MULTILINE):
+            return SecureBootState("disabled", "mokutil", setup_mode=setup, raw=raw)
+        return SecureBootState(
+            "unknown", "mokutil", reason="mokutil gave no Secure Boot state", raw=raw
+        )
+    except Exception as exc:
+        return SecureBootState("unknown", reason=f"parser error: {exc!r}", raw=raw)
+
+
+def parse_efivar_secureboot(text: str) -> SecureBootState:
+    """Parse ``od -An -tu1`` of the SecureBoot efivar: 4 attribute bytes, then the value byte."""
+    raw = clip(text)
+    values = [int(v) for v in re.findall(r"\b\d{1,3}\b", text)]
+    if len(values) < 5 or any(v > 255 for v in values):
+        return SecureBootState("unknown", "efivar", reason="unexpected efivar content", raw=raw)
+    state = {1: "enabled", 0: "disabled"}.get(values[-1])
+    if state is None:
+        return SecureBootState("unknown", "efivar", reason=f"value byte {values[-1]}", raw=raw)
+    return SecureBootState("enabled" if state == "enabled" else "disabled", "efivar", raw=raw)
+
+
+def parse_secure_boot_probe(text: str, exit_code: int | None = None) -> SecureBootState:
+    """Parse ``SECURE_BOOT_SCRIPT`` output: mokutil first, then the efivar fallback."""
+    try:
+        return _parse_secure_boot_probe(text)
+    except Exception as exc:
+        return SecureBootState("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
+
+
+def _parse_secure_boot_probe(text: str) -> SecureBootState:
+    parts: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    firmware_efi: bool | None = None
+    for line in text.splitlines():
+        if line in ("@mokutil", "@efivar"):
+            current = parts.setdefault(line[1:], [])
+        elif line.startswith("@mokutil_rc="):
+            current = None
+        elif line in ("@efi=yes", "@efi=no"):
+            firmware_efi = line == "@efi=yes"
+            current = None
+        elif current is not None:
+            current.append(line)
+    if "mokutil" in parts:
+        state = parse_mokutil_sb_state("\n".join(parts["mokutil"]))
+        if state.status != "unknown":
+            return state
+    if "efivar" in parts:
+        return parse_efivar_secureboot("\n".join(parts["efivar"]))
+    if firmware_efi is False:
+        return SecureBootState(
+            "not_efi", "firmware", reason="no /sys/firmware/efi: legacy BIOS boot", raw=clip(text)
+        )
+    return SecureBootState(
+        "unknown", reason="neither mokutil nor the SecureBoot efivar could be read", raw=clip(text)
+    )
+
+
+class SecureBoot(FactBase[SecureBootState]):
+    """Secure Boot state from ``mokutil --sb-state``, else the SecureBoot EFI variable.
+
+    .. code:: python
+
+        SecureBootState(status="enabled", source="mokutil", setup_mode=False)
+    """
+
+    def command(self) -> str:
+        return wrap(SECURE_BOOT_SCRIPT)
+
+    @staticmethod
+    def default() -> SecureBootState:
+        return SecureBootState("unknown", reason="no output from the host")
+
+    def process(self, output: list[str]) -> SecureBootState:
+        result = split_rc(output)
+        return parse_secure_boot_probe(result.text, result.exit_code)

@@ -1,0 +1,131 @@
+"""``GpuHostProbe``: every read-only probe of a GPU host in one remote command.
+
+pyinfra does not cache facts and each fact is a round trip, so preflight and doctor ask for this
+one fact per host per run. It runs the same shell snippets as the single facts, each as a named
+section with its own exit status and stderr folded in, and hands each section to the same parse
+function the single fact uses (there is one parser per tool, not two).
+
+The storage read-speed measurement is left out on purpose: it reads gigabytes. Use
+``facts.storage.ReadSpeed`` when the user asks for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pyinfra.api import FactBase
+
+from facts import docker as docker_facts
+from facts import nvidia as nvidia_facts
+from facts import storage as storage_facts
+from facts import system as system_facts
+from facts._shell import CommandResult, section_script, split_sections
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    """One parsed result per probe; each carries its own status, reason and raw output."""
+
+    gpus: nvidia_facts.GpuQuery
+    pci: nvidia_facts.NvidiaPci
+    kernel_module: nvidia_facts.KernelModuleState
+    secure_boot: nvidia_facts.SecureBootState
+    system: system_facts.SystemInfoResult
+    cuda: system_facts.CudaToolkitResult
+    python: system_facts.PythonInterpretersResult
+    weights_location: storage_facts.StorageLocationResult
+    weights_free_space: storage_facts.FreeSpaceResult
+    docker: docker_facts.DockerInfoResult
+    container_toolkit: docker_facts.ContainerToolkitResult
+
+
+# name -> (script builder taking the weights path, parser). Order is the run order.
+_Section = tuple[Callable[[str], str], Callable[[str, int | None], object]]
+SECTIONS: dict[str, _Section] = {
+    "system": (lambda _: system_facts.SYSTEM_SCRIPT, system_facts.parse_system_info),
+    "nvidia_smi": (lambda _: nvidia_facts.NVIDIA_SMI_SCRIPT, nvidia_facts.parse_nvidia_smi_query),
+    "lspci": (lambda _: nvidia_facts.LSPCI_SCRIPT, nvidia_facts.parse_lspci_nvidia),
+    "kernel_module": (
+        lambda _: nvidia_facts.KERNEL_MODULE_SCRIPT,
+        nvidia_facts.parse_kernel_module_state,
+    ),
+    "secure_boot": (
+        lambda _: nvidia_facts.SECURE_BOOT_SCRIPT,
+        nvidia_facts.parse_secure_boot_probe,
+    ),
+    "nvcc": (lambda _: system_facts.NVCC_SCRIPT, system_facts.parse_nvcc_version),
+    "python": (lambda _: system_facts.PYTHON_SCRIPT, system_facts.parse_python_interpreters),
+    "storage": (storage_facts.storage_location_script, storage_facts.parse_storage_location),
+    "free_space": (storage_facts.free_space_script, storage_facts.parse_df),
+    "docker": (lambda _: docker_facts.DOCKER_INFO_SCRIPT, docker_facts.parse_docker_info),
+    "nvidia_ctk": (lambda _: docker_facts.NVIDIA_CTK_SCRIPT, docker_facts.parse_nvidia_ctk_version),
+}
+
+
+def probe_script(weights_path: str) -> str:
+    """The whole probe as one POSIX sh script."""
+    return "\n".join(
+        section_script(name, build(weights_path)) for name, (build, _) in SECTIONS.items()
+    )
+
+
+# An absent section (output cut short) parses as empty text: every parser answers "unknown" for
+# that, never a made-up healthy value.
+_MISSING = CommandResult(text="", exit_code=None)
+
+
+def parse_host_probe(lines: list[str]) -> HostProbe:
+    """Parse the output of ``probe_script`` (as lines). Never raises."""
+    sections = split_sections(lines)
+
+    def run(name: str, parser: Callable[[str, int | None], T]) -> T:
+        result = sections.get(name) or _MISSING
+        return parser(result.text, result.exit_code)
+
+    return HostProbe(
+        gpus=run("nvidia_smi", nvidia_facts.parse_nvidia_smi_query),
+        pci=run("lspci", nvidia_facts.parse_lspci_nvidia),
+        kernel_module=run("kernel_module", nvidia_facts.parse_kernel_module_state),
+        secure_boot=run("secure_boot", nvidia_facts.parse_secure_boot_probe),
+        system=run("system", system_facts.parse_system_info),
+        cuda=run("nvcc", system_facts.parse_nvcc_version),
+        python=run("python", system_facts.parse_python_interpreters),
+        weights_location=run("storage", storage_facts.parse_storage_location),
+        weights_free_space=run("free_space", storage_facts.parse_df),
+        docker=run("docker", docker_facts.parse_docker_info),
+        container_toolkit=run("nvidia_ctk", docker_facts.parse_nvidia_ctk_version),
+    )
+
+
+class GpuHostProbe(FactBase[HostProbe]):
+    """All read-only GPU host probes in one round trip (see ``HostProbe``).
+
+    + weights_path: where the model weights live or will live (storage kind and free space)
+
+    .. code:: python
+
+        HostProbe(gpus=GpuQuery(status="ok", gpus=(...)), pci=NvidiaPci(...),
+                  kernel_module=KernelModuleState(...), secure_boot=SecureBootState(...),
+                  system=SystemInfoResult(...), cuda=CudaToolkitResult(...),
+                  python=PythonInterpretersResult(...),
+                  weights_location=StorageLocationResult(kind="nvme", ...),
+                  weights_free_space=FreeSpaceResult(...), docker=DockerInfoResult(...),
+                  container_toolkit=ContainerToolkitResult(...))
+    """
+
+    def command(self, weights_path: str) -> str:
+        return probe_script(weights_path)
+
+    @staticmethod
+    def default() -> HostProbe:
+        return parse_host_probe([])
+
+    def process(self, output: list[str]) -> HostProbe:
+        return parse_host_probe(output)
+
+
+__all__ = ["SECTIONS", "GpuHostProbe", "HostProbe", "parse_host_probe", "probe_script"]
