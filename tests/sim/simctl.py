@@ -1,0 +1,484 @@
+#!/usr/bin/env python3
+"""gpufleet simulator control: a Docker-based fleet of simulated GPU hosts (TEST STAND-IN).
+
+The simulator stands in for NVIDIA hardware and NVIDIA's apt repositories only; apt, dpkg,
+systemd, the Docker engine, files and permissions inside the hosts are real.
+
+    python tests/sim/simctl.py up       build missing images, start repo + hosts, wait for systemd
+    python tests/sim/simctl.py status   what is running
+    python tests/sim/simctl.py reset    down + up of the hosts only (the repo may stay)
+    python tests/sim/simctl.py down     remove containers, per-host volumes and the network
+
+Images are tagged by a hash of their build inputs, so an unchanged tree rebuilds nothing.
+Stdlib only; talks to the Docker engine through the `docker` CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the project runs on 3.11; tomli is tomllib's backport
+    import tomli as tomllib
+
+SIM_DIR = Path(__file__).resolve().parent
+BUILD_DIR = SIM_DIR / "build"
+HOSTS_FILE = SIM_DIR / "hosts.toml"
+KEYS_DIR = SIM_DIR / "keys"
+
+NETWORK = "gpufleet-sim"
+LABEL = "gpufleet-sim"  # label key on every container/volume we create; value = role
+REPO_CONTAINER = "gpufleet-sim-repo"
+BASE_IMAGE = "gpufleet-sim/debian12-base"
+HOST_IMAGE = "gpufleet-sim/host"
+REPO_IMAGE = "gpufleet-sim/repo"
+CUDA_IMAGE = "gpufleet-sim/cuda-base:12.1"
+CUDA_TAR = BUILD_DIR / "images" / "cuda-base.tar"
+CONTROLLER_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+CA_IN_HOST = "/usr/local/share/gpufleet-sim/controller-ca.crt"
+SUITE = "bookworm"
+BOOT_TIMEOUT_S = 120
+
+# Run flags that give a container systemd as PID 1 on this engine (DESIGN.md §3);
+# --privileged fails here because CAP_SYS_RESOURCE is outside the bounding set.
+SYSTEMD_RUN_FLAGS = [
+    "--cap-add", "SYS_ADMIN", "--cap-add", "NET_ADMIN", "--cap-add", "SYS_PTRACE",
+    "--cap-add", "MKNOD", "--security-opt", "seccomp=unconfined",
+    "--security-opt", "apparmor=unconfined", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+    "--tmpfs", "/run", "--tmpfs", "/run/lock",
+]
+
+
+class SimError(RuntimeError):
+    """A problem the user can fix; printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    hardware: dict[str, Any]
+
+    @property
+    def docker_volume(self) -> str:
+        return f"{self.name}-docker"
+
+    @property
+    def sysmodule_volume(self) -> str:
+        return f"{self.name}-sysmodule"
+
+
+# --------------------------------------------------------------------------- docker helpers
+
+
+def docker(*args: str, check: bool = True, capture: bool = True,
+           stdin: Any = None, timeout: float | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(["docker", *args], text=True, stdin=stdin, timeout=timeout,
+                              capture_output=capture)
+    except FileNotFoundError as exc:
+        raise SimError("the `docker` CLI is not installed: apt-get install docker.io") from exc
+    if check and proc.returncode != 0:
+        err = (proc.stderr or "").strip() if capture else ""
+        raise SimError(f"docker {' '.join(args[:3])} ... failed ({proc.returncode}): {err}")
+    return proc
+
+
+def require_engine() -> None:
+    proc = docker("info", "--format", "{{.ServerVersion}}", check=False)
+    if proc.returncode != 0:
+        raise SimError("cannot reach the Docker engine (`docker info` failed: "
+                       f"{proc.stderr.strip()}); start dockerd or set DOCKER_HOST")
+
+
+def engine_reachable() -> bool:
+    """True when a Docker engine answers (used by the tests to decide on skipping)."""
+    try:
+        return docker("info", "--format", "{{.ServerVersion}}", check=False,
+                      timeout=20).returncode == 0
+    except (SimError, subprocess.TimeoutExpired):
+        return False
+
+
+def image_exists(ref: str) -> bool:
+    return docker("image", "inspect", ref, check=False).returncode == 0
+
+
+def container_state(name: str) -> dict[str, Any] | None:
+    proc = docker("container", "inspect", name, check=False)
+    if proc.returncode != 0:
+        return None
+    data: list[dict[str, Any]] = json.loads(proc.stdout)
+    return data[0]
+
+
+def log(msg: str) -> None:
+    print(f"[simctl] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def tree_hash(*parts: Path | str) -> str:
+    """Hash of files under the given paths (contents + relative names) and literal strings."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, str):
+            h.update(b"S" + part.encode() + b"\0")
+            continue
+        files = [part] if part.is_file() else sorted(
+            p for p in part.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        for f in files:
+            h.update(b"F" + str(f.relative_to(SIM_DIR)).encode() + b"\0")
+            h.update(oct(f.stat().st_mode & 0o111).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def controller_mirrors() -> tuple[str, str | None]:
+    """(Debian mirror URI, security mirror URI or None) from the controller's apt sources.
+
+    Read at run time so that no mirror host name is ever written into the repository.
+    """
+    uris: list[str] = []
+    for src in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in src.read_text().splitlines():
+            if line.strip().lower().startswith("uris:"):
+                uris += line.split(":", 1)[1].split()
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        for line in legacy.read_text().splitlines():
+            m = re.match(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)", line)
+            if m:
+                uris.append(m.group(1))
+    main = next((u for u in uris if "security" not in u and "debian" in u), None)
+    if main is None:
+        raise SimError("no Debian mirror found in /etc/apt/sources.list(.d); the base image "
+                       "is bootstrapped from the controller's own mirror")
+    security = next((u for u in uris if "security" in u), None)
+    return main.rstrip("/"), security.rstrip("/") if security else None
+
+
+def sources_file(main: str, security: str | None) -> str:
+    text = (f"Types: deb\nURIs: {main}\nSuites: {SUITE} {SUITE}-updates\nComponents: main\n"
+            "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    if security:
+        text += (f"\nTypes: deb\nURIs: {security}\nSuites: {SUITE}-security\nComponents: main\n"
+                 "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    return text
+
+
+def load_hosts(path: Path = HOSTS_FILE) -> list[HostSpec]:
+    """The simulated hosts of hosts.toml with their rendered hardware.json content."""
+    data = tomllib.loads(path.read_text())
+    hosts = []
+    sb_map = {"enabled": True, "disabled": False, "no-efi": None}
+    for entry in data["host"]:
+        name = entry["name"]
+        if entry["secure_boot"] not in sb_map:
+            raise SimError(f"{path}: host {name}: secure_boot={entry['secure_boot']!r}, "
+                           f"allowed: {', '.join(sb_map)}")
+        gpu = entry.get("gpu")
+        gpus = []
+        for i, bus in enumerate(gpu["pci_bus_ids"] if gpu else []):
+            gpus.append({
+                "index": i, "name": gpu["name"], "memory_total_mib": gpu["memory_total_mib"],
+                "memory_used_mib": gpu.get("memory_used_mib", 0),
+                "compute_cap": gpu["compute_cap"],
+                "uuid": "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"gpufleet-sim/{name}/{i}")),
+                "pci_bus_id": bus, "pci_device_id": gpu["pci_device_id"],
+                "pci_class": gpu["pci_class"], "lspci_name": gpu["lspci_name"],
+                "mig_capable": gpu.get("mig_capable", False),
+            })
+        sw = entry.get("nvswitch")
+        switches = [{"pci_bus_id": bus, "pci_device_id": sw["pci_device_id"],
+                     "lspci_name": sw["lspci_name"]} for bus in (sw["pci_bus_ids"] if sw else [])]
+        hardware = {
+            "_comment": "TEST STAND-IN hardware of a gpufleet simulated host (tests/sim)",
+            "hostname": name, "gpus": gpus, "nvswitches": switches,
+            "nvswitch_count": len(switches), "secure_boot": sb_map[entry["secure_boot"]],
+            "nouveau_loaded_at_first_boot": entry.get("nouveau_loaded_at_first_boot", False),
+        }
+        hosts.append(HostSpec(name, hardware))
+    return hosts
+
+
+# --------------------------------------------------------------------------- images
+
+
+def ensure_base() -> str:
+    main, security = controller_mirrors()
+    tag = f"{BASE_IMAGE}:{tree_hash('minbase', SUITE, main, security or '', 'v1')}"
+    if image_exists(tag):
+        return tag
+    if shutil.which("debootstrap") is None:
+        raise SimError("debootstrap is not installed: apt-get install debootstrap")
+    if os.geteuid() != 0:
+        raise SimError("building the base image runs debootstrap, which needs root")
+    log(f"building {tag}: debootstrap --variant=minbase {SUITE} (about 35 s)")
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="base-", dir=BUILD_DIR))
+    try:
+        proc = subprocess.run(["debootstrap", "--variant=minbase", SUITE, str(root), main],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SimError(f"debootstrap failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        (root / "etc/apt/sources.list").unlink(missing_ok=True)
+        (root / "etc/apt/sources.list.d/debian.sources").write_text(sources_file(main, security))
+        tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+        docker("import", "--change", 'CMD ["bash"]', "-", tag, stdin=tar.stdout)
+        tar.wait()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    docker("tag", tag, f"{BASE_IMAGE}:latest")
+    return tag
+
+
+def build(tag: str, context: Path, build_args: dict[str, str],
+          dockerfile: Path | None = None) -> str:
+    if image_exists(tag):
+        return tag
+    log(f"building {tag}")
+    args = ["build", "-q", "-t", tag]
+    for key, val in build_args.items():
+        args += ["--build-arg", f"{key}={val}"]
+    if dockerfile:
+        args += ["-f", str(dockerfile)]
+    docker(*args, str(context))
+    docker("tag", tag, tag.rsplit(":", 1)[0] + ":latest")
+    return tag
+
+
+def ensure_images() -> dict[str, str]:
+    """Build what is missing; returns {"base", "host", "repo", "cuda"} -> image reference."""
+    base = ensure_base()
+    kernel = docker("info", "--format", "{{.KernelVersion}}").stdout.strip()
+    host_dir = SIM_DIR / "images/host"
+    host_tag = f"{HOST_IMAGE}:{tree_hash(base, kernel, host_dir)}"
+    cuda_dir = SIM_DIR / "images/cuda-base"
+    cuda_hash = tree_hash(base, cuda_dir)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        host_f = pool.submit(build, host_tag, host_dir, {"BASE_IMAGE": base})
+        cuda_f = pool.submit(ensure_cuda_base, base, cuda_hash, cuda_dir)
+        host = host_f.result()
+        cuda = cuda_f.result()
+    repo_tag = f"{REPO_IMAGE}:{tree_hash(host, SIM_DIR / 'repo', KEYS_DIR)}"
+    repo = build(repo_tag, SIM_DIR, {"HOST_IMAGE": host}, SIM_DIR / "repo/Dockerfile")
+    return {"base": base, "host": host, "repo": repo, "cuda": cuda}
+
+
+def ensure_cuda_base(base: str, digest: str, context: Path) -> str:
+    proc = docker("image", "inspect", "--format",
+                  '{{index .Config.Labels "gpufleet-sim.hash"}}', CUDA_IMAGE, check=False)
+    if proc.returncode != 0 or proc.stdout.strip() != digest:
+        log(f"building {CUDA_IMAGE}")
+        docker("build", "-q", "-t", CUDA_IMAGE, "--label", f"gpufleet-sim.hash={digest}",
+               "--build-arg", f"BASE_IMAGE={base}", str(context))
+    stamp = CUDA_TAR.with_suffix(".hash")
+    if not CUDA_TAR.exists() or not stamp.exists() or stamp.read_text() != digest:
+        CUDA_TAR.parent.mkdir(parents=True, exist_ok=True)
+        docker("save", "-o", str(CUDA_TAR), CUDA_IMAGE)
+        stamp.write_text(digest)
+    return CUDA_IMAGE
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def ensure_network() -> None:
+    if docker("network", "inspect", NETWORK, check=False).returncode != 0:
+        docker("network", "create", "--label", f"{LABEL}=network", NETWORK)
+
+
+def ensure_volume(name: str) -> None:
+    if docker("volume", "inspect", name, check=False).returncode != 0:
+        docker("volume", "create", "--label", f"{LABEL}=host", name)
+
+
+def current(name: str, image: str, config: str) -> str:
+    """'ok' (running, same image/config), 'stopped', 'stale' or 'absent'."""
+    st = container_state(name)
+    if st is None:
+        return "absent"
+    labels = st["Config"]["Labels"] or {}
+    if st["Config"]["Image"] != image or labels.get("gpufleet-sim.config") != config:
+        return "stale"
+    return "ok" if st["State"]["Running"] else "stopped"
+
+
+def ensure_repo(image: str) -> None:
+    state = current(REPO_CONTAINER, image, "repo")
+    if state == "stale":
+        docker("rm", "-f", REPO_CONTAINER)
+    if state in ("stale", "absent"):
+        docker("run", "-d", "--name", REPO_CONTAINER, "--hostname", REPO_CONTAINER,
+               "--network", NETWORK, "--restart=unless-stopped",
+               "--label", f"{LABEL}=repo", "--label", "gpufleet-sim.config=repo", image)
+    elif state == "stopped":
+        docker("start", REPO_CONTAINER)
+    deadline = time.monotonic() + 30
+    while docker("exec", REPO_CONTAINER, "curl", "-fsS", "-o", "/dev/null",
+                 "http://localhost/keys/gpufleet-sim-test.asc", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise SimError(f"{REPO_CONTAINER} does not answer HTTP on port 80")
+        time.sleep(0.3)
+
+
+def host_config_hash(host: HostSpec) -> str:
+    return tree_hash(json.dumps(host.hardware, sort_keys=True), *SYSTEMD_RUN_FLAGS)
+
+
+def ensure_host(host: HostSpec, image: str) -> None:
+    hw_file = BUILD_DIR / "hosts" / host.name / "hardware.json"
+    hw_file.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(host.hardware, indent=2) + "\n"
+    if not hw_file.exists() or hw_file.read_text() != text:
+        hw_file.write_text(text)
+    config = host_config_hash(host)
+    state = current(host.name, image, config)
+    if state == "stale":
+        log(f"{host.name}: image or hardware changed, recreating the container")
+        docker("rm", "-f", host.name)
+    if state in ("stale", "absent"):
+        ensure_volume(host.docker_volume)
+        ensure_volume(host.sysmodule_volume)
+        if not CONTROLLER_CA.exists():
+            raise SimError(f"{CONTROLLER_CA} missing on the controller: apt-get install "
+                           "ca-certificates")
+        docker(
+            "run", "-d", "--name", host.name, "--hostname", host.name, "--network", NETWORK,
+            # `systemctl reboot` inside stops PID 1; the engine starts the same container again.
+            "--restart=always",
+            *SYSTEMD_RUN_FLAGS,
+            "-v", f"{host.docker_volume}:/var/lib/docker",
+            "-v", f"{host.sysmodule_volume}:/sys/module",
+            "-v", f"{hw_file}:/etc/gpufleet-sim/hardware.json:ro",
+            "-v", f"{CONTROLLER_CA}:{CA_IN_HOST}:ro",
+            "--label", f"{LABEL}=host", "--label", f"gpufleet-sim.config={config}",
+            image,
+        )
+    elif state == "stopped":
+        docker("start", host.name)
+
+
+def wait_for_systemd(name: str, timeout: float = BOOT_TIMEOUT_S) -> str:
+    """Wait until systemd in `name` reports running/degraded; returns that state."""
+    deadline = time.monotonic() + timeout
+    state = "unknown"
+    while time.monotonic() < deadline:
+        left = max(1, int(deadline - time.monotonic()))
+        proc = docker("exec", name, "timeout", str(left), "systemctl", "is-system-running",
+                      "--wait", check=False)
+        state = proc.stdout.strip() or "unreachable"
+        if state in ("running", "degraded"):
+            return state
+        time.sleep(0.5)  # e.g. "Failed to connect to bus" right after the container starts
+    raise SimError(f"{name}: systemd did not come up within {timeout:.0f} s (last: {state})")
+
+
+def systemd_state(name: str) -> str:
+    proc = docker("exec", name, "systemctl", "is-system-running", check=False)
+    return proc.stdout.strip() or "-"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def up(hosts: list[HostSpec] | None = None, quiet: bool = False) -> dict[str, str]:
+    """Bring the simulator up (idempotent). Returns {container name: systemd state}."""
+    require_engine()
+    hosts = load_hosts() if hosts is None else hosts
+    images = ensure_images()
+    ensure_network()
+    ensure_repo(images["repo"])
+    for host in hosts:
+        ensure_host(host, images["host"])
+    states = {h.name: wait_for_systemd(h.name) for h in hosts}
+    if not quiet:
+        status(hosts)
+    return states
+
+
+def down(hosts_only: bool = False) -> None:
+    """Remove the hosts (and unless hosts_only the repo and network) with their volumes."""
+    require_engine()
+    roles = ["host"] if hosts_only else ["host", "repo"]
+    for role in roles:
+        ids = docker("ps", "-aq", "--filter", f"label={LABEL}={role}").stdout.split()
+        if ids:
+            docker("rm", "-f", "-v", *ids)
+    vols = docker("volume", "ls", "-q", "--filter", f"label={LABEL}=host").stdout.split()
+    if vols:
+        docker("volume", "rm", "-f", *vols)
+    if not hosts_only and docker("network", "inspect", NETWORK, check=False).returncode == 0:
+        docker("network", "rm", NETWORK)
+
+
+def reset() -> dict[str, str]:
+    down(hosts_only=True)
+    return up()
+
+
+def status(hosts: list[HostSpec] | None = None) -> list[dict[str, str]]:
+    """Print and return one row per simulator container."""
+    require_engine()
+    hosts = load_hosts() if hosts is None else hosts
+    gpus = {h.name: h.hardware["gpus"] for h in hosts}
+    rows = []
+    for name in [REPO_CONTAINER, *(h.name for h in hosts)]:
+        st = container_state(name)
+        running = bool(st and st["State"]["Running"])
+        net = (st or {}).get("NetworkSettings", {}).get("Networks", {}).get(NETWORK, {})
+        g = gpus.get(name, [])
+        rows.append({
+            "name": name,
+            "state": st["State"]["Status"] if st else "absent",
+            "systemd": systemd_state(name) if running and name != REPO_CONTAINER else "-",
+            "ip": net.get("IPAddress", "-") or "-",
+            "gpus": f"{len(g)}x {g[0]['name']}" if g else "-",
+            "image": st["Config"]["Image"] if st else "-",
+        })
+    widths = {k: max(len(k), *(len(r[k]) for r in rows)) for k in rows[0]}
+    print("  ".join(k.upper().ljust(w) for k, w in widths.items()))
+    for r in rows:
+        print("  ".join(r[k].ljust(w) for k, w in widths.items()))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["up", "down", "status", "reset"])
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        if args.command == "up":
+            up()
+        elif args.command == "down":
+            down()
+        elif args.command == "reset":
+            reset()
+        else:
+            status()
+    except SimError as exc:
+        print(f"simctl: error: {exc}", file=sys.stderr)
+        return 1
+    log(f"{args.command} done in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
