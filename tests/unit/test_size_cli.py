@@ -1,0 +1,102 @@
+"""The offline sizing command, run as an operator would: exit codes and messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "inventory.size_cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_fits_exits_0_with_the_arithmetic() -> None:
+    p = run(
+        "--model",
+        "deepseek-r1-distill-llama-70b",
+        "--precision",
+        "int8",
+        "--gpus",
+        "2xa100-80gb",
+        "--context",
+        "8192",
+        "--concurrency",
+        "16",
+    )
+    assert p.returncode == 0, p.stderr
+    assert "Verdict: FITS" in p.stdout and "KV cache" in p.stdout and p.stderr == ""
+
+
+def test_does_not_fit_exits_1_with_alternatives() -> None:
+    p = run("--model", "deepseek-r1", "--gpus", "8xh100-80gb")
+    assert p.returncode == 1
+    assert "DOES NOT FIT" in p.stdout and "--tp 16" in p.stdout
+
+
+def test_r1_on_8_h200_fits() -> None:
+    assert run("--model", "deepseek-r1", "--gpus", "8xh200", "--concurrency", "8").returncode == 0
+
+
+def test_gpu_memory_override_and_bare_count() -> None:
+    p = run("--model", "deepseek-r1-distill-qwen-7b", "--gpus", "1", "--gpu-memory-gib", "24")
+    assert p.returncode == 0, p.stderr
+    assert "24 GiB given" in p.stdout
+    p = run("--model", "deepseek-r1-distill-qwen-7b", "--gpus", "1", "--gpu-memory-gib", "8")
+    assert p.returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "deepseek-r2", "--gpus", "1xh200"], "--model deepseek-r2: not in the catalog"),
+        (["--model", "deepseek-r1", "--gpus", "8xh300"], "--gpus 8xh300: GPU not in the catalog"),
+        (["--model", "deepseek-r1", "--gpus", "8xh200", "--precision", "int3"], "--precision int3"),
+        (
+            ["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "4xl4", "--tp", "3"],
+            "--tp 3: a divisor of the 28 attention heads",
+        ),
+        (
+            ["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "2xl4", "--tp", "4"],
+            "must not exceed the 2 GPU(s)",
+        ),
+        (
+            ["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "1xl4", "--context", "200000"],
+            "--context 200000: 1..131072",
+        ),
+        (
+            ["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "1xl4", "--context", "abc"],
+            "argument --context: invalid int value",
+        ),
+        (
+            ["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "1xl4", "--concurrency", "0"],
+            "--concurrency 0: at least 1",
+        ),
+        (["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "2"], "--gpus 2: name a GPU"),
+        (["--gpus", "2xl4"], "--model (missing)"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args: list[str], needle: str) -> None:
+    p = run(*args)
+    assert p.returncode == 2
+    assert p.stdout == ""
+    assert needle in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_lists() -> None:
+    models = run("--list-models")
+    assert models.returncode == 0 and "deepseek-r1-distill-qwen-1.5b" in models.stdout
+    gpus = run("--list-gpus")
+    assert gpus.returncode == 0 and "NVIDIA H100 80GB HBM3" in gpus.stdout

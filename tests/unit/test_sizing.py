@@ -1,0 +1,166 @@
+"""Sizing arithmetic: the brief's numbers and DESIGN §6's KV figures, reproduced."""
+
+from __future__ import annotations
+
+import pytest
+
+from inventory.catalog import find_gpu, find_model
+from inventory.sizing import (
+    GIB,
+    KIB,
+    SizingInputError,
+    SizingRequest,
+    kv_bytes_per_token,
+    kv_bytes_per_token_per_gpu,
+    render_sizing,
+    size,
+    tp_candidates,
+    weights_bytes,
+)
+
+L70 = find_model("deepseek-r1-distill-llama-70b")
+R1 = find_model("deepseek-r1")
+
+
+def req(model_id: str, precision: str, gpu: str, count: int, **kw: object) -> SizingRequest:
+    g = find_gpu(gpu)
+    return SizingRequest(
+        model=find_model(model_id),
+        precision=precision,  # type: ignore[arg-type]
+        gpu_memory_bytes=g.memory_bytes,
+        gpu_count=count,
+        context=kw.pop("context", 8192),  # type: ignore[arg-type]
+        concurrency=kw.pop("concurrency", 1),  # type: ignore[arg-type]
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_70b_weights_match_the_brief() -> None:
+    assert weights_bytes(L70, "fp16") / 1e9 == pytest.approx(140, rel=0.02)
+    # int8 keeps embeddings and the output head at 16 bit: 72.7 GB, within 5 % of "70 GB".
+    assert weights_bytes(L70, "int8") / 1e9 == pytest.approx(70, rel=0.05)
+    assert weights_bytes(L70, "int8") > L70.params_total  # the 16-bit head is counted
+
+
+@pytest.mark.parametrize(
+    ("model_id", "kib"),
+    [
+        ("deepseek-r1-distill-qwen-1.5b", 28),
+        ("deepseek-r1-distill-qwen-7b", 56),
+        ("deepseek-r1-distill-qwen-14b", 192),
+        ("deepseek-r1-distill-qwen-32b", 256),
+        ("deepseek-r1-distill-llama-8b", 128),
+        ("deepseek-r1-distill-llama-70b", 320),
+        ("deepseek-r1", 68.625),  # (512 + 64) x 61 x 2 B
+    ],
+)
+def test_kv_per_token_matches_design(model_id: str, kib: float) -> None:
+    assert kv_bytes_per_token(find_model(model_id)) == kib * KIB
+    assert kv_bytes_per_token(find_model(model_id), "fp8") == kib * KIB / 2
+
+
+def test_kv_split_gqa_by_tp_but_replicate_mla() -> None:
+    assert kv_bytes_per_token_per_gpu(L70, tp=2, pp=1) == 160 * KIB
+    assert kv_bytes_per_token_per_gpu(L70, tp=16, pp=1) == 40 * KIB  # 8 heads: 1 head per GPU
+    assert kv_bytes_per_token_per_gpu(R1, tp=8, pp=1) == kv_bytes_per_token(R1)
+    assert kv_bytes_per_token_per_gpu(R1, tp=1, pp=61) == 576 * 2
+
+
+def test_r1_fits_8_h200_not_8_h100() -> None:
+    h200 = size(req("deepseek-r1", "fp8", "h200", 8, concurrency=4))
+    h100 = size(req("deepseek-r1", "fp8", "h100-80gb", 8, concurrency=1))
+    assert h200.fits and h200.max_concurrency >= 4
+    assert not h100.fits and h100.kv_budget_per_gpu < 0
+    assert h100.shortfall_per_gpu == h100.needed_per_gpu - h100.usable_per_gpu > 0
+
+
+def test_usable_is_utilization_times_memory() -> None:
+    r = size(req("deepseek-r1-distill-qwen-7b", "bf16", "l4", 1, gpu_memory_utilization=0.5))
+    assert r.usable_per_gpu == int(23034 * 2**20 * 0.5)
+    assert r.needed_per_gpu == r.weights_per_gpu + r.overhead_per_gpu + r.kv_per_gpu
+
+
+def test_fit_boundary_is_exact() -> None:
+    base = size(req("deepseek-r1-distill-qwen-7b", "bf16", "a100-80gb", 1))
+    at_limit = size(
+        req("deepseek-r1-distill-qwen-7b", "bf16", "a100-80gb", 1, concurrency=base.max_concurrency)
+    )
+    over = size(
+        req(
+            "deepseek-r1-distill-qwen-7b",
+            "bf16",
+            "a100-80gb",
+            1,
+            concurrency=base.max_concurrency + 1,
+        )
+    )
+    assert at_limit.fits and not over.fits
+
+
+def test_alternatives_are_computed_and_each_one_fits() -> None:
+    r = size(req("deepseek-r1-distill-llama-70b", "fp16", "a100-80gb", 1, concurrency=4))
+    assert not r.fits
+    kinds = {a.kind: a for a in r.alternatives}
+    assert kinds["precision"].change == "--precision int4"
+    assert kinds["tensor-parallel"].change.startswith("--tp 4")
+    assert all(a.needed_per_gpu <= a.usable_per_gpu for a in r.alternatives)
+    # weights alone do not fit one card, so no context/concurrency change can help
+    assert "context" not in kinds and "concurrency" not in kinds
+
+
+def test_shorter_context_or_fewer_sequences_suggested_when_only_kv_misses() -> None:
+    r = size(
+        req("deepseek-r1-distill-qwen-32b", "bf16", "a100-80gb", 1, context=16384, concurrency=16)
+    )
+    assert not r.fits
+    kinds = {a.kind: a for a in r.alternatives}
+    assert kinds["context"].change == f"--context {r.max_context}"
+    assert kinds["concurrency"].change == f"--concurrency {r.max_concurrency}"
+    assert size(
+        req(
+            "deepseek-r1-distill-qwen-32b",
+            "bf16",
+            "a100-80gb",
+            1,
+            context=r.max_context,
+            concurrency=16,
+        )
+    ).fits
+
+
+def test_smallest_tp_reported_when_it_fits() -> None:
+    r = size(req("deepseek-r1-distill-qwen-7b", "bf16", "h100-80gb", 4))
+    assert r.fits and r.tp == 4 and r.smallest_tp == 1
+
+
+def test_tp_candidates_are_powers_of_two_dividing_heads() -> None:
+    assert tp_candidates(find_model("deepseek-r1-distill-qwen-7b")) == [1, 2, 4]  # 28 heads
+    assert tp_candidates(L70) == [1, 2, 4, 8, 16, 32, 64]
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"tp": 3}, "tp"),
+        ({"tp": 4}, "tp"),  # more than the 2 GPUs
+        ({"pp": 0}, "pp"),
+        ({"context": 131073}, "context"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+    ],
+)
+def test_impossible_requests_name_the_field(kw: dict[str, object], field: str) -> None:
+    with pytest.raises(SizingInputError) as exc:
+        size(req("deepseek-r1-distill-llama-70b", "int8", "a100-80gb", 2, **kw))
+    assert exc.value.field_name == field
+
+
+def test_render_shows_the_arithmetic_and_the_rule_of_thumb() -> None:
+    r = size(req("deepseek-r1-distill-llama-70b", "int8", "a100-80gb", 2, concurrency=16))
+    text = render_sizing(r)
+    assert "Verdict: FITS" in text
+    assert "320.0 KiB/token -> 160.0 KiB/token/GPU" in text
+    assert f"derived for this setup: {r.max_concurrency}" in text and "batch 8 at int8" in text
+    assert f"{r.weights_per_gpu / GIB:,.2f}" in text
+    miss = render_sizing(size(req("deepseek-r1", "fp8", "h100-80gb", 8)))
+    assert "DOES NOT FIT" in miss and "--tp 16" in miss
