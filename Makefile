@@ -1,0 +1,49 @@
+# gpufleet: the two commands a new user needs are `make rehearse` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SIM_FLEET := inventory/sim.toml
+
+.PHONY: rehearse test unit sim-up sim-down sim-status lint size host-tools venv clean
+
+# Controller tooling, installed from the hash-locked requirements file.
+$(VENV)/.installed: requirements/controller.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
+	  { echo "gpufleet: Python >= 3.10 is needed (found $$($(PYTHON) --version 2>&1))"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	PIP_CONSTRAINT= $(BIN)/pip install --quiet --disable-pip-version-check \
+	  --require-hashes -r requirements/controller.lock
+	touch $@
+
+venv: $(VENV)/.installed
+
+host-tools:
+	@./tools/ensure-host-tools.sh
+
+## The main job: bring the simulated fleet up and provision it (the built-in default).
+rehearse: venv host-tools sim-up
+	GPUFLEET_FLEET=$(SIM_FLEET) $(BIN)/pyinfra -y inventory.py deploys/gpu_host.py
+
+## All the tests: unit tests, then the simulator end-to-end tests.
+test: venv host-tools
+	$(BIN)/pytest
+
+unit: venv
+	$(BIN)/pytest tests/unit
+
+sim-up: venv host-tools
+	$(BIN)/python tests/sim/simctl.py up
+
+sim-down: venv
+	$(BIN)/python tests/sim/simctl.py down
+
+sim-status: venv
+	$(BIN)/python tests/sim/simctl.py status
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy deploys facts inventory operations inventory.py
+
+clean: sim-down
+	rm -rf $(VENV) tests/sim/build

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Make sure this controller has what the simulator needs: a running Docker engine,
+# debootstrap (to build the base image without a registry) and docker-compose.
+# On Debian/Ubuntu as root it installs and starts them; elsewhere it says what is missing.
+set -eu
+
+missing=""
+command -v docker >/dev/null 2>&1 || missing="$missing docker.io"
+command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
+command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
+command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
+missing=$(echo "$missing" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/^ *//; s/ *$//')
+
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "gpufleet: installing $missing (Debian/Ubuntu packages)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing ca-certificates >/dev/null
+  else
+    echo "gpufleet: missing on this machine: $missing" >&2
+    echo "gpufleet: install them (Debian/Ubuntu: apt-get install -y $missing), then retry." >&2
+    exit 1
+  fi
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "gpufleet: the Docker engine is not running or not reachable by $(id -un)." >&2
+    echo "gpufleet: start it (systemctl start docker) or add yourself to the docker group." >&2
+    exit 1
+  fi
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl start docker
+  else
+    echo "gpufleet: starting dockerd in the background (log: /var/log/gpufleet-dockerd.log)"
+    nohup dockerd >/var/log/gpufleet-dockerd.log 2>&1 &
+  fi
+  i=0
+  until docker info >/dev/null 2>&1; do
+    i=$((i + 1))
+    if [ "$i" -gt 60 ]; then
+      echo "gpufleet: dockerd did not come up in 60 s; see /var/log/gpufleet-dockerd.log" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+fi
