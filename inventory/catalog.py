@@ -7,7 +7,6 @@ known ids, because the usual mistake is a typo.
 
 from __future__ import annotations
 
-import sys
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -15,10 +14,7 @@ from typing import Any, Literal
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 needs the backport
-    import tomli as tomllib
+from inventory.toml import TOMLDecodeError, load_toml
 
 CATALOG_DIR = Path(__file__).with_name("catalog")
 
@@ -126,9 +122,8 @@ class _GpuFile(BaseModel):
 
 def _read(path: Path, schema: type[BaseModel]) -> Any:
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return schema.model_validate(data)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return schema.model_validate(load_toml(path))
+    except (OSError, TOMLDecodeError) as exc:
         raise CatalogError(f"{path}: cannot read: {exc}") from exc
     except ValidationError as exc:
         raise CatalogError(f"{path}: {exc}") from exc

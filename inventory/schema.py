@@ -14,8 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
 
-Precision = Literal["bf16", "fp16", "fp8", "int8", "int4"]
-PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp8", "int8", "int4")
+from inventory.catalog import Precision
 
 
 class Strict(BaseModel):
