@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from inventory.catalog import ModelSpec, load_models
 from inventory.pins import PINS_FILE, PinFile, PinSet, load_pins
 from inventory.schema import FleetFile, GroupEntry, HostEntry, Settings, valid_host_name
 from inventory.toml import TOMLDecodeError, load_toml
@@ -60,6 +61,7 @@ class HostSpec(BaseModel):
     settings: Settings
     pin_set_name: str
     pins: PinSet
+    model: ModelSpec
     fleet_dir: Path
     ssh_user: str | None = None
     ssh_port: int | None = None
@@ -147,7 +149,8 @@ def _problems_from(
             message = "unknown key" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
         elif kind == "missing":
             value = _MISSING
-            message = "required, and not set for this host, its group or the fleet"
+            message = ("required, and not set for this host, its group or the fleet"
+                       if dotted.startswith("settings.") else "required")
         else:
             message = item["msg"].removeprefix("Value error, ")
             message = message[0].lower() + message[1:]
@@ -181,6 +184,13 @@ def load_fleet(path: Path, pins_path: Path = PINS_FILE) -> Fleet:
         ]) from None
 
     problems: list[Problem] = []
+    models = dict(load_models())
+    for model_id, raw_model in fleet_file.models.items():
+        try:
+            models[model_id] = ModelSpec.model_validate({"id": model_id, **raw_model})
+        except ValidationError as exc:
+            problems.extend(_problems_from(exc, f"model {model_id}", f"models.{model_id}",
+                                           ModelSpec))
     if not fleet_file.groups:
         problems.append(Problem("fleet", "groups", {}, "no groups: a fleet needs at least one"))
 
@@ -236,7 +246,8 @@ def load_fleet(path: Path, pins_path: Path = PINS_FILE) -> Fleet:
         merged = deep_merge(
             deep_merge(fleet_file.settings, groups[group_name].settings), host.settings
         )
-        spec = _host_spec(path, pin_file, merged, group_name, host_name, host, where, problems)
+        spec = _host_spec(path, pin_file, models, merged, group_name, host_name, host, where,
+                          problems)
         if spec is None or (group_name, host_name) in broken:
             continue
         if spec.target in seen_targets:
@@ -254,6 +265,7 @@ def load_fleet(path: Path, pins_path: Path = PINS_FILE) -> Fleet:
 def _host_spec(
     path: Path,
     pin_file: PinFile,
+    models: dict[str, ModelSpec],
     merged: dict[str, Any],
     group_name: str,
     host_name: str,
@@ -276,13 +288,18 @@ def _host_spec(
             p for p in _problems_from(exc, where, "settings", Settings) if p.value is _MISSING
         )
         return None
-    if pins is None:
+    model = models.get(settings.model)
+    if model is None:
+        problems.append(Problem(where, "settings.model", settings.model,
+                                "unknown model; the catalog has: " + ", ".join(sorted(models))
+                                + " (or declare it under [models.NAME] in the fleet file)"))
+    if pins is None or model is None:
         return None
 
     fleet_dir = path.resolve().parent
     spec = HostSpec(
         name=host_name, group=group_name, target=target, settings=settings,
-        pin_set_name=settings.pin_set, pins=pins, fleet_dir=fleet_dir,
+        pin_set_name=settings.pin_set, pins=pins, model=model, fleet_dir=fleet_dir,
         ssh_user=host.ssh_user, ssh_port=host.ssh_port, ssh_key=host.ssh_key, sudo=host.sudo,
     )
     problems.extend(_controller_file_problems(spec, where))

@@ -251,6 +251,9 @@ class FleetMeta(Strict):
 
 class FleetFile(Strict):
     fleet: FleetMeta = FleetMeta()
+    # Models the catalog does not know, declared like inventory/catalog/models.toml entries
+    # (the table name is the id): [models.my-model] architecture = ..., layers = ..., ...
+    models: dict[str, dict[str, object]] = Field(default_factory=dict)
     settings: dict[str, object] = Field(default_factory=dict)
     # Group tables are validated one by one (GroupEntry), so every bad group is reported.
     groups: dict[str, dict[str, object]]

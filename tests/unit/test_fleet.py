@@ -225,3 +225,46 @@ def test_cli_reports_problems_without_traceback_or_connecting(tmp_path: Path) ->
     assert "settings.precision = 'fp12'" in result.stderr
     assert "settings.weights_path = (missing)" in result.stderr
     assert "Connecting" not in result.stdout
+
+
+def test_models_come_from_the_catalog_or_the_fleet_file(tmp_path: Path) -> None:
+    fleet = load_fleet(write(tmp_path, """
+        [models.tiny-llama]
+        hub_repo = "example/tiny-llama"
+        architecture = "LlamaForCausalLM"
+        params_total = 1100000000
+        layers = 22
+        hidden_size = 2048
+        attention_heads = 32
+        kv_heads = 4
+        head_dim = 64
+        vocab_size = 32000
+        max_context = 2048
+        native_dtype = "bf16"
+        weights_bytes = 2200000000
+        min_transformers = "4.31.0"
+
+        [settings]
+        weights_path = "/srv/m"
+        [groups.g.hosts.a]
+        [groups.g.hosts.b]
+        settings = { model = "tiny-llama" }
+    """))
+    models = {spec.name: spec.model for spec in fleet.hosts}
+    assert models["a"].id == "deepseek-r1-distill-qwen-7b"
+    assert models["b"].id == "tiny-llama"
+    assert models["b"].kv_heads == 4
+
+
+def test_unknown_and_broken_models_are_reported(tmp_path: Path) -> None:
+    lines = problems(tmp_path, """
+        [models.half]
+        architecture = "LlamaForCausalLM"
+        [settings]
+        weights_path = "/srv/m"
+        model = "deepseek-r2"
+        [groups.g.hosts.a]
+    """)
+    text = "\n".join(lines)
+    assert "host a (group g): settings.model = 'deepseek-r2': unknown model; the catalog has: deepseek-r1," in text
+    assert "model half: models.half.layers = (missing)" in text
