@@ -413,24 +413,45 @@ def up(hosts: list[HostSpec] | None = None, quiet: bool = False) -> dict[str, st
     return states
 
 
+def remove_hosts(names: list[str] | None = None) -> None:
+    """Remove host containers (all when names is None) and their per-host volumes."""
+    if names is None:
+        ids = docker("ps", "-aq", "--filter", f"label={LABEL}=host").stdout.split()
+        vols = docker("volume", "ls", "-q", "--filter", f"label={LABEL}=host").stdout.split()
+    else:
+        ids = [n for n in names if container_state(n) is not None]
+        vols = [v for n in names for v in (f"{n}-docker", f"{n}-sysmodule")
+                if docker("volume", "inspect", v, check=False).returncode == 0]
+    if ids:
+        docker("rm", "-f", "-v", *ids)
+    if vols:
+        docker("volume", "rm", "-f", *vols)
+
+
 def down(hosts_only: bool = False) -> None:
     """Remove the hosts (and unless hosts_only the repo and network) with their volumes."""
     require_engine()
-    roles = ["host"] if hosts_only else ["host", "repo"]
-    for role in roles:
-        ids = docker("ps", "-aq", "--filter", f"label={LABEL}={role}").stdout.split()
-        if ids:
-            docker("rm", "-f", "-v", *ids)
-    vols = docker("volume", "ls", "-q", "--filter", f"label={LABEL}=host").stdout.split()
-    if vols:
-        docker("volume", "rm", "-f", *vols)
-    if not hosts_only and docker("network", "inspect", NETWORK, check=False).returncode == 0:
+    remove_hosts()
+    if hosts_only:
+        return
+    ids = docker("ps", "-aq", "--filter", f"label={LABEL}=repo").stdout.split()
+    if ids:
+        docker("rm", "-f", "-v", *ids)
+    if docker("network", "inspect", NETWORK, check=False).returncode == 0:
         docker("network", "rm", NETWORK)
 
 
-def reset() -> dict[str, str]:
-    down(hosts_only=True)
-    return up()
+def reset(names: list[str] | None = None, quiet: bool = False) -> dict[str, str]:
+    """Recreate hosts from scratch (all, or the named ones); the repo may stay."""
+    require_engine()
+    remove_hosts(names)
+    hosts = load_hosts()
+    if names is not None:
+        unknown = set(names) - {h.name for h in hosts}
+        if unknown:
+            raise SimError(f"unknown simulated host(s): {', '.join(sorted(unknown))}")
+        hosts = [h for h in hosts if h.name in names]
+    return up(hosts, quiet=quiet)
 
 
 def status(hosts: list[HostSpec] | None = None) -> list[dict[str, str]]:

@@ -249,7 +249,7 @@ def write_repo(repo: Path, pkgs: list[Pkg], label: str, gnupghome: str) -> None:
     (repo / "Packages.gz").write_bytes(gzip.compress(packages, mtime=0))
     files = {"Packages": packages, "Packages.gz": (repo / "Packages.gz").read_bytes()}
     date = time.strftime("%a, %d %b %Y %H:%M:%S UTC", time.gmtime())
-    release = [f"Origin: gpufleet-sim", f"Label: {label}", "Architecture: amd64", f"Date: {date}"]
+    release = ["Origin: gpufleet-sim", f"Label: {label}", "Architecture: amd64", f"Date: {date}"]
     for algo in ("MD5Sum", "SHA1", "SHA256"):
         release.append(f"{algo}:")
         release += [f" {hashes(d)[algo]} {len(d):>8} {n}" for n, d in files.items()]
