@@ -326,6 +326,8 @@ def _parse_lspci_nvidia(text: str, exit_code: int | None) -> NvidiaPci:
     if exit_code not in (None, 0):
         return NvidiaPci("unknown", reason=f"lspci exited {exit_code}", raw=raw)
     if not lines:
+        if exit_code is None:  # no status line: the output was cut, nothing was said
+            return NvidiaPci("unknown", reason="no output from lspci", raw=raw)
         return NvidiaPci("none", reason="no NVIDIA device on the PCI bus", raw=raw)
     devices: list[PciDevice] = []
     for line in lines:

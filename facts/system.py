@@ -277,6 +277,8 @@ def parse_python_interpreters(text: str, exit_code: int | None = None) -> Python
             match = _PY_VERSION.search(value)
             if sep and name.startswith("python") and match:
                 found[name.strip()] = match.group("version")
+        if exit_code is None and not found:  # no status line: the output was cut
+            return PythonInterpretersResult("unknown", reason="no output from the probe", raw=raw)
         if exit_code not in (None, 0):
             return PythonInterpretersResult(
                 "unknown", found, reason=f"probe exited {exit_code}", raw=raw

@@ -1,0 +1,247 @@
+"""The pyinfra side of the facts: commands, process() -> parse function, defaults, the probe.
+
+The shell snippets are run for real with ``sh`` (dash on Debian) where that is harmless on the
+controller: every one is read-only.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from facts import _shell, docker, nvidia, probe, storage, system
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "facts"
+
+# fact class, constructor args for command(), parse function, a fixture to feed process()
+FACTS: list[tuple[type, tuple[Any, ...], Callable[[str, int | None], Any], str]] = [
+    (nvidia.NvidiaGpus, (), nvidia.parse_nvidia_smi_query, "nvidia_smi/h100_mig_enabled"),
+    (nvidia.NvidiaPciDevices, (), nvidia.parse_lspci_nvidia, "lspci/hgx_h200_with_nvswitch"),
+    (
+        nvidia.NvidiaKernelModule,
+        (),
+        nvidia.parse_kernel_module_state,
+        "nvidia_module/mismatch_after_upgrade",
+    ),
+    (
+        nvidia.SecureBoot,
+        (),
+        nvidia.parse_secure_boot_probe,
+        "secure_boot_probe/legacy_bios_controller",
+    ),
+    (system.CudaToolkit, (), system.parse_nvcc_version, "nvcc/cuda_13_0_probe_controller"),
+    (
+        system.PythonInterpreters,
+        (),
+        system.parse_python_interpreters,
+        "python/pyenv_shims_controller",
+    ),
+    (
+        storage.StorageLocation,
+        ("/srv/models",),
+        storage.parse_storage_location,
+        "storage_location/controller_missing_path",
+    ),
+    (storage.FreeSpace, ("/srv/models",), storage.parse_df, "df/gnu_bytes_controller"),
+    (
+        storage.ReadSpeed,
+        ("/srv/models", 5, 512),
+        storage.parse_read_speed,
+        "read_speed/dd_complete_controller",
+    ),
+    (docker.DockerInfo, (), docker.parse_docker_info, "docker_info/nvidia_runtime_systemd"),
+    (docker.ContainerToolkit, (), docker.parse_nvidia_ctk_version, "nvidia_ctk/v1_12_0"),
+]
+
+
+def _sh(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(("fact_cls", "args", "parse", "fixture"), FACTS)
+def test_process_hands_stdout_and_status_to_the_parser(
+    fact_cls: type, args: tuple[Any, ...], parse: Callable[..., Any], fixture: str
+) -> None:
+    text = (FIXTURES / f"{fixture}.txt").read_text()
+    lines = [*text.splitlines(), f"{_shell.RC_MARKER}0"]
+    result = fact_cls().process(lines)
+    assert result == parse("\n".join(text.splitlines()), 0)
+    # The status line is consumed, not handed on as output.
+    assert _shell.RC_MARKER not in result.raw
+
+
+@pytest.mark.parametrize(("fact_cls", "args", "parse", "fixture"), FACTS)
+def test_command_is_valid_sh_and_default_is_unknown(
+    fact_cls: type, args: tuple[Any, ...], parse: Callable[..., Any], fixture: str
+) -> None:
+    command = fact_cls().command(*args)
+    checked = subprocess.run(["sh", "-n"], input=command, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert command.rstrip().endswith(f'echo "{_shell.RC_MARKER}$?"')
+    assert fact_cls.default().status == "unknown"
+
+
+def test_nvidia_smi_command_is_the_simulated_query() -> None:
+    assert (
+        "nvidia-smi --query-gpu=index,name,uuid,memory.total,memory.used,compute_cap,"
+        "driver_version,pci.bus_id,persistence_mode,mig.mode.current --format=csv,noheader,nounits"
+    ) in nvidia.NvidiaGpus().command()
+
+
+def test_missing_tool_is_absent_not_an_error() -> None:
+    result = _shell.split_rc(
+        _sh(_shell.wrap(_shell.require_tool("gpufleet-no-such-tool"))).stdout.splitlines()
+    )
+    assert result.exit_code == _shell.RC_NOT_FOUND
+    assert result.missing_tool == "gpufleet-no-such-tool"
+    assert (
+        nvidia.parse_nvidia_smi_query("__gpufleet_nocmd=nvidia-smi", 127).status == "not_installed"
+    )
+    assert nvidia.parse_lspci_nvidia("__gpufleet_nocmd=lspci", 127).status == "not_installed"
+    assert docker.parse_docker_info("__gpufleet_nocmd=docker", 127).status == "not_installed"
+
+
+def test_paths_are_quoted_in_storage_commands() -> None:
+    tricky = "/srv/my models/$(reboot)"
+    for script in (
+        storage.storage_location_script(tricky),
+        storage.free_space_script(tricky),
+        storage.read_speed_script(tricky),
+    ):
+        assert "'/srv/my models/$(reboot)'" in script
+
+
+def test_empty_lspci_means_no_nvidia_device() -> None:
+    # lspci -d 10de: prints nothing and exits 0 when no device matches.
+    result = nvidia.parse_lspci_nvidia("", 0)
+    assert result.status == "none" and not result.has_nvswitch
+
+
+def test_secure_boot_prefers_mokutil_and_falls_back_to_efivar() -> None:
+    both = "@mokutil\nSecureBoot disabled\n@mokutil_rc=1\n@efivar\n   6   0   0   0   1\n"
+    assert nvidia.parse_secure_boot_probe(both).source == "mokutil"
+    unreadable_mokutil = "@mokutil\nsome error\n@mokutil_rc=1\n@efivar\n   6   0   0   0   1\n"
+    fallback = nvidia.parse_secure_boot_probe(unreadable_mokutil)
+    assert (fallback.status, fallback.source) == ("enabled", "efivar")
+
+
+def test_storage_classification_takes_the_slowest_leaf() -> None:
+    nvme = storage.LeafDisk("nvme0n1", "disk", "nvme", False, None, None)
+    sata = storage.LeafDisk("sda", "disk", "sata", False, None, None)
+    hdd = storage.LeafDisk("sdb", "disk", "sata", True, None, None)
+    ebs = storage.LeafDisk("nvme1n1", "disk", "nvme", False, "Amazon Elastic Block Store", None)
+    assert storage.classify_storage("xfs", (nvme,))[0] == "nvme"
+    assert storage.classify_storage("xfs", (nvme, sata))[0] == "ssd"
+    assert storage.classify_storage("xfs", (nvme, hdd))[0] == "hdd"
+    assert storage.classify_storage("ext4", (ebs,))[0] == "virtual"
+    assert storage.classify_storage("nfs4", ())[0] == "network"
+    assert storage.classify_storage("overlay", ())[0] == "overlay"
+    assert storage.classify_storage("tmpfs", ())[0] == "tmpfs"
+    assert storage.classify_storage("zfs", ())[0] == "unknown"
+
+
+def test_probe_with_no_output_is_unknown_everywhere() -> None:
+    empty = probe.parse_host_probe([])
+    for name in probe.HostProbe.__dataclass_fields__:
+        assert getattr(empty, name).status == "unknown", name
+
+
+def test_probe_runs_on_this_machine_in_one_command(tmp_path: Path) -> None:
+    """The whole probe is valid POSIX sh and every section comes back parsed."""
+    done = _sh(probe.probe_script(str(tmp_path / "not-yet")))
+    assert done.returncode == 0, done.stderr
+    sections = _shell.split_sections(done.stdout.splitlines())
+    assert set(sections) == set(probe.SECTIONS)
+    assert all(result.exit_code is not None for result in sections.values())
+    result = probe.GpuHostProbe().process(done.stdout.splitlines())
+    assert result.system.status == "ok"
+    assert result.weights_location.resolved_path == str(tmp_path)
+    assert result.weights_location.path_exists is False
+    assert result.weights_free_space.status == "ok"
+    for name in probe.HostProbe.__dataclass_fields__:
+        assert "parser error" not in getattr(result, name).reason, name
+
+
+# --------------------------------------------------------------------------------------------
+# Parsers never raise
+# --------------------------------------------------------------------------------------------
+
+ALL_PARSERS: list[Callable[[str, int | None], Any]] = [
+    nvidia.parse_nvidia_smi_query,
+    nvidia.parse_lspci_nvidia,
+    nvidia.parse_kernel_module_state,
+    nvidia.parse_mokutil_sb_state,
+    nvidia.parse_secure_boot_probe,
+    system.parse_system_info,
+    system.parse_nvcc_version,
+    system.parse_python_interpreters,
+    storage.parse_storage_location,
+    storage.parse_df,
+    storage.parse_read_speed,
+    docker.parse_docker_info,
+    docker.parse_nvidia_ctk_version,
+]
+OTHER_PARSERS: list[Callable[[str], Any]] = [
+    nvidia.parse_efivar_secureboot,
+    system.parse_os_release,
+    storage.parse_findmnt_json,
+    storage.parse_lsblk_inverse_json,
+    storage.parse_dd_summary,
+    storage.parse_fio_json,
+]
+
+# Text that looks like the real thing: fixture lines, markers and JSON fragments, shuffled.
+_FIXTURE_LINES = sorted(
+    {line for path in FIXTURES.glob("*/*.txt") for line in path.read_text().splitlines()}
+)
+_MARKERS = ["@findmnt", "@lsblk", "@end", "@dd", "@fio", "@efivar", "@mokutil", "@os-release"]
+noisy_text = st.one_of(
+    st.text(),
+    st.lists(st.sampled_from(_FIXTURE_LINES + _MARKERS) | st.text(max_size=40), max_size=30).map(
+        "\n".join
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=noisy_text, exit_code=st.none() | st.integers(min_value=0, max_value=255))
+def test_parsers_never_raise(text: str, exit_code: int | None) -> None:
+    for parse in ALL_PARSERS:
+        result = parse(text, exit_code)
+        assert result.status in {
+            "ok",
+            "unknown",
+            "not_installed",
+            "no_driver",
+            "no_devices",
+            "version_mismatch",
+            "none",
+            "loaded",
+            "not_loaded",
+            "enabled",
+            "disabled",
+            "not_efi",
+            "daemon_down",
+            "permission_denied",
+            "no_file",
+            "path_missing",
+        }
+    for other in OTHER_PARSERS:
+        other(text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(lines=st.lists(st.sampled_from(_FIXTURE_LINES) | st.text(max_size=30), max_size=40))
+def test_probe_parser_never_raises(lines: list[str]) -> None:
+    names = list(probe.SECTIONS)
+    framed = [
+        f"{_shell.SECTION_MARKER}{names[i % len(names)]}" if i % 5 == 0 else line
+        for i, line in enumerate(lines)
+    ]
+    probe.parse_host_probe(framed)
