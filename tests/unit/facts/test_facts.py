@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyinfra.api import FactBase
 
 from facts import _shell, docker, nvidia, probe, storage, system
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "facts"
 
 # fact class, constructor args for command(), parse function, a fixture to feed process()
-FACTS: list[tuple[type, tuple[Any, ...], Callable[[str, int | None], Any], str]] = [
+FACTS: list[tuple[type[FactBase[Any]], tuple[Any, ...], Callable[[str, int | None], Any], str]] = [
     (nvidia.NvidiaGpus, (), nvidia.parse_nvidia_smi_query, "nvidia_smi/h100_mig_enabled"),
     (nvidia.NvidiaPciDevices, (), nvidia.parse_lspci_nvidia, "lspci/hgx_h200_with_nvswitch"),
     (
@@ -66,7 +67,7 @@ def _sh(script: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(("fact_cls", "args", "parse", "fixture"), FACTS)
 def test_process_hands_stdout_and_status_to_the_parser(
-    fact_cls: type, args: tuple[Any, ...], parse: Callable[..., Any], fixture: str
+    fact_cls: type[FactBase[Any]], args: tuple[Any, ...], parse: Callable[..., Any], fixture: str
 ) -> None:
     text = (FIXTURES / f"{fixture}.txt").read_text()
     lines = [*text.splitlines(), f"{_shell.RC_MARKER}0"]
@@ -78,7 +79,7 @@ def test_process_hands_stdout_and_status_to_the_parser(
 
 @pytest.mark.parametrize(("fact_cls", "args", "parse", "fixture"), FACTS)
 def test_command_is_valid_sh_and_default_is_unknown(
-    fact_cls: type, args: tuple[Any, ...], parse: Callable[..., Any], fixture: str
+    fact_cls: type[FactBase[Any]], args: tuple[Any, ...], parse: Callable[..., Any], fixture: str
 ) -> None:
     command = fact_cls().command(*args)
     checked = subprocess.run(["sh", "-n"], input=command, capture_output=True, text=True)
