@@ -81,7 +81,7 @@ def test_process_hands_stdout_and_status_to_the_parser(
 def test_command_is_valid_sh_and_default_is_unknown(
     fact_cls: type[FactBase[Any]], args: tuple[Any, ...], parse: Callable[..., Any], fixture: str
 ) -> None:
-    command = fact_cls().command(*args)
+    command = str(fact_cls().command(*args))
     checked = subprocess.run(["sh", "-n"], input=command, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert command.rstrip().endswith(f'echo "{_shell.RC_MARKER}$?"')
