@@ -1,0 +1,100 @@
+"""The doctor: what this host has, what the model needs, and whether it fits. Read-only.
+
+    pyinfra inventory.py deploys/doctor.py                      # every host of the fleet
+    pyinfra @local deploys/doctor.py --data model=deepseek-r1-distill-llama-70b \
+        --data precision=int8 [--data weights_path=/srv/models]  # this machine, no fleet file
+
+It runs the same probe and checks as preflight (one remote command per host, two with
+settings.storage.measure_read_speed) and adds no operation: nothing on the host changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+from pyinfra import host
+
+from deploys.common import host_spec, stop_host
+from deploys.preflight import assess, log_report, measured_read_speed, render
+from facts.probe import GpuHostProbe, HostProbe
+from inventory.catalog import CatalogError, find_model
+from inventory.fleet import HostSpec
+from inventory.pins import load_pins
+from inventory.schema import Settings
+from inventory.sizing import render_sizing
+
+# `--data` keys the doctor understands when no fleet file describes the host.
+DATA_KEYS = ("model", "precision", "weights_path", "context_length", "concurrency",
+             "tensor_parallel", "pin_set")
+DEFAULT_WEIGHTS_PATH = "/srv/models"
+
+
+def spec_from_data() -> HostSpec | str:
+    """A spec from `--data key=value` (or defaults), or a message saying what is wrong."""
+    values = {key: host.data.get(key) for key in DATA_KEYS if host.data.get(key) is not None}
+    values.setdefault("weights_path", DEFAULT_WEIGHTS_PATH)
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        return "; ".join(
+            f"--data {'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+    pins = load_pins().sets
+    if settings.pin_set not in pins:
+        return f"--data pin_set={settings.pin_set!r}: unknown; known: {', '.join(sorted(pins))}"
+    try:
+        model = find_model(settings.model)
+    except CatalogError as exc:
+        return f"--data model={settings.model!r}: {exc}"
+    return HostSpec(
+        name=host.name, group="doctor", target=host.name, settings=settings,
+        pin_set_name=settings.pin_set, pins=pins[settings.pin_set], model=model,
+        fleet_dir=Path.cwd(),
+    )
+
+
+def stack_state(probe: HostProbe) -> str:
+    """What is installed now, in a few lines."""
+    module = probe.kernel_module
+    docker = probe.docker
+    toolkit = probe.container_toolkit
+    lines = [
+        "  installed now:",
+        f"    driver (loaded module): {module.loaded_version or 'none'}"
+        + (f"; userspace {', '.join(module.userspace_versions)}" if module.userspace_versions
+           else ""),
+        f"    nouveau loaded: {module.nouveau_loaded}",
+        f"    nvidia-smi: {probe.gpus.status}"
+        + (f" ({probe.gpus.reason})" if probe.gpus.reason and not probe.gpus.ok else ""),
+        f"    CUDA toolkit: {probe.cuda.version or probe.cuda.status}",
+        f"    Docker: {docker.server_version or docker.status}"
+        + (f", runtimes {', '.join(sorted(docker.runtimes))}" if docker.runtimes else ""),
+        f"    container toolkit: {toolkit.version or toolkit.status}",
+        f"    Secure Boot: {probe.secure_boot.status}",
+    ]
+    system = probe.system
+    if system.os:
+        lines.insert(1, f"    OS: {system.os.pretty_name or system.os.id} "
+                        f"({system.dpkg_architecture or system.machine}), kernel {system.kernel}")
+    return "\n".join(lines)
+
+
+def doctor() -> None:
+    spec = host_spec() if host.data.get("gpufleet") else spec_from_data()
+    if isinstance(spec, str):
+        stop_host(name="Doctor: the input is not usable", message=spec)
+        return
+    probe = host.get_fact(GpuHostProbe, weights_path=spec.settings.weights_path)
+    assessment = assess(spec, probe, measured_read_speed(spec))
+    log_report(render(assessment).replace("gpufleet preflight", "gpufleet doctor", 1))
+    log_report(stack_state(probe))
+    if assessment.sizing is not None:
+        log_report(render_sizing(assessment.sizing))
+    verdict = ("would be REFUSED by preflight" if assessment.refused
+               else "passes preflight")
+    log_report(f"  verdict: {spec.model.id} at {spec.settings.precision} {verdict}")
+
+
+doctor()
