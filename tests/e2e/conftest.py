@@ -1,0 +1,92 @@
+"""Shared pieces of the end-to-end tests: the simulator, the real pyinfra CLI, host snapshots.
+
+Every test here drives the real `pyinfra` command against simulated hosts (tests/sim/): apt,
+dpkg, systemd and Docker inside them are real; only NVIDIA hardware and repositories are
+stand-ins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.sim import simctl
+
+REPO = Path(__file__).resolve().parents[2]
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+SIM_FLEET = REPO / "inventory" / "sim.toml"
+FLEETS = Path(__file__).resolve().parent / "fleets"
+
+
+@pytest.fixture(scope="session")
+def sim() -> None:
+    """The simulator, up (idempotent: reuses images and running hosts)."""
+    if not simctl.engine_reachable():
+        pytest.skip("no Docker engine reachable: run `make test` (it installs and starts one)")
+    simctl.up(quiet=True)
+
+
+@dataclass
+class PyinfraRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    results: dict[str, Any] | None
+
+    def changed(self) -> dict[str, list[str]]:
+        """Operation name -> hosts on which it changed something (ran commands)."""
+        if not self.results:
+            return {}
+        return {op["name"]: op["success"] for op in self.results["operations"] if op["success"]}
+
+    def failed(self) -> dict[str, list[str]]:
+        if not self.results:
+            return {}
+        return {op["name"]: op["error"] for op in self.results["operations"] if op["error"]}
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def pyinfra(deploy: str, fleet: Path = SIM_FLEET, *args: str, inventory: str = "inventory.py",
+            timeout: float = 1200) -> PyinfraRun:
+    """Run the real CLI from the repo root, as a user would (with --json to read results)."""
+    env = {**os.environ, "GPUFLEET_FLEET": str(fleet)}
+    proc = subprocess.run(
+        [PYINFRA, "-y", "--json", *args, inventory, deploy],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    try:
+        results = json.loads(proc.stdout).get("results")
+    except json.JSONDecodeError:
+        results = None
+    return PyinfraRun(proc.returncode, proc.stdout, proc.stderr, results)
+
+
+def host_sh(container: str, script: str, timeout: float = 300) -> str:
+    proc = subprocess.run(["docker", "exec", "-i", container, "sh", "-c", script],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{container}: {script}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+# What "nothing changed on the host" means: the same packages at the same versions and
+# states, the same holds, and the same bytes in every file under /etc.
+SNAPSHOT = r"""
+dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\n' | sort
+echo --holds--; apt-mark showhold | sort
+echo --etc--; find /etc -xdev -type f -print0 | sort -z | xargs -0 sha256sum
+echo --etc-links--; find /etc -xdev -type l -printf '%p -> %l\n' | sort
+"""
+
+
+def snapshot(container: str) -> str:
+    return host_sh(container, SNAPSHOT)
