@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 sys.path.insert(0, str(REPO))
 
 from inventory.pins import PINS_FILE, load_pins  # noqa: E402
@@ -70,8 +71,10 @@ def fetch(lock: LockFile, root: Path, index_url: str | None = None) -> tuple[Pat
     ]
     if index_url:
         command += ["--index-url", index_url]
+    # --isolated and PIP_CONFIG_FILE=/dev/null: neither PIP_* variables (PIP_FIND_LINKS...) nor
+    # any pip.conf of this machine may add sources or constraints.
+    command += ["--isolated", "--cert", os.environ.get("PIP_CERT", SYSTEM_CA_BUNDLE)]
     env = dict(os.environ, PIP_CONFIG_FILE=os.devnull)
-    env.setdefault("PIP_CERT", "/etc/ssl/certs/ca-certificates.crt")
     subprocess.run(command, env=env, check=True)
 
     files: dict[str, str] = {}

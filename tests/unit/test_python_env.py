@@ -240,3 +240,40 @@ def test_verify_reports_version_drift_and_import_failures() -> None:
 def test_verify_passes_when_nothing_is_expected() -> None:
     code, result = run_verify({})
     assert code == 0 and result["problems"] == []
+
+
+def _script_values(tmp_path: Path, new: Path, interpreter: str) -> dict[str, str]:
+    return {
+        "path": str(tmp_path / "venv"), "new": str(new),
+        "requirements": f"{new}.requirements.txt", "marker": f"{new}.marker.json",
+        "verify": f"{new}.verify.py", "interpreter": interpreter, "env": "",
+        "pip_args": "", "wheelhouse": "", "lock_label": "x/cp311-x86_64.txt",
+        "marker_name": MARKER_NAME,
+    }
+
+
+def test_install_script_never_touches_the_live_venv(tmp_path: Path) -> None:
+    live = tmp_path / "venv.0123456789ab"
+    live.mkdir()
+    (live / "keep").write_text("x")
+    (tmp_path / "venv").symlink_to(live)
+    script = _render(_script_values(tmp_path, live, "python3"))
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 1 and "refusing to rebuild the live environment" in proc.stderr
+    assert (live / "keep").read_text() == "x"
+
+
+def test_a_failed_build_is_cleaned_up_and_the_old_link_kept(tmp_path: Path) -> None:
+    live = tmp_path / "venv.0123456789ab"
+    live.mkdir()
+    (tmp_path / "venv").symlink_to(live)
+    new = tmp_path / "venv.ba9876543210"
+    for suffix in (".requirements.txt", ".marker.json", ".verify.py"):
+        Path(f"{new}{suffix}").write_text("{}")
+    # `false -m venv NEW` fails like an interpreter without ensurepip would.
+    script = _render(_script_values(tmp_path, new, "false"))
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert f"the previous environment is untouched: {tmp_path / 'venv'} -> {live}" in proc.stderr
+    assert (tmp_path / "venv").resolve() == live
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["venv", "venv.0123456789ab"]
