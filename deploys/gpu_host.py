@@ -12,6 +12,7 @@ from pyinfra import host
 from deploys.apt_repos import nvidia_repositories
 from deploys.common import host_spec, stop_host
 from deploys.host_network import host_network
+from deploys.nvidia_stack import nvidia_stack
 from deploys.plan import Refusal, plan_host
 from deploys.preflight import preflight
 from facts.probe import GpuHostProbe
@@ -28,3 +29,4 @@ if not preflight(spec, probe).refused:
         host_network(spec=spec)
         nvidia_repositories(spec=spec, sources=plan.sources, pinned=plan.pinned,
                             docker_packages=plan.docker_packages)
+        stack = nvidia_stack(spec, probe, plan)

@@ -42,11 +42,13 @@ def parse_madison(text: str) -> dict[str, tuple[str, ...]]:
 
 
 def parse_dpkg_query(text: str) -> dict[str, str]:
-    """`dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n'` -> installed versions."""
+    """`dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n'` -> installed versions
+    (held packages included: their status reads "hi")."""
     installed = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 3 and parts[2].startswith("ii"):
+        # Status-Abbrev: desired action, then state; "ii" installed, "hi" installed and held.
+        if len(parts) >= 3 and len(parts[2]) >= 2 and parts[2][1] == "i":
             installed[parts[0]] = parts[1]
     return installed
 
