@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,7 +37,7 @@ def child(report: str) -> int:
     counts: Counter[str] = Counter()
     original = Host.run_shell_command
 
-    def counted(self: Host, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+    def counted(self: Host, *args: Any, **kwargs: Any) -> Any:
         names: set[str] = set()
         op_hash = self.executing_op_hash
         if op_hash:

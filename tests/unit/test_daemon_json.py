@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -17,7 +18,7 @@ from inventory.daemon_json import (
     render_daemon_json,
 )
 
-USER = {
+USER: dict[str, Any] = {
     "log-driver": "json-file",
     "log-opts": {"max-size": "10m", "max-file": "3"},
     "data-root": "/srv/docker",
@@ -83,7 +84,7 @@ def test_merge_is_idempotent_and_does_not_mutate_its_input() -> None:
                               extra={"live-restore": True})
     once = merge_daemon_json(USER, wanted)
     assert merge_daemon_json(once, wanted) == once
-    assert USER == before
+    assert before == USER
 
 
 @pytest.mark.parametrize("text", [None, "", "  \n"])
