@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 SIM_FLEET := inventory/sim.toml
 
-.PHONY: rehearse test unit sim-up sim-down sim-status lint size host-tools venv clean
+.PHONY: rehearse test unit sim-up sim-down sim-status lint host-tools venv clean \
+        python-locks python-locks-check wheelhouse
 
 # Controller tooling, installed from the hash-locked requirements file.
 $(VENV)/.installed: requirements/controller.lock
@@ -44,6 +45,17 @@ sim-status: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy deploys facts inventory operations inventory.py
+
+## Python environment locks (inventory/locks/): regenerate after changing pins.toml.
+python-locks: venv
+	$(BIN)/python tools/lock_python.py
+
+python-locks-check: venv
+	$(BIN)/python tools/lock_python.py --check
+
+## Fetch the locked wheels once on the controller (settings.python_env.wheelhouse).
+wheelhouse: venv
+	$(BIN)/python tools/wheelhouse.py
 
 clean: sim-down
 	rm -rf $(VENV) tests/sim/build
