@@ -44,7 +44,8 @@ sim-status: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy deploys facts inventory operations inventory.py
+	$(BIN)/mypy deploys facts inventory operations tools benchmarks tests
+	$(BIN)/mypy inventory.py  # a script beside the package of the same name: checked alone
 
 ## Python environment locks (inventory/locks/): regenerate after changing pins.toml.
 python-locks: venv

@@ -15,6 +15,7 @@ from deploys.host_network import host_network
 from deploys.nvidia_stack import nvidia_stack
 from deploys.plan import Refusal, plan_host
 from deploys.preflight import preflight
+from deploys.python_env import python_env
 from facts.probe import GpuHostProbe
 
 spec = host_spec()
@@ -30,3 +31,6 @@ if not preflight(spec, probe).refused:
         nvidia_repositories(spec=spec, sources=plan.sources, pinned=plan.pinned,
                             docker_packages=plan.docker_packages)
         stack = nvidia_stack(spec, probe, plan)
+        if stack is not None:
+            # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.
+            python_env()

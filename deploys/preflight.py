@@ -124,7 +124,7 @@ def gpus_of(probe: HostProbe) -> tuple[list[GpuView], Findings]:
     return views, found
 
 
-def _expected_gpus(spec: HostSpec, gpus: list[GpuView]) -> list[Finding]:
+def expected_gpu_findings(spec: HostSpec, gpus: list[GpuView]) -> list[Finding]:
     expected = spec.settings.gpus
     found: list[Finding] = []
     if expected.count is not None and len(gpus) != expected.count:
@@ -268,7 +268,7 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
     findings = Findings()
     gpus, gpu_findings = gpus_of(probe)
     findings.extend(gpu_findings)
-    findings.extend(_expected_gpus(spec, gpus))
+    findings.extend(expected_gpu_findings(spec, gpus))
     context = effective_context(spec)
     sizing, sizing_findings = _sizing(spec, gpus, context)
     findings.extend(sizing_findings)

@@ -13,7 +13,7 @@ from pyinfra.api import deploy
 
 from deploys.driver import DriverOutcome
 from deploys.plan import HostPlan
-from deploys.preflight import MIB, GpuView, _expected_gpus
+from deploys.preflight import MIB, GpuView, expected_gpu_findings
 from facts.host_state import StackQuery, StackVerification, StackVerificationResult, stack_state
 from facts.nvidia import GpuQuery, parse_nvidia_smi_query
 from inventory.findings import Finding
@@ -49,7 +49,7 @@ def verification_findings(
             "read the output above; `dmesg | grep -i nvrm` on the host",
         ))
     else:
-        found += _expected_gpus(spec, gpu_views(result.gpus))
+        found += expected_gpu_findings(spec, gpu_views(result.gpus))
         drivers = sorted({g.driver_version or "?" for g in result.gpus.gpus})
         if drivers != [pins.driver.upstream]:
             found.append(Finding(

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from inventory.merge import deep_merge
+
 # What `nvidia-ctk runtime configure --runtime=docker` writes (NVIDIA container toolkit docs).
 NVIDIA_RUNTIME: dict[str, Any] = {"args": [], "path": "nvidia-container-runtime"}
 CGROUP_DRIVER_OPT = "native.cgroupdriver="
@@ -47,16 +49,6 @@ def parse_daemon_json(text: str | None) -> dict[str, Any]:
     return value
 
 
-def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
 def merge_daemon_json(current: Mapping[str, Any], wanted: DaemonJsonWanted) -> dict[str, Any]:
     """The daemon.json to write: `current` with gpufleet's keys merged in. Pure."""
     merged: dict[str, Any] = json.loads(json.dumps(current))  # a deep copy we may change
@@ -88,7 +80,7 @@ def merge_daemon_json(current: Mapping[str, Any], wanted: DaemonJsonWanted) -> d
         features = merged.get("features")
         merged["features"] = {**(features if isinstance(features, dict) else {}), "cdi": True}
 
-    return _deep_merge(merged, wanted.extra)
+    return deep_merge(merged, wanted.extra)
 
 
 def render_daemon_json(config: Mapping[str, Any]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inventory.catalog import ModelSpec, load_models
+from inventory.merge import deep_merge
 from inventory.pins import PINS_FILE, PinFile, PinSet, load_pins
 from inventory.schema import FleetFile, GroupEntry, HostEntry, Settings, valid_host_name
 from inventory.toml import TOMLDecodeError, load_toml
@@ -107,18 +108,6 @@ def pyinfra_host_data(spec: HostSpec) -> dict[str, Any]:
     if spec.sudo:
         data["_sudo"] = True
     return data
-
-
-# --- merging ---------------------------------------------------------------------------------
-def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Tables merge key by key; any other value (lists included) replaces the base."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 # --- error wording -----------------------------------------------------------------------------

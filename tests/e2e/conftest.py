@@ -71,6 +71,28 @@ def pyinfra(deploy: str, fleet: Path = SIM_FLEET, *args: str, inventory: str = "
     return PyinfraRun(proc.returncode, proc.stdout, proc.stderr, results)
 
 
+def sim_fleet_variant(directory: Path, extra_toml: str = "", replace: dict[str, str] | None = None
+                      ) -> Path:
+    """inventory/sim.toml with tables appended (or strings replaced), written to `directory`.
+
+    The simulator's image archive path is made absolute so the copy works from anywhere.
+    """
+    text = SIM_FLEET.read_text().replace(
+        '"../tests/sim/build/images/cuda-base.tar"', f'"{simctl.CUDA_TAR}"'
+    )
+    for old, new in (replace or {}).items():
+        assert old in text, f"{old!r} is not in {SIM_FLEET}"
+        text = text.replace(old, new)
+    path = directory / "sim-variant.toml"
+    path.write_text(text + "\n" + extra_toml)
+    return path
+
+
+# The real torch lock is 2.7 GB per host; the Python environment has its own end-to-end tests
+# (small locks, same mechanism), so fleet-level tests leave it out.
+WITHOUT_PYTHON_ENV = "[settings.python_env]\nenabled = false\n"
+
+
 def host_sh(container: str, script: str, timeout: float = 300) -> str:
     proc = subprocess.run(["docker", "exec", "-i", container, "sh", "-c", script],
                           capture_output=True, text=True, timeout=timeout)

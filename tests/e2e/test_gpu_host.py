@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import FLEETS, SIM_FLEET, host_sh, pyinfra, snapshot
+from tests.e2e.conftest import (
+    FLEETS,
+    SIM_FLEET,
+    WITHOUT_PYTHON_ENV,
+    host_sh,
+    pyinfra,
+    sim_fleet_variant,
+    snapshot,
+)
 from tests.sim import simctl
 
 pytestmark = pytest.mark.sim
@@ -21,13 +29,20 @@ def fresh_fleet(sim: None) -> None:
     simctl.reset(SIM_HOSTS, quiet=True)
 
 
-def test_rehearsal_converges_and_the_second_run_changes_nothing(fresh_fleet: None) -> None:
-    first = pyinfra("deploys/gpu_host.py")
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return sim_fleet_variant(tmp_path_factory.mktemp("fleet"), WITHOUT_PYTHON_ENV)
+
+
+def test_rehearsal_converges_and_the_second_run_changes_nothing(
+    fresh_fleet: None, fleet: Path
+) -> None:
+    first = pyinfra("deploys/gpu_host.py", fleet)
     assert first.returncode == 0, first.output
     assert first.changed(), "a fresh host should have needed changes"
     assert not first.failed()
 
-    second = pyinfra("deploys/gpu_host.py")
+    second = pyinfra("deploys/gpu_host.py", fleet)
     assert second.returncode == 0, second.output
     assert second.changed() == {}, f"the second run changed something: {second.changed()}"
 
@@ -43,14 +58,11 @@ def test_rehearsal_converges_and_the_second_run_changes_nothing(fresh_fleet: Non
 
 
 def test_a_wrong_key_fingerprint_is_refused(fresh_fleet: None, tmp_path: Path) -> None:
-    fleet = tmp_path / "wrong-key.toml"
-    fleet.write_text(
-        SIM_FLEET.read_text()
-        .replace("E6EC58197F6A6D34A90230E7B299573318D8EAAE",
-                 "EB693B3035CD5710E231E123A4B469963BF863CC", 1)
-        .replace('image_archives = ["../tests/sim/build/images/cuda-base.tar"]',
-                 f'image_archives = ["{simctl.CUDA_TAR}"]')
-    )
+    # The CUDA repo's key is pinned to NVIDIA's real fingerprint: the served test key differs.
+    fleet = sim_fleet_variant(tmp_path, WITHOUT_PYTHON_ENV, replace={
+        'key_fingerprint = "E6EC58197F6A6D34A90230E7B299573318D8EAAE"\n\n[settings.repos.container':
+        'key_fingerprint = "EB693B3035CD5710E231E123A4B469963BF863CC"\n\n[settings.repos.container',
+    })
     host_sh("gpufleet-sim-a100x2", "rm -f /etc/apt/keyrings/gpufleet-cuda.gpg")
     run = pyinfra("deploys/gpu_host.py", fleet, "--limit", "@docker/gpufleet-sim-a100x2")
     assert run.returncode != 0

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from inventory.fleet import FleetError, deep_merge, load_fleet, pyinfra_host_name
+from inventory.fleet import FleetError, load_fleet, pyinfra_host_name
+from inventory.merge import deep_merge
 
 REPO = Path(__file__).resolve().parents[2]
 
