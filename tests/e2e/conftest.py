@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.hosts import ok
 from tests.sim import simctl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,11 +94,7 @@ def sim_fleet_variant(directory: Path, extra_toml: str = "", replace: dict[str, 
 WITHOUT_PYTHON_ENV = "[settings.python_env]\nenabled = false\n"
 
 
-def host_sh(container: str, script: str, timeout: float = 300) -> str:
-    proc = subprocess.run(["docker", "exec", "-i", container, "sh", "-c", script],
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{container}: {script}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
+host_sh = ok
 
 
 # What "nothing changed on the host" means: the same packages at the same versions and

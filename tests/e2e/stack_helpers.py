@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tests.e2e.hosts import sh
 from tests.sim import simctl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,16 +50,6 @@ def start_hosts(names: list[str], fresh: bool = True) -> None:
     for spec in hosts:
         simctl.wait_for_systemd(spec.name)
 
-
-def sh(host: str, script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", "exec", "-i", host, "bash", "-c", script],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def ok(host: str, script: str, timeout: float = 300) -> str:
-    proc = sh(host, script, timeout)
-    assert proc.returncode == 0, f"{host}: {script}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def product_copy(dest: Path) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import stack_helpers as sh
+from tests.e2e.hosts import ok
 from tests.sim import simctl
 
 pytestmark = pytest.mark.sim
@@ -47,7 +48,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     tmp = tmp_path_factory.mktemp("stack")
     sh.start_hosts(HOSTS, fresh=True)
     # A user's own daemon.json, there before Docker is installed.
-    sh.ok(sh.A100, f"mkdir -p /etc/docker && echo '{json.dumps(USER_DAEMON_JSON)}' "
+    ok(sh.A100, f"mkdir -p /etc/docker && echo '{json.dumps(USER_DAEMON_JSON)}' "
                    "> /etc/docker/daemon.json")
     tree = sh.product_copy(tmp / "tree")
     sh.set_pins(tree, OLD["driver"], OLD["cuda"], OLD["toolkit"])
@@ -62,29 +63,29 @@ def test_converges_from_bare_hosts(fleet: tuple[Path, Path]) -> None:
     for host in HOSTS:
         want = pinned(OLD, host)
         assert sh.dpkg_versions(host, list(want)) == want
-        held = set(sh.ok(host, "apt-mark showhold").split())
+        held = set(ok(host, "apt-mark showhold").split())
         assert set(want) <= held
-        assert sh.ok(host, "cat /sys/module/nvidia/version").strip() == "535.161.08"
-        assert "nouveau" not in sh.ok(host, "ls /sys/module")
-        assert "nvidia" in sh.ok(host, "docker info --format '{{json .Runtimes}}'")
-        assert sh.ok(host, "docker info --format '{{.CgroupDriver}}'").strip() == "cgroupfs"
-        assert sh.ok(host, "systemctl is-active nvidia-persistenced").strip() == "active"
-        login = sh.ok(host, "bash -lc 'nvcc --version; echo LD=$LD_LIBRARY_PATH'")
+        assert ok(host, "cat /sys/module/nvidia/version").strip() == "535.161.08"
+        assert "nouveau" not in ok(host, "ls /sys/module")
+        assert "nvidia" in ok(host, "docker info --format '{{json .Runtimes}}'")
+        assert ok(host, "docker info --format '{{.CgroupDriver}}'").strip() == "cgroupfs"
+        assert ok(host, "systemctl is-active nvidia-persistenced").strip() == "active"
+        login = ok(host, "bash -lc 'nvcc --version; echo LD=$LD_LIBRARY_PATH'")
         # (The toolkit metapackage depends on its components with ">=", so nvcc itself is the
         # newest 12.1 component offered: see the closing note.)
         assert "release 12.1," in login and "LD=/usr/local/cuda-12.1/lib64" in login
-        assert sh.ok(host, "docker run --rm --gpus all gpufleet-sim/cuda-base:12.1 "
+        assert ok(host, "docker run --rm --gpus all gpufleet-sim/cuda-base:12.1 "
                            "nvidia-smi -L").count("GPU ") == (8 if host == sh.H100 else 2)
-    assert sh.ok(sh.H100, "systemctl is-active nvidia-fabricmanager").strip() == "active"
-    assert "nvidia-fabricmanager" not in sh.ok(sh.A100, "dpkg -l | grep fabric || true")
+    assert ok(sh.H100, "systemctl is-active nvidia-fabricmanager").strip() == "active"
+    assert "nvidia-fabricmanager" not in ok(sh.A100, "dpkg -l | grep fabric || true")
 
 
 def test_users_daemon_json_keys_are_kept(fleet: tuple[Path, Path]) -> None:
-    config = json.loads(sh.ok(sh.A100, "cat /etc/docker/daemon.json"))
+    config = json.loads(ok(sh.A100, "cat /etc/docker/daemon.json"))
     for key, value in USER_DAEMON_JSON.items():
         assert config[key] == value
     assert config["runtimes"]["nvidia"] == {"args": [], "path": "nvidia-container-runtime"}
-    before = json.loads(sh.ok(sh.A100, "cat /etc/docker/daemon.json.before-gpufleet"))
+    before = json.loads(ok(sh.A100, "cat /etc/docker/daemon.json.before-gpufleet"))
     assert before == USER_DAEMON_JSON
 
 
@@ -100,15 +101,15 @@ def test_apt_upgrade_moves_no_pinned_package(fleet: tuple[Path, Path]) -> None:
     for host in HOSTS:
         want = pinned(OLD, host)
         # Newer versions are offered: without the pins and holds apt would take them.
-        offered = sh.ok(host, "apt-get update -q >/dev/null && apt-cache madison "
+        offered = ok(host, "apt-get update -q >/dev/null && apt-cache madison "
                               "nvidia-driver-535 cuda-toolkit-12-1 nvidia-container-toolkit")
         for version in (NEW["driver"], NEW["cuda"], NEW["toolkit"]):
             assert version in offered
-        sh.ok(host, "DEBIAN_FRONTEND=noninteractive apt-get -y -q upgrade && "
+        ok(host, "DEBIAN_FRONTEND=noninteractive apt-get -y -q upgrade && "
                     "DEBIAN_FRONTEND=noninteractive apt-get -y -q dist-upgrade")
         assert sh.dpkg_versions(host, list(want)) == want
         # apt's own view: the candidate is the pin, not the newest offered.
-        policy = sh.ok(host, "apt-cache policy nvidia-driver-535")
+        policy = ok(host, "apt-cache policy nvidia-driver-535")
         assert f"Candidate: {OLD['driver']}" in policy
 
 
@@ -122,10 +123,10 @@ def test_pin_change_upgrades_and_verifies(fleet: tuple[Path, Path]) -> None:
     for host in HOSTS:
         want = pinned(NEW, host)
         assert sh.dpkg_versions(host, list(want)) == want
-        assert set(want) <= set(sh.ok(host, "apt-mark showhold").split())
-        assert sh.ok(host, "cat /sys/module/nvidia/version").strip() == "535.183.06"
-        assert "Pin: version 535.183.06-1" in sh.ok(
+        assert set(want) <= set(ok(host, "apt-mark showhold").split())
+        assert ok(host, "cat /sys/module/nvidia/version").strip() == "535.183.06"
+        assert "Pin: version 535.183.06-1" in ok(
             host, "cat /etc/apt/preferences.d/gpufleet-nvidia-driver.pref")
-    assert sh.ok(sh.H100, "systemctl is-active nvidia-fabricmanager").strip() == "active"
+    assert ok(sh.H100, "systemctl is-active nvidia-fabricmanager").strip() == "active"
     again = sh.deploy(tree, fleet_file)
     assert again.rc == 0 and again.changed_ops == [], again.output[-6000:]

@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from tests.e2e.hosts import ok, sh
 from tests.sim import simctl
 
 pytestmark = pytest.mark.sim
@@ -30,16 +31,6 @@ FACTS_QUERY = ("--query-gpu=index,name,uuid,memory.total,memory.used,compute_cap
 DRIVER_PIECES = ("cuda-drivers-535", "nvidia-driver-535", "nvidia-utils-535",
                  "libnvidia-compute-535", "nvidia-compute-utils-535", "nvidia-dkms-535")
 
-
-def sh(host: str, script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", "exec", "-i", host, "bash", "-c", script],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def ok(host: str, script: str, timeout: float = 300) -> str:
-    proc = sh(host, script, timeout)
-    assert proc.returncode == 0, f"{host}: {script}\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
 
 
 def reboot(host: str) -> float:
