@@ -89,9 +89,14 @@ def sim_fleet_variant(directory: Path, extra_toml: str = "", replace: dict[str, 
     return path
 
 
-# The real torch lock is 2.7 GB per host; the Python environment has its own end-to-end tests
-# (small locks, same mechanism), so fleet-level tests leave it out.
+# The real torch lock is 2.7 GB per host: fleet-level tests install it on one host only (the
+# Python environment's own tests cover the mechanism with small locks).
 WITHOUT_PYTHON_ENV = "[settings.python_env]\nenabled = false\n"
+PYTHON_ENV_ON_HGX_ONLY = {
+    'settings = { gpus = { count = 8, model = "H100 80GB HBM3", memory_gib = 79 } }':
+    'settings = { gpus = { count = 8, model = "H100 80GB HBM3", memory_gib = 79 }, '
+    'python_env = { enabled = true } }',
+}
 
 
 host_sh = ok

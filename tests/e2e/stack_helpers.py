@@ -86,7 +86,8 @@ def write_fleet(dest: Path, hosts: list[str], settings: dict[str, Any] | None = 
     # Everything up to the first group: the fleet-wide settings of the simulated fleet.
     head = sim.split("\n[groups.", 1)[0]
     head = head.replace('"../tests/sim/build/', f'"{REPO}/tests/sim/build/')
-    lines = [head.rstrip(), ""]
+    # The Python environment (a 2.7 GB lock per host) has its own tests and is not the stack.
+    lines = [head.rstrip(), "", "[settings.python_env]", "enabled = false", ""]
     groups = {H100: ("hgx", {"count": 8, "model": "H100 80GB HBM3", "memory_gib": 79}),
               A100: ("pcie", {"count": 2, "model": "A100-PCIE-40GB", "memory_gib": 39}),
               RTX: ("desk", {"count": 1, "model": "RTX 4090"})}

@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.conftest import (
     FLEETS,
+    PYTHON_ENV_ON_HGX_ONLY,
     SIM_FLEET,
     WITHOUT_PYTHON_ENV,
     host_sh,
@@ -31,7 +32,8 @@ def fresh_fleet(sim: None) -> None:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sim_fleet_variant(tmp_path_factory.mktemp("fleet"), WITHOUT_PYTHON_ENV)
+    return sim_fleet_variant(tmp_path_factory.mktemp("fleet"), WITHOUT_PYTHON_ENV,
+                             replace=PYTHON_ENV_ON_HGX_ONLY)
 
 
 def test_rehearsal_converges_and_the_second_run_changes_nothing(
@@ -55,6 +57,20 @@ def test_rehearsal_converges_and_the_second_run_changes_nothing(
         update = host_sh(host, "apt-get update 2>&1")
         assert "gpufleet-sim-repo" in update and "NO_PUBKEY" not in update
         assert host_sh(host, "apt-key list 2>/dev/null | grep -c gpufleet || true").strip() == "0"
+
+
+def test_the_real_python_lock_is_installed_and_imports(fresh_fleet: None, fleet: Path) -> None:
+    """The real torch210-cu121 lock, installed by the rehearsal above on the HGX host."""
+    host = "gpufleet-sim-h100x8"
+    out = host_sh(host, "/opt/gpufleet/venv/bin/python -c 'import numpy, torch, transformers; "
+                        "print(torch.__version__, torch.version.cuda, transformers.__version__, "
+                        "numpy.__version__)'")
+    torch_version, cuda, transformers_version, numpy_version = out.split()
+    assert (torch_version, cuda, transformers_version) == ("2.1.0+cu121", "12.1", "4.43.4")
+    assert int(numpy_version.split(".")[0]) < 2
+    # the A100 host has the Python environment switched off
+    assert host_sh("gpufleet-sim-a100x2", "test -e /opt/gpufleet/venv && echo yes || echo no"
+                   ).strip() == "no"
 
 
 def test_a_wrong_key_fingerprint_is_refused(fresh_fleet: None, tmp_path: Path) -> None:
