@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SIM_FLEET := inventory/sim.toml
 
 .PHONY: rehearse test unit sim-up sim-down sim-status lint host-tools venv clean \
-        python-locks python-locks-check wheelhouse
+        python-locks python-locks-check wheelhouse bench
 
 # Controller tooling, installed from the hash-locked requirements file.
 $(VENV)/.installed: requirements/controller.lock
@@ -46,6 +46,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy deploys facts inventory operations tools benchmarks tests
 	$(BIN)/mypy inventory.py  # a script beside the package of the same name: checked alone
+
+## Converge / no-op times and remote commands per host on the simulated fleet.
+bench: venv host-tools sim-up
+	$(BIN)/python benchmarks/fleet.py
 
 ## Python environment locks (inventory/locks/): regenerate after changing pins.toml.
 python-locks: venv

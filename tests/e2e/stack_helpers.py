@@ -1,4 +1,4 @@
-"""Helpers for the NVIDIA stack's end-to-end tests (and benchmarks/stack_noop.py).
+"""Helpers for the NVIDIA stack's end-to-end tests (and benchmarks/fleet.py).
 
 The stack tests run on their own simulated hosts (`gpufleet-stack-*`, the same image and
 hardware as tests/sim/hosts.toml under other names), so other tests resetting the shared

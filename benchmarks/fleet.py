@@ -1,12 +1,13 @@
-"""Converge and no-op times of the NVIDIA stack on the simulated fleet, and the remote commands
-per host of a no-op run (total, and those of the stack's five steps).
+"""Fleet benchmark on the simulated fleet: converge time, no-op re-run time (and their ratio),
+remote commands per host by step, and the doctor's time and commands.
 
-    .venv/bin/python benchmarks/stack_noop.py            # fresh hosts: converge, then no-op
-    .venv/bin/python benchmarks/stack_noop.py --no-fresh # reuse converged hosts: no-op only
+    make bench                                        # fresh hosts: converge, no-op, doctor
+    .venv/bin/python benchmarks/fleet.py --no-fresh   # reuse converged hosts: no-op + doctor
 
 Runs on the stack test hosts (tests/e2e/stack_helpers.py), not the shared gpufleet-sim-*
-ones. Commands are counted by wrapping pyinfra's Host.run_shell_command in the pyinfra
-process (every fact and every shell command is one call: one round trip).
+ones, with the Python environment off (its figures are in inventory/locks/README.md).
+Commands are counted by wrapping pyinfra's Host.run_shell_command in the pyinfra process:
+every fact and every shell command is one call, i.e. one round trip.
 """
 
 from __future__ import annotations
@@ -25,11 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-STACK_DEPLOYS = ("NVIDIA driver", "CUDA toolkit", "Docker engine", "NVIDIA container toolkit",
-                 "Verify the GPU stack")
-
-
-def child(report: str) -> int:
+def child(report: str, deploy: str) -> int:
     """Run pyinfra in this process with Host.run_shell_command counted per host."""
     from pyinfra.api.host import Host
     from pyinfra_cli.main import main
@@ -38,16 +35,18 @@ def child(report: str) -> int:
     original = Host.run_shell_command
 
     def counted(self: Host, *args: Any, **kwargs: Any) -> Any:
-        names: set[str] = set()
+        # The step is the deploy an operation belongs to ("NVIDIA driver | Ensure ...");
+        # commands outside operations are the facts read while the deploy file loads.
+        step = "load-time facts (probe, plan)"
         op_hash = self.executing_op_hash
         if op_hash:
-            names = self.state.get_op_meta(op_hash).names
-        step = "stack" if any(n.startswith(STACK_DEPLOYS) for n in names) else "other"
+            names = sorted(self.state.get_op_meta(op_hash).names)
+            step = names[0].split(" | ", 1)[0] if names else "?"
         counts[f"{self.name}\t{step}"] += 1
         return original(self, *args, **kwargs)
 
     Host.run_shell_command = counted  # type: ignore[method-assign]
-    sys.argv = ["pyinfra", "-y", "inventory.py", "deploys/gpu_host.py"]
+    sys.argv = ["pyinfra", "-y", "inventory.py", deploy]
     try:
         rc = main()
     except SystemExit as exc:
@@ -56,12 +55,14 @@ def child(report: str) -> int:
     return int(rc or 0)
 
 
-def run(tree: Path, fleet: Path) -> tuple[int, float, dict[str, int], str]:
+def run(tree: Path, fleet: Path, deploy: str = "deploys/gpu_host.py"
+        ) -> tuple[int, float, dict[str, int], str]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         report = tmp.name
     env = {**os.environ, "GPUFLEET_FLEET": str(fleet)}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", report],
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", report,
+                           "--deploy", deploy],
                           cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - t0
     counts = json.loads(Path(report).read_text() or "{}")
@@ -73,18 +74,19 @@ def per_host(counts: dict[str, int]) -> dict[str, dict[str, int]]:
     table: dict[str, dict[str, int]] = {}
     for key, n in counts.items():
         name, step = key.split("\t")
-        row = table.setdefault(name, {"stack": 0, "other": 0})
-        row[step] += n
+        row = table.setdefault(name, {})
+        row[step] = row.get(step, 0) + n
     return table
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", metavar="REPORT")
+    parser.add_argument("--deploy", default="deploys/gpu_host.py")
     parser.add_argument("--no-fresh", action="store_true", help="reuse the hosts as they are")
     args = parser.parse_args()
     if args.child:
-        return child(args.child)
+        return child(args.child, args.deploy)
 
     from tests.e2e import stack_helpers as sh
 
@@ -96,15 +98,22 @@ def main() -> int:
         runs = []
         if not args.no_fresh:
             runs.append(("converge", *run(tree, fleet)))
-        runs.append(("no-op", *run(tree, fleet)))
+        runs.append(("no-op re-run", *run(tree, fleet)))
+        runs.append(("doctor", *run(tree, fleet, "deploys/doctor.py")))
+    seconds_by_label = {}
     for label, rc, seconds, counts, output in runs:
-        print(f"{label}: exit {rc}, {seconds:.1f} s for {len(hosts)} hosts")
+        seconds_by_label[label] = seconds
+        print(f"{label}: exit {rc}, {seconds:.1f} s for {len(hosts)} hosts in parallel")
         for name, row in sorted(per_host(counts).items()):
-            print(f"  {name}: {row['stack'] + row['other']} remote commands "
-                  f"({row['stack']} in the NVIDIA stack's steps, {row['other']} before it)")
+            print(f"  {name}: {sum(row.values())} remote commands")
+            for step, n in sorted(row.items(), key=lambda item: -item[1]):
+                print(f"    {n:4d}  {step}")
         if rc != 0:
             print(output[-4000:])
             return rc
+    if "converge" in seconds_by_label:
+        ratio = seconds_by_label["no-op re-run"] / seconds_by_label["converge"]
+        print(f"no-op re-run / converge time: {ratio:.2f}")
     return 0
 
 
