@@ -9,7 +9,7 @@ then run in order, one module under deploys/ each.
 
 from pyinfra import host
 
-from deploys.apt_repos import nvidia_repositories
+from deploys.apt_repos import nvidia_repositories, repo_query
 from deploys.common import host_spec, stop_host
 from deploys.host_network import host_network
 from deploys.nvidia_stack import nvidia_stack
@@ -27,9 +27,10 @@ if not preflight(spec, probe).refused:
         stop_host(name="Refuse: this host cannot be provisioned as configured",
                   message=plan.message)
     else:
-        host_network(spec=spec)
-        nvidia_repositories(spec=spec, sources=plan.sources, pinned=plan.pinned,
-                            docker_packages=plan.docker_packages)
+        # One state read serves both steps (and again after each change they make).
+        query = repo_query(plan)
+        host_network(spec=spec, query=query)
+        nvidia_repositories(spec=spec, plan=plan, query=query)
         stack = nvidia_stack(spec, probe, plan)
         if stack is not None:
             # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.

@@ -6,15 +6,16 @@ fleet's proxy and trust its private CA (corporate TLS-intercepting proxies, priv
 
 from __future__ import annotations
 
-from io import StringIO
-
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
+from pyinfra.operations import server
 
+from facts.host_state import StackQuery
 from inventory.fleet import HostSpec
+from operations.host_files import managed_file, uploaded_file
 
 EXTRA_CA_PATH = "/usr/local/share/ca-certificates/gpufleet-extra-ca.crt"
 APT_PROXY_PATH = "/etc/apt/apt.conf.d/90gpufleet-proxy"
+FILES = (APT_PROXY_PATH, EXTRA_CA_PATH)
 
 
 def proxy_env(spec: HostSpec) -> dict[str, str]:
@@ -48,22 +49,18 @@ def apt_proxy_conf(spec: HostSpec) -> str | None:
 
 
 @deploy("Host network: proxy and extra CA")
-def host_network(spec: HostSpec) -> None:
+def host_network(spec: HostSpec, query: StackQuery) -> None:
     conf = apt_proxy_conf(spec)
-    if conf is None:
-        files.file(name="Ensure no gpufleet apt proxy is configured", path=APT_PROXY_PATH,
-                   present=False)
-    else:
-        files.put(name="Ensure apt uses the fleet's proxy", src=StringIO(conf),
-                  dest=APT_PROXY_PATH, mode="644")
-
+    managed_file(
+        name=("Ensure apt uses the fleet's proxy" if conf
+              else "Ensure no gpufleet apt proxy is configured"),
+        path=APT_PROXY_PATH, content=conf, query=query,
+    )
     bundle = spec.settings.network.extra_ca_bundle
     if bundle:
-        ca = files.put(
+        ca = uploaded_file(
             name="Ensure the fleet's extra CA bundle is trusted",
-            src=str(spec.controller_path(bundle)),
-            dest=EXTRA_CA_PATH,
-            mode="644",
+            path=EXTRA_CA_PATH, src=str(spec.controller_path(bundle)), query=query,
         )
         server.shell(
             name="Rebuild the system CA store",

@@ -1,31 +1,13 @@
-"""Apt facts: what the configured repositories offer, what is installed and held, and which
-keys a keyring holds.
+"""Apt parsers: what the configured repositories offer (apt-cache madison), what is installed
+(dpkg-query) and held (apt-mark showhold), and which keys a keyring holds (gpg).
 
-One command answers all three package questions, because preflight and the pin checks need
-them together and every fact is a round trip.
+They are read together, in one round trip, by facts.host_state.StackState: every fact is a
+remote command and pyinfra does not cache them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from pyinfra.api import FactBase
-
-from facts._shell import quote, section_script, split_sections
-
-
-@dataclass(frozen=True)
-class AptPackageState:
-    """What apt knows about some packages.
-
-    ``offered``: package -> versions the configured repositories offer (apt-cache madison);
-    ``installed``: package -> installed version (dpkg status "ii" only);
-    ``held``: every package on hold (apt-mark showhold), not only the asked ones.
-    """
-
-    offered: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    installed: dict[str, str] = field(default_factory=dict)
-    held: frozenset[str] = frozenset()
+from facts._shell import quote
 
 
 def parse_madison(text: str) -> dict[str, tuple[str, ...]]:
@@ -57,50 +39,6 @@ def parse_showhold(text: str) -> frozenset[str]:
     return frozenset(line.strip() for line in text.splitlines() if line.strip())
 
 
-def parse_apt_package_state(lines: list[str]) -> AptPackageState:
-    sections = split_sections(lines)
-
-    def text(name: str) -> str:
-        section = sections.get(name)
-        return section.text if section else ""
-
-    return AptPackageState(
-        offered=parse_madison(text("madison")),
-        installed=parse_dpkg_query(text("dpkg")),
-        held=parse_showhold(text("hold")),
-    )
-
-
-class AptPackages(FactBase[AptPackageState]):
-    """
-    What the repositories offer for some packages, what is installed and what is held.
-
-    .. code:: python
-
-        AptPackageState(
-            offered={"cuda-toolkit-12-1": ("12.1.1-1", "12.1.0-1")},
-            installed={"cuda-toolkit-12-1": "12.1.1-1"},
-            held=frozenset({"cuda-toolkit-12-1"}),
-        )
-    """
-
-    default = AptPackageState
-
-    def command(self, packages: list[str]) -> str:
-        names = " ".join(quote(name) for name in packages)
-        dpkg_format = "'${Package} ${Version} ${db:Status-Abbrev}\\n'"
-        return "\n".join(
-            [
-                section_script("madison", f"apt-cache madison {names}"),
-                section_script("dpkg", f"dpkg-query -W -f={dpkg_format} {names}"),
-                section_script("hold", "apt-mark showhold"),
-            ]
-        )
-
-    def process(self, output: list[str]) -> AptPackageState:
-        return parse_apt_package_state(output)
-
-
 def parse_keyring_fingerprints(lines: list[str]) -> dict[str, frozenset[str]]:
     """`gpg --with-colons` listings per keyring -> path: fingerprints (primary keys and subkeys).
 
@@ -119,29 +57,18 @@ def parse_keyring_fingerprints(lines: list[str]) -> dict[str, frozenset[str]]:
     return {path: frozenset(fprs) for path, fprs in result.items()}
 
 
-class KeyringFingerprints(FactBase[dict[str, frozenset[str]]]):
+def keyring_fingerprints_script(paths: tuple[str, ...] | list[str]) -> str:
+    """List each keyring's keys (gpg --with-colons), after a ``__gpufleet_keyring=PATH`` line.
+
+    A throwaway GNUPGHOME: listing a keyring must not create ~/.gnupg on the host.
     """
-    Fingerprints of the keys in each keyring file (empty when the file is missing).
-
-    .. code:: python
-
-        {"/etc/apt/keyrings/gpufleet-cuda.gpg": frozenset({"EB693B30...3BF863CC"})}
-    """
-
-    default = dict
-
-    def command(self, paths: list[str]) -> str:
-        # A throwaway GNUPGHOME: listing a keyring must not create ~/.gnupg on the host.
-        lines = ["home=$(mktemp -d)"]
-        for path in paths:
-            lines.append(f"echo __gpufleet_keyring={path}")
-            lines.append(
-                f"[ -r {quote(path)} ] && command -v gpg >/dev/null 2>&1 && "
-                f'gpg --homedir "$home" --batch --show-keys --with-colons {quote(path)} '
-                "2>/dev/null"
-            )
-        lines.append('rm -rf "$home"; true')
-        return "\n".join(lines)
-
-    def process(self, output: list[str]) -> dict[str, frozenset[str]]:
-        return parse_keyring_fingerprints(output)
+    lines = ['home=$(mktemp -d)']
+    for path in paths:
+        lines.append(f"echo __gpufleet_keyring={path}")
+        lines.append(
+            f"[ -r {quote(path)} ] && command -v gpg >/dev/null 2>&1 && "
+            f'gpg --homedir "$home" --batch --show-keys --with-colons {quote(path)} '
+            "2>/dev/null"
+        )
+    lines.append('rm -rf "$home"; true')
+    return "\n".join(lines)

@@ -21,7 +21,13 @@ from facts import docker as docker_facts
 from facts import nvidia as nvidia_facts
 from facts import system as system_facts
 from facts._shell import CommandResult, clip, quote, section_script, split_sections
-from facts.apt import parse_dpkg_query, parse_madison, parse_showhold
+from facts.apt import (
+    keyring_fingerprints_script,
+    parse_dpkg_query,
+    parse_keyring_fingerprints,
+    parse_madison,
+    parse_showhold,
+)
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class StackQuery:
     services: tuple[str, ...] = ()
     offered: tuple[str, ...] = ()  # packages whose offered versions matter (apt-cache madison)
     images: tuple[str, ...] = ()  # docker images whose presence matters
+    keyrings: tuple[str, ...] = ()  # apt keyrings whose key fingerprints matter
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class StackStateResult:
         default_factory=lambda: docker_facts.parse_docker_info(""))
     images: dict[str, bool] = field(default_factory=dict)
     compose: dict[str, str] = field(default_factory=dict)
+    keyrings: dict[str, frozenset[str]] = field(default_factory=dict)
 
     def service(self, name: str) -> ServiceState:
         return self.services.get(name, ServiceState("", ""))
@@ -127,6 +135,7 @@ def stack_state_script(query: StackQuery) -> str:
         "images": ("command -v docker >/dev/null 2>&1 || exit 0\n" + _images_script(query.images)
                    if query.images else "true"),
         "compose": COMPOSE_SCRIPT,
+        "keyrings": keyring_fingerprints_script(query.keyrings) if query.keyrings else "true",
     }
     return "\n".join(section_script(name, script) for name, script in sections.items())
 
@@ -189,6 +198,7 @@ def parse_stack_state(lines: list[str]) -> StackStateResult:
         docker=docker_facts.parse_docker_info(docker.text, docker.exit_code),
         images=images,
         compose=compose,
+        keyrings=parse_keyring_fingerprints(get("keyrings").text.splitlines()),
     )
 
 
