@@ -13,8 +13,8 @@ $(VENV)/.installed: requirements/controller.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 	  { echo "gpufleet: Python >= 3.10 is needed (found $$($(PYTHON) --version 2>&1))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	@# Machine-wide pip settings (constraints, local indexes) must not change what gets installed.
-	PIP_CONSTRAINT= PIP_EXTRA_INDEX_URL= PIP_FIND_LINKS= $(BIN)/pip install --quiet --disable-pip-version-check \
+	@# A machine-wide pip constraint file must not change what the lock installs.
+	PIP_CONSTRAINT= $(BIN)/pip install --quiet --disable-pip-version-check \
 	  --require-hashes -r requirements/controller.lock
 	touch $@
 
