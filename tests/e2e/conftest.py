@@ -58,12 +58,13 @@ class PyinfraRun:
 
 
 def pyinfra(deploy: str, fleet: Path = SIM_FLEET, *args: str, inventory: str = "inventory.py",
-            timeout: float = 1200) -> PyinfraRun:
-    """Run the real CLI from the repo root, as a user would (with --json to read results)."""
+            timeout: float = 1200, cwd: Path = REPO) -> PyinfraRun:
+    """Run the real CLI from the repo root (or a copy of the product tree), as a user would,
+    with --json to read the results."""
     env = {**os.environ, "GPUFLEET_FLEET": str(fleet)}
     proc = subprocess.run(
         [PYINFRA, "-y", "--json", *args, inventory, deploy],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
     )
     try:
         results = json.loads(proc.stdout).get("results")

@@ -18,6 +18,7 @@ from tests.e2e.conftest import (
     sim_fleet_variant,
     snapshot,
 )
+from tests.e2e.stack_helpers import product_copy
 from tests.sim import simctl
 
 pytestmark = pytest.mark.sim
@@ -86,6 +87,32 @@ def test_a_wrong_key_fingerprint_is_refused(fresh_fleet: None, tmp_path: Path) -
     assert host_sh("gpufleet-sim-a100x2",
                    "test -e /etc/apt/keyrings/gpufleet-cuda.gpg && echo present || echo absent"
                    ).strip() == "absent"
+
+
+def test_a_pinned_version_the_repositories_lack_stops_the_host_before_installing(
+    fresh_fleet: None, tmp_path: Path
+) -> None:
+    """A pin file asking for versions the (stand-in) repositories do not have: one message
+    naming each package, the wanted version and what is offered; nothing installed."""
+    tree = product_copy(tmp_path / "tree")
+    pins = tree / "inventory" / "pins.toml"
+    pins.write_text(pins.read_text()
+                    .replace('version = "12.1.1-1"', 'version = "12.1.9-1"')
+                    .replace('version = "1.14.6-1"', 'version = "1.99.0-1"'))
+    host = "gpufleet-sim-a100x2"
+    simctl.reset([host], quiet=True)
+    run = pyinfra("deploys/gpu_host.py", sim_fleet_variant(tmp_path, WITHOUT_PYTHON_ENV),
+                  "--limit", f"@docker/{host}", cwd=tree)
+    assert run.returncode != 0
+    assert "the pinned versions are not offered by the configured repositories" in run.output
+    assert "cuda-toolkit-12-1 12.1.9-1: the configured repositories" in run.output
+    assert "offer 12.1.1-1, 12.1.0-1" in run.output
+    for package in ("nvidia-container-toolkit", "nvidia-container-toolkit-base",
+                    "libnvidia-container-tools", "libnvidia-container1"):
+        assert f"{package} 1.99.0-1:" in run.output
+    assert "cuda-drivers-535 535.183.06-1" not in run.output  # offered: not reported
+    installed = host_sh(host, "dpkg -l | grep -E 'nvidia|cuda' || true")
+    assert installed.strip() == "", f"packages were installed despite the refusal:\n{installed}"
 
 
 def test_a_host_too_small_for_its_model_is_refused_and_left_untouched(sim: None) -> None:
