@@ -54,12 +54,6 @@ class DriverOutcome:
     reboot_pending: list[str] = field(default_factory=list)
 
 
-def secure_boot_on(probe: HostProbe) -> bool | None:
-    """True / False, or None when it could not be told (legacy BIOS boot counts as off)."""
-    status = probe.secure_boot.status
-    return {"enabled": True, "disabled": False, "not_efi": False}.get(status)
-
-
 def headers_package(spec: HostSpec, probe: HostProbe) -> str | None:
     """The running kernel's headers, when a DKMS flavour needs them and they are missing."""
     kernel = probe.system.kernel
@@ -74,7 +68,7 @@ def driver_refusal(spec: HostSpec, probe: HostProbe) -> str | None:
     """Why the pinned driver cannot run on this host (Secure Boot and flavour), or None."""
     flavour = spec.pins.driver.flavour
     os_id = probe.system.os.id if probe.system.os and probe.system.os.id else "unknown"
-    findings = compat.check_secure_boot(secure_boot_on(probe), flavour)
+    findings = compat.check_secure_boot(probe.secure_boot.enforcing, flavour)
     findings += precompiled_findings(flavour, os_id)
     stop = blocking(findings, spec.settings.preflight.downgrade_errors)
     if not stop:
@@ -168,7 +162,7 @@ def nvidia_driver(
         stop = module_findings(
             module_loaded=module.status == "loaded", loaded_version=module.loaded_version,
             pinned_upstream=pins.upstream, nouveau_loaded=module.nouveau_loaded,
-            secure_boot=secure_boot_on(probe),
+            secure_boot=probe.secure_boot.enforcing,
         )
         if stop:
             return refusal_message("the pinned driver is not running:", stop), ""

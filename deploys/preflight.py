@@ -298,10 +298,7 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
             os_release.id, os_release.version_id, pins.cuda.release,
             mirror_provides=settings.repos.cuda.url is not None,
         ))
-    secure_boot = {"enabled": True, "disabled": False}.get(probe.secure_boot.status)
-    if probe.secure_boot.status == "not_efi":
-        secure_boot = False
-    findings.extend(compat.check_secure_boot(secure_boot, pins.driver.flavour))
+    findings.extend(compat.check_secure_boot(probe.secure_boot.enforcing, pins.driver.flavour))
     findings.extend(compat.check_sampling(settings.sampling.temperature,
                                           settings.sampling.top_p, spec.model))
     findings.extend(_storage(spec, probe, read_bytes_per_s))

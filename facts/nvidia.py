@@ -532,6 +532,13 @@ class SecureBootState:
     reason: str = ""
     raw: str = ""
 
+    @property
+    def enforcing(self) -> bool | None:
+        """Whether unsigned kernel modules are refused: True / False, None when unknown.
+
+        Legacy BIOS boot (no EFI) enforces nothing."""
+        return {"enabled": True, "disabled": False, "not_efi": False}.get(self.status)
+
 
 def parse_mokutil_sb_state(text: str, exit_code: int | None = None) -> SecureBootState:
     """Parse ``mokutil --sb-state`` output. Never raises."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from deploys.driver import driver_refusal, headers_package, secure_boot_on
+from deploys.driver import driver_refusal, headers_package
 from facts.nvidia import SecureBootState
 from facts.system import OsRelease, SystemInfoResult
 from inventory.nvidia_stack import module_findings, reboot_pending_finding, reboot_reasons
@@ -66,7 +66,7 @@ def test_secure_boot_refusal_can_be_accepted_like_in_preflight(tmp_path: Path) -
 def test_legacy_bios_and_secure_boot_off_pass(tmp_path: Path) -> None:
     assert driver_refusal(spec(tmp_path), bare_host()) is None
     not_efi = bare_host(secure_boot=SecureBootState("not_efi", source="firmware"))
-    assert secure_boot_on(not_efi) is False
+    assert not_efi.secure_boot.enforcing is False
     assert driver_refusal(spec(tmp_path), not_efi) is None
 
 
