@@ -29,7 +29,7 @@ from facts._shell import RC_NOT_FOUND, CommandResult, clip, require_tool, split_
 # GPUs from nvidia-smi
 # --------------------------------------------------------------------------------------------
 
-# The exact query the simulator answers; field order is the CSV column order below.
+# The one GPU query gpufleet runs; field order is the CSV column order below.
 NVIDIA_SMI_FIELDS = (
     "index",
     "name",
