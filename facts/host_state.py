@@ -252,12 +252,6 @@ def stack_state(query: StackQuery, fresh: bool = False) -> StackStateResult:
     return result
 
 
-def forget_stack_state() -> None:
-    """Drop every cached read of this host (after a reboot: nothing read before holds)."""
-    for key in [k for k in _CACHE if k[0] == host.name]:
-        del _CACHE[key]
-
-
 # --- the end-to-end check ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class StackVerificationResult:
