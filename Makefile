@@ -45,7 +45,7 @@ sim-status: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy deploys facts inventory operations tools benchmarks tests
+	$(BIN)/mypy deploys facts inventory operations rules tools benchmarks tests
 	$(BIN)/mypy inventory.py  # a script beside the package of the same name: checked alone
 
 ## Converge / no-op times and remote commands per host on the simulated fleet.

@@ -1,5 +1,5 @@
 """Fleet benchmark on the simulated fleet: converge time, no-op re-run time (and their ratio),
-remote commands per host by step, and the doctor's time and commands.
+remote commands per host by step, the preview's (pyinfra --dry) and the doctor's.
 
     make bench                                        # fresh hosts: converge, no-op, doctor
     .venv/bin/python benchmarks/fleet.py --no-fresh   # reuse converged hosts: no-op + doctor
@@ -26,7 +26,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-def child(report: str, deploy: str) -> int:
+def child(report: str, deploy: str, preview: bool = False) -> int:
     """Run pyinfra in this process with Host.run_shell_command counted per host."""
     from pyinfra.api.host import Host
     from pyinfra_cli.main import main
@@ -46,7 +46,8 @@ def child(report: str, deploy: str) -> int:
         return original(self, *args, **kwargs)
 
     Host.run_shell_command = counted  # type: ignore[method-assign]
-    sys.argv = ["pyinfra", "-y", "inventory.py", deploy]
+    # The preview is what an operator sees without -y: change detection only (--dry).
+    sys.argv = ["pyinfra", "--dry" if preview else "-y", "inventory.py", deploy]
     try:
         rc = main()
     except SystemExit as exc:
@@ -55,14 +56,14 @@ def child(report: str, deploy: str) -> int:
     return int(rc or 0)
 
 
-def run(tree: Path, fleet: Path, deploy: str = "deploys/gpu_host.py"
+def run(tree: Path, fleet: Path, deploy: str = "deploys/gpu_host.py", preview: bool = False
         ) -> tuple[int, float, dict[str, int], str]:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         report = tmp.name
     env = {**os.environ, "GPUFLEET_FLEET": str(fleet)}
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", report,
-                           "--deploy", deploy],
+                           "--deploy", deploy, *(["--preview"] if preview else [])],
                           cwd=tree, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - t0
     counts = json.loads(Path(report).read_text() or "{}")
@@ -83,10 +84,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", metavar="REPORT")
     parser.add_argument("--deploy", default="deploys/gpu_host.py")
+    parser.add_argument("--preview", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-fresh", action="store_true", help="reuse the hosts as they are")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.deploy)
+        return child(args.child, args.deploy, args.preview)
 
     from tests.e2e import stack_helpers as sh
 
@@ -97,7 +99,9 @@ def main() -> int:
         fleet = sh.write_fleet(Path(tmp), hosts)
         runs = []
         if not args.no_fresh:
+            runs.append(("preview of bare hosts", *run(tree, fleet, preview=True)))
             runs.append(("converge", *run(tree, fleet)))
+        runs.append(("preview of converged hosts", *run(tree, fleet, preview=True)))
         runs.append(("no-op re-run", *run(tree, fleet)))
         runs.append(("doctor", *run(tree, fleet, "deploys/doctor.py")))
     seconds_by_label = {}

@@ -15,14 +15,16 @@ from pathlib import Path
 from pydantic import ValidationError
 from pyinfra import host
 
-from deploys.common import host_spec, stop_host
-from deploys.preflight import assess, log_report, measured_read_speed, render
+from deploys.preflight import log_report, measured_read_speed
+from deploys.spec import host_spec
 from facts.probe import GpuHostProbe, HostProbe
 from inventory.catalog import CatalogError, find_model
 from inventory.fleet import HostSpec
 from inventory.pins import load_pins
 from inventory.schema import Settings
-from inventory.sizing import render_sizing
+from operations.checks import refuse_host
+from rules.assessment import assess, render
+from rules.sizing import render_sizing
 
 # `--data` keys the doctor understands when no fleet file describes the host.
 DATA_KEYS = ("model", "precision", "weights_path", "context_length", "concurrency",
@@ -35,7 +37,8 @@ def spec_from_data() -> HostSpec | str:
     values = {key: host.data.get(key) for key in DATA_KEYS if host.data.get(key) is not None}
     values.setdefault("weights_path", DEFAULT_WEIGHTS_PATH)
     try:
-        settings = Settings.model_validate(values)
+        # Values from --data are strings: the lax mode turns "8192" into a number here only.
+        settings = Settings.model_validate(values, strict=False)
     except ValidationError as exc:
         return "; ".join(
             f"--data {'.'.join(str(p) for p in err['loc'])}={err.get('input')!r}: {err['msg']}"
@@ -55,7 +58,7 @@ def spec_from_data() -> HostSpec | str:
     )
 
 
-def stack_state(probe: HostProbe) -> str:
+def installed_report(probe: HostProbe) -> str:
     """What is installed now, in a few lines."""
     module = probe.kernel_module
     docker = probe.docker
@@ -84,12 +87,12 @@ def stack_state(probe: HostProbe) -> str:
 def doctor() -> None:
     spec = host_spec() if host.data.get("gpufleet") else spec_from_data()
     if isinstance(spec, str):
-        stop_host(name="Doctor: the input is not usable", message=spec)
+        refuse_host(name="Doctor: the input is not usable", message=spec)
         return
     probe = host.get_fact(GpuHostProbe, weights_path=spec.settings.weights_path)
     assessment = assess(spec, probe, measured_read_speed(spec))
     log_report(render(assessment).replace("gpufleet preflight", "gpufleet doctor", 1))
-    log_report(stack_state(probe))
+    log_report(installed_report(probe))
     if assessment.sizing is not None:
         log_report(render_sizing(assessment.sizing))
     verdict = ("would be REFUSED by preflight" if assessment.refused

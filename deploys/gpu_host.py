@@ -1,37 +1,53 @@
 """Turn a bare Linux GPU server into an LLM inference host.
 
-    pyinfra inventory.py deploys/gpu_host.py
+    pyinfra inventory.py deploys/gpu_host.py        # preview first, then asks
+    pyinfra -y inventory.py deploys/gpu_host.py     # no questions
 
-One probe (a single remote command) reads the host; preflight decides from it whether the
-host can serve its model and stops it, with a report, before anything changes. The steps
-then run in order, one module under deploys/ each.
+How a setting travels, one layer down at a time:
+
+    fleet file ─ inventory/ ─▶ HostSpec (validated settings, pins, model)   before any host
+    HostSpec + GpuHostProbe (facts/, one command) ─ rules/ ─▶ findings + HostPlan
+        preflight refuses here, before anything changes, when a finding is an error
+    HostPlan + HostState (the probe's reading) ─ deploys/ ─▶ operations with decided
+        arguments: what to write, install, hold, whether to reboot          the preview
+    operations/ ─ pyinfra ─▶ commands, comparing with HostState (read again after changes)
+    checks (operations.checks.check) ─▶ verify at execution only: driver running, GPUs,
+        CUDA, a GPU container                                               execution
+
+Every decision to act is made before execution, so the preview (no -y) shows it, reboots
+included; code that runs at execution only verifies. The preview reads facts and changes
+nothing: no command that writes, no container, no reboot.
 """
 
-from pyinfra import host
+from typing import cast
 
-from deploys.apt_repos import nvidia_repositories, repo_query
-from deploys.common import host_spec, stop_host
+from pyinfra.api.operation import OperationMeta
+
+from deploys.container_toolkit import container_toolkit
+from deploys.cuda_toolkit import cuda_toolkit
+from deploys.docker_engine import docker_engine
 from deploys.host_network import host_network
-from deploys.nvidia_stack import nvidia_stack
-from deploys.plan import Refusal, plan_host
-from deploys.preflight import preflight
-from deploys.python_env import python_env
-from facts.probe import GpuHostProbe
+from deploys.nvidia_driver import nvidia_driver
+from deploys.nvidia_repositories import nvidia_repositories
+from deploys.preflight import preflight, read_host
+from deploys.python_env import python_env, python_env_plan
+from deploys.spec import host_spec
+from deploys.verify_stack import verify_stack
 
 spec = host_spec()
-probe = host.get_fact(GpuHostProbe, weights_path=spec.settings.weights_path)
+probe = read_host(spec)
+venv = python_env_plan(spec)
+plan = preflight(spec, probe, extra=venv.findings() if venv else ())
 
-if not preflight(spec, probe).refused:
-    plan = plan_host(spec, probe)
-    if isinstance(plan, Refusal):
-        stop_host(name="Refuse: this host cannot be provisioned as configured",
-                  message=plan.message)
-    else:
-        # One state read serves both steps (and again after each change they make).
-        query = repo_query(plan)
-        host_network(spec=spec, query=query)
-        nvidia_repositories(spec=spec, plan=plan, query=query)
-        stack = nvidia_stack(spec, probe, plan)
-        if stack is not None:
-            # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.
-            python_env()
+if plan is not None:
+    host_network(spec=spec)
+    nvidia_repositories(spec=spec, plan=plan)
+    # @deploy passes the return value through (pyinfra's typing says otherwise).
+    driver = cast(OperationMeta, nvidia_driver(spec=spec, plan=plan,
+                                               secure_boot=probe.secure_boot.enforcing))
+    cuda_toolkit(spec=spec, plan=plan)
+    docker_engine(spec=spec, plan=plan)
+    container_toolkit(spec=spec, plan=plan, driver_install=driver)
+    verify_stack(spec=spec, plan=plan)
+    # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.
+    python_env(plan=venv)

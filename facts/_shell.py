@@ -87,13 +87,14 @@ def section_script(name: str, script: str) -> str:
     return f"echo '{SECTION_MARKER}{name}'\n{wrap(script)}"
 
 
-def split_sections(lines: Sequence[str]) -> dict[str, CommandResult]:
-    """Cut a composite probe's output into its named sections."""
+def split_sections(lines: Sequence[str], marker: str = SECTION_MARKER
+                   ) -> dict[str, CommandResult]:
+    """Cut a composite probe's output into its named sections (lines ``<marker><name>``)."""
     sections: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in lines:
-        if line.startswith(SECTION_MARKER):
-            current = sections.setdefault(line[len(SECTION_MARKER) :].strip(), [])
+        if line.startswith(marker):
+            current = sections.setdefault(line[len(marker) :].strip(), [])
             continue
         if current is not None:
             current.append(line)

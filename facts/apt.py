@@ -1,11 +1,14 @@
 """Apt parsers: what the configured repositories offer (apt-cache madison), what is installed
 (dpkg-query) and held (apt-mark showhold), and which keys a keyring holds (gpg).
 
-They are read together, in one round trip, by facts.host_state.StackState: every fact is a
-remote command and pyinfra does not cache them.
+Installed packages, holds and keyrings are read with everything else by
+facts.host_state.HostState (one round trip); what is offered is its own fact, read only when
+something must be installed.
 """
 
 from __future__ import annotations
+
+from pyinfra.api import FactBase
 
 from facts._shell import quote
 
@@ -40,35 +43,50 @@ def parse_showhold(text: str) -> frozenset[str]:
 
 
 def parse_keyring_fingerprints(lines: list[str]) -> dict[str, frozenset[str]]:
-    """`gpg --with-colons` listings per keyring -> path: fingerprints (primary keys and subkeys).
+    """`gpg --with-colons` listings per keyring -> path: fingerprints of the primary keys.
 
-    A keyring that does not exist or cannot be read has an empty set.
+    Subkey fingerprints are left out: "this keyring holds exactly the expected key" compares
+    primary keys. A keyring that does not exist or cannot be read has an empty set.
     """
     result: dict[str, set[str]] = {}
     current: str | None = None
+    record = ""
     for line in lines:
         if line.startswith("__gpufleet_keyring="):
             current = line.split("=", 1)[1]
             result[current] = set()
-        elif current is not None and line.startswith("fpr:"):
+            record = ""
+            continue
+        kind = line.split(":", 1)[0]
+        if kind in ("pub", "sub", "sec", "ssb"):
+            record = kind
+        elif current is not None and kind == "fpr" and record == "pub":
             fields = line.split(":")
             if len(fields) > 9 and fields[9]:
                 result[current].add(fields[9].upper())
+            record = ""
     return {path: frozenset(fprs) for path, fprs in result.items()}
 
 
-def keyring_fingerprints_script(paths: tuple[str, ...] | list[str]) -> str:
-    """List each keyring's keys (gpg --with-colons), after a ``__gpufleet_keyring=PATH`` line.
+def madison_script(packages: tuple[str, ...]) -> str:
+    return "apt-cache madison " + " ".join(quote(p) for p in packages) + " 2>/dev/null; true"
 
-    A throwaway GNUPGHOME: listing a keyring must not create ~/.gnupg on the host.
+
+class AptOffered(FactBase[dict[str, tuple[str, ...]]]):
     """
-    lines = ['home=$(mktemp -d)']
-    for path in paths:
-        lines.append(f"echo __gpufleet_keyring={path}")
-        lines.append(
-            f"[ -r {quote(path)} ] && command -v gpg >/dev/null 2>&1 && "
-            f'gpg --homedir "$home" --batch --show-keys --with-colons {quote(path)} '
-            "2>/dev/null"
-        )
-    lines.append('rm -rf "$home"; true')
-    return "\n".join(lines)
+    The versions apt's package lists offer for some packages (`apt-cache madison`).
+
+    + packages: package names
+
+    .. code:: python
+
+        {"cuda-toolkit-12-1": ("12.1.1-1", "12.1.0-1")}
+    """
+
+    default = dict
+
+    def command(self, packages: tuple[str, ...]) -> str:
+        return madison_script(tuple(packages))
+
+    def process(self, output: list[str]) -> dict[str, tuple[str, ...]]:
+        return parse_madison("\n".join(output))

@@ -1,51 +1,88 @@
-"""What the NVIDIA stack manages on a host, read in one command.
+"""What gpufleet manages on a host, read in one command: ``HostState``.
 
-`StackState` answers every question the stack's operations ask (installed versions and holds,
-the content of the files it manages, services, the loaded kernel module, Docker) in a single
-round trip. pyinfra does not cache facts, so `stack_state()` keeps the answer for as long as
-no operation on the host has changed anything: a no-op run of the whole stack reads the host
-once, plus one `StackVerification`.
+Packages and holds, every file in the folders gpufleet writes to (content, sha256, mode, owner,
+mtime), systemd services, the loaded NVIDIA module, Docker and its images, the keys of apt
+keyrings, and the host's clock. Operations ask for it themselves through ``host_state()``: it
+reads the host once per phase (change detection, execution) and again only after an operation
+on that host changed something, because pyinfra does not cache facts and every read is a round
+trip. ``facts.probe.GpuHostProbe`` carries the same reading, so the change-detection pass costs
+no command of its own (``remember_host_state``).
+
+The fact takes no arguments: what it covers is ``WATCHED_DIRS`` and ``WATCHED_FILES``. An
+operation asked to manage a file outside them refuses before touching the host
+(``require_watched``), so the one read can never silently miss a file.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
 
 from pyinfra import host
-from pyinfra.api import FactBase
+from pyinfra.api import FactBase, OperationValueError
 from pyinfra.api.host import Host
 
 from facts import docker as docker_facts
 from facts import nvidia as nvidia_facts
 from facts import system as system_facts
-from facts._shell import CommandResult, clip, quote, section_script, split_sections
-from facts.apt import (
-    keyring_fingerprints_script,
-    parse_dpkg_query,
-    parse_keyring_fingerprints,
-    parse_madison,
-    parse_showhold,
+from facts._shell import CommandResult, quote, split_sections
+from facts.apt import parse_dpkg_query, parse_keyring_fingerprints, parse_showhold
+
+# Folders whose regular files (not recursively) the state reads whole; and single files.
+WATCHED_DIRS = (
+    "/etc/apt/sources.list.d",
+    "/etc/apt/preferences.d",
+    "/etc/apt/keyrings",
+    "/etc/apt/apt.conf.d",
+    "/etc/modprobe.d",
+    "/etc/profile.d",
+    "/etc/docker",
+    "/etc/cdi",
+    "/etc/gpufleet",
+    "/var/lib/gpufleet",
+    "/usr/local/share/ca-certificates",
 )
+WATCHED_FILES = ("/etc/apt/sources.list",)
+KEYRING_DIR = "/etc/apt/keyrings"
+# Larger files are compared by sha256 only (a CA bundle need not travel on every run).
+CONTENT_LIMIT = 262144
+
+_PART = "__gpufleet_state="
+
+
+def is_watched(path: str) -> bool:
+    return path in WATCHED_FILES or str(PurePosixPath(path).parent) in WATCHED_DIRS
+
+
+def require_watched(path: str) -> None:
+    """Raise (before any host is touched) when ``path`` is outside what HostState reads."""
+    if not is_watched(path):
+        raise OperationValueError(
+            f"{path} is outside what facts.host_state.HostState reads; add its folder to "
+            "WATCHED_DIRS so that one state read keeps covering every managed file"
+        )
 
 
 @dataclass(frozen=True)
-class StackQuery:
-    """What to read: built once per host at load time and handed to every stack operation."""
+class FileState:
+    """One regular file: ``content`` is None when larger than CONTENT_LIMIT."""
 
-    packages: tuple[str, ...] = ()
-    files: tuple[str, ...] = ()
-    services: tuple[str, ...] = ()
-    offered: tuple[str, ...] = ()  # packages whose offered versions matter (apt-cache madison)
-    images: tuple[str, ...] = ()  # docker images whose presence matters
-    keyrings: tuple[str, ...] = ()  # apt keyrings whose key fingerprints matter
+    sha256: str
+    mode: str  # octal permissions as stat %a prints them: "644", "600"
+    owner: str  # "user:group"
+    size: int
+    mtime: int
+    content: str | None = None
 
 
 @dataclass(frozen=True)
 class ServiceState:
-    enabled: str  # systemctl is-enabled: enabled, disabled, masked, static, "" (no unit)
-    active: str  # systemctl is-active: active, inactive, failed, activating, ...
+    enabled: str  # list-unit-files state: enabled, disabled, masked, static, "" (no unit)
+    active: str  # active, inactive, failed, activating, ...
 
     @property
     def is_enabled(self) -> bool:
@@ -56,21 +93,19 @@ class ServiceState:
         return self.active == "active"
 
 
-_MISSING = CommandResult(text="", exit_code=None)
-
-
 @dataclass(frozen=True)
-class StackStateResult:
-    """The host as the stack sees it.
+class HostStateResult:
+    """The host as gpufleet's operations see it.
 
-    ``files``: path -> content (None: no such file; unreadable base64 also reads as None).
+    ``images``: every local image as ``repo:tag`` and ``repo@digest``.
     ``compose``: "v2" / "v1" -> version printed, for each Compose that answers.
+    ``keyrings``: keyring path -> fingerprints of its primary keys.
+    ``now``: the host's clock (seconds since the epoch), for cache ages.
     """
 
     installed: dict[str, str] = field(default_factory=dict)
     held: frozenset[str] = frozenset()
-    offered: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    files: dict[str, str | None] = field(default_factory=dict)
+    files: dict[str, FileState] = field(default_factory=dict)
     services: dict[str, ServiceState] = field(default_factory=dict)
     kernel_module: nvidia_facts.KernelModuleState = field(
         default_factory=lambda: nvidia_facts.parse_kernel_module_state(""))
@@ -78,39 +113,84 @@ class StackStateResult:
         default_factory=lambda: system_facts.parse_system_info(""))
     docker: docker_facts.DockerInfoResult = field(
         default_factory=lambda: docker_facts.parse_docker_info(""))
-    images: dict[str, bool] = field(default_factory=dict)
+    images: frozenset[str] = frozenset()
     compose: dict[str, str] = field(default_factory=dict)
     keyrings: dict[str, frozenset[str]] = field(default_factory=dict)
+    now: int | None = None
+
+    def file(self, path: str) -> FileState | None:
+        return self.files.get(path)
+
+    def content(self, path: str) -> str | None:
+        found = self.files.get(path)
+        return found.content if found else None
 
     def service(self, name: str) -> ServiceState:
         return self.services.get(name, ServiceState("", ""))
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HostStateResult:
+        """Build a state from plain values (operation tests write their facts this way).
 
-def _files_script(paths: tuple[str, ...]) -> str:
-    lines = []
-    for path in paths:
-        q = quote(path)
-        lines.append(f"if [ -f {q} ]; then printf 'file=%s\\n' {q}; base64 -w0 < {q}; echo;"
-                     f" else printf 'nofile=%s\\n' {q}; fi")
-    return "\n".join(lines) or "true"
+        ``files`` maps path -> {"content", "mode", "owner", "mtime"}; the sha256 is computed.
+        ``services`` maps name -> [enabled, active].
+        """
+        files = {}
+        for path, spec in data.get("files", {}).items():
+            content = spec.get("content", "")
+            raw = content.encode()
+            files[path] = FileState(
+                sha256=spec.get("sha256") or hashlib.sha256(raw).hexdigest(),
+                mode=str(spec.get("mode", "644")), owner=spec.get("owner", "root:root"),
+                size=len(raw), mtime=int(spec.get("mtime", 0)), content=content,
+            )
+        return cls(
+            installed=dict(data.get("installed", {})),
+            held=frozenset(data.get("held", [])),
+            files=files,
+            services={n: ServiceState(*s) for n, s in data.get("services", {}).items()},
+            images=frozenset(data.get("images", [])),
+            compose=dict(data.get("compose", {})),
+            keyrings={p: frozenset(f) for p, f in data.get("keyrings", {}).items()},
+            now=data.get("now"),
+        )
 
 
-def _services_script(names: tuple[str, ...]) -> str:
-    return "\n".join(
-        f"printf 'service=%s %s %s\\n' {quote(n)} "
-        f"\"$(systemctl is-enabled {quote(n)} 2>/dev/null)\" "
-        f"\"$(systemctl is-active {quote(n)} 2>/dev/null)\""
-        for n in names
-    ) or "true"
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _images_script(images: tuple[str, ...]) -> str:
-    return "\n".join(
-        f"if docker image inspect {quote(i)} >/dev/null 2>&1; then printf 'image=yes %s\\n' "
-        f"{quote(i)}; else printf 'image=no %s\\n' {quote(i)}; fi"
-        for i in images
-    ) or "true"
+# --- the command ---------------------------------------------------------------------------------
+def _files_script() -> str:
+    dirs = " ".join(quote(d) for d in WATCHED_DIRS)
+    files = " ".join(quote(f) for f in WATCHED_FILES)
+    # One header line per file, then its content in base64 on one line (empty when too big).
+    return "\n".join([
+        f"{{ for d in {dirs}; do [ -d \"$d\" ] && find \"$d\" -maxdepth 1 -type f; done;",
+        f"  for f in {files}; do [ -f \"$f\" ] && echo \"$f\"; done; }} | sort |",
+        "while IFS= read -r f; do",
+        "  s=$(stat -L -c '%a %U:%G %s %Y' \"$f\") || continue",
+        "  h=$(sha256sum < \"$f\" | cut -c1-64)",
+        "  printf 'file=%s %s %s\\n' \"$h\" \"$s\" \"$f\"",
+        f"  if [ \"$(stat -L -c %s \"$f\")\" -le {CONTENT_LIMIT} ]; then base64 -w0 < \"$f\"; fi",
+        "  echo",
+        "done",
+    ])
 
+
+SERVICES_SCRIPT = "\n".join([
+    "command -v systemctl >/dev/null 2>&1 || exit 0",
+    "systemctl list-unit-files --type=service --no-legend --no-pager 2>/dev/null |"
+    " awk '{print \"unitfile=\" $1 \" \" $2}'",
+    "systemctl list-units --type=service --all --no-legend --no-pager --plain 2>/dev/null |"
+    " awk '{print \"unit=\" $1 \" \" $3}'",
+])
+
+IMAGES_SCRIPT = "\n".join([
+    "command -v docker >/dev/null 2>&1 || exit 0",
+    "docker image ls --digests --format '{{.Repository}} {{.Tag}} {{.Digest}}' 2>/dev/null",
+    "true",
+])
 
 COMPOSE_SCRIPT = "\n".join([
     "v=$(docker compose version --short 2>/dev/null) && printf 'compose=v2 %s\\n' \"$v\"",
@@ -118,28 +198,42 @@ COMPOSE_SCRIPT = "\n".join([
     "true",
 ])
 
+KEYRINGS_SCRIPT = "\n".join([
+    f"[ -d {KEYRING_DIR} ] && command -v gpg >/dev/null 2>&1 || exit 0",
+    # A throwaway GNUPGHOME: listing keys must not create ~/.gnupg on the host.
+    'home=$(mktemp -d); trap \'rm -rf "$home"\' EXIT',
+    f"for k in {KEYRING_DIR}/*; do",
+    "  [ -f \"$k\" ] || continue",
+    "  echo \"__gpufleet_keyring=$k\"",
+    "  gpg --homedir \"$home\" --batch --show-keys --with-colons \"$k\" 2>/dev/null",
+    "done; true",
+])
 
-def stack_state_script(query: StackQuery) -> str:
-    dpkg_format = "'${Package} ${Version} ${db:Status-Abbrev}\\n'"
-    names = " ".join(quote(p) for p in query.packages)
-    sections = {
-        "dpkg": f"dpkg-query -W -f={dpkg_format} {names}" if names else "true",
-        "hold": "apt-mark showhold",
-        "madison": ("apt-cache madison " + " ".join(quote(p) for p in query.offered)
-                    if query.offered else "true"),
-        "files": _files_script(query.files),
-        "services": _services_script(query.services),
-        "kernel_module": nvidia_facts.KERNEL_MODULE_SCRIPT,
-        "system": system_facts.SYSTEM_SCRIPT,
-        "docker": docker_facts.DOCKER_INFO_SCRIPT,
-        "images": ("command -v docker >/dev/null 2>&1 || exit 0\n" + _images_script(query.images)
-                   if query.images else "true"),
-        "compose": COMPOSE_SCRIPT,
-        "keyrings": keyring_fingerprints_script(query.keyrings) if query.keyrings else "true",
-    }
-    return "\n".join(section_script(name, script) for name, script in sections.items())
+PARTS: dict[str, str] = {
+    "dpkg": "dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n' 2>/dev/null; true",
+    "hold": "apt-mark showhold 2>/dev/null; true",
+    "files": _files_script(),
+    "services": SERVICES_SCRIPT,
+    "kernel_module": nvidia_facts.KERNEL_MODULE_SCRIPT,
+    "system": system_facts.SYSTEM_SCRIPT,
+    "docker": docker_facts.DOCKER_INFO_SCRIPT,
+    "images": IMAGES_SCRIPT,
+    "compose": COMPOSE_SCRIPT,
+    "keyrings": KEYRINGS_SCRIPT,
+    "now": "date +%s",
+}
 
 
+def host_state_script() -> str:
+    """The whole read as one POSIX sh script: named parts, each with its exit status."""
+    return "\n".join(
+        f"echo '{_PART}{name}'\n( LC_ALL=C; export LC_ALL\n{script}\n) </dev/null 2>&1;"
+        ' echo "__gpufleet_rc=$?"'
+        for name, script in PARTS.items()
+    )
+
+
+# --- parsing -----------------------------------------------------------------------------------
 def _decode(data: str) -> str | None:
     try:
         return base64.b64decode(data.strip(), validate=True).decode("utf-8", "replace")
@@ -147,88 +241,109 @@ def _decode(data: str) -> str | None:
         return None
 
 
-def parse_stack_state(lines: list[str]) -> StackStateResult:
-    """Parse the output of `stack_state_script`. Never raises on odd text."""
-    sections = split_sections(lines)
+def parse_files(text: str) -> dict[str, FileState]:
+    files: dict[str, FileState] = {}
+    lines = text.splitlines()
+    for index, line in enumerate(lines):
+        if not line.startswith("file="):
+            continue
+        parts = line[5:].split(" ", 5)
+        if len(parts) < 6 or not parts[3].isdigit() or not parts[4].isdigit():
+            continue
+        digest, mode, owner, size, mtime, path = parts
+        payload = lines[index + 1] if index + 1 < len(lines) else ""
+        content = _decode(payload) if payload and int(size) <= CONTENT_LIMIT else None
+        if content is None and int(size) == 0:
+            content = ""
+        files[path] = FileState(digest, mode, owner, int(size), int(mtime), content)
+    return files
+
+
+def parse_services(text: str) -> dict[str, ServiceState]:
+    enabled: dict[str, str] = {}
+    active: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition("=")
+        name, _, value = rest.partition(" ")
+        unit = name.removesuffix(".service")
+        if key == "unitfile" and unit:
+            enabled[unit] = value.strip()
+        elif key == "unit" and unit:
+            active[unit] = value.strip()
+    return {name: ServiceState(enabled.get(name, ""), active.get(name, "inactive"))
+            for name in sorted(set(enabled) | set(active))}
+
+
+def parse_images(text: str) -> frozenset[str]:
+    refs: set[str] = set()
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) != 3 or parts[0] == "<none>":
+            continue
+        repo, tag, digest = parts
+        if tag != "<none>":
+            refs.add(f"{repo}:{tag}")
+        if digest.startswith("sha256:"):
+            refs.add(f"{repo}@{digest}")
+    return frozenset(refs)
+
+
+def parse_host_state(lines: list[str]) -> HostStateResult:
+    """Parse the output of ``host_state_script`` (as lines). Never raises on odd text."""
+    parts = split_sections(lines, _PART)
+    missing = CommandResult(text="", exit_code=None)
 
     def get(name: str) -> CommandResult:
-        return sections.get(name) or _MISSING
-
-    files: dict[str, str | None] = {}
-    current: str | None = None
-    for line in get("files").text.splitlines():
-        if line.startswith("file="):
-            current = line[5:]
-            files[current] = ""
-        elif line.startswith("nofile="):
-            files[line[7:]] = None
-            current = None
-        elif current is not None:
-            files[current] = _decode(line)
-            current = None
-
-    services = {}
-    for line in get("services").text.splitlines():
-        if line.startswith("service="):
-            parts = line[8:].split(" ")
-            services[parts[0]] = ServiceState(
-                parts[1] if len(parts) > 1 else "", parts[2] if len(parts) > 2 else "")
-
-    images = {}
-    for line in get("images").text.splitlines():
-        if line.startswith("image="):
-            answer, _, name = line[6:].partition(" ")
-            images[name] = answer == "yes"
+        return parts.get(name) or missing
 
     compose = {}
     for line in get("compose").text.splitlines():
         if line.startswith("compose="):
             kind, _, version = line[8:].partition(" ")
             compose[kind] = version.strip()
-
+    now = get("now").text.strip()
     module, system, docker = get("kernel_module"), get("system"), get("docker")
-    return StackStateResult(
+    return HostStateResult(
         installed=parse_dpkg_query(get("dpkg").text),
         held=parse_showhold(get("hold").text),
-        offered=parse_madison(get("madison").text),
-        files=files,
-        services=services,
+        files=parse_files(get("files").text),
+        services=parse_services(get("services").text),
         kernel_module=nvidia_facts.parse_kernel_module_state(module.text, module.exit_code),
         system=system_facts.parse_system_info(system.text, system.exit_code),
         docker=docker_facts.parse_docker_info(docker.text, docker.exit_code),
-        images=images,
+        images=parse_images(get("images").text),
         compose=compose,
         keyrings=parse_keyring_fingerprints(get("keyrings").text.splitlines()),
+        now=int(now) if now.isdigit() else None,
     )
 
 
-class StackState(FactBase[StackStateResult]):
+class HostState(FactBase[HostStateResult]):
     """
-    Packages, holds, managed files, services, kernel module, Docker: one round trip.
+    Everything gpufleet's operations compare against, in one round trip.
 
     .. code:: python
 
-        StackStateResult(installed={"nvidia-driver-535": "535.183.06-1"},
-                         held=frozenset({"nvidia-driver-535"}),
-                         files={"/etc/cdi/nvidia.yaml": None}, services={"docker":
-                         ServiceState("enabled", "active")}, kernel_module=KernelModuleState(...),
-                         docker=DockerInfoResult(...), images={"IMAGE": True},
-                         compose={"v1": "1.29.2"})
+        HostStateResult(installed={"nvidia-driver-535": "535.183.06-1"},
+                        held=frozenset({"nvidia-driver-535"}),
+                        files={"/etc/docker/daemon.json": FileState(sha256="...", mode="644",
+                               owner="root:root", size=120, mtime=1733040000, content="{...}")},
+                        services={"docker": ServiceState("enabled", "active")},
+                        kernel_module=KernelModuleState(...), docker=DockerInfoResult(...),
+                        images=frozenset({"gpufleet-sim/cuda-base:12.1"}),
+                        compose={"v1": "1.29.2"}, keyrings={...}, now=1733040000)
     """
 
-    default = StackStateResult
+    default = HostStateResult
 
-    def command(self, query: StackQuery) -> str:
-        return stack_state_script(query)
+    def command(self) -> str:
+        return host_state_script()
 
-    def process(self, output: list[str]) -> StackStateResult:
-        return parse_stack_state(output)
-
-
-# --- one read per change ---------------------------------------------------------------------
-_CACHE: dict[tuple[str, StackQuery, bool], tuple[int, StackStateResult]] = {}
+    def process(self, output: list[str]) -> HostStateResult:
+        return parse_host_state(output)
 
 
+# --- one read per phase, again after each change -------------------------------------------------
 def _changes_so_far(current: Host) -> int:
     """How many operations have changed this host so far in this run."""
     count = 0
@@ -239,70 +354,26 @@ def _changes_so_far(current: Host) -> int:
     return count
 
 
-def stack_state(query: StackQuery, fresh: bool = False) -> StackStateResult:
-    """The host's stack state, read again only when an operation changed the host since the
-    last read (or when `fresh`: after commands the current operation itself ran)."""
-    key = (host.name, query, bool(host.state.is_executing))
+def _memo(current: Host) -> dict[tuple[str, bool], tuple[int, HostStateResult]]:
+    # Kept on pyinfra's State object: a new run (or a test's new State) starts empty.
+    memo: dict[tuple[str, bool], tuple[int, HostStateResult]] = \
+        current.state.__dict__.setdefault("gpufleet_host_state", {})
+    return memo
+
+
+def host_state() -> HostStateResult:
+    """This host's state: read once per phase, and again after an operation changed it."""
+    key = (host.name, bool(host.state.is_executing))
     changes = _changes_so_far(host)
-    cached = _CACHE.get(key)
-    if not fresh and cached is not None and cached[0] == changes:
+    memo = _memo(host)
+    cached = memo.get(key)
+    if cached is not None and cached[0] == changes:
         return cached[1]
-    result = host.get_fact(StackState, query=query)
-    _CACHE[key] = (changes, result)
+    result = host.get_fact(HostState)
+    memo[key] = (changes, result)
     return result
 
 
-# --- the end-to-end check ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class StackVerificationResult:
-    gpus: nvidia_facts.GpuQuery
-    cuda: system_facts.CudaToolkitResult
-    container_exit: int | None  # None: not run
-    container_output: str = ""
-
-
-def verification_script(image: str, runtime_flags: str = "--gpus all") -> str:
-    container = (f"docker run --rm {runtime_flags} {quote(image)} "
-                 f"{nvidia_facts.NVIDIA_SMI_QUERY}")
-    return "\n".join([
-        section_script("nvidia_smi", nvidia_facts.NVIDIA_SMI_SCRIPT),
-        section_script("nvcc", system_facts.NVCC_SCRIPT),
-        section_script("container", f"timeout 300 {container}"),
-    ])
-
-
-def parse_verification(lines: list[str]) -> StackVerificationResult:
-    sections = split_sections(lines)
-    smi = sections.get("nvidia_smi") or _MISSING
-    nvcc = sections.get("nvcc") or _MISSING
-    container = sections.get("container") or _MISSING
-    return StackVerificationResult(
-        gpus=nvidia_facts.parse_nvidia_smi_query(smi.text, smi.exit_code),
-        cuda=system_facts.parse_nvcc_version(nvcc.text, nvcc.exit_code),
-        container_exit=container.exit_code,
-        container_output=clip(container.text, 2000),
-    )
-
-
-class StackVerification(FactBase[StackVerificationResult]):
-    """
-    nvidia-smi on the host, nvcc --version, and nvidia-smi inside a GPU container.
-
-    + image: the image to start with GPUs (settings.verify.gpu_test_image)
-
-    .. code:: python
-
-        StackVerificationResult(gpus=GpuQuery(status="ok", gpus=(...)),
-                                cuda=CudaToolkitResult(status="ok", version="12.1", ...),
-                                container_exit=0, container_output="0, NVIDIA H100 ...")
-    """
-
-    @staticmethod
-    def default() -> StackVerificationResult:
-        return parse_verification([])
-
-    def command(self, image: str) -> str:
-        return verification_script(image)
-
-    def process(self, output: list[str]) -> StackVerificationResult:
-        return parse_verification(output)
+def remember_host_state(result: HostStateResult) -> None:
+    """Use a reading taken in this phase (by the probe) as the current one."""
+    _memo(host)[(host.name, bool(host.state.is_executing))] = (_changes_so_far(host), result)

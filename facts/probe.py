@@ -1,9 +1,11 @@
 """``GpuHostProbe``: every read-only probe of a GPU host in one remote command.
 
 pyinfra does not cache facts and each fact is a round trip, so preflight and doctor ask for this
-one fact per host per run. It runs the same shell snippets as the single facts, each as a named
-section with its own exit status and stderr folded in, and hands each section to the same parse
-function the single fact uses (there is one parser per tool, not two).
+one fact per host per run. It also carries the state the operations compare against
+(facts.host_state), so the change-detection pass costs no command of its own. It runs the
+same shell snippets as the single facts, each as a named section with its own exit status and
+stderr folded in, and hands each section to the same parse function the single fact uses
+(there is one parser per tool, not two).
 
 The storage read-speed measurement is left out on purpose: it reads gigabytes. Use
 ``facts.storage.ReadSpeed`` when the user asks for it.
@@ -22,6 +24,7 @@ from facts import nvidia as nvidia_facts
 from facts import storage as storage_facts
 from facts import system as system_facts
 from facts._shell import CommandResult, section_script, split_sections
+from facts.host_state import HostStateResult, host_state_script, parse_host_state
 
 T = TypeVar("T")
 
@@ -41,6 +44,7 @@ class HostProbe:
     weights_free_space: storage_facts.FreeSpaceResult
     docker: docker_facts.DockerInfoResult
     container_toolkit: docker_facts.ContainerToolkitResult
+    state: HostStateResult  # what the operations compare against (facts.host_state)
 
 
 # name -> (script builder taking the weights path, parser). Order is the run order.
@@ -63,6 +67,8 @@ SECTIONS: dict[str, _Section] = {
     "free_space": (storage_facts.free_space_script, storage_facts.parse_df),
     "docker": (lambda _: docker_facts.DOCKER_INFO_SCRIPT, docker_facts.parse_docker_info),
     "nvidia_ctk": (lambda _: docker_facts.NVIDIA_CTK_SCRIPT, docker_facts.parse_nvidia_ctk_version),
+    "state": (lambda _: host_state_script(),
+              lambda text, _: parse_host_state(text.splitlines())),
 }
 
 
@@ -98,6 +104,7 @@ def parse_host_probe(lines: list[str]) -> HostProbe:
         weights_free_space=run("free_space", storage_facts.parse_df),
         docker=run("docker", docker_facts.parse_docker_info),
         container_toolkit=run("nvidia_ctk", docker_facts.parse_nvidia_ctk_version),
+        state=run("state", lambda text, _: parse_host_state(text.splitlines())),
     )
 
 

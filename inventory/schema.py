@@ -103,6 +103,12 @@ class RepoSettings(Strict):
     container_toolkit: AptRepo = AptRepo()
 
 
+class AptSettings(Strict):
+    # Package lists older than this are refreshed before anything is installed from them.
+    # (They are always refreshed when the sources, their keys or the pins change.)
+    lists_max_age_seconds: int = Field(default=3600, ge=0, le=7 * 86400)
+
+
 # --- network: proxies and private CAs -------------------------------------------------------
 class NetworkSettings(Strict):
     http_proxy: HttpUrl | None = None
@@ -186,6 +192,7 @@ class Settings(Strict):
     gpus: ExpectedGpus = ExpectedGpus()
     storage: StorageSettings = StorageSettings()
     repos: RepoSettings = RepoSettings()
+    apt: AptSettings = AptSettings()
     network: NetworkSettings = NetworkSettings()
     driver: DriverSettings = DriverSettings()
     docker: DockerSettings = DockerSettings()

@@ -1,22 +1,28 @@
 """Apt pins that hold: exact-version installs, apt preferences and apt-mark holds.
 
-pyinfra has no operation for apt preferences or `apt-mark hold`. These three read the stack
-state (facts.host_state: one command for the whole stack), so a no-op run costs nothing more.
-A pin change moves a package: preferences first, then unhold + install, then hold again.
+pyinfra has no operation for apt preferences or `apt-mark hold`. These compare with the one
+state read (facts.host_state), so a no-op run costs nothing more. A pin change moves a package:
+preferences first, then unhold + install, then hold again.
+
+Commands that download take ``env_file``: a file on the host of ``VAR=value`` lines (proxies)
+sourced by the command itself, so credentials never appear on a command line or in output.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 
 from pyinfra import host
-from pyinfra.api import StringCommand, operation
+from pyinfra.api import OperationValueError, StringCommand, operation
 
 from facts._shell import quote
-from facts.host_state import StackQuery, stack_state
-from inventory.nvidia_stack import PIN_PRIORITY, render_apt_preferences
-from operations.host_files import write_file_command
+from facts.apt import AptOffered
+from facts.host_state import host_state, require_watched, sha256_text
+from operations.host_files import file_commands, write_file_command
+from rules.packages import PIN_PRIORITY
+from rules.render import render_apt_preferences
 
 logger = logging.getLogger("gpufleet")
 
@@ -27,19 +33,29 @@ APT_INSTALL = (
     "--allow-change-held-packages -o Dpkg::Options::=--force-confdef "
     "-o Dpkg::Options::=--force-confold"
 )
+_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+_VERSION = re.compile(r"[A-Za-z0-9.+~:-]+")
 
 
-def _check(packages: Mapping[str, str | None], query: StackQuery) -> None:
-    missing = sorted(set(packages) - set(query.packages))
-    if missing:
-        raise ValueError(f"not in the stack query: {', '.join(missing)}")
+def with_env_file(script: str, env_file: str | None) -> str:
+    """Prefix ``script`` so that it exports the variables of ``env_file`` when it exists."""
+    if not env_file:
+        return script
+    return f"if [ -r {quote(env_file)} ]; then set -a; . {quote(env_file)}; set +a; fi; {script}"
+
+
+def check_packages(packages: Mapping[str, str | None]) -> None:
+    for name, version in packages.items():
+        if not _PACKAGE.fullmatch(name):
+            raise OperationValueError(f"not an apt package name: {name!r}")
+        if version is not None and not _VERSION.fullmatch(version):
+            raise OperationValueError(f"not an apt version: {name} {version!r}")
 
 
 @operation()
 def apt_preferences(
     path: str,
     packages: Mapping[str, str],
-    query: StackQuery,
     component: str,
     pin_set: str,
     priority: int = PIN_PRIORITY,
@@ -47,9 +63,8 @@ def apt_preferences(
     """
     Ensure an apt preferences file pins each package to its exact version.
 
-    + path: the file under /etc/apt/preferences.d (must be in ``query.files``)
+    + path: the file under /etc/apt/preferences.d
     + packages: package -> exact apt version
-    + query: the stack's StackQuery
     + component / pin_set: named in the file's header
     + priority: Pin-Priority; above 1000 apt also downgrades to the pin
 
@@ -61,22 +76,24 @@ def apt_preferences(
             name="Ensure apt prefers exactly the pinned driver",
             path="/etc/apt/preferences.d/gpufleet-nvidia-driver.pref",
             packages={"nvidia-driver-535": "535.183.06-1"},
-            query=query, component="nvidia-driver", pin_set="r535-cuda121",
+            component="nvidia-driver", pin_set="r535-cuda121",
         )
     """
+    require_watched(path)
+    if not packages:
+        raise OperationValueError("no packages to pin")
+    check_packages(packages)
     content = render_apt_preferences(component, pin_set, packages, priority)
-    if path not in query.files:
-        raise ValueError(f"{path} is not in the stack query")
-    if stack_state(query).files.get(path) == content:
+    commands = list(file_commands(path, host_state().file(path), sha256_text(content),
+                                  write_file_command(path, content), "644", "root:root"))
+    if not commands:
         host.noop(f"{path} pins {len(packages)} packages")
         return
-    yield write_file_command(path, content)
+    yield from commands
 
 
 @operation()
-def exact_versions(
-    packages: Mapping[str, str | None], query: StackQuery, env: Mapping[str, str] | None = None
-):
+def exact_versions(packages: Mapping[str, str | None], env_file: str | None = None):
     """
     Ensure packages are installed at exactly these versions (None: any version, installed).
 
@@ -84,8 +101,7 @@ def exact_versions(
     so their exact inter-dependencies resolve together. Holding again is `apt_hold`'s job.
 
     + packages: package -> exact apt version, or None
-    + query: the stack's StackQuery (must list every package)
-    + env: extra environment (proxies)
+    + env_file: a VAR=value file on the host sourced first (proxies)
 
     **Example:**
 
@@ -94,11 +110,10 @@ def exact_versions(
         exact_versions(
             name="Ensure the pinned CUDA toolkit is installed",
             packages={"cuda-toolkit-12-1": "12.1.1-1"},
-            query=query,
         )
     """
-    _check(packages, query)
-    state = stack_state(query)
+    check_packages(packages)
+    state = host_state()
     moving = sorted(
         name for name, version in packages.items()
         if name not in state.installed or (version is not None and state.installed[name] != version)
@@ -114,28 +129,26 @@ def exact_versions(
     script = f"{APT_INSTALL} {wanted}"
     if unhold:
         script = f"apt-mark unhold {' '.join(quote(n) for n in unhold)} >/dev/null && {script}"
-    yield StringCommand(script, _env={**APT_ENV, **(env or {})})
+    yield StringCommand(with_env_file(script, env_file), _env=APT_ENV)
 
 
 @operation()
-def apt_hold(packages: Sequence[str], query: StackQuery, hold: bool = True):
+def apt_hold(packages: Sequence[str], hold: bool = True):
     """
     Ensure packages are on hold (or not), so `apt-get upgrade` and unattended upgrades leave
     them alone.
 
-    + packages: package names (must be in ``query.packages``)
-    + query: the stack's StackQuery
+    + packages: package names
     + hold: True to hold, False to release
 
     **Example:**
 
     .. code:: python
 
-        apt_hold(name="Ensure the driver packages are held", packages=["nvidia-driver-535"],
-                 query=query)
+        apt_hold(name="Ensure the driver packages are held", packages=["nvidia-driver-535"])
     """
-    _check(dict.fromkeys(packages), query)
-    held = stack_state(query).held
+    check_packages(dict.fromkeys(packages))
+    held = host_state().held
     todo = sorted(p for p in packages if (p in held) != hold)
     if not todo:
         host.noop(f"{len(packages)} packages {'held' if hold else 'not held'}")
@@ -144,37 +157,62 @@ def apt_hold(packages: Sequence[str], query: StackQuery, hold: bool = True):
 
 
 @operation()
-def installed_if_offered(
-    package: str, query: StackQuery, why: str, env: Mapping[str, str] | None = None
-):
+def packages_present(packages: Sequence[str], env_file: str | None = None):
+    """
+    Ensure packages are installed, at whatever version the distribution offers.
+
+    For tools the deploy itself needs on a bare host (curl, gnupg): the package lists are
+    refreshed first, since a fresh image may have none.
+
+    + packages: package names
+    + env_file: a VAR=value file on the host sourced first (proxies)
+
+    **Example:**
+
+    .. code:: python
+
+        packages_present(name="Ensure curl and gnupg are installed",
+                         packages=["curl", "gnupg"])
+    """
+    check_packages(dict.fromkeys(packages))
+    missing = [p for p in packages if p not in host_state().installed]
+    if not missing:
+        host.noop(f"{len(packages)} packages installed")
+        return
+    script = f"apt-get update -q && {APT_INSTALL} {' '.join(quote(p) for p in missing)}"
+    yield StringCommand(with_env_file(script, env_file), _env=APT_ENV)
+
+
+@operation()
+def installed_if_offered(package: str, why: str, env_file: str | None = None):
     """
     Ensure a package is installed when the repositories offer it; warn when they do not.
 
     For packages the host may lack for good reason (headers of a custom kernel): the step that
-    needs them checks its own result later.
+    needs them checks its own result later. What is offered is read only when the package is
+    missing.
 
-    + package: package name (must be in ``query.packages`` and ``query.offered``)
-    + query: the stack's StackQuery
+    + package: package name
     + why: what the package is for (printed in the warning)
-    + env: extra environment (proxies)
+    + env_file: a VAR=value file on the host sourced first (proxies)
 
     **Example:**
 
     .. code:: python
 
         installed_if_offered(name="Ensure headers for the running kernel are installed",
-                             package="linux-headers-6.1.0-18-amd64", query=query,
+                             package="linux-headers-6.1.0-18-amd64",
                              why="DKMS builds the NVIDIA module against them")
     """
-    state = stack_state(query)
-    if package in state.installed:
+    check_packages({package: None})
+    if package in host_state().installed:
         host.noop(f"{package} is installed")
         return
-    if not state.offered.get(package):
+    if not host.get_fact(AptOffered, packages=(package,)).get(package):
         host.log_styled(
             f"warning: {package} is not offered by any repository; {why}. "
             "Install the headers of the running kernel by hand if the module does not load.",
             fg="yellow", log_func=logger.warning)
         host.noop(f"{package} not offered")
         return
-    yield StringCommand(f"{APT_INSTALL} {quote(package)}", _env={**APT_ENV, **(env or {})})
+    yield StringCommand(with_env_file(f"{APT_INSTALL} {quote(package)}", env_file), _env=APT_ENV)

@@ -1,72 +1,84 @@
-"""/etc/docker/daemon.json merged into, never overwritten (inventory.daemon_json)."""
+"""Docker's configuration and images: /etc/docker/daemon.json merged into (rules.daemon_json),
+and images loaded from `docker save` archives where no registry is reachable.
+"""
 
 from __future__ import annotations
 
-from pyinfra import host
-from pyinfra.api import FunctionCommand, operation
-from pyinfra.api.command import FileUploadCommand
+import uuid
 
-from deploys.common import refuse
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
+
 from facts._shell import quote
-from facts.host_state import StackQuery, stack_state
-from inventory.daemon_json import (
+from facts.host_state import host_state, require_watched
+from operations.host_files import write_file_command
+from operations.messages import fail_host
+from rules.daemon_json import (
     DaemonJsonError,
     DaemonJsonWanted,
     merge_daemon_json,
+    parse_claims,
     parse_daemon_json,
+    render_claims,
     render_daemon_json,
 )
-from operations.host_files import write_file_command
 
 
 @operation()
-def daemon_json(path: str, wanted: DaemonJsonWanted, query: StackQuery):
+def daemon_json(path: str, record: str, wanted: DaemonJsonWanted):
     """
-    Ensure daemon.json holds gpufleet's keys, keeping every key the user wrote.
+    Ensure daemon.json holds what the fleet asks for, keeping every key the user wrote, and
+    give back what gpufleet put there earlier and the fleet no longer asks for.
 
     The first change keeps a copy of the user's file as ``daemon.json.before-gpufleet``. A file
     that is not a JSON object stops the host: guessing would lose the user's settings.
 
-    + path: /etc/docker/daemon.json (must be in ``query.files``)
+    + path: /etc/docker/daemon.json
+    + record: where gpufleet records its claims (the values it owns and what they replaced)
     + wanted: what the fleet file asks for (runtime, default runtime, mirrors, protection)
-    + query: the stack's StackQuery
 
     **Example:**
 
     .. code:: python
 
         daemon_json(name="Ensure Docker knows the nvidia runtime",
-                    path="/etc/docker/daemon.json", wanted=DaemonJsonWanted(), query=query)
+                    path="/etc/docker/daemon.json",
+                    record="/etc/gpufleet/docker-daemon-json.claims.json",
+                    wanted=DaemonJsonWanted())
     """
-    if path not in query.files:
-        raise ValueError(f"{path} is not in the stack query")
-    text = stack_state(query).files.get(path)
+    require_watched(path)
+    require_watched(record)
+    state = host_state()
+    text = state.content(path)
     try:
         current = parse_daemon_json(text)
+        owned = parse_claims(state.content(record))
     except DaemonJsonError as exc:
-        yield FunctionCommand(refuse, (
+        yield FunctionCommand(fail_host, (
             f"{path} cannot be merged: {exc}.\n"
-            f"Fix the file by hand (it is left untouched), then re-run the deploy.",), {})
+            "Fix the file by hand (it is left untouched), then re-run the deploy.",), {})
         return
-    merged = merge_daemon_json(current, wanted)
-    if text is not None and merged == current:
+    merged, claims = merge_daemon_json(current, owned, wanted)
+    if text is not None and merged == current and claims == owned:
         host.noop(f"{path} has the nvidia runtime and gpufleet's settings")
         return
-    if text is not None and text.strip():
-        backup = quote(path + ".before-gpufleet")
-        yield f"[ -e {backup} ] || cp -p {quote(path)} {backup}"
-    yield write_file_command(path, render_daemon_json(merged))
+    if text is None or merged != current:
+        if text is not None and text.strip():
+            backup = quote(path + ".before-gpufleet")
+            yield f"[ -e {backup} ] || cp -p {quote(path)} {backup}"
+        yield write_file_command(path, render_daemon_json(merged))
+    if claims != owned:
+        yield write_file_command(record, render_claims(path, claims))
 
 
 @operation()
-def image_from_archive(image: str, archive: str, query: StackQuery):
+def image_from_archive(image: str, archive: str):
     """
     Ensure a Docker image is present, loading it from a `docker save` archive on the
     controller when it is not (sites without registry access).
 
-    + image: the image reference that must exist (must be in ``query.images``)
+    + image: the image reference that must exist
     + archive: path of the archive on the controller
-    + query: the stack's StackQuery
 
     **Example:**
 
@@ -74,13 +86,14 @@ def image_from_archive(image: str, archive: str, query: StackQuery):
 
         image_from_archive(name="Ensure the GPU test image is present",
                            image="nvidia/cuda:12.1.1-base-ubuntu22.04",
-                           archive="images/cuda-base.tar", query=query)
+                           archive="images/cuda-base.tar")
     """
-    if image not in query.images:
-        raise ValueError(f"{image} is not in the stack query")
-    if stack_state(query).images.get(image):
+    if image in host_state().images:
         host.noop(f"image {image} is present")
         return
-    remote = "/var/tmp/gpufleet-image.tar"
+    # A unique name per attempt, removed whatever happens; leftovers of an interrupted
+    # upload are removed first.
+    remote = f"/var/tmp/gpufleet-image-{uuid.uuid4().hex[:12]}.tar"
+    yield StringCommand("rm -f /var/tmp/gpufleet-image-*.tar")
     yield FileUploadCommand(archive, remote)
-    yield f"docker load -i {remote} && rm -f {remote}"
+    yield StringCommand(f"trap 'rm -f {quote(remote)}' EXIT && docker load -i {quote(remote)}")

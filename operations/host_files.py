@@ -1,40 +1,82 @@
-"""Files gpufleet manages on hosts, compared with what the one state read saw.
+"""Files gpufleet owns on a host: exact content, mode and owner; uploads; files moved aside.
 
-pyinfra's files.put costs two facts per file (stat and checksum); the stack already read the
-content of every file it manages in one command (facts.host_state), so comparing needs none.
+pyinfra's files.put costs two facts per file (stat and checksum); these compare with the one
+state read (facts.host_state), which already has every watched file's sha256, mode and owner.
+Files are written next to the old one under a unique temporary name and renamed over it, so a
+reader never sees half a file and a failed write leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import PurePosixPath
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, StringCommand, operation
+from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, operation
 
 from facts._shell import quote
-from facts.host_state import StackQuery, stack_state
+from facts.host_state import FileState, host_state, require_watched, sha256_text
+
+_MODE = re.compile(r"[0-7]{3,4}")
+_OWNER = re.compile(r"[a-z_][a-z0-9_-]*:[a-z_][a-z0-9_-]*")
 
 
-def write_file_command(path: str, content: str, mode: str = "644") -> StringCommand:
-    """Write next to the old file, then swap: a reader never sees half a file."""
+def _check_args(path: str, mode: str, owner: str) -> None:
+    require_watched(path)
+    if not _MODE.fullmatch(mode):
+        raise OperationValueError(f"mode must be octal like 644 or 0600, got {mode!r}")
+    if not _OWNER.fullmatch(owner):
+        raise OperationValueError(f"owner must be USER:GROUP, got {owner!r}")
+
+
+def _same_mode(current: str, wanted: str) -> bool:
+    return int(current, 8) == int(wanted, 8)
+
+
+def write_file_command(path: str, content: str, mode: str = "644",
+                       owner: str = "root:root") -> StringCommand:
+    """Write ``content`` to a unique temporary file beside ``path``, then rename it over."""
     data = base64.b64encode(content.encode()).decode()
-    new = quote(path + ".gpufleet-new")
+    folder = quote(str(PurePosixPath(path).parent))
     return StringCommand(
-        f"install -d -m 0755 \"$(dirname {quote(path)})\" && "
-        f"printf %s {quote(data)} | base64 -d > {new} && chmod {quote(mode)} {new} && "
-        f"mv -f {new} {quote(path)}"
+        f"install -d -m 0755 {folder} && "
+        f"tmp=$(mktemp {folder}/.gpufleet-new.XXXXXX) && trap 'rm -f \"$tmp\"' EXIT && "
+        f"printf %s {quote(data)} | base64 -d > \"$tmp\" && chmod {quote(mode)} \"$tmp\" && "
+        f"chown {quote(owner)} \"$tmp\" && mv -f \"$tmp\" {quote(path)}"
     )
 
 
-@operation()
-def managed_file(path: str, content: str | None, query: StackQuery, mode: str = "644"):
-    """
-    Ensure a file has exactly this content (compared with the stack state, no extra fact).
+def file_commands(path: str, current: FileState | None, wanted_sha256: str | None,
+                  write: StringCommand | None, mode: str, owner: str) -> Iterator[StringCommand]:
+    """The commands that bring ``path`` to the wanted bytes, mode and owner (none if it has
+    them); ``wanted_sha256`` None means the file must not exist."""
+    if wanted_sha256 is None:
+        if current is not None:
+            yield StringCommand(f"rm -f {quote(path)}")
+        return
+    if current is None or current.sha256 != wanted_sha256:
+        assert write is not None
+        yield write
+        return
+    if not _same_mode(current.mode, mode):
+        yield StringCommand(f"chmod {quote(mode)} {quote(path)}")
+    if current.owner != owner:
+        yield StringCommand(f"chown {quote(owner)} {quote(path)}")
 
-    + path: file on the host; must be one of ``query.files``
-    + content: the whole file; None: the file must not exist
-    + query: the stack's StackQuery (what the one state read covers)
-    + mode: octal permissions
+
+@operation()
+def managed_file(path: str, content: str | None, mode: str = "644", owner: str = "root:root"):
+    """
+    Ensure a file has exactly this content, mode and owner (None: the file must not exist).
+
+    + path: file on the host, in a folder the state read watches (facts.host_state)
+    + content: the whole file; None removes it
+    + mode: octal permissions (600 for anything holding a secret)
+    + owner: USER:GROUP
 
     **Example:**
 
@@ -44,31 +86,30 @@ def managed_file(path: str, content: str | None, query: StackQuery, mode: str = 
             name="Ensure nouveau is blacklisted",
             path="/etc/modprobe.d/gpufleet-blacklist-nouveau.conf",
             content="blacklist nouveau\\n",
-            query=query,
         )
     """
-    if path not in query.files:
-        raise ValueError(f"{path} is not in the stack query; add it to StackQuery.files")
-    if stack_state(query).files.get(path) == content:
-        host.noop(f"{path} is up to date" if content is not None else f"{path} is absent")
+    _check_args(path, mode, owner)
+    current = host_state().file(path)
+    wanted = None if content is None else sha256_text(content)
+    write = None if content is None else write_file_command(path, content, mode, owner)
+    commands = list(file_commands(path, current, wanted, write, mode, owner))
+    if not commands:
+        host.noop(f"{path} is absent" if content is None else f"{path} is up to date")
         return
-    if content is None:
-        yield StringCommand(f"rm -f {quote(path)}")
-    else:
-        yield write_file_command(path, content, mode)
+    yield from commands
 
 
 @operation()
-def uploaded_file(path: str, src: str, query: StackQuery, mode: str = "644"):
+def uploaded_file(path: str, src: str, mode: str = "644", owner: str = "root:root"):
     """
     Ensure a file on the host is a copy of a controller file, uploaded only when it differs.
 
-    For files too large for a command line (CA bundles); compared with the stack state.
+    For files too large for a command line (CA bundles); compared by sha256.
 
-    + path: file on the host; must be one of ``query.files``
+    + path: file on the host, in a folder the state read watches
     + src: file on the controller
-    + query: the StackQuery whose one read covers ``path``
     + mode: octal permissions
+    + owner: USER:GROUP
 
     **Example:**
 
@@ -78,17 +119,57 @@ def uploaded_file(path: str, src: str, query: StackQuery, mode: str = "644"):
             name="Ensure the fleet's extra CA bundle is trusted",
             path="/usr/local/share/ca-certificates/gpufleet-extra-ca.crt",
             src="certs/corporate-root-ca.pem",
-            query=query,
         )
     """
-    if path not in query.files:
-        raise ValueError(f"{path} is not in the stack query; add it to StackQuery.files")
-    with open(src, encoding="utf-8", errors="replace") as handle:
-        wanted = handle.read()
-    if stack_state(query).files.get(path) == wanted:
+    _check_args(path, mode, owner)
+    with open(src, "rb") as handle:
+        wanted = hashlib.sha256(handle.read()).hexdigest()
+    # A unique name per attempt; the leftovers of a failed upload are removed first.
+    tmp = f"{path}.gpufleet-upload-{uuid.uuid4().hex[:12]}"
+    write = StringCommand(
+        f"trap 'rm -f {quote(tmp)}' EXIT && chmod {quote(mode)} {quote(tmp)} && "
+        f"chown {quote(owner)} {quote(tmp)} && mv -f {quote(tmp)} {quote(path)}"
+    )
+    commands = list(file_commands(path, host_state().file(path), wanted, write, mode, owner))
+    if not commands:
         host.noop(f"{path} is up to date")
         return
-    new = path + ".gpufleet-new"
-    yield StringCommand(f"install -d -m 0755 \"$(dirname {quote(path)})\"")
-    yield FileUploadCommand(src, new)
-    yield StringCommand(f"chmod {quote(mode)} {quote(new)} && mv -f {quote(new)} {quote(path)}")
+    if commands[0] is write:
+        folder = quote(str(PurePosixPath(path).parent))
+        yield StringCommand(f"install -d -m 0755 {folder} && rm -f {quote(path)}.gpufleet-upload-*")
+        yield FileUploadCommand(src, tmp)
+    yield from commands
+
+
+@operation()
+def moved_aside(path: str, backup_dir: str, why: str):
+    """
+    Ensure a file is no longer at ``path``: moved into ``backup_dir`` (never deleted).
+
+    + path: the file to move away, in a folder the state read watches
+    + backup_dir: where it is kept (created 0700); the name gets a timestamp suffix
+    + why: one line for the log, naming what replaces it
+
+    **Example:**
+
+    .. code:: python
+
+        moved_aside(
+            name="Replace NVIDIA's own apt source cuda-ubuntu2204-x86_64.list",
+            path="/etc/apt/sources.list.d/cuda-ubuntu2204-x86_64.list",
+            backup_dir="/var/backups/gpufleet",
+            why="gpufleet's signed source for the same repository replaces it",
+        )
+    """
+    require_watched(path)
+    if not PurePosixPath(backup_dir).is_absolute():
+        raise OperationValueError(f"backup_dir must be absolute, got {backup_dir!r}")
+    if host_state().file(path) is None:
+        host.noop(f"{path} is not there")
+        return
+    name = quote(PurePosixPath(path).name)
+    yield StringCommand(
+        f"install -d -m 0700 {quote(backup_dir)} && "
+        f"mv -f {quote(path)} {quote(backup_dir)}/{name}.$(date +%Y%m%d%H%M%S) && "
+        f"echo {quote(f'gpufleet: moved {path} to {backup_dir}: {why}')}"
+    )

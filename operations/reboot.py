@@ -1,4 +1,4 @@
-"""Reboot a host only when its driver needs it, and wait until it is back.
+"""Reboot a host, saying why, and wait until it is back.
 
 pyinfra's server.reboot decides that a host rebooted from /proc/uptime; this one leaves a
 token in /run (a tmpfs, empty after every boot) and waits until the token is gone and systemd
@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 
-from pyinfra import host
-from pyinfra.api import FunctionCommand, State, StringCommand, operation
+from pyinfra.api import FunctionCommand, OperationValueError, State, StringCommand, operation
 from pyinfra.api.host import Host
 from pyinfra.connectors.ssh import SSHConnector
+
+from operations.messages import tell
 
 logger = logging.getLogger("gpufleet")
 
@@ -58,15 +58,15 @@ def wait_for_boot(state: State, host: Host, token: str, delay: int, timeout: int
 
 
 @operation(is_idempotent=False)
-def reboot_when(
-    reasons: Callable[[], list[str]], timeout: int = 900, delay: int = 5
-):
+def rebooted(reasons: list[str], timeout: int = 900, delay: int = 5):
     """
-    Reboot the host when ``reasons()`` (called at execution time) names any, then wait for it.
+    Reboot the host, saying why, and wait until it is back.
 
-    Pass ``_serial=True`` so that hosts reboot one at a time.
+    The deploy decides before execution whether a reboot is due (and shows it in the preview);
+    tie it to the change that causes it with ``_if=install.did_change``. Pass ``_serial=True``
+    so that hosts reboot one at a time.
 
-    + reasons: returns why a reboot is needed now (empty: no reboot)
+    + reasons: why the reboot is needed (printed when it happens; must not be empty)
     + timeout: seconds to wait for the host to come back
     + delay: seconds before the first check
 
@@ -74,16 +74,14 @@ def reboot_when(
 
     .. code:: python
 
-        reboot_when(name="Reboot if the driver needs it", reasons=lambda: ["new driver"],
-                    _serial=True)
+        rebooted(name="Reboot to load driver 535.183.06",
+                 reasons=["driver 535.161.08 -> 535.183.06 installed"],
+                 _if=driver_install.did_change, _serial=True)
     """
-    why = reasons()
-    if not why:
-        host.noop("no reboot needed")
-        return
-    for reason in why:
-        host.log_styled(f"rebooting: {reason}", fg="yellow", log_func=logger.warning)
+    if not reasons:
+        raise OperationValueError("a reboot needs a reason")
     token = uuid.uuid4().hex
+    yield FunctionCommand(tell, ("\n".join(f"rebooting: {r}" for r in reasons),), {})
     yield StringCommand(f"echo {token} > {TOKEN_PATH}")
     yield StringCommand(
         "nohup sh -c 'sleep 2; systemctl reboot || reboot' </dev/null >/dev/null 2>&1 &")

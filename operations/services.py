@@ -1,38 +1,41 @@
-"""systemd services of the NVIDIA stack, compared with the stack state (no extra fact)."""
+"""systemd services, compared with the one state read (no extra fact)."""
 
 from __future__ import annotations
 
+import re
+
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import OperationValueError, operation
 
 from facts._shell import quote
-from facts.host_state import StackQuery, stack_state
+from facts.host_state import host_state
 
 
 @operation()
-def service(unit: str, query: StackQuery, enabled: bool = True, running: bool = True):
+def service(unit: str, enabled: bool = True, running: bool = True):
     """
     Ensure a systemd service is enabled at boot and running.
 
-    + unit: the unit name without .service (must be in ``query.services``)
-    + query: the stack's StackQuery
+    + unit: the unit name without .service
     + enabled: enable it at boot
-    + running: start it now (a unit that needs the driver loaded: only after any reboot)
+    + running: start it now (a unit that needs the driver loaded: only when no reboot is due)
 
     **Example:**
 
     .. code:: python
 
-        service(name="Ensure the NVIDIA persistence daemon runs", unit="nvidia-persistenced",
-                query=query)
+        service(name="Ensure the NVIDIA persistence daemon runs", unit="nvidia-persistenced")
     """
-    if unit not in query.services:
-        raise ValueError(f"{unit} is not in the stack query")
-    state = stack_state(query).service(unit)
+    if not re.fullmatch(r"[A-Za-z0-9@._-]+", unit):
+        raise OperationValueError(f"not a systemd unit name: {unit!r}")
+    state = host_state().service(unit)
+    todo = []
     if enabled and not state.is_enabled:
-        yield f"systemctl enable {quote(unit)}"
+        todo.append(f"systemctl enable {quote(unit)}")
     if running and not state.is_active:
-        yield f"systemctl start {quote(unit)}"
-    if (not enabled or state.is_enabled) and (not running or state.is_active):
+        todo.append(f"systemctl start {quote(unit)}")
+    if not todo:
         host.noop(f"{unit} is " + " and ".join(
             w for w, on in (("enabled", enabled), ("running", running)) if on))
+        return
+    yield from todo

@@ -1,9 +1,11 @@
-"""Helpers for the NVIDIA stack's end-to-end tests (and benchmarks/fleet.py).
+"""Helpers for the end-to-end tests (and benchmarks/fleet.py): test copies of the simulated
+hosts, a copy of the product tree, fleet files, runs of the deploy and of its preview.
 
-The stack tests run on their own simulated hosts (`gpufleet-stack-*`, the same image and
-hardware as tests/sim/hosts.toml under other names), so other tests resetting the shared
-`gpufleet-sim-*` hosts cannot pull the floor from under them. The deploy runs from a copy of
-the product tree, so a test can change inventory/pins.toml there exactly as a user would.
+Tests never touch the rehearsal fleet (`gpufleet-sim-*`, what `make rehearse` provisions):
+each test module runs on its own copies of those hosts (`gpufleet-<prefix>-<hardware>`: the
+same image and hardware under other names), so `make test` and `make rehearse` can run in any
+order. The deploy runs from a copy of the product tree, so a test can change
+inventory/pins.toml there exactly as a user would.
 """
 
 from __future__ import annotations
@@ -23,30 +25,47 @@ from tests.e2e.hosts import sh
 from tests.sim import simctl
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCT = ("deploys", "facts", "inventory", "operations", "templates", "inventory.py",
+PRODUCT = ("deploys", "facts", "inventory", "operations", "rules", "templates", "inventory.py",
            "pyproject.toml")
 PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
-# Hosts of tests/sim/hosts.toml -> the names the stack tests give them.
-STACK_HOSTS = {
-    "gpufleet-sim-h100x8": "gpufleet-stack-h100x8",
-    "gpufleet-sim-a100x2": "gpufleet-stack-a100x2",
-    "gpufleet-sim-rtx4090": "gpufleet-stack-rtx4090",
-}
-H100, A100, RTX = STACK_HOSTS.values()
+SIM_PREFIX = "gpufleet-sim-"
 
 
-def start_hosts(names: list[str], fresh: bool = True) -> None:
-    """Start (fresh: recreate) the named stack hosts; the repo container is shared."""
-    by_name = {STACK_HOSTS[h.name]: h for h in simctl.load_hosts()}
-    hosts = [replace(by_name[n], name=n, hardware={**by_name[n].hardware, "hostname": n})
-             for n in names]
+def copy_name(prefix: str, sim_name: str) -> str:
+    """gpufleet-sim-h100x8 -> gpufleet-<prefix>-h100x8."""
+    return f"gpufleet-{prefix}-{sim_name.removeprefix(SIM_PREFIX)}"
+
+
+def hardware_of(name: str) -> str:
+    """gpufleet-<prefix>-h100x8 -> h100x8."""
+    return name.split("-", 2)[2]
+
+
+# The stack tests' hosts (and the benchmark's).
+H100, A100, RTX = (copy_name("stack", n) for n in
+                   ("gpufleet-sim-h100x8", "gpufleet-sim-a100x2", "gpufleet-sim-rtx4090"))
+
+
+def copy_specs(names: list[str]) -> dict[str, simctl.HostSpec]:
+    """The simulated hosts of tests/sim/hosts.toml under the test copies' names."""
+    by_hw = {h.name.removeprefix(SIM_PREFIX): h for h in simctl.load_hosts()}
+    return {n: replace(by_hw[hardware_of(n)], name=n,
+                       hardware={**by_hw[hardware_of(n)].hardware, "hostname": n})
+            for n in names}
+
+
+def start_hosts(names: list[str], fresh: bool = True,
+                run_args: dict[str, tuple[str, ...]] | None = None) -> None:
+    """Start (fresh: recreate) test copies of simulated hosts, named gpufleet-<prefix>-<hw>;
+    the repository container is shared. ``run_args``: extra `docker run` flags per host."""
+    hosts = list(copy_specs(names).values())
     images = simctl.ensure_images()
     simctl.ensure_network()
     simctl.ensure_repo(images["repo"])
     if fresh:
         simctl.remove_hosts(names)
     for spec in hosts:
-        simctl.ensure_host(spec, images["host"])
+        simctl.ensure_host(spec, images["host"], (run_args or {}).get(spec.name, ()))
     for spec in hosts:
         simctl.wait_for_systemd(spec.name)
 
@@ -80,25 +99,44 @@ def _toml_value(value: Any) -> str:
         f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
 
 
-def write_fleet(dest: Path, hosts: list[str], settings: dict[str, Any] | None = None) -> Path:
-    """A fleet file for the stack hosts: inventory/sim.toml's settings, absolute paths."""
+# Hardware -> the group a fleet file puts such a host in, and what it expects of its GPUs.
+GROUPS = {
+    "h100x8": ("hgx", {"count": 8, "model": "H100 80GB HBM3", "memory_gib": 79}),
+    "a100x2": ("pcie", {"count": 2, "model": "A100-PCIE-40GB", "memory_gib": 39}),
+    "rtx4090": ("desk", {"count": 1, "model": "RTX 4090"}),
+}
+
+
+def write_fleet(dest: Path, hosts: list[str], settings: dict[str, Any] | None = None,
+                connect: dict[str, dict[str, Any]] | None = None, extra_toml: str = "",
+                name: str = "fleet.toml") -> Path:
+    """A fleet file for test hosts: inventory/sim.toml's fleet-wide settings (absolute paths),
+    the Python environment off, one group per hardware kind.
+
+    ``settings``: per-host settings; ``connect``: per-host connection fields (default
+    ``target = "@docker/NAME"``); ``extra_toml``: appended as is (fleet-wide tables).
+    """
     sim = (REPO / "inventory" / "sim.toml").read_text()
     # Everything up to the first group: the fleet-wide settings of the simulated fleet.
     head = sim.split("\n[groups.", 1)[0]
     head = head.replace('"../tests/sim/build/', f'"{REPO}/tests/sim/build/')
     # The Python environment (a 2.7 GB lock per host) has its own tests and is not the stack.
-    lines = [head.rstrip(), "", "[settings.python_env]", "enabled = false", ""]
-    groups = {H100: ("hgx", {"count": 8, "model": "H100 80GB HBM3", "memory_gib": 79}),
-              A100: ("pcie", {"count": 2, "model": "A100-PCIE-40GB", "memory_gib": 39}),
-              RTX: ("desk", {"count": 1, "model": "RTX 4090"})}
-    for name in hosts:
-        group, gpus = groups[name]
-        extra = dict((settings or {}).get(name, {}))
-        extra["gpus"] = gpus
-        body = ", ".join(f"{k} = {_toml_value(v)}" for k, v in extra.items())
-        lines += [f"[groups.{group}]", f"settings = {{ {body} }}",
-                  f"[groups.{group}.hosts.{name}]", f'target = "@docker/{name}"', ""]
-    path = dest / "fleet.toml"
+    lines = [head.rstrip(), "", "[settings.python_env]", "enabled = false", "", extra_toml, ""]
+    by_group: dict[str, list[str]] = {}
+    for host in hosts:
+        group, gpus = GROUPS[hardware_of(host)]
+        if group not in by_group:
+            lines += [f"[groups.{group}]", f"settings = {{ gpus = {_toml_value(gpus)} }}", ""]
+        by_group.setdefault(group, []).append(host)
+        entry = (connect or {}).get(host, {"target": f"@docker/{host}"})
+        lines.append(f"[groups.{group}.hosts.{host}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
+        extra = (settings or {}).get(host)
+        if extra:
+            lines.append("settings = { " + ", ".join(
+                f"{k} = {_toml_value(v)}" for k, v in extra.items()) + " }")
+        lines.append("")
+    path = dest / name
     path.write_text("\n".join(lines))
     return path
 
@@ -134,3 +172,98 @@ def dpkg_versions(host: str, packages: list[str]) -> dict[str, str]:
 
 if __name__ == "__main__":  # start the stack hosts by hand: python -m tests.e2e.stack_helpers
     start_hosts(sys.argv[1:] or [H100, A100], fresh=False)
+
+
+# --- the preview (pyinfra without -y) ---------------------------------------------------------
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ROW = re.compile(r"^\s{4}(?P<name>\S.*?)\s{2,}(?P<change>-|\d+(?: \(.*?\))?)\s{2,}"
+                  r"(?P<conditional>-|\d+(?: \(.*?\))?)\s*$")
+
+
+def _count(cell: str) -> int:
+    return 0 if cell == "-" else int(cell.split()[0])
+
+
+@dataclass
+class Preview:
+    rc: int
+    output: str
+    # operation name -> (hosts with a change, hosts with a conditional change)
+    rows: dict[str, tuple[int, int]]
+
+    def changes(self) -> list[str]:
+        return [name for name, (change, _) in self.rows.items() if change]
+
+    def conditional(self) -> list[str]:
+        return [name for name, (_, conditional) in self.rows.items() if conditional]
+
+    def row(self, start: str) -> tuple[int, int]:
+        """The row whose operation name starts with ``start`` (one must)."""
+        found = [counts for name, counts in self.rows.items() if name.startswith(start)]
+        assert len(found) == 1, f"{start!r}: {len(found)} rows in\n{list(self.rows)}"
+        return found[0]
+
+
+def parse_preview(output: str) -> dict[str, tuple[int, int]]:
+    text = _ANSI.sub("", output)
+    if "--> Detected changes:" not in text:
+        return {}
+    table = text.split("--> Detected changes:", 1)[1].split("Detected changes may not", 1)[0]
+    rows = {}
+    for line in table.splitlines()[2:]:  # after the header
+        match = _ROW.match(line)
+        if match:
+            name = match.group("name").split(" | ", 1)[-1]
+            rows[name] = (_count(match.group("change")), _count(match.group("conditional")))
+    return rows
+
+
+def preview(tree: Path, fleet: Path, *extra: str, answer: str = "n\n",
+            env: dict[str, str] | None = None) -> Preview:
+    """Run the deploy as an operator would without -y and answer the prompt (default: no)."""
+    environ = {**os.environ, "GPUFLEET_FLEET": str(fleet), "PYTHONUNBUFFERED": "1",
+               **(env or {})}
+    proc = subprocess.run(
+        [str(PYINFRA), *extra, "inventory.py", "deploys/gpu_host.py"],
+        cwd=tree, env=environ, input=answer, capture_output=True, text=True, timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    return Preview(proc.returncode, output, parse_preview(output))
+
+
+# What "nothing changed on the host" means: the same packages at the same versions and
+# states, the same holds, the same bytes in every file under /etc and gpufleet's state folder,
+# the same containers and images.
+SNAPSHOT = r"""
+dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\n' | sort
+echo --holds--; apt-mark showhold | sort
+echo --etc--; find /etc /var/lib/gpufleet -xdev -type f -print0 2>/dev/null | sort -z |
+  xargs -0 sha256sum
+echo --links--; find /etc -xdev -type l -printf '%p -> %l\n' | sort
+echo --containers--
+if command -v docker >/dev/null; then docker ps -a --format '{{.ID}} {{.Image}} {{.State}}' | sort; fi
+echo --images--; if command -v docker >/dev/null; then docker images -q | sort; fi
+"""
+
+
+def snapshot(host: str) -> str:
+    proc = sh(host, SNAPSHOT)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def host_clock(host: str) -> int:
+    """A second on the host's clock after which every event is new (events are stamped to
+    the second: wait for the next one)."""
+    now = int(sh(host, "date +%s").stdout.strip())
+    time.sleep(1.1)
+    return now + 1
+
+
+def containers_started_since(host: str, since: int) -> list[str]:
+    """Containers created or started on the host since ``since`` (docker events)."""
+    proc = sh(host, "command -v docker >/dev/null || exit 0; sleep 1; "
+                    f"docker events --since {since} --until $(date +%s) --filter type=container "
+                    "--filter event=create --filter event=start "
+                    "--format '{{.Action}} {{.Actor.Attributes.image}}'")
+    return [line for line in proc.stdout.splitlines() if line.strip()]

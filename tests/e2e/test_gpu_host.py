@@ -1,49 +1,75 @@
-"""The entry deploy against the simulated fleet: converge, a no-op second run, refusals that
-change nothing, and a doctor that only reads.
+"""The entry deploy on simulated hosts: converge (over the sources NVIDIA's install guides leave
+behind), a no-op second run, the real Python lock, refusals that change nothing, and a doctor
+that only reads.
+
+The hosts are this module's own copies of the simulated fleet (gpufleet-e2e-*): the rehearsal
+fleet (`make rehearse`) is never touched by the tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import (
-    FLEETS,
-    PYTHON_ENV_ON_HGX_ONLY,
-    SIM_FLEET,
-    WITHOUT_PYTHON_ENV,
-    host_sh,
-    pyinfra,
-    sim_fleet_variant,
-    snapshot,
-)
-from tests.e2e.stack_helpers import product_copy
+from tests.e2e import stack_helpers as sh
+from tests.e2e.conftest import FLEETS, pyinfra
+from tests.e2e.hosts import ok
 from tests.sim import simctl
 
 pytestmark = pytest.mark.sim
 
-SIM_HOSTS = ["gpufleet-sim-h100x8", "gpufleet-sim-a100x2"]
+H100, A100, RTX = (sh.copy_name("e2e", n) for n in
+                   ("gpufleet-sim-h100x8", "gpufleet-sim-a100x2", "gpufleet-sim-rtx4090"))
+HOSTS = [H100, A100]
+CUDA_URL = "http://gpufleet-sim-repo/cuda/repos/debian12/x86_64/"
+CTK_URL = "http://gpufleet-sim-repo/libnvidia-container/stable/deb/amd64/"
+# What NVIDIA's install guides leave on a host (cuda-keyring's .list and the container
+# toolkit's .list), pointing at the same repositories under another keyring.
+NVIDIA_DOCUMENTED_SOURCES = (
+    "curl -fsS http://gpufleet-sim-repo/keys/gpufleet-sim-test.asc | gpg --dearmor "
+    "> /usr/share/keyrings/cuda-archive-keyring.gpg && "
+    "cp /usr/share/keyrings/cuda-archive-keyring.gpg "
+    "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg && "
+    f"echo 'deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {CUDA_URL} /' "
+    "> /etc/apt/sources.list.d/cuda-debian12-x86_64.list && "
+    "echo 'deb [signed-by=/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg] "
+    f"{CTK_URL} /' > /etc/apt/sources.list.d/nvidia-container-toolkit.list && apt-get update -q"
+)
 
 
 @pytest.fixture(scope="module")
-def fresh_fleet(sim: None) -> None:
-    simctl.reset(SIM_HOSTS, quiet=True)
+def hosts(sim: None) -> Iterator[list[str]]:
+    sh.start_hosts(HOSTS, fresh=True)
+    yield HOSTS
+    simctl.remove_hosts([*HOSTS, RTX])  # the machine is left as it was found
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return sim_fleet_variant(tmp_path_factory.mktemp("fleet"), WITHOUT_PYTHON_ENV,
-                             replace=PYTHON_ENV_ON_HGX_ONLY)
+    # The real torch lock (2.7 GB) on the HGX host only.
+    return sh.write_fleet(tmp_path_factory.mktemp("fleet"), HOSTS,
+                          settings={H100: {"python_env": {"enabled": True}}})
 
 
-def test_rehearsal_converges_and_the_second_run_changes_nothing(
-    fresh_fleet: None, fleet: Path
+def test_converges_over_nvidias_documented_sources_and_the_second_run_changes_nothing(
+    hosts: list[str], fleet: Path
 ) -> None:
+    ok(A100, NVIDIA_DOCUMENTED_SOURCES)  # apt works with them alone
     first = pyinfra("deploys/gpu_host.py", fleet)
     assert first.returncode == 0, first.output
     assert first.changed(), "a fresh host should have needed changes"
     assert not first.failed()
+    # NVIDIA's own .list files went (kept aside), and the output says what replaced them.
+    replaced = [name for name in first.changed() if name.startswith("Replace /etc/apt/")]
+    assert len(replaced) == 2 and all(first.changed()[n] == [f"@docker/{A100}"]
+                                      for n in replaced), first.changed()
+    assert "with gpufleet's signed source" in replaced[0]
+    assert ok(A100, "ls /etc/apt/sources.list.d/").split() == [
+        "debian.sources", "gpufleet-cuda.sources", "gpufleet-nvidia-container-toolkit.sources"]
+    kept = ok(A100, "cat /var/backups/gpufleet/apt-sources/cuda-debian12-x86_64.list.*")
+    assert "cuda-archive-keyring.gpg" in kept
 
     second = pyinfra("deploys/gpu_host.py", fleet)
     assert second.returncode == 0, second.output
@@ -51,58 +77,56 @@ def test_rehearsal_converges_and_the_second_run_changes_nothing(
 
     # The stand-in repositories verify through the keyring we installed: no trusted=yes,
     # no apt-key; apt-get update succeeds with signature checking on.
-    for host in SIM_HOSTS:
-        sources = host_sh(host, "cat /etc/apt/sources.list.d/gpufleet-*.sources")
+    for host in HOSTS:
+        sources = ok(host, "cat /etc/apt/sources.list.d/gpufleet-*.sources")
         assert "Signed-By: /etc/apt/keyrings/gpufleet-cuda.gpg" in sources
         assert "trusted" not in sources.lower()
-        update = host_sh(host, "apt-get update 2>&1")
+        update = ok(host, "apt-get update 2>&1")
         assert "gpufleet-sim-repo" in update and "NO_PUBKEY" not in update
-        assert host_sh(host, "apt-key list 2>/dev/null | grep -c gpufleet || true").strip() == "0"
+        assert "Conflicting values" not in update
+        assert ok(host, "apt-key list 2>/dev/null | grep -c gpufleet || true").strip() == "0"
 
 
-def test_the_real_python_lock_is_installed_and_imports(fresh_fleet: None, fleet: Path) -> None:
-    """The real torch210-cu121 lock, installed by the rehearsal above on the HGX host."""
-    host = "gpufleet-sim-h100x8"
-    out = host_sh(host, "/opt/gpufleet/venv/bin/python -c 'import numpy, torch, transformers; "
-                        "print(torch.__version__, torch.version.cuda, transformers.__version__, "
-                        "numpy.__version__)'")
+def test_the_real_python_lock_is_installed_and_imports(hosts: list[str], fleet: Path) -> None:
+    """The real torch210-cu121 lock, installed by the converge above on the HGX host."""
+    out = ok(H100, "/opt/gpufleet/venv/bin/python -c 'import numpy, torch, transformers; "
+                   "print(torch.__version__, torch.version.cuda, transformers.__version__, "
+                   "numpy.__version__)'")
     torch_version, cuda, transformers_version, numpy_version = out.split()
     assert (torch_version, cuda, transformers_version) == ("2.1.0+cu121", "12.1", "4.43.4")
     assert int(numpy_version.split(".")[0]) < 2
     # the A100 host has the Python environment switched off
-    assert host_sh("gpufleet-sim-a100x2", "test -e /opt/gpufleet/venv && echo yes || echo no"
-                   ).strip() == "no"
+    assert ok(A100, "test -e /opt/gpufleet/venv && echo yes || echo no").strip() == "no"
 
 
-def test_a_wrong_key_fingerprint_is_refused(fresh_fleet: None, tmp_path: Path) -> None:
+def test_a_wrong_key_fingerprint_is_refused(hosts: list[str], tmp_path: Path) -> None:
     # The CUDA repo's key is pinned to NVIDIA's real fingerprint: the served test key differs.
-    fleet = sim_fleet_variant(tmp_path, WITHOUT_PYTHON_ENV, replace={
-        'key_fingerprint = "E6EC58197F6A6D34A90230E7B299573318D8EAAE"\n\n[settings.repos.container':
-        'key_fingerprint = "EB693B3035CD5710E231E123A4B469963BF863CC"\n\n[settings.repos.container',
-    })
-    host_sh("gpufleet-sim-a100x2", "rm -f /etc/apt/keyrings/gpufleet-cuda.gpg")
-    run = pyinfra("deploys/gpu_host.py", fleet, "--limit", "@docker/gpufleet-sim-a100x2")
+    fleet = sh.write_fleet(tmp_path, [A100])
+    sim_key = 'key_fingerprint = "E6EC58197F6A6D34A90230E7B299573318D8EAAE"\n\n[settings.repos.c'
+    assert sim_key in fleet.read_text()
+    fleet.write_text(fleet.read_text().replace(sim_key, sim_key.replace(
+        "E6EC58197F6A6D34A90230E7B299573318D8EAAE", "EB693B3035CD5710E231E123A4B469963BF863CC")))
+    ok(A100, "rm -f /etc/apt/keyrings/gpufleet-cuda.gpg")
+    run = pyinfra("deploys/gpu_host.py", fleet)
     assert run.returncode != 0
-    assert "but EB693B3035CD5710E231E123A4B469963BF863CC is expected; not trusting it" in run.output
-    assert host_sh("gpufleet-sim-a100x2",
-                   "test -e /etc/apt/keyrings/gpufleet-cuda.gpg && echo present || echo absent"
-                   ).strip() == "absent"
+    assert "but exactly EB693B3035CD5710E231E123A4B469963BF863CC is expected; not trusting it" \
+        in run.output
+    assert ok(A100, "test -e /etc/apt/keyrings/gpufleet-cuda.gpg && echo present || "
+                    "echo absent").strip() == "absent"
 
 
 def test_a_pinned_version_the_repositories_lack_stops_the_host_before_installing(
-    fresh_fleet: None, tmp_path: Path
+    hosts: list[str], tmp_path: Path
 ) -> None:
     """A pin file asking for versions the (stand-in) repositories do not have: one message
     naming each package, the wanted version and what is offered; nothing installed."""
-    tree = product_copy(tmp_path / "tree")
+    tree = sh.product_copy(tmp_path / "tree")
     pins = tree / "inventory" / "pins.toml"
     pins.write_text(pins.read_text()
                     .replace('version = "12.1.1-1"', 'version = "12.1.9-1"')
                     .replace('version = "1.14.6-1"', 'version = "1.99.0-1"'))
-    host = "gpufleet-sim-a100x2"
-    simctl.reset([host], quiet=True)
-    run = pyinfra("deploys/gpu_host.py", sim_fleet_variant(tmp_path, WITHOUT_PYTHON_ENV),
-                  "--limit", f"@docker/{host}", cwd=tree)
+    sh.start_hosts([A100], fresh=True)
+    run = pyinfra("deploys/gpu_host.py", sh.write_fleet(tmp_path, [A100]), cwd=tree)
     assert run.returncode != 0
     assert "the pinned versions are not offered by the configured repositories" in run.output
     assert "cuda-toolkit-12-1 12.1.9-1: the configured repositories" in run.output
@@ -111,36 +135,45 @@ def test_a_pinned_version_the_repositories_lack_stops_the_host_before_installing
                     "libnvidia-container-tools", "libnvidia-container1"):
         assert f"{package} 1.99.0-1:" in run.output
     assert "cuda-drivers-535 535.183.06-1" not in run.output  # offered: not reported
-    installed = host_sh(host, "dpkg -l | grep -E 'nvidia|cuda' || true")
+    installed = ok(A100, "dpkg -l | grep -E 'nvidia|cuda' || true")
     assert installed.strip() == "", f"packages were installed despite the refusal:\n{installed}"
 
 
-def test_a_host_too_small_for_its_model_is_refused_and_left_untouched(sim: None) -> None:
-    host = "gpufleet-sim-rtx4090"
-    simctl.reset([host], quiet=True)
-    before = snapshot(host)
-    run = pyinfra("deploys/gpu_host.py", FLEETS / "too-small.toml")
+def too_small_fleet(tmp_path: Path) -> Path:
+    """tests/e2e/fleets/too-small.toml, aimed at this module's RTX 4090 copy."""
+    path = tmp_path / "too-small.toml"
+    path.write_text((FLEETS / "too-small.toml").read_text()
+                    .replace("@docker/gpufleet-sim-rtx4090", f"@docker/{RTX}"))
+    return path
+
+
+def test_a_host_too_small_for_its_model_is_refused_and_left_untouched(
+        sim: None, tmp_path: Path) -> None:
+    sh.start_hosts([RTX], fresh=True)
+    before = sh.snapshot(RTX)
+    run = pyinfra("deploys/gpu_host.py", too_small_fleet(tmp_path))
     assert run.returncode != 0
     assert "ERROR [model-does-not-fit] deepseek-r1-distill-llama-70b at bf16 does not fit on 1 x NVIDIA GeForce RTX 4090" in run.output
     assert "what would fit:" in run.output
     # Secure Boot is on for this simulated host and the pin set's modules are DKMS-built:
     assert "[secure-boot-unsigned-driver]" in run.output
     assert "preflight refused this host; nothing was changed" in run.output
-    assert snapshot(host) == before
+    assert sh.snapshot(RTX) == before
 
 
-def test_the_doctor_reports_and_changes_nothing(sim: None) -> None:
-    hosts = ["gpufleet-sim-rtx4090", "gpufleet-sim-a100x2"]
-    before = {host: snapshot(host) for host in hosts}
-    small = pyinfra("deploys/doctor.py", FLEETS / "too-small.toml")
-    fits = pyinfra("deploys/doctor.py", SIM_FLEET, "--data", "model=deepseek-r1-distill-qwen-7b",
-                   "--data", "precision=bf16", inventory="@docker/gpufleet-sim-a100x2")
+def test_the_doctor_reports_and_changes_nothing(hosts: list[str], tmp_path: Path) -> None:
+    sh.start_hosts([RTX], fresh=False)
+    before = {host: sh.snapshot(host) for host in (RTX, A100)}
+    small = pyinfra("deploys/doctor.py", too_small_fleet(tmp_path))
+    fits = pyinfra("deploys/doctor.py", sh.write_fleet(tmp_path, [A100]), "--data",
+                   "model=deepseek-r1-distill-qwen-7b", "--data", "precision=bf16",
+                   inventory=f"@docker/{A100}")
     assert "gpufleet doctor for sim-rtx4090" in small.output
     assert "would be REFUSED by preflight" in small.output
     assert "Sizing" in small.output or "per GPU" in small.output
-    assert "gpufleet doctor for @docker/gpufleet-sim-a100x2" in fits.output
+    assert f"gpufleet doctor for @docker/{A100}" in fits.output
     assert "2 x NVIDIA A100-PCIE-40GB" in fits.output
     # the doctor adds no operation at all
     for run in (small, fits):
         assert run.results is not None and run.results["operations"] == [], run.output
-    assert {host: snapshot(host) for host in hosts} == before
+    assert {host: sh.snapshot(host) for host in (RTX, A100)} == before

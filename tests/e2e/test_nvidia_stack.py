@@ -1,11 +1,14 @@
-"""End-to-end: the NVIDIA stack on simulated hosts (tests/sim), from bare to verified.
+"""End-to-end: the NVIDIA stack on simulated hosts (tests/sim), from bare to verified, with the
+preview an operator sees before saying yes.
 
-One story, in order (the tests share the hosts): converge at the older version of every
-stand-in package with a user's own daemon.json in place, a second run changes nothing,
-`apt-get upgrade` / `dist-upgrade` move no pinned package although newer ones are offered,
-then a pin change in pins.toml moves the hosts to the newer versions (with the reboot the new
-driver needs) and verifies them. The hosts are the stack's own (gpufleet-stack-*), recreated
-from scratch at the start.
+One story, in order (the tests share the hosts): the preview of bare hosts (answered "no")
+changes nothing and shows the reboots to come; converge at the older version of every stand-in
+package with a user's own daemon.json in place; the preview of the converged hosts shows no
+change and starts no container; a second run changes nothing; `apt-get upgrade` /
+`dist-upgrade` move no pinned package; values the fleet stops asking for in daemon.json are
+given back; then a pin change, with the hosts' package lists stale, shows its reboot in the
+preview and moves the hosts to the newer versions. The hosts are the stack's own
+(gpufleet-stack-*), recreated from scratch at the start.
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ TOOLKIT = ["nvidia-container-toolkit", "nvidia-container-toolkit-base",
 HOSTS = [sh.H100, sh.A100]
 USER_DAEMON_JSON = {"log-opts": {"max-size": "10m", "max-file": "3"}, "debug": False,
                     "labels": ["owner=ml-platform"]}
+# Checks run at execution only: in the preview they are neither a change nor a refusal.
+CHECKS = ("Ensure the repositories offer every pinned version to be installed",
+          "Ensure the GPUs, CUDA and a GPU container work")
 
 
 def pinned(versions: dict[str, str], host: str) -> dict[str, str]:
@@ -53,6 +59,35 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     tree = sh.product_copy(tmp / "tree")
     sh.set_pins(tree, OLD["driver"], OLD["cuda"], OLD["toolkit"])
     yield tree, sh.write_fleet(tmp, HOSTS)
+    simctl.remove_hosts(HOSTS)  # the machine is left as it was found
+
+
+def assert_checks_are_quiet(preview: sh.Preview) -> None:
+    for name, counts in preview.rows.items():
+        if name.startswith(CHECKS) or name.endswith("is the one running"):
+            assert counts == (0, 0), f"a check reads as a change in the preview: {name}"
+
+
+def test_the_preview_of_bare_hosts_shows_the_reboots_and_changes_nothing(
+        fleet: tuple[Path, Path]) -> None:
+    before = {host: sh.snapshot(host) for host in HOSTS}
+    preview = sh.preview(*fleet)
+    assert preview.rc == 0, preview.output[-4000:]
+    assert "Unexpected user input: n" in preview.output  # the operator said no
+    assert preview.row(f"Ensure driver {OLD['driver']} is installed") == (2, 0)
+    # nouveau holds the H100 box's GPUs: a reboot whatever happens; the A100's reboot is
+    # tied to the driver install that causes it.
+    assert preview.row("Reboot: nouveau is loaded") == (1, 0)
+    assert preview.row("Reboot if the driver install changed it: no driver -> 535.161.08") \
+        == (0, 1)
+    assert preview.row("Restart Docker to apply its new configuration") == (0, 2)
+    assert_checks_are_quiet(preview)
+    assert "rebooting:" not in preview.output and "Beginning operation run" not in preview.output
+    assert {host: sh.snapshot(host) for host in HOSTS} == before
+
+    dry = sh.preview(*fleet, "--dry", answer="")
+    assert dry.rc == 0 and dry.rows == preview.rows
+    assert {host: sh.snapshot(host) for host in HOSTS} == before
 
 
 def test_converges_from_bare_hosts(fleet: tuple[Path, Path]) -> None:
@@ -72,7 +107,7 @@ def test_converges_from_bare_hosts(fleet: tuple[Path, Path]) -> None:
         assert ok(host, "systemctl is-active nvidia-persistenced").strip() == "active"
         login = ok(host, "bash -lc 'nvcc --version; echo LD=$LD_LIBRARY_PATH'")
         # (The toolkit metapackage depends on its components with ">=", so nvcc itself is the
-        # newest 12.1 component offered: see the closing note.)
+        # newest 12.1 component offered: see the README's known limits.)
         assert "release 12.1," in login and "LD=/usr/local/cuda-12.1/lib64" in login
         assert ok(host, "docker run --rm --gpus all gpufleet-sim/cuda-base:12.1 "
                            "nvidia-smi -L").count("GPU ") == (8 if host == sh.H100 else 2)
@@ -87,6 +122,20 @@ def test_users_daemon_json_keys_are_kept(fleet: tuple[Path, Path]) -> None:
     assert config["runtimes"]["nvidia"] == {"args": [], "path": "nvidia-container-runtime"}
     before = json.loads(ok(sh.A100, "cat /etc/docker/daemon.json.before-gpufleet"))
     assert before == USER_DAEMON_JSON
+
+
+def test_the_preview_of_converged_hosts_shows_nothing_and_starts_no_container(
+        fleet: tuple[Path, Path]) -> None:
+    before = {host: sh.snapshot(host) for host in HOSTS}
+    since = {host: sh.host_clock(host) for host in HOSTS}
+    preview = sh.preview(*fleet)
+    assert preview.rc == 0, preview.output[-4000:]
+    assert preview.changes() == [] and preview.conditional() == [], preview.output[-4000:]
+    assert_checks_are_quiet(preview)
+    for host in HOSTS:
+        # The GPU verification starts a container: only ever at execution.
+        assert sh.containers_started_since(host, since[host]) == []
+        assert sh.snapshot(host) == before[host]
 
 
 def test_second_run_changes_nothing(fleet: tuple[Path, Path]) -> None:
@@ -113,13 +162,57 @@ def test_apt_upgrade_moves_no_pinned_package(fleet: tuple[Path, Path]) -> None:
         assert f"Candidate: {OLD['driver']}" in policy
 
 
-def test_pin_change_upgrades_and_verifies(fleet: tuple[Path, Path]) -> None:
+def test_daemon_json_values_the_fleet_no_longer_asks_for_are_given_back(
+        fleet: tuple[Path, Path], tmp_path: Path) -> None:
+    tree, _ = fleet
+    asking = sh.write_fleet(tmp_path, [sh.A100], settings={sh.A100: {"docker": {
+        "registry_mirrors": ["https://mirror.example.internal"],
+        "daemon_json": {"live-restore": True, "log-opts": {"max-size": "50m"}}}}},
+        name="asking.toml")
+    run = sh.deploy(tree, asking)
+    assert run.rc == 0, run.output[-6000:]
+    config = json.loads(ok(sh.A100, "cat /etc/docker/daemon.json"))
+    assert config["registry-mirrors"] == ["https://mirror.example.internal"]
+    assert config["live-restore"] is True and config["log-opts"]["max-size"] == "50m"
+
+    run = sh.deploy(tree, sh.write_fleet(tmp_path, [sh.A100], name="not-asking.toml"))
+    assert run.rc == 0, run.output[-6000:]
+    config = json.loads(ok(sh.A100, "cat /etc/docker/daemon.json"))
+    assert "registry-mirrors" not in config and "live-restore" not in config
+    # the user's own value is back, and every other key of theirs is untouched
+    assert config["log-opts"] == USER_DAEMON_JSON["log-opts"]
+    for key, value in USER_DAEMON_JSON.items():
+        assert config[key] == value
+    assert config["runtimes"]["nvidia"] == {"args": [], "path": "nvidia-container-runtime"}
+    assert ok(sh.A100, "docker info --format '{{.CgroupDriver}}'").strip() == "cgroupfs"
+
+
+def test_pin_change_with_stale_lists_shows_its_reboot_then_upgrades_and_verifies(
+        fleet: tuple[Path, Path]) -> None:
     tree, fleet_file = fleet
     sh.set_pins(tree, NEW["driver"], NEW["cuda"], NEW["toolkit"])
+    # The hosts' lists of the NVIDIA repositories are gone (as if fetched before the new
+    # versions were published): nothing in the sources changed, yet the new pins need them.
+    for host in HOSTS:
+        ok(host, "rm -f /var/lib/apt/lists/gpufleet-sim-repo_*")
+        assert NEW["driver"] not in ok(host, "apt-cache madison nvidia-driver-535")
+
+    before = {host: sh.snapshot(host) for host in HOSTS}
+    preview = sh.preview(tree, fleet_file)
+    assert preview.rc == 0, preview.output[-4000:]
+    assert preview.row("Ensure apt's package lists are current") == (2, 0)
+    assert preview.row(f"Ensure driver {NEW['driver']} is installed") == (2, 0)
+    assert preview.row(
+        "Reboot if the driver install changed it: driver 535.161.08 -> 535.183.06") == (0, 2)
+    assert_checks_are_quiet(preview)
+    assert {host: sh.snapshot(host) for host in HOSTS} == before
+
     run = sh.deploy(tree, fleet_file)
     assert run.rc == 0, run.output[-6000:]
     print(f"\npin change: {run.seconds:.1f} s for {len(HOSTS)} hosts")
-    assert run.output.count("(Driver/library version mismatch)") == len(HOSTS)
+    assert run.output.count("refreshing apt package lists: the sources, their keys or the pins "
+                            "changed since the last refresh") == len(HOSTS)
+    assert run.output.count("rebooting: driver 535.161.08 -> 535.183.06 installed") == len(HOSTS)
     for host in HOSTS:
         want = pinned(NEW, host)
         assert sh.dpkg_versions(host, list(want)) == want

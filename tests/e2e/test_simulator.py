@@ -5,7 +5,8 @@ systemd hosts, a signed apt repository (and a wrong keyring is refused), two ver
 every stand-in NVIDIA package, nvidia-smi answering per the host's driver state, reboots that
 keep the filesystem, the "kernel" refusing unsigned modules under Secure Boot and honouring a
 nouveau blacklist only after update-initramfs, and GPU containers through the stand-in hook.
-Hosts that a test changes are recreated from scratch first, so the tests are repeatable.
+Hosts that a test changes are recreated from scratch first, so the tests are repeatable; they
+are this module's own copies (gpufleet-simtest-*), never the rehearsal fleet.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from tests.e2e.hosts import ok, sh
+from tests.e2e.stack_helpers import copy_name, copy_specs, start_hosts
 from tests.sim import simctl
 
 pytestmark = pytest.mark.sim
 
-H100, A100, RTX = "gpufleet-sim-h100x8", "gpufleet-sim-a100x2", "gpufleet-sim-rtx4090"
+# This module's own copies of the simulated hosts: the rehearsal fleet is never touched.
+H100, A100, RTX = (copy_name("simtest", n) for n in
+                   ("gpufleet-sim-h100x8", "gpufleet-sim-a100x2", "gpufleet-sim-rtx4090"))
 KEYRING = "/usr/share/keyrings/gpufleet-sim-test.gpg"
 CUDA_URL = "http://gpufleet-sim-repo/cuda/repos/debian12/x86_64/"
 CTK_URL = "http://gpufleet-sim-repo/libnvidia-container/stable/deb/amd64/"
@@ -72,17 +77,18 @@ def driver(version: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def sim() -> dict[str, simctl.HostSpec]:
+def sim() -> Iterator[dict[str, simctl.HostSpec]]:
     if not simctl.engine_reachable():
         pytest.skip("Docker engine unreachable (`docker info` fails): the simulator needs one")
-    simctl.up(quiet=True)
-    return {h.name: h for h in simctl.load_hosts()}
+    start_hosts([H100, A100, RTX], fresh=False)
+    yield copy_specs([H100, A100, RTX])
+    simctl.remove_hosts([H100, A100, RTX])  # the machine is left as it was found
 
 
 
 
 def test_hosts_are_bare_debian_with_systemd(sim: dict[str, simctl.HostSpec]) -> None:
-    simctl.reset([RTX], quiet=True)
+    start_hosts([RTX], fresh=True)
     for name in sim:
         assert ok(name, "ps -p 1 -o comm=").strip() == "systemd"
         assert sh(name, "systemctl is-system-running").stdout.strip() in ("running", "degraded")
@@ -116,7 +122,7 @@ def test_hardware_stand_ins_match_hosts_toml(sim: dict[str, simctl.HostSpec]) ->
 
 def test_signed_repo_offers_two_versions_and_rejects_a_wrong_keyring(
         sim: dict[str, simctl.HostSpec]) -> None:
-    simctl.reset([RTX], quiet=True)
+    start_hosts([RTX], fresh=True)
     add_repos(RTX, keyring_source="wrong")
     bad = sh(RTX, "apt-get update")
     assert bad.returncode != 0
@@ -145,7 +151,7 @@ def test_signed_repo_offers_two_versions_and_rejects_a_wrong_keyring(
 
 
 def test_driver_lifecycle_and_nvidia_smi_states(sim: dict[str, simctl.HostSpec]) -> None:
-    simctl.reset([A100], quiet=True)
+    start_hosts([A100], fresh=True)
     add_repos(A100)
     ok(A100, "apt-get update -q")
     install(A100, *driver(OLD), "cuda-toolkit-12-1=12.1.1-1")
@@ -179,7 +185,7 @@ def test_driver_lifecycle_and_nvidia_smi_states(sim: dict[str, simctl.HostSpec])
 
 
 def test_secure_boot_refuses_unsigned_module(sim: dict[str, simctl.HostSpec]) -> None:
-    simctl.reset([RTX], quiet=True)
+    start_hosts([RTX], fresh=True)
     add_repos(RTX)
     ok(RTX, "apt-get update -q")
     install(RTX, *driver(OLD))
@@ -197,7 +203,7 @@ def test_secure_boot_refuses_unsigned_module(sim: dict[str, simctl.HostSpec]) ->
 
 def test_nouveau_needs_blacklist_and_initramfs_and_reboot_keeps_files(
         sim: dict[str, simctl.HostSpec]) -> None:
-    simctl.reset([H100], quiet=True)
+    start_hosts([H100], fresh=True)
     assert ok(H100, "test -d /sys/module/nouveau && echo loaded").strip() == "loaded"
     ok(H100, "echo 'blacklist nouveau' > /etc/modprobe.d/blacklist-nouveau.conf && "
              "echo marker > /root/marker")
@@ -212,7 +218,7 @@ def test_nouveau_needs_blacklist_and_initramfs_and_reboot_keeps_files(
 
 
 def test_gpu_container_through_the_stand_in_toolkit(sim: dict[str, simctl.HostSpec]) -> None:
-    simctl.reset([H100], quiet=True)
+    start_hosts([H100], fresh=True)
     add_repos(H100)
     ok(H100, "apt-get update -q")
     ok(H100, "echo 'blacklist nouveau' > /etc/modprobe.d/blacklist-nouveau.conf && "

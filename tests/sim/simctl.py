@@ -342,13 +342,14 @@ def host_config_hash(host: HostSpec) -> str:
     return tree_hash(json.dumps(host.hardware, sort_keys=True), *SYSTEMD_RUN_FLAGS)
 
 
-def ensure_host(host: HostSpec, image: str) -> None:
+def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> None:
+    """Start (or keep) the host container; ``run_args``: extra `docker run` flags (ports)."""
     hw_file = BUILD_DIR / "hosts" / host.name / "hardware.json"
     hw_file.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(host.hardware, indent=2) + "\n"
     if not hw_file.exists() or hw_file.read_text() != text:
         hw_file.write_text(text)
-    config = host_config_hash(host)
+    config = tree_hash(host_config_hash(host), *run_args)
     state = current(host.name, image, config)
     if state == "stale":
         log(f"{host.name}: image or hardware changed, recreating the container")
@@ -369,7 +370,7 @@ def ensure_host(host: HostSpec, image: str) -> None:
             "-v", f"{hw_file}:/etc/gpufleet-sim/hardware.json:ro",
             "-v", f"{CONTROLLER_CA}:{CA_IN_HOST}:ro",
             "--label", f"{LABEL}=host", "--label", f"gpufleet-sim.config={config}",
-            image,
+            *run_args, image,
         )
     elif state == "stopped":
         docker("start", host.name)

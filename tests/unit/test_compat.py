@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inventory.catalog import ModelSpec, find_model
-from inventory.compat import (
+from rules.compat import (
     check_compute_capability,
     check_distro_for_cuda,
     check_driver_for_cuda,
@@ -19,7 +19,7 @@ from inventory.compat import (
     min_driver_for_cuda,
     nvidia_repo_distro,
 )
-from inventory.findings import Finding, Findings
+from rules.findings import Finding, Findings
 
 
 def codes(findings: list[Finding]) -> list[str]:

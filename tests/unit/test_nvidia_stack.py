@@ -1,4 +1,6 @@
-"""The CUDA, Docker and verification decisions of the NVIDIA stack, and its one state query."""
+"""The NVIDIA stack's rules: what preflight refuses for the stack before anything is installed
+(CUDA vs driver and distro, CDI vs Docker, docker-ce, daemon.json), Compose per distro, the
+fleet's daemon.json wish, what the state read must cover, and the verification's findings."""
 
 from __future__ import annotations
 
@@ -6,17 +8,27 @@ from pathlib import Path
 
 import pytest
 
-from deploys.container_toolkit import cdi_refusal, wanted_daemon_json
-from deploys.cuda_toolkit import cuda_refusal, installed_driver_refusal
-from deploys.docker_engine import docker_ce_refusal
-from deploys.nvidia_stack import stack_query
-from deploys.plan import HostPlan, plan_host
-from deploys.verify_stack import verification_findings
-from facts.host_state import StackVerificationResult
+from deploys.cuda_toolkit import CUDA_PROFILE_PATH
+from deploys.nvidia_repositories import LISTS_STAMP
+from facts.gpu_stack import StackVerificationResult
+from facts.host_state import HostStateResult, is_watched
 from facts.nvidia import parse_nvidia_smi_query
-from facts.system import parse_nvcc_version
+from facts.system import OsRelease, SystemInfoResult, parse_nvcc_version
 from inventory.fleet import HostSpec, load_fleet
-from inventory.nvidia_stack import COMPOSE_BY_DISTRO, docker_supports_cdi
+from rules.assessment import assess
+from rules.container_runtime import (
+    CDI_SPEC_PATH,
+    COMPOSE_BY_DISTRO,
+    DAEMON_JSON_CLAIMS_PATH,
+    DAEMON_JSON_PATH,
+    docker_supports_cdi,
+    wanted_daemon_json,
+)
+from rules.driver_state import NOUVEAU_BLACKLIST_PATH
+from rules.host_plan import HostPlan, plan_host
+from rules.network import APT_PROXY_PATH, EXTRA_CA_PATH, PROXY_ENV_PATH
+from rules.packages import preferences_path
+from rules.verification import verification_findings
 from tests.unit.test_preflight import bare_host, spec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
@@ -35,20 +47,27 @@ def pinned_spec(tmp_path: Path, settings: str = "", driver: str | None = None) -
     return load_fleet(tmp_path / "fleet.toml", tmp_path / "pins.toml").hosts[0]
 
 
+def errors(host_spec: HostSpec, os_id: str = "ubuntu", version: str = "22.04",
+           **probe: object) -> list[str]:
+    system = SystemInfoResult("ok", OsRelease(os_id, version, None, None), "x86_64", "amd64",
+                              "5.15.0-105-generic", True)
+    return [f.code for f in assess(host_spec, bare_host(system=system, **probe)).findings.errors]
+
+
 def test_cuda_121_on_ubuntu_2204_passes(tmp_path: Path) -> None:
-    assert cuda_refusal(spec(tmp_path), "ubuntu", "22.04") is None
+    assert errors(spec(tmp_path)) == []
 
 
 def test_driver_too_old_for_cuda_121_is_refused(tmp_path: Path) -> None:
-    message = cuda_refusal(pinned_spec(tmp_path, driver="525.147.05-1"), "ubuntu", "22.04")
-    assert message is not None
-    assert "driver-too-old-for-cuda" in message and "530.30.02" in message
+    old = pinned_spec(tmp_path, driver="525.147.05-1")
+    (finding,) = [f for f in assess(old, bare_host()).findings.errors
+                  if f.code == "driver-too-old-for-cuda"]
+    assert "530.30.02" in finding.required
 
 
 def test_debian12_without_a_mirror_is_refused_with_the_alternatives(tmp_path: Path) -> None:
-    message = cuda_refusal(spec(tmp_path), "debian", "12")
-    assert message is not None and "cuda-not-in-distro-repo" in message
-    assert "ubuntu 22.04" in message and "mirror" in message
+    host_spec = spec(tmp_path)
+    assert "cuda-not-in-distro-repo" in errors(host_spec, "debian", "12")
 
 
 def test_debian12_with_a_mirror_is_left_to_the_repository_check(tmp_path: Path) -> None:
@@ -56,15 +75,7 @@ def test_debian12_with_a_mirror_is_left_to_the_repository_check(tmp_path: Path) 
         [settings.repos.cuda]
         url = "http://mirror.example.internal/cuda/{distro}/{arch}"
     """)
-    assert cuda_refusal(mirrored, "debian", "12") is None
-
-
-def test_the_installed_driver_is_checked_too(tmp_path: Path) -> None:
-    host_spec = spec(tmp_path)
-    assert installed_driver_refusal({"nvidia-utils-535": "535.183.06-1"}, host_spec) is None
-    old = installed_driver_refusal({"nvidia-utils-535": "525.60.13-1"}, host_spec)
-    assert old is not None and "530.30.02" in old
-    assert "no NVIDIA driver" in (installed_driver_refusal({}, host_spec) or "")
+    assert "cuda-not-in-distro-repo" not in errors(mirrored, "debian", "12")
 
 
 def plan(tmp_path: Path, host_spec: HostSpec | None = None) -> HostPlan:
@@ -75,17 +86,27 @@ def plan(tmp_path: Path, host_spec: HostSpec | None = None) -> HostPlan:
 
 def test_cdi_needs_docker_25(tmp_path: Path) -> None:
     cdi = spec(tmp_path, '[settings.docker]\ngpu_device_protection = "cdi"\n')
-    message = cdi_refusal(cdi, plan(tmp_path, cdi))  # ubuntu2204 pins docker.io 24.0.7
-    assert message is not None and "25.0" in message and "cgroupfs" in message
-    assert cdi_refusal(spec(tmp_path), plan(tmp_path)) is None
+    (finding,) = [f for f in assess(cdi, bare_host()).findings.errors
+                  if f.code == "cdi-needs-newer-docker"]  # ubuntu2204 pins docker.io 24.0.7
+    assert "25.0" in finding.what and "cgroupfs" in finding.fix
+    assert "cdi-needs-newer-docker" not in errors(spec(tmp_path))
     assert docker_supports_cdi("26.1.3-0ubuntu1~22.04.1")
     assert not docker_supports_cdi("20.10.24+dfsg1-1+deb12u1+b6")
 
 
-def test_docker_ce_is_never_replaced_silently() -> None:
-    assert docker_ce_refusal({"docker.io": "x"}) is None
-    message = docker_ce_refusal({"docker-ce": "5:26.1.4-1~ubuntu.22.04~jammy"})
-    assert message is not None and "docker-ce" in message
+def test_docker_ce_is_never_replaced_silently(tmp_path: Path) -> None:
+    with_ce = HostStateResult(installed={"docker-ce": "5:26.1.4-1~ubuntu.22.04~jammy"})
+    assert "docker-ce-installed" in errors(spec(tmp_path), state=with_ce)
+    assert "docker-ce-installed" not in errors(
+        spec(tmp_path), state=HostStateResult(installed={"docker.io": "x"}))
+
+
+def test_a_daemon_json_that_cannot_be_merged_is_refused_before_any_change(
+        tmp_path: Path) -> None:
+    broken = HostStateResult.from_dict({"files": {DAEMON_JSON_PATH: {"content": "{not json"}}})
+    assert "daemon-json-unreadable" in errors(spec(tmp_path), state=broken)
+    fine = HostStateResult.from_dict({"files": {DAEMON_JSON_PATH: {"content": "{}"}}})
+    assert "daemon-json-unreadable" not in errors(spec(tmp_path), state=fine)
 
 
 def test_compose_per_distro() -> None:
@@ -99,22 +120,23 @@ def test_fleet_settings_become_the_daemon_json_wish(tmp_path: Path) -> None:
         default_runtime_nvidia = true
         registry_mirrors = ["https://mirror.example.internal/"]
         daemon_json = { "live-restore" = true }
-    """))
+    """).settings.docker)
     assert wanted.default_runtime_nvidia and wanted.protection == "cgroupfs"
     assert wanted.registry_mirrors == ("https://mirror.example.internal",)
     assert wanted.extra == {"live-restore": True}
 
 
-def test_one_query_covers_every_package_file_and_service(tmp_path: Path) -> None:
-    host_spec = spec(tmp_path)
-    query = stack_query(host_spec, bare_host(), plan(tmp_path))
-    assert {"nvidia-driver-535", "nvidia-fabricmanager-535", "cuda-toolkit-12-1", "docker.io",
-            "docker-compose-v2", "nvidia-container-toolkit", "libnvidia-container1",
-            "docker-ce"} <= set(query.packages)
-    assert "/etc/docker/daemon.json" in query.files
-    assert "/etc/apt/preferences.d/gpufleet-nvidia-driver.pref" in query.files
-    assert query.services == ("nvidia-persistenced", "nvidia-fabricmanager", "docker")
-    assert query.images == (host_spec.settings.verify.gpu_test_image,)
+def test_every_file_the_stack_writes_is_covered_by_the_one_state_read(tmp_path: Path) -> None:
+    host_plan = plan(tmp_path)
+    written = [
+        APT_PROXY_PATH, PROXY_ENV_PATH, EXTRA_CA_PATH, NOUVEAU_BLACKLIST_PATH, CUDA_PROFILE_PATH,
+        DAEMON_JSON_PATH, DAEMON_JSON_CLAIMS_PATH, CDI_SPEC_PATH, LISTS_STAMP,
+        *(preferences_path(c) for c in ("nvidia-driver", "cuda-toolkit", "docker",
+                                         "nvidia-container-toolkit")),
+        *(source.sources_path for source in host_plan.sources),
+        *(source.keyring_path for source in host_plan.sources),
+    ]
+    assert [path for path in written if not is_watched(path)] == []
 
 
 def verification(smi: str, container: str, container_exit: int = 0) -> StackVerificationResult:

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from deploys.plan import HostPlan, Refusal, plan_host
-from deploys.preflight import assess, render, storage_class
 from facts.docker import ContainerToolkitResult, DockerInfoResult
+from facts.host_state import HostStateResult
 from facts.nvidia import (
     Gpu,
     GpuQuery,
@@ -32,6 +31,10 @@ from facts.system import (
     SystemInfoResult,
 )
 from inventory.fleet import HostSpec, load_fleet
+from rules.assessment import assess, render, storage_class
+from rules.host_plan import HostPlan, plan_host
+
+Refusal = list  # plan_host answers a host it cannot plan with its findings
 
 TB = 10**12
 
@@ -93,6 +96,7 @@ def bare_host(**changes: object) -> HostProbe:
         weights_free_space=FreeSpaceResult("ok", "/srv/models/m", "/srv", 3 * TB, 3 * TB, "/srv"),
         docker=DockerInfoResult("not_installed"),
         container_toolkit=ContainerToolkitResult("not_installed"),
+        state=HostStateResult(),
     )
     return replace(probe, **changes)  # type: ignore[arg-type]
 
@@ -229,8 +233,9 @@ def test_plan_names_distro_and_packages_or_refuses(
         "ok", OsRelease(os_id, version, None, None), "x86_64", arch, "k", True))
     plan = plan_host(spec(tmp_path), probe)
     if expected is Refusal:
-        assert isinstance(plan, Refusal)
-        assert "Supported: Ubuntu 20.04/22.04/24.04 and Debian 11/12" in plan.message
+        assert isinstance(plan, list)
+        assert [f.code for f in plan] == ["unsupported-platform"]
+        assert "Ubuntu 20.04/22.04/24.04 and Debian 11/12" in plan[0].required
     else:
         assert isinstance(plan, HostPlan)
         assert plan.distro == expected
@@ -243,5 +248,8 @@ def test_plan_refuses_a_distro_the_pin_set_has_no_docker_for(tmp_path: Path) -> 
     probe = bare_host(system=SystemInfoResult(
         "ok", OsRelease("ubuntu", "24.04", "noble", None), "x86_64", "amd64", "k", True))
     plan = plan_host(spec(tmp_path), probe)
-    assert isinstance(plan, Refusal)
-    assert "no Docker engine version for ubuntu2404" in plan.message
+    assert isinstance(plan, list)
+    assert [f.code for f in plan] == ["docker-not-pinned"]
+    assert "no Docker engine version for ubuntu2404" in plan[0].what
+    # and preflight refuses the host for it, before anything changes
+    assert "docker-not-pinned" in codes(tmp_path, probe)

@@ -12,14 +12,7 @@ from typing import Any
 
 import pytest
 
-from deploys.python_env import (
-    SYSTEM_CA_BUNDLE,
-    choose_interpreter,
-    expected_marker,
-    plan_python_env,
-    proxy_env,
-)
-from facts.python_env import (
+from facts.venv_state import (
     MARKER_NAME,
     VERIFY_SCRIPT,
     PythonEnvState,
@@ -32,7 +25,16 @@ from inventory.fleet import HostSpec
 from inventory.pins import load_pins
 from inventory.python_locks import load_lock
 from inventory.schema import Settings
-from operations.python_env import InstallSource, _pip_args, _render
+from operations.locked_venv import TEMPLATE, _pip_args
+from rules.network import PROXY_ENV_PATH, proxy_env_file
+from rules.python_env_plan import (
+    SYSTEM_CA_BUNDLE,
+    InstallSource,
+    choose_interpreter,
+    expected_marker,
+    plan_python_env,
+)
+from rules.render import render
 
 PINS = load_pins().sets["r535-cuda121"]
 LOCK = load_lock(PINS.python.lock, "3.11", "x86_64")
@@ -192,11 +194,14 @@ def test_proxies_mirror_and_extra_ca_reach_pip() -> None:
                          "no_proxy": ["localhost", ".internal"],
                          "extra_ca_bundle": __file__},
                 python_env={"index_url": "https://mirror.internal/simple"})
-    env = proxy_env(host)
-    assert env["https_proxy"] == env["HTTPS_PROXY"] == "http://proxy.internal:3128/"
-    assert env["no_proxy"] == "localhost,.internal" and "http_proxy" not in env
+    env = proxy_env_file(host.settings.network) or ""
+    assert "https_proxy='http://proxy.internal:3128/'" in env.splitlines()
+    assert "HTTPS_PROXY='http://proxy.internal:3128/'" in env.splitlines()
+    assert "no_proxy='localhost,.internal'" in env.splitlines() and "http_proxy" not in env
     plan = plan_python_env(host, state())
     assert plan.source is not None and plan.source.cert == SYSTEM_CA_BUNDLE
+    # pip reads the proxies from the root-only file, never from its command line
+    assert plan.source.env_file == PROXY_ENV_PATH
     assert _pip_args(plan.source) == ["--index-url", "https://mirror.internal/simple",
                                       "--cert", SYSTEM_CA_BUNDLE]
 
@@ -204,12 +209,12 @@ def test_proxies_mirror_and_extra_ca_reach_pip() -> None:
 # --- the install script ----------------------------------------------------------------------------
 @pytest.mark.parametrize("wheelhouse", [False, True])
 def test_install_script_is_valid_sh_and_quotes_values(wheelhouse: bool) -> None:
-    script = _render({
+    script = render(TEMPLATE, **{
         "path": "'/opt/my venv'", "new": "'/opt/my venv.0123456789ab'",
         "requirements": "'/opt/my venv.0123456789ab.requirements.txt'",
         "marker": "'/opt/my venv.0123456789ab.marker.json'",
         "verify": "'/opt/my venv.0123456789ab.verify.py'", "interpreter": "python3.11",
-        "env": "https_proxy='http://p:3128'", "pip_args": "--no-index --find-links /opt/wh",
+        "env_file": "/etc/gpufleet/proxy.env", "pip_args": "--no-index --find-links /opt/wh",
         "wheelhouse": "/opt/wh" if wheelhouse else "", "lock_label": "x/cp311-x86_64.txt",
         "marker_name": MARKER_NAME,
     })
@@ -246,7 +251,7 @@ def _script_values(tmp_path: Path, new: Path, interpreter: str) -> dict[str, str
     return {
         "path": str(tmp_path / "venv"), "new": str(new),
         "requirements": f"{new}.requirements.txt", "marker": f"{new}.marker.json",
-        "verify": f"{new}.verify.py", "interpreter": interpreter, "env": "",
+        "verify": f"{new}.verify.py", "interpreter": interpreter, "env_file": "",
         "pip_args": "", "wheelhouse": "", "lock_label": "x/cp311-x86_64.txt",
         "marker_name": MARKER_NAME,
     }
@@ -257,7 +262,7 @@ def test_install_script_never_touches_the_live_venv(tmp_path: Path) -> None:
     live.mkdir()
     (live / "keep").write_text("x")
     (tmp_path / "venv").symlink_to(live)
-    script = _render(_script_values(tmp_path, live, "python3"))
+    script = render(TEMPLATE, **_script_values(tmp_path, live, "python3"))
     proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     assert proc.returncode == 1 and "refusing to rebuild the live environment" in proc.stderr
     assert (live / "keep").read_text() == "x"
@@ -271,7 +276,7 @@ def test_a_failed_build_is_cleaned_up_and_the_old_link_kept(tmp_path: Path) -> N
     for suffix in (".requirements.txt", ".marker.json", ".verify.py"):
         Path(f"{new}{suffix}").write_text("{}")
     # `false -m venv NEW` fails like an interpreter without ensurepip would.
-    script = _render(_script_values(tmp_path, new, "false"))
+    script = render(TEMPLATE, **_script_values(tmp_path, new, "false"))
     proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
     assert proc.returncode == 1
     assert f"the previous environment is untouched: {tmp_path / 'venv'} -> {live}" in proc.stderr

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from inventory.repos import (
+from inventory.schema import AptRepo
+from rules.apt_sources import (
     CUDA_KEY_FINGERPRINT,
     TOOLKIT_KEY_FINGERPRINT,
     UnsupportedPlatform,
     container_toolkit_source,
     cuda_source,
 )
-from inventory.schema import AptRepo
 
 OFFICIAL = AptRepo()
 

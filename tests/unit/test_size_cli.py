@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "inventory.size_cli", *args],
+        [sys.executable, "-m", "tools.size", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from inventory.catalog import find_gpu, find_model
-from inventory.sizing import (
+from rules.sizing import (
     GIB,
     KIB,
     SizingInputError,

@@ -1,0 +1,20 @@
+"""The validated fleet spec of the host being deployed (inventory.py puts it in host.data)."""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api.host import Host
+
+from inventory.fleet import HostSpec
+
+
+def host_spec(current: Host | None = None) -> HostSpec:
+    """The host's HostSpec; a clear error when pyinfra runs without the fleet inventory."""
+    current = current or host
+    data = current.data.get("gpufleet")
+    if data is None:
+        raise RuntimeError(
+            f"{current.name} has no gpufleet spec: run with the fleet inventory, "
+            "`pyinfra inventory.py deploys/gpu_host.py`"
+        )
+    return HostSpec.model_validate(data)

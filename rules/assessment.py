@@ -1,0 +1,365 @@
+"""Preflight's verdict on a host, as a pure function of its spec and one probe.
+
+`assess()` runs every check that can be made before anything changes — GPUs against the model
+(sizing), the pin set against the host (driver, CUDA, torch, Python, compute capability,
+Secure Boot, the distro's repositories, Docker), storage of the weights — and returns findings
+the deploy, the doctor and the tests all read the same way. Every check comes from
+`rules.compat`, `rules.sizing` and the step rules; nothing is re-typed here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from facts.nvidia import GpuQuery
+from facts.probe import HostProbe
+from facts.storage import StorageLocationResult
+from inventory.catalog import GpuSpec, load_gpus
+from inventory.fleet import HostSpec
+from rules import compat
+from rules.container_runtime import DAEMON_JSON_PATH, cdi_findings, docker_ce_findings
+from rules.daemon_json import DaemonJsonError, parse_daemon_json
+from rules.driver_state import precompiled_findings
+from rules.findings import Finding, Findings, accept
+from rules.host_plan import HostPlan, plan_host
+from rules.sizing import (
+    SizingInputError,
+    SizingRequest,
+    SizingResult,
+    size,
+    tp_candidates,
+)
+
+MIB = 2**20
+GIB = 2**30
+# Without a context length in the fleet file, size for the model's maximum up to this; the
+# full 128K context of the distills would make every small host look hopeless.
+DEFAULT_CONTEXT_CAP = 32768
+
+
+@dataclass(frozen=True)
+class GpuView:
+    """A GPU as preflight sees it: from nvidia-smi when a driver runs, else lspci + catalog."""
+
+    name: str
+    memory_bytes: int | None
+    compute_capability: str | None  # "9.0"
+    source: str  # "nvidia-smi" or "lspci"
+
+
+@dataclass
+class Assessment:
+    host: str
+    findings: Findings
+    gpus: list[GpuView] = field(default_factory=list)
+    sizing: SizingResult | None = None
+    context: int = 0
+    plan: HostPlan | None = None  # None when the host cannot be planned
+
+    @property
+    def refused(self) -> bool:
+        return not self.findings.ok
+
+
+def effective_context(spec: HostSpec) -> int:
+    return spec.settings.context_length or min(spec.model.max_context, DEFAULT_CONTEXT_CAP)
+
+
+# --- GPUs ------------------------------------------------------------------------------------
+def _catalog_by_pci_id() -> dict[str, GpuSpec]:
+    """NVIDIA device id (the part after 10de:) -> catalog GPU."""
+    return {
+        device_id.lower(): gpu
+        for gpu in load_gpus().values()
+        for device_id in gpu.pci_device_ids
+    }
+
+
+def gpu_views(gpus: GpuQuery) -> list[GpuView]:
+    """The GPUs as nvidia-smi lists them."""
+    return [
+        GpuView(
+            name=gpu.name,
+            memory_bytes=gpu.memory_total_mib * MIB if gpu.memory_total_mib else None,
+            compute_capability=(f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
+                                if gpu.compute_capability else None),
+            source="nvidia-smi",
+        )
+        for gpu in gpus.gpus
+    ]
+
+
+def gpus_of(probe: HostProbe) -> tuple[list[GpuView], Findings]:
+    """The host's GPUs, and findings about how they could (not) be read."""
+    found = Findings()
+    if probe.gpus.ok:
+        return gpu_views(probe.gpus), found
+    if probe.gpus.status == "version_mismatch":
+        found.add(Finding(
+            "warning", "driver-library-mismatch",
+            "the loaded NVIDIA kernel module and the installed driver libraries differ "
+            "(nvidia-smi: Driver/library version mismatch)",
+            f"loaded {probe.kernel_module.loaded_version or '?'}, installed "
+            f"{', '.join(probe.kernel_module.userspace_versions) or '?'}",
+            "one driver version, loaded and installed",
+            "reboot the host (the deploy does it when settings.driver.reboot = 'if-needed')",
+        ))
+    # No working driver: identify the GPUs from the PCI bus and the catalog.
+    by_id = _catalog_by_pci_id()
+    views = []
+    unknown_ids: set[str] = set()
+    for device in probe.pci.gpus:
+        gpu = by_id.get((device.device_id or "").lower())
+        if gpu is None:
+            views.append(GpuView(device.device_name, None, None, "lspci"))
+            if device.device_id in unknown_ids:
+                continue
+            unknown_ids.add(device.device_id or "")
+            found.add(Finding(
+                "warning", "gpu-not-in-catalog",
+                f"GPU {device.device_name} at {device.address} is not in the GPU catalog, so "
+                "its memory is unknown until the driver runs",
+                f"PCI id {device.vendor_id}:{device.device_id}",
+                "an entry in inventory/catalog/gpus.toml",
+                "add the GPU to the catalog, or rerun preflight once the driver is installed",
+            ))
+        else:
+            views.append(GpuView(gpu.names[0] if gpu.names else gpu.id, gpu.memory_bytes,
+                                 gpu.compute_capability, "lspci"))
+    return views, found
+
+
+def expected_gpu_findings(spec: HostSpec, gpus: list[GpuView]) -> list[Finding]:
+    expected = spec.settings.gpus
+    found: list[Finding] = []
+    if expected.count is not None and len(gpus) != expected.count:
+        found.append(Finding(
+            "error", "gpu-count-differs",
+            "the host does not have the number of GPUs the fleet file expects",
+            f"{len(gpus)} GPU(s)", f"{expected.count} (settings.gpus.count)",
+            "check the hardware (reseated cards, a GPU fallen off the bus: dmesg, lspci) "
+            "or correct settings.gpus.count",
+        ))
+    if expected.model:
+        wrong = sorted({g.name for g in gpus if expected.model.lower() not in g.name.lower()})
+        if wrong:
+            found.append(Finding(
+                "error", "gpu-model-differs", "GPUs of another model than expected",
+                ", ".join(wrong), f"names containing {expected.model!r} (settings.gpus.model)",
+                "correct settings.gpus.model, or move this host to the right group",
+            ))
+    if expected.memory_gib:
+        # Only nvidia-smi's reading is exact; the catalog's figure for a PCI id is nominal.
+        small = [g for g in gpus if g.source == "nvidia-smi" and g.memory_bytes
+                 and g.memory_bytes < expected.memory_gib * GIB]
+        if small:
+            found.append(Finding(
+                "error", "gpu-memory-differs", "GPUs with less memory than expected",
+                ", ".join(f"{g.name} {g.memory_bytes / GIB:.1f} GiB" for g in small
+                          if g.memory_bytes),
+                f">= {expected.memory_gib} GiB each (settings.gpus.memory_gib)",
+                "correct settings.gpus.memory_gib, or check for MIG partitions",
+            ))
+    return found
+
+
+# --- sizing ----------------------------------------------------------------------------------
+def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingResult | None,
+                                                                          list[Finding]]:
+    settings = spec.settings
+    known = [g.memory_bytes for g in gpus if g.memory_bytes]
+    if not gpus:
+        return None, [Finding(
+            "error", "no-gpu",
+            f"no NVIDIA GPU found: this host cannot serve {spec.model.id}",
+            "nvidia-smi and lspci list no NVIDIA GPU", "at least one NVIDIA GPU",
+            "check that this is the GPU server you meant (target in the fleet file); on a "
+            "VM, that the GPU is passed through; `lspci -nn -d 10de:` should list it",
+        )]
+    if not known:
+        return None, []
+    request = SizingRequest(
+        model=spec.model,
+        precision=settings.precision,
+        gpu_memory_bytes=min(known),
+        gpu_count=len(gpus),
+        context=context,
+        concurrency=settings.concurrency,
+        tp=settings.tensor_parallel,
+        pp=settings.pipeline_parallel,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        gpu_label=gpus[0].name,
+    )
+    try:
+        if settings.tensor_parallel is None:
+            result = _smallest_fitting_tp(request)
+        else:
+            result = size(request)
+    except SizingInputError as exc:
+        return None, [Finding("error", "sizing-input", str(exc), "", "",
+                              "correct tensor_parallel / pipeline_parallel / context_length "
+                              "in the fleet file")]
+    if result.fits:
+        return result, [Finding(
+            "info", "model-fits",
+            f"{spec.model.id} at {settings.precision} fits with tensor parallel {result.tp}",
+            f"{result.needed_per_gpu / GIB:.1f} GiB needed per GPU",
+            f"{result.usable_per_gpu / GIB:.1f} GiB usable per GPU",
+            f"up to {result.max_concurrency} concurrent sequences at {context} tokens",
+        )]
+    ways = "; ".join(alt.change for alt in result.alternatives[:4]) or "a larger GPU"
+    return result, [Finding(
+        "error", "model-does-not-fit",
+        f"{spec.model.id} at {settings.precision} does not fit on "
+        f"{len(gpus)} x {gpus[0].name}",
+        f"{result.needed_per_gpu / GIB:.1f} GiB needed per GPU "
+        f"(short by {result.shortfall_per_gpu / GIB:.1f} GiB)",
+        f"{result.usable_per_gpu / GIB:.1f} GiB usable per GPU "
+        f"({settings.gpu_memory_utilization:.0%} of memory)",
+        f"what would fit: {ways}",
+    )]
+
+
+def _smallest_fitting_tp(request: SizingRequest) -> SizingResult:
+    """Unset tensor_parallel: the fewest GPUs per replica that fit, else the most we have."""
+    usable = [tp for tp in tp_candidates(request.model)
+              if tp * request.pp <= request.gpu_count]
+    if not usable:
+        return size(request)  # reports why no tensor-parallel size works
+    result = size(replace(request, tp=usable[0]))
+    for tp in usable[1:]:
+        if result.fits:
+            break
+        result = size(replace(request, tp=tp))
+    return result
+
+
+# --- storage ---------------------------------------------------------------------------------
+def storage_class(location: StorageLocationResult) -> str:
+    """The fact's storage kind in the vocabulary of the compatibility checks."""
+    if location.kind == "ssd":
+        transports = {leaf.transport for leaf in location.leaves}
+        if "usb" in transports:
+            return "usb"
+        return "sas-ssd" if "sas" in transports else "sata-ssd"
+    return location.kind
+
+
+def _storage(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None) -> list[Finding]:
+    settings = spec.settings.storage
+    weights = spec.model.weights_bytes
+    found: list[Finding] = []
+    if settings.policy != "off":
+        location = probe.weights_location
+        found += compat.check_storage(storage_class(location), weights, settings.policy,
+                                      read_bytes_per_s)
+    free = probe.weights_free_space.available_bytes
+    if free is not None:
+        found += compat.check_free_space(free, weights, settings.free_space_margin)
+    return found
+
+
+# --- the assessment --------------------------------------------------------------------------
+def _python_version(probe: HostProbe) -> str | None:
+    """The interpreter the Python environment step would use: the newest 3.x on the host."""
+    versions = [v for v in probe.python.interpreters.values() if v]
+    return max(versions, key=lambda v: tuple(int(p) for p in v.split(".")[:2] if p.isdigit()),
+               default=None)
+
+
+def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None,
+           extra: Iterable[Finding] = ()) -> Assessment:
+    """Every check for one host, from its spec and one probe (plus findings of the steps'
+    own questions, ``extra``). Pure: no host is touched."""
+    pins, settings = spec.pins, spec.settings
+    findings = Findings()
+    gpus, gpu_findings = gpus_of(probe)
+    findings.extend(gpu_findings)
+    findings.extend(expected_gpu_findings(spec, gpus))
+    context = effective_context(spec)
+    sizing, sizing_findings = _sizing(spec, gpus, context)
+    findings.extend(sizing_findings)
+
+    torch_build = f"{pins.python.torch}+cu{pins.cuda.release.replace('.', '')}"
+    for capability, names in _by_capability(gpus).items():
+        findings.extend(compat.check_compute_capability(capability, torch_build, names))
+    if settings.python_env.enabled:
+        python = _python_version(probe)
+        if python is None:
+            findings.add(Finding(
+                "error", "no-python", "no Python 3 interpreter on the host",
+                "python3 not found", "Python 3.8-3.11 for torch " + pins.python.torch,
+                "install python3 (apt-get install python3 python3-venv)",
+            ))
+        else:
+            findings.extend(compat.check_python_for_torch(python, torch_build))
+
+    # The pin set must be coherent before any of it is installed.
+    findings.extend(compat.check_driver_for_cuda(pins.driver.upstream, pins.cuda.release))
+    findings.extend(compat.check_image_cuda(pins.driver.upstream, pins.inference.image_cuda))
+    findings.extend(compat.check_transformers_for_model(pins.python.transformers, spec.model))
+
+    os_release = probe.system.os
+    if os_release and os_release.id and os_release.version_id:
+        findings.extend(compat.check_distro_for_cuda(
+            os_release.id, os_release.version_id, pins.cuda.release,
+            mirror_provides=settings.repos.cuda.url is not None,
+        ))
+    findings.extend(compat.check_secure_boot(probe.secure_boot.enforcing, pins.driver.flavour))
+    findings.extend(compat.check_sampling(settings.sampling.temperature,
+                                          settings.sampling.top_p, spec.model))
+    findings.extend(_storage(spec, probe, read_bytes_per_s))
+
+    # What the stack would run into on this host, before any of it is installed.
+    planned = plan_host(spec, probe)
+    plan = None
+    if isinstance(planned, list):
+        findings.extend(planned)
+    else:
+        plan = planned
+        findings.extend(cdi_findings(settings.docker.gpu_device_protection,
+                                     plan.docker_packages["docker.io"], plan.distro))
+    os_id = os_release.id if os_release and os_release.id else "unknown"
+    findings.extend(precompiled_findings(pins.driver.flavour, os_id))
+    findings.extend(docker_ce_findings(probe.state.installed))
+    findings.extend(_daemon_json(probe))
+    findings.extend(extra)
+
+    return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors),
+                      gpus, sizing, context, plan)
+
+
+def _daemon_json(probe: HostProbe) -> list[Finding]:
+    """A daemon.json gpufleet cannot merge into: refused now, not halfway through the stack."""
+    try:
+        parse_daemon_json(probe.state.content(DAEMON_JSON_PATH))
+    except DaemonJsonError as exc:
+        return [Finding(
+            "error", "daemon-json-unreadable", f"{DAEMON_JSON_PATH} cannot be merged: {exc}",
+            "not a JSON object", "a JSON object (or no file)",
+            "fix the file by hand (gpufleet leaves it untouched), then re-run the deploy",
+        )]
+    return []
+
+
+def _by_capability(gpus: list[GpuView]) -> dict[str, str]:
+    names: dict[str, list[str]] = {}
+    for gpu in gpus:
+        if gpu.compute_capability:
+            names.setdefault(gpu.compute_capability, []).append(gpu.name)
+    return {cc: ", ".join(sorted(set(n))) for cc, n in names.items()}
+
+
+def render(assessment: Assessment) -> str:
+    lines = [f"gpufleet preflight for {assessment.host}:"]
+    if assessment.gpus:
+        by_name: dict[str, int] = {}
+        for gpu in assessment.gpus:
+            by_name[gpu.name] = by_name.get(gpu.name, 0) + 1
+        lines.append("  GPUs: " + ", ".join(f"{n} x {name}" for name, n in by_name.items())
+                     + f" (from {assessment.gpus[0].source})")
+    lines += ["  " + line for line in assessment.findings.render().splitlines()]
+    return "\n".join(lines)
+
+
