@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SIM_FLEET := inventory/sim.toml
 
 .PHONY: rehearse test unit sim-up sim-down sim-status lint host-tools venv clean \
-        python-locks python-locks-check wheelhouse bench
+        python-locks python-locks-check wheelhouse bench check-fleet
 
 # Controller tooling, installed from the hash-locked requirements file.
 $(VENV)/.installed: requirements/controller.lock
@@ -47,6 +47,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy deploys facts inventory operations rules tools benchmarks tests
 	$(BIN)/mypy inventory.py  # a script beside the package of the same name: checked alone
+
+## Validate the fleet file offline, no host contacted ($GPUFLEET_FLEET, else inventory/fleet.toml).
+check-fleet: venv
+	$(BIN)/python inventory.py
 
 ## Converge / no-op times and remote commands per host on the simulated fleet.
 bench: venv host-tools sim-up

@@ -3,20 +3,54 @@
 Reads the fleet file named by $GPUFLEET_FLEET (default inventory/fleet.toml), validates all of
 it, and exposes one pyinfra group per fleet group. A fleet file with mistakes stops here, with
 one line per problem and no host contacted.
+
+Run directly, it only validates, offline:
+
+    python inventory.py [FLEET_FILE]    # exit 0: valid; 2: problems (one line each)
 """
 
 import sys
+from pathlib import Path
+from typing import NoReturn
 
-from inventory.fleet import FleetError, fleet_path_from_env, load_fleet
+from inventory.fleet import Fleet, FleetError, fleet_path_from_env, load_fleet
+from rules.fleet_checks import fleet_problems
 
-try:
-    _fleet = load_fleet(fleet_path_from_env())
-except FleetError as _error:
-    print(f"gpufleet: the fleet file has {len(_error.lines)} problem(s); no host was contacted:",
-          file=sys.stderr)
-    for _line in _error.lines:
-        print(f"  - {_line}", file=sys.stderr)
+
+def _load(path: Path | None = None) -> Fleet:
+    """The validated fleet; on any problem, print one line each and exit 2."""
+    try:
+        return load_fleet(path or fleet_path_from_env(), checks=fleet_problems)
+    except FleetError as error:
+        _report(error)
+
+
+def _report(error: FleetError) -> NoReturn:
+    print(f"gpufleet: the fleet file has {len(error.lines)} problem(s); "
+          "no host was contacted:", file=sys.stderr)
+    for line in error.lines:
+        print(f"  - {line}", file=sys.stderr)
     raise SystemExit(2) from None
 
-# pyinfra takes every public module-level list/tuple as a group of hosts.
-globals().update(_fleet.pyinfra_groups())
+
+def _main(argv: list[str]) -> int:
+    if len(argv) > 1 or (argv and argv[0].startswith("-")):
+        print("usage: python inventory.py [FLEET_FILE]  (default: $GPUFLEET_FLEET, else "
+              "inventory/fleet.toml): validate the fleet file offline", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    if argv and not argv[0].strip():
+        _report(FleetError(["the fleet file argument is empty: give a fleet file's path, or "
+                            "none for $GPUFLEET_FLEET / inventory/fleet.toml"]))
+    fleet = _load(Path(argv[0]) if argv else None)
+    groups = len(fleet.pyinfra_groups())
+    print(f"gpufleet: {fleet.source} is valid: {groups} group(s), {len(fleet.hosts)} host(s) "
+          "(no host was contacted)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))
+
+# pyinfra executes this file without a __name__ of "__main__": it takes every public
+# module-level list/tuple as a group of hosts.
+globals().update(_load().pyinfra_groups())

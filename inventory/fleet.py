@@ -6,22 +6,41 @@ each, naming the host or group, the field, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from inventory.catalog import ModelSpec, load_models
+from inventory.catalog import CatalogError, ModelSpec, load_models
 from inventory.merge import deep_merge
 from inventory.pins import PINS_FILE, PinFile, PinSet, load_pins
-from inventory.schema import FleetFile, GroupEntry, HostEntry, Settings, valid_host_name
-from inventory.toml import TOMLDecodeError, load_toml
+from inventory.schema import (
+    FleetFile,
+    GroupEntry,
+    HostEntry,
+    Settings,
+    mask_url,
+    target_problem,
+    valid_host_name,
+)
+from inventory.toml import MiB, TOMLDecodeError, TomlFileError, read_toml_file
 
 DEFAULT_FLEET_FILE = "inventory/fleet.toml"
 FLEET_ENV = "GPUFLEET_FLEET"
+# A fleet file is a few KiB; a bigger one is a wrong path (a log, an image), not a fleet.
+MAX_FLEET_BYTES = 1 * MiB
+# groups.G.hosts.H.settings.docker.daemon_json is 7 levels: 20 leaves daemon.json room.
+MAX_FLEET_DEPTH = 20
+# pyinfra passes groups as keyword arguments to Inventory(names_data, override_data, **groups)
+# and treats "all" as the list of every host: a group with one of these names breaks it.
+RESERVED_GROUP_NAMES = frozenset({"all", "names_data", "override_data", "self"})
+_SHOWN_CHARS = 200  # a value longer than this is cut in messages
 
 
 @dataclass(frozen=True)
@@ -32,11 +51,40 @@ class Problem:
     message: str  # what is wrong and what is allowed
 
     def render(self, source: str) -> str:
-        shown = "(missing)" if self.value is _MISSING else repr(self.value)
-        return f"{source}: {self.where}: {self.field} = {shown}: {self.message}"
+        """One line: credentials in URLs masked, control characters escaped, long values cut."""
+        shown = "(missing)" if self.value is _MISSING else _cut(repr(_masked(self.value)))
+        line = f"{source}: {self.where}: {self.field} = {shown}: {self.message}"
+        return _printable(_mask_urls_in_text(line))
 
 
 _MISSING = object()
+# scheme://userinfo@ anywhere in a text (a safety net: values are masked structurally).
+_URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#]*)@")
+
+
+def _masked(value: Any) -> Any:
+    """`value` with credentials in URLs replaced by ***, inside lists and tables too."""
+    if isinstance(value, str):
+        return mask_url(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_masked(item) for item in value)
+    if isinstance(value, Mapping):
+        return {_masked(key): _masked(item) for key, item in value.items()}
+    return value
+
+
+def _mask_urls_in_text(text: str) -> str:
+    return _URL_USERINFO.sub(
+        lambda m: m.group(1) + ("***:***" if ":" in m.group(2) else "***") + "@", text
+    )
+
+
+def _printable(text: str) -> str:
+    """Escape what would break the one-line-per-problem output (newlines, escape codes):
+    names and keys in a TOML file may hold any character."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class FleetError(Exception):
@@ -80,6 +128,9 @@ class Fleet:
     name: str
     source: Path
     hosts: list[HostSpec] = field(default_factory=list)
+    # Each settings table as written, with where it is ("fleet", "group G", "host H (group G)"):
+    # checks on a value that does not depend on the host report it once, where it is written.
+    setting_layers: list[tuple[str, Mapping[str, Any]]] = field(default_factory=list)
 
     def pyinfra_groups(self) -> dict[str, tuple[list[tuple[str, dict[str, Any]]], dict]]:
         """Groups in the shape pyinfra's inventory files use: NAME = ([(host, data)], {})."""
@@ -124,6 +175,22 @@ def _allowed_keys(model: type[BaseModel], loc: Iterable[str | int]) -> list[str]
     return sorted(fields) if fields else []
 
 
+# Strict types: pydantic says "a valid integer"; the person needs to hear that "8" in quotes is
+# text, not a number, and what TOML wants instead.
+_TYPE_MESSAGES = {
+    "int_type": "must be an integer, written without quotes or a decimal point (e.g. 8)",
+    "bool_type": "must be true or false, without quotes",
+    "float_type": "must be a number, written without quotes (e.g. 0.9)",
+    "string_type": "must be a string, in quotes",
+    "list_type": 'must be a list, e.g. ["a", "b"]',
+    "dict_type": "must be a table",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "finite_number": "must be a finite number: nan and inf are not allowed",
+    "url_type": "must be a URL, in quotes",
+}
+
+
 def _problems_from(
     error: ValidationError, where: str, prefix: str, model: type[BaseModel]
 ) -> list[Problem]:
@@ -140,70 +207,156 @@ def _problems_from(
             value = _MISSING
             message = ("required, and not set for this host, its group or the fleet"
                        if dotted.startswith("settings.") else "required")
+        elif kind in _TYPE_MESSAGES:
+            message = _TYPE_MESSAGES[kind]
         else:
             message = item["msg"].removeprefix("Value error, ")
-            message = message[0].lower() + message[1:]
+            message = message[:1].lower() + message[1:]
         problems.append(Problem(where, dotted, value, message))
     return problems
 
 
-# --- loading ---------------------------------------------------------------------------------
-def load_fleet(path: Path, pins_path: Path = PINS_FILE) -> Fleet:
-    """Read, merge and validate a fleet file. Raises FleetError listing every problem."""
-    source = str(path)
-    if not path.is_file():
-        raise FleetError([
-            f"{source}: fleet file not found. Set {FLEET_ENV}=PATH to use another one "
-            f"(inventory/sim.toml is the simulated fleet)."
-        ])
+def _non_finite(value: Any, where: str, dotted: str) -> list[Problem]:
+    """nan and inf anywhere in `value` (TOML allows them; no gpufleet setting does)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [Problem(where, dotted, value, "must be a finite number: nan and inf are not "
+                                              "allowed")]
+    if isinstance(value, Mapping):
+        return [p for key, item in value.items() for p in _non_finite(item, where,
+                                                                        f"{dotted}.{key}")]
+    if isinstance(value, list):
+        return [p for i, item in enumerate(value) for p in _non_finite(item, where,
+                                                                        f"{dotted}[{i}]")]
+    return []
+
+
+def _target_key(target: str) -> str:
+    """Targets naming the same machine compare equal: DNS is case-insensitive and an IPv6
+    address has many spellings."""
+    if target.startswith("@"):
+        return target
     try:
-        raw = load_toml(path)
+        return str(ipaddress.ip_address(target))
+    except ValueError:
+        return target.lower().rstrip(".")
+
+
+# --- loading ---------------------------------------------------------------------------------
+def _read(path: Path, source: str) -> dict[str, Any]:
+    try:
+        return read_toml_file(path, max_bytes=MAX_FLEET_BYTES, max_depth=MAX_FLEET_DEPTH)
+    except TomlFileError as exc:
+        if exc.missing:
+            raise FleetError([
+                f"{source}: fleet file {exc.reason}. Set {FLEET_ENV}=PATH to use another one "
+                f"(inventory/sim.toml is the simulated fleet)."
+            ]) from None
+        raise FleetError([_printable(f"{source}: {exc.reason}")]) from None
     except TOMLDecodeError as exc:
-        raise FleetError([f"{source}: not valid TOML: {exc}"]) from None
+        raise FleetError([_printable(f"{source}: not valid TOML: {exc}")]) from None
+
+
+def _one_line(exc: Exception) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def load_fleet(
+    path: Path,
+    pins_path: Path = PINS_FILE,
+    checks: Callable[[Fleet], list[Problem]] | None = None,
+) -> Fleet:
+    """Read, merge and validate a fleet file. Raises FleetError listing every problem.
+
+    `checks` (e.g. rules.fleet_checks.fleet_problems) runs on the hosts that validated, so
+    its problems are reported in the same run as the schema's.
+    """
+    source = _printable(str(path))
+    raw = _read(path, source)
     try:
         pin_file = load_pins(pins_path)
-    except (ValidationError, TOMLDecodeError) as exc:
-        raise FleetError([f"{pins_path}: the pin file is invalid: {exc}"]) from None
+    except (ValidationError, TOMLDecodeError, OSError) as exc:
+        raise FleetError([_printable(f"{pins_path}: the pin file is invalid: {_one_line(exc)}")]
+                         ) from None
+    try:
+        catalog = load_models()
+    except CatalogError as exc:
+        raise FleetError([_printable(f"the model catalog is invalid: {_one_line(exc)}")]
+                         ) from None
+    if not raw:
+        raise FleetError([f"{source}: empty: a fleet file needs [settings] and at least one "
+                          "[groups.NAME.hosts.HOST] table"])
 
     try:
         fleet_file = FleetFile.model_validate(raw)
     except ValidationError as exc:
-        raise FleetError([
+        raise FleetError(list(dict.fromkeys(
             problem.render(source) for problem in _problems_from(exc, "fleet", "", FleetFile)
-        ]) from None
+        ))) from None
 
     problems: list[Problem] = []
-    models = dict(load_models())
+    models = dict(catalog)
     for model_id, raw_model in fleet_file.models.items():
+        where = f"model {model_id}"
+        if model_id in catalog:
+            problems.append(Problem(where, "models", model_id,
+                                    "already a catalog model (inventory/catalog/models.toml); "
+                                    "give yours another id"))
+        if "id" in raw_model:
+            problems.append(Problem(where, f"models.{model_id}.id", raw_model["id"],
+                                    "not allowed here: the table name is the model's id"))
+        finite = _non_finite(raw_model, where, f"models.{model_id}")
+        problems.extend(finite)
         try:
-            models[model_id] = ModelSpec.model_validate({"id": model_id, **raw_model})
+            # strict: a model's numbers size the deploy; "32" or true is a mistake there too.
+            model_spec = ModelSpec.model_validate({**raw_model, "id": model_id}, strict=True)
         except ValidationError as exc:
-            problems.extend(_problems_from(exc, f"model {model_id}", f"models.{model_id}",
-                                           ModelSpec))
+            problems.extend(p for p in _problems_from(exc, where, f"models.{model_id}", ModelSpec)
+                            if not (finite and isinstance(p.value, float)))
+            continue
+        if not finite:
+            models[model_id] = model_spec
     if not fleet_file.groups:
         problems.append(Problem("fleet", "groups", {}, "no groups: a fleet needs at least one"))
 
     groups: dict[str, GroupEntry] = {}
     hosts: list[tuple[str, str, HostEntry]] = []
     broken: set[tuple[str, str]] = set()  # hosts whose connection fields are invalid
+    host_groups: dict[str, str] = {}  # host name -> the first group that has it
+    declared_hosts = 0
     for group_name, raw_group in fleet_file.groups.items():
         where = f"group {group_name}"
         if not valid_host_name(group_name):
             problems.append(Problem(where, "groups", group_name,
                                     "group names may use letters, digits, '.', '_' and '-'"))
+        elif group_name in RESERVED_GROUP_NAMES:
+            problems.append(Problem(where, "groups", group_name,
+                                    "reserved by pyinfra; use another group name (not "
+                                    + ", ".join(sorted(RESERVED_GROUP_NAMES)) + ")"))
         try:
             group = groups[group_name] = GroupEntry.model_validate(raw_group)
         except ValidationError as exc:
             problems.extend(_problems_from(exc, where, f"groups.{group_name}", GroupEntry))
             continue
+        if not group.hosts:
+            problems.append(Problem(where, f"groups.{group_name}.hosts", {},
+                                    "no hosts: a group needs at least one "
+                                    f"[groups.{group_name}.hosts.HOST] table"))
+        declared_hosts += len(group.hosts)
         for host_name, raw_host in group.hosts.items():
             where = f"host {host_name} (group {group_name})"
             if not valid_host_name(host_name):
                 problems.append(Problem(where, "hosts", host_name,
                                         "host names may use letters, digits, '.', '_' and '-'"))
                 continue
+            if host_name in host_groups:
+                # pyinfra knows hosts by name: the second would silently merge into the first.
+                problems.append(Problem(where, "hosts", host_name,
+                                        f"also a host of group {host_groups[host_name]}; host "
+                                        "names must be unique across the fleet"))
+                continue
+            host_groups[host_name] = group_name
             try:
-                hosts.append((group_name, host_name, HostEntry.model_validate(raw_host)))
+                entry = HostEntry.model_validate(raw_host)
             except ValidationError as exc:
                 problems.extend(_problems_from(exc, where, "", HostEntry))
                 # Still check its settings below, so one run shows every problem.
@@ -212,6 +365,20 @@ def load_fleet(path: Path, pins_path: Path = PINS_FILE) -> Fleet:
                     broken.add((group_name, host_name))
                     hosts.append((group_name, host_name,
                                   HostEntry.model_construct(settings=raw_settings)))
+                continue
+            if entry.target is None:
+                problem = target_problem(host_name)
+                if problem:
+                    problems.append(Problem(
+                        where, "target", _MISSING,
+                        f"not set, so the host name {host_name!r} is the SSH target: {problem}; "
+                        "set target",
+                    ))
+                    broken.add((group_name, host_name))
+            hosts.append((group_name, host_name, entry))
+    if fleet_file.groups and len(groups) == len(fleet_file.groups) and not declared_hosts:
+        problems.append(Problem("fleet", "groups", sorted(fleet_file.groups),
+                                "no hosts in any group: a fleet needs at least one host"))
 
     # Each settings layer is checked on its own first, so a bad value is reported once, at
     # the place it is written, rather than once per host that inherits it.
@@ -228,7 +395,8 @@ def load_fleet(path: Path, pins_path: Path = PINS_FILE) -> Fleet:
                 if p.value is not _MISSING
             )
 
-    fleet = Fleet(name=fleet_file.fleet.name, source=path)
+    fleet = Fleet(name=fleet_file.fleet.name, source=path,
+                  setting_layers=[(where, layer) for where, _, layer in layers])
     seen_targets: dict[str, str] = {}
     for group_name, host_name, host in hosts:
         where = f"host {host_name} (group {group_name})"
@@ -239,12 +407,15 @@ def load_fleet(path: Path, pins_path: Path = PINS_FILE) -> Fleet:
                           problems)
         if spec is None or (group_name, host_name) in broken:
             continue
-        if spec.target in seen_targets:
+        target_key = _target_key(spec.target)
+        if target_key in seen_targets:
             problems.append(Problem(where, "target", spec.target,
-                                    f"also the target of host {seen_targets[spec.target]}"))
-        seen_targets[spec.target] = host_name
+                                    f"also the target of host {seen_targets[target_key]}"))
+        seen_targets[target_key] = host_name
         fleet.hosts.append(spec)
 
+    if checks is not None:
+        problems.extend(checks(fleet))
     if problems:
         unique = list(dict.fromkeys(problem.render(source) for problem in problems))
         raise FleetError(unique)
@@ -297,21 +468,57 @@ def _host_spec(
 
 def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:
     """Files the fleet names on the controller must exist now, not halfway through a deploy."""
+    named: list[tuple[str, str, Path | None]] = []
+    if spec.settings.network.extra_ca_bundle is not None:
+        named.append(("settings.network.extra_ca_bundle", spec.settings.network.extra_ca_bundle,
+                      spec.fleet_dir))
+    named += [("settings.verify.image_archives", archive, spec.fleet_dir)
+              for archive in spec.settings.verify.image_archives]
+    if spec.ssh_key is not None:
+        named.append(("ssh_key", spec.ssh_key, None))  # ssh reads it from the current folder
     problems = []
-    bundle = spec.settings.network.extra_ca_bundle
-    if bundle and not spec.controller_path(bundle).is_file():
-        problems.append(Problem(where, "settings.network.extra_ca_bundle", bundle,
-                                f"no such file on this machine ({spec.controller_path(bundle)})"))
-    for archive in spec.settings.verify.image_archives:
-        if not spec.controller_path(archive).is_file():
-            problems.append(Problem(
-                where, "settings.verify.image_archives", archive,
-                f"no such file on this machine ({spec.controller_path(archive)})",
-            ))
-    if spec.ssh_key and not Path(spec.ssh_key).expanduser().is_file():
-        problems.append(Problem(where, "ssh_key", spec.ssh_key, "no such file on this machine"))
+    for field_name, value, base in named:
+        problem = _controller_file_problem(value, base)
+        if problem:
+            problems.append(Problem(where, field_name, value, problem))
     return problems
 
 
+def _controller_file_problem(value: str, base: Path | None) -> str | None:
+    """Why `value` (relative paths from `base`) is not a readable file here, or None."""
+    if not value.strip():
+        return "empty: name a file, or leave the setting out"
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError:  # "~someone/..." with no such user here
+        return "names the home folder of a user this machine does not know"
+    if base is not None and not path.is_absolute():
+        path = base / path
+    try:
+        if path.is_file():
+            return None
+        if path.is_dir():
+            return f"a folder on this machine, not a file ({_cut(str(path))})"
+        if path.exists():
+            return f"not a regular file on this machine ({_cut(str(path))})"
+    except (OSError, ValueError) as exc:  # a name too long, a NUL character
+        return f"cannot be checked on this machine: {getattr(exc, 'strerror', None) or exc}"
+    return f"no such file on this machine ({_cut(str(path))})"
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "...(cut)"
+
+
 def fleet_path_from_env() -> Path:
-    return Path(os.environ.get(FLEET_ENV) or DEFAULT_FLEET_FILE)
+    """$GPUFLEET_FLEET, or inventory/fleet.toml when it is unset. Set but empty (or blank) is
+    a mistake, e.g. `GPUFLEET_FLEET=$FLEET` with $FLEET unset: refused, not the example file."""
+    value = os.environ.get(FLEET_ENV)
+    if value is None:
+        return Path(DEFAULT_FLEET_FILE)
+    if not value.strip():
+        raise FleetError([
+            f"{FLEET_ENV} is set but empty{'' if not value else ' (only whitespace)'}: set it "
+            f"to a fleet file's path, or unset it to use {DEFAULT_FLEET_FILE}"
+        ])
+    return Path(value)

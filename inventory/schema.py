@@ -8,40 +8,106 @@ The README lists these settings in the same order.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import re
+from datetime import date, datetime, time
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
 from inventory.catalog import Precision
 
 
 class Strict(BaseModel):
-    """Unknown keys are mistakes (a typo silently ignored is a 3 a.m. outage)."""
+    """Unknown keys are mistakes (a typo silently ignored is a 3 a.m. outage).
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Types are strict too: "8" is not a number, 1 is not `true`, "yes" is not a boolean. An
+    integer is still accepted where a float is expected (no information is lost). nan and inf
+    (which TOML allows) are refused for every float. Callers holding text from a command line
+    validate with `Settings.model_validate(values, strict=False)`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _absolute_posix_path(value: str) -> str:
     if not PurePosixPath(value).is_absolute():
         raise ValueError("must be an absolute path on the host, e.g. /srv/models/NAME")
+    if not value.isprintable():  # a pasted newline or tab: never part of a real path
+        raise ValueError("must not contain newlines, tabs or other control characters")
     return value
 
 
 AbsolutePath = Annotated[str, AfterValidator(_absolute_posix_path)]
 
-_FINGERPRINT = re.compile(r"^[0-9A-F]{40}$")
+# Patterns are used with fullmatch: `$` would also accept a trailing newline.
+_FINGERPRINT = re.compile(r"[0-9A-F]{40}")
 
 
 def _fingerprint(value: str) -> str:
     cleaned = value.replace(" ", "").upper()
-    if not _FINGERPRINT.match(cleaned):
+    if not _FINGERPRINT.fullmatch(cleaned):
         raise ValueError("must be a 40-hex-digit OpenPGP fingerprint (spaces allowed)")
     return cleaned
 
 
 Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
+
+
+# --- names and addresses (targets, URLs, no_proxy) ------------------------------------------
+_DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = re.compile(rf"(?=.{{1,253}}\Z){_DNS_LABEL}(\.{_DNS_LABEL})*")
+_IPV4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")  # [0-9]: \d also matches other scripts' digits
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _ipv4_problem(value: str) -> str | None:
+    """Why a dotted-quad is not a usable IPv4 address, or None when it is one."""
+    for part in value.split("."):
+        if len(part) > 1 and part.startswith("0"):
+            # ssh and libc read 010 as octal 8: refuse rather than guess.
+            return f"is not a valid IPv4 address: leading zero in {part!r} (write {int(part)})"
+        if int(part) > 255:
+            return "is not a valid IPv4 address: each part is 0 to 255"
+    return None
+
+
+def _dns_name_problem(value: str) -> str | None:
+    """Why `value` is not a DNS name, or None when it is one."""
+    if not _DNS_NAME.fullmatch(value):
+        return "is not a DNS name (letters, digits and '-' in dot-separated labels)"
+    if value.rsplit(".", 1)[-1].isdigit():
+        # "10.0.0" or "1.2.3.4.5": resolvers read these as IPv4 shorthand, not as names.
+        return "looks like an IPv4 address but is not one"
+    return None
+
+
+def _ipv6(value: str) -> bool:
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def mask_url(value: str) -> str:
+    """`value` with the user and password of a URL replaced by ***, for messages and logs.
+
+    http://user:secret@proxy:3128 -> http://***:***@proxy:3128. A value without a scheme is
+    masked when it reads like user:password@host; `user@host` (an SSH-style name) is kept.
+    Everything up to the last '@' is masked, so a malformed password cannot leak either.
+    """
+    scheme = _URL_SCHEME.match(value)
+    start = scheme.end() if scheme else 0
+    at = value.rfind("@")
+    if at < start:
+        return value
+    userinfo = value[start:at]
+    if not scheme and ":" not in userinfo:
+        return value
+    return value[:start] + ("***:***" if ":" in userinfo else "***") + value[at:]
 
 
 # --- expected hardware ----------------------------------------------------------------------
@@ -66,17 +132,75 @@ class StorageSettings(Strict):
     measure_seconds: int = Field(default=10, ge=1, le=120)
 
 
+# --- URLs ----------------------------------------------------------------------------------
+# What a URL may hold (RFC 3986), less what could end a quoted value or a line in the files
+# these URLs are written to: quotes, backslashes, whitespace, braces (placeholders aside).
+_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&()*+,;=%-]*")
+_PORT = re.compile(r"[0-9]{1,5}")
+_HTTP_SCHEMES = ("http://", "https://")
+
+
+def _authority_problem(authority: str) -> str | None:
+    """Why `[user[:password]@]host[:port]` is not usable, or None when it is."""
+    userinfo, at, hostport = authority.rpartition("@")
+    if at and (not userinfo or "@" in userinfo):
+        return "has a stray '@' (write '@' in a user name or password as %40)"
+    if hostport.startswith("["):
+        host, bracket, after = hostport[1:].partition("]")
+        if not bracket or not _ipv6(host):
+            return "has an invalid IPv6 address in [...]"
+        if after and not after.startswith(":"):
+            return "has text after the IPv6 address"
+        port = after[1:] if after else None
+    else:
+        host, colon, port_text = hostport.partition(":")
+        port = port_text if colon else None
+        if not host:
+            return "has no host"
+        problem = _ipv4_problem(host) if _IPV4.fullmatch(host) else _dns_name_problem(host)
+        if problem:
+            return f"has a host that {problem}"
+    if port is not None and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
+        return "has an invalid port (1 to 65535)"
+    return None
+
+
+def _bad_url_char(value: str) -> str | None:
+    for char in value:
+        if not _URL_CHARS.fullmatch(char):
+            return char
+    return None
+
+
 # --- apt repositories -----------------------------------------------------------------------
-_URL_TEMPLATE = re.compile(r"^https?://[^\s/]+(/[^\s]*)?$")
-_PLACEHOLDERS = re.compile(r"\{([^}]*)\}")
+_PLACEHOLDER = re.compile(r"\{(distro|arch)\}")
+_OTHER_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 
 def _url_template(value: str) -> str:
-    if not _URL_TEMPLATE.match(value):
+    """An http(s) URL in which `{distro}` and `{arch}` are the only braces (str.format runs on
+    it at deploy time: a lone brace or another field would fail there, mid-run)."""
+    if not value.startswith(_HTTP_SCHEMES):  # lower case: apt's method names are
         raise ValueError("must be an http:// or https:// URL")
-    unknown = sorted(set(_PLACEHOLDERS.findall(value)) - {"distro", "arch"})
-    if unknown:
-        raise ValueError(f"unknown placeholder {{{unknown[0]}}}; allowed: {{distro}}, {{arch}}")
+    rest = _PLACEHOLDER.sub("", value)
+    if "{" in rest or "}" in rest:
+        # Looked for in the masked URL, so a message cannot show a password.
+        unknown = _OTHER_PLACEHOLDER.search(_PLACEHOLDER.sub("", mask_url(value)))
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder {{{unknown.group(1)}}}; allowed: {{distro}}, {{arch}}"
+            )
+        raise ValueError("has an unmatched '{' or '}'; the only placeholders are "
+                         "{distro} and {arch}")
+    bad = _bad_url_char(rest)
+    if bad is not None:
+        raise ValueError(f"must be an http:// or https:// URL: {bad!r} is not allowed in a URL "
+                         "(no quotes, backslashes, spaces or control characters)")
+    sample = _PLACEHOLDER.sub("x", value)
+    authority = re.split(r"[/?#]", sample.split("://", 1)[1], maxsplit=1)[0]
+    problem = _authority_problem(authority)
+    if problem:
+        raise ValueError(f"must be an http:// or https:// URL: it {problem}")
     return value.rstrip("/")
 
 
@@ -110,10 +234,92 @@ class AptSettings(Strict):
 
 
 # --- network: proxies and private CAs -------------------------------------------------------
+# Proxy values go into apt's configuration inside "..." (rules/network.py) and into a shell
+# environment file inside '...': none of these may appear, so no value can add a directive.
+_CONFIG_UNSAFE = frozenset("'\"`;{}\\")
+
+
+def _config_safe(value: str) -> None:
+    bad = sorted({c for c in value if c in _CONFIG_UNSAFE or c.isspace() or not c.isprintable()})
+    if bad:
+        raise ValueError(
+            f"must not contain {' '.join(repr(c) for c in bad)}: quotes, backquotes, ';', "
+            "braces, backslashes, whitespace and control characters are refused here"
+        )
+
+
+_PROXY_FORM = "http://[user:password@]host[:port] (or https://...)"
+
+
+def _proxy_text(value: object) -> object:
+    """Checks on the text as written, before HttpUrl (which is lenient: it reads
+    `http:proxy` as http://proxy/ and turns backslashes into slashes)."""
+    if not isinstance(value, str):
+        return value  # HttpUrl reports the wrong type
+    _config_safe(value)
+    if not value.lower().startswith(_HTTP_SCHEMES):
+        raise ValueError(f"must be {_PROXY_FORM}")
+    authority, _, path = value.split("://", 1)[1].partition("/")
+    if path or "?" in authority or "#" in authority:
+        raise ValueError(f"must be {_PROXY_FORM}, without a path, query or fragment "
+                         "(write '/', '?', '#' or '@' in a password as %2F, %3F, %23, %40)")
+    problem = _authority_problem(authority)
+    if problem:
+        raise ValueError(f"must be {_PROXY_FORM}: it {problem}")
+    return value
+
+
+ProxyUrl = Annotated[HttpUrl, BeforeValidator(_proxy_text)]
+
+
+def _http_url_text(value: object) -> object:
+    """A mirror or index URL as written: http(s):// spelled out (HttpUrl would read `http:/x`
+    as http://x/), a valid host and port, nothing that needs quoting."""
+    if not isinstance(value, str):
+        return value  # HttpUrl reports the wrong type
+    if not value.lower().startswith(_HTTP_SCHEMES):
+        raise ValueError("must be an http:// or https:// URL")
+    bad = _bad_url_char(value)
+    if bad is not None:
+        raise ValueError(f"must be an http:// or https:// URL: {bad!r} is not allowed in a URL "
+                         "(no quotes, backslashes, braces, spaces or control characters)")
+    problem = _authority_problem(re.split(r"[/?#]", value.split("://", 1)[1], maxsplit=1)[0])
+    if problem:
+        raise ValueError(f"must be an http:// or https:// URL: it {problem}")
+    return value
+
+
+HttpUrlText = Annotated[HttpUrl, BeforeValidator(_http_url_text)]
+
+_NO_PROXY_FORMS = ("host names (localhost, gpu-01.example.internal), domains (.example.internal), "
+                   "IP addresses or CIDRs (10.0.0.0/8)")
+
+
+def _no_proxy_entry(value: str) -> str:
+    _config_safe(value)
+    if "/" in value:
+        try:
+            ipaddress.ip_network(value, strict=False)  # refuses leading zeros too
+        except ValueError:
+            raise ValueError(f"is not a valid CIDR; no_proxy entries are {_NO_PROXY_FORMS}"
+                             ) from None
+        return value
+    if _ipv6(value):
+        return value
+    name = value.removeprefix(".")
+    problem = _ipv4_problem(name) if _IPV4.fullmatch(value) else _dns_name_problem(name)
+    if problem:
+        raise ValueError(f"{problem}; no_proxy entries are {_NO_PROXY_FORMS}")
+    return value
+
+
+NoProxyEntry = Annotated[str, AfterValidator(_no_proxy_entry)]
+
+
 class NetworkSettings(Strict):
-    http_proxy: HttpUrl | None = None
-    https_proxy: HttpUrl | None = None
-    no_proxy: list[str] = Field(default_factory=list)
+    http_proxy: ProxyUrl | None = None
+    https_proxy: ProxyUrl | None = None
+    no_proxy: list[NoProxyEntry] = Field(default_factory=list)
     # A PEM file on the controller, trusted on the host in addition to the system CAs
     # (corporate TLS-intercepting proxies, private mirrors). Relative paths are taken from
     # the fleet file's folder.
@@ -130,15 +336,46 @@ class DriverSettings(Strict):
 
 
 # --- Docker engine --------------------------------------------------------------------------
+def _json_problem(value: object, where: str) -> str | None:
+    """Why `value` cannot be written as JSON, or None. TOML has dates, times, nan and inf;
+    JSON does not, and json.dumps would fail (or write NaN, which dockerd refuses) mid-deploy."""
+    if isinstance(value, (datetime, date, time)):
+        return f"{where} is a TOML date or time; JSON has none (write it as a string)"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{where} is {value}; JSON has no nan or inf"
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = _json_problem(item, f"{where}[{index}]")
+            if problem:
+                return problem
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            problem = _json_problem(item, f"{where}.{key}")
+            if problem:
+                return problem
+    elif not isinstance(value, (str, int, float, bool)) and value is not None:
+        return f"{where} is a {type(value).__name__}, which JSON cannot hold"
+    return None
+
+
+def _json_object(value: dict[str, object]) -> dict[str, object]:
+    problem = _json_problem(value, "daemon_json")
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 class DockerSettings(Strict):
     # Make nvidia the default runtime (every container sees GPUs without --gpus).
     default_runtime_nvidia: bool = False
     # Keep GPU containers attached to their devices across `systemctl daemon-reload`:
     # cgroupfs moves Docker off the systemd cgroup driver; cdi uses CDI device injection.
     gpu_device_protection: Literal["cgroupfs", "cdi", "none"] = "cgroupfs"
-    registry_mirrors: list[HttpUrl] = Field(default_factory=list)
+    registry_mirrors: list[HttpUrlText] = Field(default_factory=list)
     # Escape hatch: keys merged into /etc/docker/daemon.json as given.
-    daemon_json: dict[str, object] = Field(default_factory=dict)
+    daemon_json: Annotated[dict[str, object], AfterValidator(_json_object)] = Field(
+        default_factory=dict
+    )
 
 
 # --- Python environment for host-side tooling -----------------------------------------------
@@ -146,7 +383,7 @@ class PythonEnvSettings(Strict):
     enabled: bool = True
     path: AbsolutePath = "/opt/gpufleet/venv"
     # A PyPI mirror (simple index). Unset: pip's default index.
-    index_url: HttpUrl | None = None
+    index_url: HttpUrlText | None = None
     # Fetch the locked wheels once on the controller and push them to every host.
     wheelhouse: bool = False
 
@@ -203,41 +440,54 @@ class Settings(Strict):
 
 
 # --- hosts, groups, the fleet ---------------------------------------------------------------
-_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"^(?=.{{1,253}}$){_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_IPV4 = re.compile(r"^(\d{1,3})(\.\d{1,3}){3}$")
-_DOCKER_NAME = re.compile(r"^@docker/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_HOST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_DOCKER_NAME = re.compile(r"@docker/[A-Za-z0-9][A-Za-z0-9_.-]*")
+_TARGET_FORMS = ("must be a DNS name or IP address (user and port go in ssh_user / ssh_port), "
+                 "@docker/CONTAINER or @local")
 
 
 def _target(value: str) -> str:
     """An SSH host (DNS name or IP address), `@docker/CONTAINER` or `@local`."""
-    if value == "@local" or _DOCKER_NAME.match(value):
+    if value == "@local" or _DOCKER_NAME.fullmatch(value):
         return value
     if value.startswith("@"):
         raise ValueError("connectors allowed: @local, @docker/CONTAINER (or an SSH host name)")
-    if _IPV4.match(value):
-        if all(0 <= int(part) <= 255 for part in value.split(".")):
-            return value
-        raise ValueError("is not a valid IPv4 address")
-    if ":" in value and all(c in "0123456789abcdefABCDEF:" for c in value):
-        return value  # IPv6 literal
-    if _DNS_NAME.match(value):
+    if _IPV4.fullmatch(value):
+        problem = _ipv4_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
-    raise ValueError(
-        "must be a DNS name or IP address (user and port go in ssh_user / ssh_port), "
-        "@docker/CONTAINER or @local"
-    )
+    if ":" in value and _ipv6(value):
+        return value  # IPv6 literal
+    problem = _dns_name_problem(value)
+    if problem is None:
+        return value
+    if _DNS_NAME.fullmatch(value):
+        raise ValueError(f"{problem}; {_TARGET_FORMS}")
+    raise ValueError(_TARGET_FORMS)
 
 
 Target = Annotated[str, AfterValidator(_target)]
+
+# POSIX portable user names (useradd's default rule), as ssh and sudo accept them.
+_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}")
+
+
+def _user_name(value: str) -> str:
+    if not _USER_NAME.fullmatch(value):
+        raise ValueError("must be a user name: a letter or '_', then letters, digits, '.', '_' "
+                         "or '-' (at most 32); the host goes in target")
+    return value
+
+
+UserName = Annotated[str, AfterValidator(_user_name)]
 
 
 class HostEntry(Strict):
     # Where to connect: an SSH host name or address, @docker/CONTAINER, or @local.
     # Unset: the host's own name from the fleet file.
     target: Target | None = None
-    ssh_user: str | None = None
+    ssh_user: UserName | None = None
     ssh_port: int | None = Field(default=None, ge=1, le=65535)
     ssh_key: str | None = None
     # Run commands through sudo (for non-root SSH users).
@@ -267,4 +517,13 @@ class FleetFile(Strict):
 
 
 def valid_host_name(name: str) -> bool:
-    return bool(_HOST_NAME.match(name))
+    return bool(_HOST_NAME.fullmatch(name))
+
+
+def target_problem(value: str) -> str | None:
+    """Why `value` is not a usable target, or None (for a host's name used as its target)."""
+    try:
+        _target(value)
+    except ValueError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,126 @@
+"""Checks that need only the fleet file and the catalog, run before any host is contacted.
+
+The schema checks each value on its own; these check values against each other and against
+what the catalog knows (a model's attention heads and maximum context, the finding codes), so
+a deploy never stops halfway through on a mistake that was knowable from the file. Each
+problem names the host (and group) or the settings table, the field, the value and what is
+allowed. inventory.py passes `fleet_problems` to `load_fleet`, so these problems are reported
+in the same run, and in the same shape, as the schema's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from difflib import get_close_matches
+from typing import Any
+
+from inventory.catalog import ModelSpec
+from inventory.fleet import Fleet, HostSpec, Problem
+from rules.findings import CODES
+from rules.sizing import tp_candidates
+
+DOWNGRADE_ALL = "all"
+
+
+def fleet_problems(fleet: Fleet) -> list[Problem]:
+    """Every cross-field problem of a loaded fleet; [] when there is none."""
+    problems: list[Problem] = []
+    for spec in fleet.hosts:
+        problems += _parallelism(spec)
+        problems += _context_length(spec)
+    for where, layer in fleet.setting_layers:
+        problems += _downgrade_codes(where, layer)
+    return problems
+
+
+def _where(spec: HostSpec) -> str:
+    return f"host {spec.name} (group {spec.group})"
+
+
+def _join(numbers: list[int]) -> str:
+    return ", ".join(str(n) for n in numbers) or "none"
+
+
+def tensor_parallel_sizes(model: ModelSpec) -> list[int]:
+    """Tensor-parallel sizes vLLM can run the model with.
+
+    The attention heads must split evenly over the GPUs; with grouped-query attention the KV
+    heads must too, or else be replicated a whole number of times (vLLM's QKVParallelLinear
+    asserts either). MLA keeps one latent per token, replicated on every rank.
+    """
+    heads, kv_heads = model.attention_heads, model.kv_heads
+    sizes = [tp for tp in range(1, heads + 1) if heads % tp == 0]
+    if model.attention == "gqa":
+        sizes = [tp for tp in sizes if kv_heads % tp == 0 or tp % kv_heads == 0]
+    return sizes
+
+
+def _parallelism(spec: HostSpec) -> list[Problem]:
+    settings, model, where = spec.settings, spec.model, _where(spec)
+    tp, pp, count = settings.tensor_parallel, settings.pipeline_parallel, settings.gpus.count
+    problems = []
+    if pp > model.layers:
+        problems.append(Problem(
+            where, "settings.pipeline_parallel", pp,
+            f"{model.id} has {model.layers} layers; a pipeline stage needs at least one "
+            f"(allowed: 1 to {model.layers})",
+        ))
+    if tp is not None:
+        sizes = tensor_parallel_sizes(model)
+        if tp not in sizes:
+            usual = tp_candidates(model, limit=count // pp if count else 1024)
+            problems.append(Problem(
+                where, "settings.tensor_parallel", tp,
+                f"must divide the {model.attention_heads} attention heads of {model.id}"
+                + (f" (and its {model.kv_heads} KV heads, or be a multiple of them)"
+                   if model.attention == "gqa" else "")
+                + f"; allowed: {_join(sizes)} (usual: {_join(usual)}; or leave it unset to "
+                "use the smallest that fits)",
+            ))
+    if count is not None and (tp or 1) * pp > count:
+        if tp is None:
+            problems.append(Problem(
+                where, "settings.pipeline_parallel", pp,
+                f"needs at least {pp} GPUs, but gpus.count is {count}: "
+                f"pipeline_parallel must not exceed gpus.count",
+            ))
+        else:
+            problems.append(Problem(
+                where, "settings.tensor_parallel", tp,
+                f"tensor_parallel x pipeline_parallel = {tp} x {pp} = {tp * pp} GPUs, but "
+                f"gpus.count is {count}: the product must not exceed gpus.count",
+            ))
+    return problems
+
+
+def _context_length(spec: HostSpec) -> list[Problem]:
+    context, model = spec.settings.context_length, spec.model
+    if context is None or context <= model.max_context:
+        return []
+    return [Problem(
+        _where(spec), "settings.context_length", context,
+        f"{model.id} handles at most {model.max_context} tokens (max_position_embeddings); "
+        f"allowed: 256 to {model.max_context}, or unset for the model's maximum",
+    )]
+
+
+def _downgrade_codes(where: str, layer: Mapping[str, Any]) -> list[Problem]:
+    """Unknown codes in one settings table, reported where they are written (once, not once
+    per host that inherits them). Wrong types were reported by the schema: skipped here."""
+    preflight = layer.get("preflight")
+    codes = preflight.get("downgrade_errors") if isinstance(preflight, Mapping) else None
+    if not isinstance(codes, list):
+        return []
+    problems = []
+    for code in codes:
+        if not isinstance(code, str) or code == DOWNGRADE_ALL or code in CODES:
+            continue
+        close = get_close_matches(code.lower(), [*CODES, DOWNGRADE_ALL], n=3, cutoff=0.6)
+        hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close
+                else "the codes are the keys of CODES in rules/findings.py (or preflight's "
+                     "report, in brackets)")
+        problems.append(Problem(
+            where, "settings.preflight.downgrade_errors", code,
+            f"unknown finding code; allowed: \"all\" or a finding code; {hint}",
+        ))
+    return problems
