@@ -40,11 +40,13 @@ def wait_for_boot(state: State, host: Host, token: str, delay: int, timeout: int
     """Poll until the host booted again (FunctionCommand body: pyinfra passes `state` and
     `host` by these names); False after `timeout`."""
     target = host
+    started = time.monotonic()
     time.sleep(delay)
-    deadline = time.monotonic() + timeout
+    deadline = started + delay + timeout
     while time.monotonic() < deadline:
         if _booted(target, token):
-            target.log_styled("back after the reboot", fg="green", log_func=logger.info)
+            target.log_styled(f"back after the reboot ({time.monotonic() - started:.0f} s)",
+                              fg="green", log_func=logger.warning)
             return True
         if isinstance(target.connector, SSHConnector):
             # An SSH session does not survive the reboot: open a new one. (Connectors that

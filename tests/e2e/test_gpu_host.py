@@ -62,7 +62,8 @@ def test_converges_over_nvidias_documented_sources_and_the_second_run_changes_no
     assert first.changed(), "a fresh host should have needed changes"
     assert not first.failed()
     # NVIDIA's own .list files went (kept aside), and the output says what replaced them.
-    replaced = [name for name in first.changed() if name.startswith("Replace /etc/apt/")]
+    replaced = [name for name in first.changed()
+                if name.split(" | ")[-1].startswith("Replace /etc/apt/")]
     assert len(replaced) == 2 and all(first.changed()[n] == [f"@docker/{A100}"]
                                       for n in replaced), first.changed()
     assert "with gpufleet's signed source" in replaced[0]

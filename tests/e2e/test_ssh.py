@@ -59,6 +59,7 @@ def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
         "sudo": True}})
     home = tmp / "home"  # the test's own ~/.ssh/known_hosts (pyinfra accepts new host keys)
     (home / ".ssh").mkdir(parents=True, mode=0o700)
+    (home / ".ssh" / "known_hosts").touch(mode=0o600)
     yield tree, fleet, home
     simctl.remove_hosts([HOST])  # the machine is left as it was found
 

@@ -1,0 +1,50 @@
+"""The structure the README promises, checked: each layer imports only the layers below it,
+and no two modules share a name across packages (a newcomer can tell where a decision lives).
+
+    deploys/ -> operations/ -> rules/ -> facts/ -> inventory/
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+LAYERS = ["inventory", "facts", "rules", "operations", "deploys"]  # bottom to top
+
+
+def imports_of(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_a_layer_imports_only_the_layers_below_it(layer: str) -> None:
+    above = set(LAYERS[LAYERS.index(layer) + 1:])
+    wrong = {
+        str(path.relative_to(REPO)): sorted(imports_of(path) & above)
+        for path in sorted((REPO / layer).glob("*.py"))
+        if imports_of(path) & above
+    }
+    assert wrong == {}, f"{layer}/ imports layers above it: {wrong}"
+
+
+def test_no_two_modules_share_a_name_across_packages() -> None:
+    seen: dict[str, str] = {}
+    clashes = []
+    for layer in LAYERS:
+        for path in sorted((REPO / layer).glob("*.py")):
+            if path.name == "__init__.py":
+                continue
+            if path.stem in seen:
+                clashes.append(f"{seen[path.stem]}/{path.name} and {layer}/{path.name}")
+            seen[path.stem] = layer
+    assert clashes == []
