@@ -29,13 +29,13 @@ def host_network(spec: HostSpec) -> None:
     managed_file(
         name="Ensure apt uses the fleet's proxy" if conf
         else "Ensure no gpufleet apt proxy is configured",
-        path=APT_PROXY_PATH, content=conf, mode=secret_mode(network),
+        path=APT_PROXY_PATH, content=conf, mode=secret_mode(network), secret=True,
     )
     env = proxy_env_file(network)
     managed_file(
         name="Ensure downloads use the fleet's proxy (root-only file)" if env
         else "Ensure no gpufleet proxy environment is left",
-        path=PROXY_ENV_PATH, content=env, mode="600",
+        path=PROXY_ENV_PATH, content=env, mode="600", secret=True,
     )
     bundle = network.extra_ca_bundle
     if bundle:

@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, operation
+from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts._shell import quote
 from facts.host_state import FileState, host_state, require_watched, sha256_text
@@ -38,15 +39,21 @@ def _same_mode(current: str, wanted: str) -> bool:
 
 
 def write_file_command(path: str, content: str, mode: str = "644",
-                       owner: str = "root:root") -> StringCommand:
-    """Write ``content`` to a unique temporary file beside ``path``, then rename it over."""
-    data = base64.b64encode(content.encode()).decode()
+                       owner: str = "root:root", secret: bool = False) -> StringCommand:
+    """Write ``content`` to a unique temporary file beside ``path``, then rename it over.
+
+    mktemp creates the file 0600, so the content is never readable by others before the
+    final mode is set. ``secret``: the content is masked in pyinfra's output (-vv included).
+    """
+    data = quote(base64.b64encode(content.encode()).decode())
     folder = quote(str(PurePosixPath(path).parent))
     return StringCommand(
         f"install -d -m 0755 {folder} && "
         f"tmp=$(mktemp {folder}/.gpufleet-new.XXXXXX) && trap 'rm -f \"$tmp\"' EXIT && "
-        f"printf %s {quote(data)} | base64 -d > \"$tmp\" && chmod {quote(mode)} \"$tmp\" && "
-        f"chown {quote(owner)} \"$tmp\" && mv -f \"$tmp\" {quote(path)}"
+        "printf %s",
+        HiddenValue(data) if secret else data,
+        f"| base64 -d > \"$tmp\" && chmod {quote(mode)} \"$tmp\" && "
+        f"chown {quote(owner)} \"$tmp\" && mv -f \"$tmp\" {quote(path)}",
     )
 
 
@@ -69,7 +76,8 @@ def file_commands(path: str, current: FileState | None, wanted_sha256: str | Non
 
 
 @operation()
-def managed_file(path: str, content: str | None, mode: str = "644", owner: str = "root:root"):
+def managed_file(path: str, content: str | None, mode: str = "644", owner: str = "root:root",
+                 secret: bool = False):
     """
     Ensure a file has exactly this content, mode and owner (None: the file must not exist).
 
@@ -77,6 +85,7 @@ def managed_file(path: str, content: str | None, mode: str = "644", owner: str =
     + content: the whole file; None removes it
     + mode: octal permissions (600 for anything holding a secret)
     + owner: USER:GROUP
+    + secret: mask the content in pyinfra's output (credentials)
 
     **Example:**
 
@@ -91,7 +100,7 @@ def managed_file(path: str, content: str | None, mode: str = "644", owner: str =
     _check_args(path, mode, owner)
     current = host_state().file(path)
     wanted = None if content is None else sha256_text(content)
-    write = None if content is None else write_file_command(path, content, mode, owner)
+    write = None if content is None else write_file_command(path, content, mode, owner, secret)
     commands = list(file_commands(path, current, wanted, write, mode, owner))
     if not commands:
         host.noop(f"{path} is absent" if content is None else f"{path} is up to date")

@@ -21,6 +21,7 @@ Case keys:
   noop               the no-op message (when there are no commands)
   refuses            a substring of the message a refusal prints
   says               a substring of what the operation tells the operator as it runs
+  output_hides       strings that must not appear in the commands as pyinfra prints them
   raises             a substring of the argument error
   facts_after        the facts for the second run (required when commands change the host)
   second_run         "not idempotent: WHY" instead of facts_after
@@ -201,6 +202,9 @@ def test_operation_case(op: str, case: str, data: dict[str, Any]) -> None:
         if not expected:
             assert first.noops == [data["noop"]] if "noop" in data else first.noops == [], \
                 f"{op}/{case}: no-op message {first.noops}"
+        for hidden in data.get("output_hides", []):
+            printed = [c.get_masked_value() for c in commands if isinstance(c, StringCommand)]
+            assert not any(hidden in line for line in printed), f"{op}/{case}: shows {hidden}"
         if "says" in data:
             told = [m for c in commands if (m := message_of(c, "tell")) is not None]
             assert any(data["says"] in m for m in told), f"{op}/{case}: said {told}"
