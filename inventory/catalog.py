@@ -41,6 +41,8 @@ class ModelSpec(BaseModel):
     attention_heads: int = Field(gt=0)
     kv_heads: int = Field(gt=0)
     head_dim: int = Field(gt=0)
+    # config.json intermediate_size (the MLP width; for MoE models the dense layers'), when known.
+    intermediate_size: int | None = Field(default=None, gt=0)
     attention: Literal["gqa", "mla"] = "gqa"  # GQA also covers MHA (kv_heads == heads)
     kv_lora_rank: int | None = Field(default=None, gt=0)  # MLA latent width
     qk_rope_head_dim: int | None = Field(default=None, gt=0)  # MLA decoupled RoPE key width
@@ -97,6 +99,10 @@ class GpuSpec(BaseModel):
     compute_capability: str = Field(pattern=r"^\d+\.\d+$")
     pci_device_ids: tuple[str, ...] = ()
     interconnect: str = ""
+    # NVIDIA supports CUDA forward compatibility (a newer CUDA runtime on an older driver,
+    # through the cuda-compat libraries) on datacenter GPUs only; GeForce cards fail with
+    # CUDA error 804 "forward compatibility was attempted on non supported HW".
+    forward_compatible: bool = False
 
     @property
     def memory_bytes(self) -> int:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from inventory.merge import deep_merge
 from inventory.toml import load_toml
 
 PINS_FILE = Path(__file__).with_name("pins.toml")
@@ -55,9 +56,25 @@ class PythonPins(_Strict):
     transformers: str
 
 
+class EngineImage(_Strict):
+    """One serving engine's image: what it is built on, and which engine release it runs."""
+
+    # repository:tag, e.g. "vllm/vllm-openai:v0.4.2" (the digest goes in `digest`)
+    image: str = Field(pattern=r"^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_][A-Za-z0-9._-]*$")
+    # The image manifest's digest, "sha256:<64 hex>": the host runs exactly this image.
+    # Empty until recorded (tools/pin_image.py, on a machine that reaches the registry).
+    digest: str = Field(default="", pattern=r"^(sha256:[0-9a-f]{64})?$")
+    cuda: str = Field(pattern=r"^\d+\.\d+(\.\d+)?$")  # the CUDA runtime inside the image
+    version: str  # the engine's release (PEP 440), e.g. "0.4.2"
+
+
 class InferencePins(_Strict):
-    image: str
-    image_cuda: str = Field(pattern=r"^\d+\.\d+$")
+    vllm: EngineImage
+    sglang: EngineImage | None = None
+
+    def engine(self, name: str) -> EngineImage | None:
+        image: EngineImage | None = getattr(self, name, None)
+        return image
 
 
 class PinSet(_Strict):
@@ -74,6 +91,40 @@ class PinFile(_Strict):
     sets: dict[str, PinSet]
 
 
+class PinFileError(ValueError):
+    """A set extends one that does not exist, or sets extend each other in a circle."""
+
+
+def _resolve(sets: dict[str, Any]) -> dict[str, Any]:
+    """Each set with what it `extends` merged under it (tables key by key)."""
+    resolved: dict[str, Any] = {}
+
+    def resolve(name: str, seen: tuple[str, ...]) -> Any:
+        if name in resolved:
+            return resolved[name]
+        if name in seen:
+            raise PinFileError(f"pin sets extend each other in a circle: {' -> '.join(seen)}")
+        raw = sets.get(name)
+        if not isinstance(raw, dict):
+            return raw  # not a table: the schema reports it
+        base_name = raw.get("extends")
+        own = {k: v for k, v in raw.items() if k != "extends"}
+        if base_name is None:
+            resolved[name] = own
+        elif base_name not in sets:
+            raise PinFileError(f"pin set {name} extends {base_name!r}, which is not defined")
+        else:
+            resolved[name] = deep_merge(resolve(base_name, (*seen, name)), own)
+        return resolved[name]
+
+    return {name: resolve(name, ()) for name in sets}
+
+
 def load_pins(path: Path = PINS_FILE) -> PinFile:
-    """Parse and validate the pin file. Raises pydantic.ValidationError or TOMLDecodeError."""
-    return PinFile.model_validate(load_toml(path))
+    """Parse and validate the pin file. Raises pydantic.ValidationError, TOMLDecodeError or
+    PinFileError."""
+    raw = load_toml(path)
+    sets = raw.get("sets")
+    if isinstance(sets, dict):
+        raw = {**raw, "sets": _resolve(sets)}
+    return PinFile.model_validate(raw)

@@ -8,6 +8,7 @@ function takes plain values (versions as strings, sizes as ints) and returns a l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -288,11 +289,106 @@ def check_driver_for_cuda(
     ]
 
 
-def check_image_cuda(driver_version: str, image_cuda: str) -> list[Finding]:
-    """The inference image's CUDA runtime must be supported by the host driver."""
-    return check_driver_for_cuda(
-        driver_version, image_cuda, "the inference image's", "driver-too-old-for-image"
-    )
+# Serving-image CUDA releases a driver branch runs through the forward-compatibility libraries
+# the image ships (vLLM's images run `ldconfig /usr/local/cuda-X.Y/compat/`), on datacenter
+# GPUs only: vLLM's CUDA 12.4 images on 535 drivers (vllm-project/vllm#5635, #5283). Newer
+# CUDA on 535 through forward compatibility is unconfirmed, so it is not listed.
+FORWARD_COMPATIBLE_CUDA: dict[str, tuple[str, ...]] = {"535": ("12.3", "12.4")}
+
+
+def check_image_cuda(
+    driver_version: str, image: str, image_cuda: str, gpus: Mapping[str, bool | None]
+) -> list[Finding]:
+    """The serving image's CUDA must run on the host's driver: natively, or through forward
+    compatibility where the driver branch and every GPU support it.
+
+    ``gpus``: GPU name -> whether it supports forward compatibility (None: unknown GPU).
+    """
+    native = check_driver_for_cuda(driver_version, image_cuda, f"the image {image}",
+                                   "driver-too-old-for-image")
+    if not native or native[0].code != "driver-too-old-for-image":
+        return native
+    branch = driver_version.split(".")[0]
+    release = _release(image_cuda, 2)
+    if release not in FORWARD_COMPATIBLE_CUDA.get(branch, ()):
+        return native
+    consumer = sorted(name for name, ok in gpus.items() if ok is False)
+    unknown = sorted(name for name, ok in gpus.items() if ok is None)
+    if consumer:
+        return [Finding(
+            "error", "image-needs-forward-compat",
+            f"the image {image} (CUDA {image_cuda}) runs on driver {driver_version} only "
+            "through CUDA forward compatibility, which these GPUs do not support: the engine "
+            "would fail with CUDA error 804",
+            ", ".join(consumer), "datacenter GPUs, or a driver that runs "
+            f"CUDA {image_cuda} natively (>= {min_driver_for_cuda(image_cuda)})",
+            "pin an image built for CUDA <= 12.2 (vLLM <= 0.4.2: pin set r535-cuda121), or a "
+            "newer driver branch",
+        )]
+    if unknown or not gpus:
+        return [Finding(
+            "warning", "image-needs-forward-compat",
+            f"the image {image} (CUDA {image_cuda}) runs on driver {driver_version} only "
+            "through CUDA forward compatibility, supported on datacenter GPUs only",
+            ", ".join(unknown) or "GPUs not identified yet",
+            "datacenter GPUs", "check the GPUs; GeForce cards fail with CUDA error 804",
+        )]
+    return [Finding(
+        "info", "image-needs-forward-compat",
+        f"the image {image} (CUDA {image_cuda}) runs on driver {driver_version} through CUDA "
+        "forward compatibility (datacenter GPUs)",
+        ", ".join(sorted(gpus)), "", "",
+    )]
+
+
+# The first engine release that serves each architecture, and features some checkpoints need.
+ENGINE_SUPPORT: dict[str, dict[str, tuple[str, str]]] = {
+    "vllm": {
+        "LlamaForCausalLM": ("0.1.0", "vLLM's first release"),
+        "Qwen2ForCausalLM": ("0.3.0", "vllm-project/vllm PR #2495; #3463"),
+        "DeepseekV3ForCausalLM": ("0.6.6",
+                                  "vllm-project/vllm#11559, deepseek-ai/DeepSeek-V3 PR #9"),
+        "rope:llama3": ("0.5.3.post1", "vllm-project/vllm#6689, PR #6696"),
+    },
+    "sglang": {
+        "LlamaForCausalLM": ("0.1.0", "SGLang's first release"),
+        "Qwen2ForCausalLM": ("0.1.12", "SGLang's Qwen2 support, early 2024 (release unconfirmed)"),
+        "DeepseekV3ForCausalLM": ("0.4.1", "sgl-project/sglang#2585, release notes of v0.4.1"),
+        "rope:llama3": ("0.2.10", "SGLang's Llama 3.1 support, July 2024 (release unconfirmed)"),
+    },
+}
+
+
+def check_engine_for_model(engine: str, version: str, model: ModelSpec) -> list[Finding]:
+    """The pinned engine release must load the model: its architecture and rope scaling."""
+    table = ENGINE_SUPPORT.get(engine, {})
+    try:
+        have = _v(version)
+    except InvalidVersion:
+        return _bad_version("engine-version-unreadable", f"{engine} version", version, "0.4.2")
+    needs = [("architecture " + model.architecture, table.get(model.architecture))]
+    if model.rope_scaling:
+        needs.append((f"{model.rope_scaling} rope scaling", table.get(f"rope:{model.rope_scaling}",
+                                                                      ("0", ""))))
+    found: list[Finding] = []
+    for what, need in needs:
+        if need is None:
+            found.append(Finding(
+                "error", "engine-cannot-load-model",
+                f"gpufleet does not know whether {engine} serves {model.id} ({what})",
+                f"{engine} {version}", f"an {engine} release listed in rules/compat.py",
+                "add the architecture to ENGINE_SUPPORT with its source, or use another engine",
+            ))
+        elif have < _v(need[0]):
+            found.append(Finding(
+                "error", "engine-cannot-load-model",
+                f"{engine} {version} cannot serve {model.id} ({what} needs {engine} >= "
+                f"{need[0]}: {need[1]})",
+                f"{engine} {version}", f"{engine} >= {need[0]}",
+                "pick a pin set whose engine serves it (README: which pin set for which "
+                "hardware), or another model",
+            ))
+    return found
 
 
 def check_transformers_for_model(

@@ -9,6 +9,7 @@ from rules.compat import (
     check_compute_capability,
     check_distro_for_cuda,
     check_driver_for_cuda,
+    check_engine_for_model,
     check_free_space,
     check_image_cuda,
     check_python_for_torch,
@@ -95,10 +96,50 @@ def test_driver_vs_cuda_121_boundary() -> None:
     assert codes(check_driver_for_cuda("530.30.01", "12.1")) == ["driver-too-old-for-cuda"]
 
 
-def test_driver_vs_image_cuda() -> None:
-    assert check_image_cuda("550.54.14", "12.4") == []
-    assert codes(check_image_cuda("545.23.08", "12.4")) == ["driver-too-old-for-image"]
-    assert codes(check_image_cuda("550.54.14", "12.7")) == ["unknown-cuda-release"]
+H100 = {"NVIDIA H100 80GB HBM3": True}
+RTX4090 = {"NVIDIA GeForce RTX 4090": False}
+
+
+def test_driver_vs_image_cuda_natively() -> None:
+    assert check_image_cuda("550.54.14", "img", "12.4", RTX4090) == []
+    assert check_image_cuda("535.183.06", "vllm/vllm-openai:v0.4.2", "12.1", RTX4090) == []
+    assert codes(check_image_cuda("545.23.08", "img", "12.6", H100)) == [
+        "driver-too-old-for-image"]
+    assert codes(check_image_cuda("550.54.14", "img", "12.7", H100)) == ["unknown-cuda-release"]
+
+
+def test_a_cuda_12_4_image_on_535_runs_only_on_datacenter_gpus() -> None:
+    """vLLM >= 0.4.3 is built on CUDA 12.4.1: on a 535 driver it starts through forward
+    compatibility on datacenter GPUs, and fails with error 804 on an RTX 4090
+    (vllm-project/vllm#5635, #5283)."""
+    (refused,) = check_image_cuda("535.171.04", "vllm/vllm-openai:v0.4.3", "12.4", RTX4090)
+    assert refused.severity == "error" and refused.code == "image-needs-forward-compat"
+    assert "804" in refused.what and "NVIDIA GeForce RTX 4090" in refused.measured
+    (note,) = check_image_cuda("535.171.04", "vllm/vllm-openai:v0.4.3", "12.4", H100)
+    assert note.severity == "info" and note.code == "image-needs-forward-compat"
+    (unknown,) = check_image_cuda("535.171.04", "img", "12.4", {"Some New GPU": None})
+    assert unknown.severity == "warning"
+    # forward compatibility on 535 is confirmed for 12.3/12.4 images only
+    assert codes(check_image_cuda("535.171.04", "img", "12.8", H100)) == [
+        "driver-too-old-for-image"]
+
+
+@pytest.mark.parametrize(("engine", "version", "model", "ok"), [
+    ("vllm", "0.4.2", "deepseek-r1-distill-qwen-7b", True),       # Qwen2 from 0.3.0
+    ("vllm", "0.2.7", "deepseek-r1-distill-qwen-7b", False),
+    ("vllm", "0.4.2", "deepseek-r1-distill-llama-8b", False),     # llama3 rope: 0.5.3.post1
+    ("vllm", "0.5.3.post1", "deepseek-r1-distill-llama-70b", True),
+    ("vllm", "0.6.5", "deepseek-r1", False),                      # DeepseekV3: 0.6.6
+    ("vllm", "0.6.6.post1", "deepseek-v3", True),
+    ("sglang", "0.4.1.post7", "deepseek-r1", True),               # sgl-project/sglang#2585
+    ("sglang", "0.4.0", "deepseek-v3", False),
+])
+def test_the_engine_release_must_load_the_model(engine: str, version: str, model: str,
+                                                ok: bool) -> None:
+    found = check_engine_for_model(engine, version, find_model(model))
+    assert (found == []) is ok, found
+    if not ok:
+        assert found[0].code == "engine-cannot-load-model" and version in found[0].measured
 
 
 QWEN7B = find_model("deepseek-r1-distill-qwen-7b")
