@@ -246,3 +246,16 @@ def test_gpu_container_through_the_stand_in_toolkit(sim: dict[str, simctl.HostSp
                    "gpufleet-sim/cuda-base:12.1 nvidia-smi --query-gpu=index,pci.bus_id "
                    "--format=csv,noheader")
     assert two.splitlines() == ["0, 00000000:3A:00.0", "1, 00000000:AB:00.0"]
+    # A GPU container whose process dies is restarted by its policy, through the hook again.
+    ok(H100, "docker run -d --name crashy --restart=unless-stopped --gpus all "
+             "gpufleet-sim/cuda-base:12.1 sleep 600")
+    ok(H100, "kill -9 $(docker inspect --format '{{.State.Pid}}' crashy)")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = ok(H100, "docker inspect --format '{{.State.Running}} {{.RestartCount}}' crashy")
+        if state.split() == ["true", "1"]:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"the container did not come back: {state}")
+    assert "GPU 7: NVIDIA H100" in ok(H100, "docker exec crashy nvidia-smi -L")

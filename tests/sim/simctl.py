@@ -49,6 +49,13 @@ HOST_IMAGE = "gpufleet-sim/host"
 REPO_IMAGE = "gpufleet-sim/repo"
 CUDA_IMAGE = "gpufleet-sim/cuda-base:12.1"
 CUDA_TAR = BUILD_DIR / "images" / "cuda-base.tar"
+ENGINE_IMAGE = "gpufleet-sim/engine"
+ENGINE_TAR = BUILD_DIR / "images" / "engine.tar"
+WEIGHTS_DIR = BUILD_DIR / "weights"
+# Stand-in weights made for the rehearsal fleet's model (and a smaller one for tests).
+STAND_IN_MODELS = ("deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-1.5b")
+PINS_FILE = SIM_DIR.parents[1] / "inventory" / "pins.toml"
+DEFAULT_PIN_SET = "r535-cuda121"
 CONTROLLER_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_IN_HOST = "/usr/local/share/gpufleet-sim/controller-ca.crt"
 SUITE = "bookworm"
@@ -278,7 +285,47 @@ def ensure_images() -> dict[str, str]:
         cuda = cuda_f.result()
     repo_tag = f"{REPO_IMAGE}:{tree_hash(host, SIM_DIR / 'repo', KEYS_DIR)}"
     repo = build(repo_tag, SIM_DIR, {"HOST_IMAGE": host}, SIM_DIR / "repo/Dockerfile")
-    return {"base": base, "host": host, "repo": repo, "cuda": cuda}
+    engine = ensure_engine(base)
+    ensure_weights()
+    return {"base": base, "host": host, "repo": repo, "cuda": cuda, "engine": engine}
+
+
+def engine_tags() -> dict[str, str]:
+    """The default pin set's serving images (name -> engine version): the stand-in engine is
+    tagged with these names, as the stand-in packages carry NVIDIA's."""
+    sets = tomllib.loads(PINS_FILE.read_text())["sets"]
+    inference = sets[DEFAULT_PIN_SET]["inference"]
+    return {pin["image"]: pin["version"] for pin in inference.values()}
+
+
+def ensure_engine(base: str) -> str:
+    """Build the stand-in engine image, tag it with the pinned names, save them to ENGINE_TAR."""
+    tags = engine_tags()
+    versions = {name.split("/")[0]: version for name, version in tags.items()}
+    args = {"BASE_IMAGE": base, "VLLM_VERSION": versions.get("vllm", ""),
+            "SGLANG_VERSION": versions.get("lmsysorg", "")}
+    context = SIM_DIR / "images/engine"
+    tag = f"{ENGINE_IMAGE}:{tree_hash(base, context, json.dumps(args, sort_keys=True))}"
+    build(tag, context, args)
+    for name in tags:
+        docker("tag", tag, name)
+    stamp = ENGINE_TAR.with_suffix(".hash")
+    if not ENGINE_TAR.exists() or not stamp.exists() or stamp.read_text() != tag:
+        ENGINE_TAR.parent.mkdir(parents=True, exist_ok=True)
+        docker("save", "-o", str(ENGINE_TAR), *tags)
+        stamp.write_text(tag)
+    return tag
+
+
+def ensure_weights() -> None:
+    """Stand-in weights for STAND_IN_MODELS under build/weights/ (a few MB each)."""
+    sys.path.insert(0, str(SIM_DIR))
+    from weights import write_weights
+
+    for model in STAND_IN_MODELS:
+        dest = WEIGHTS_DIR / model
+        if not (dest / "config.json").exists():
+            write_weights(model, dest)
 
 
 def ensure_cuda_base(base: str, digest: str, context: Path) -> str:

@@ -1,0 +1,1 @@
+"""TEST STAND-IN package (gpufleet simulator): see standin_engine.py."""
