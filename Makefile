@@ -26,6 +26,8 @@ host-tools:
 ## The main job: bring the simulated fleet up and provision it (the built-in default).
 rehearse: venv host-tools sim-up
 	GPUFLEET_FLEET=$(SIM_FLEET) $(BIN)/pyinfra -y inventory.py deploys/gpu_host.py
+	@echo "--> Smoke test of the endpoints (a chat completion on each, then a short latency probe):"
+	$(BIN)/python tools/smoke.py --fleet $(SIM_FLEET) --requests 5 --seconds 10
 
 ## All the tests: unit tests, then the simulator end-to-end tests.
 test: venv host-tools

@@ -96,7 +96,7 @@ def main() -> int:
     sh.start_hosts(hosts, fresh=not args.no_fresh)
     with tempfile.TemporaryDirectory() as tmp:
         tree = sh.product_copy(Path(tmp))
-        fleet = sh.write_fleet(Path(tmp), hosts)
+        fleet = sh.write_fleet(Path(tmp), hosts, inference=True)
         runs = []
         if not args.no_fresh:
             runs.append(("preview of bare hosts", *run(tree, fleet, preview=True)))

@@ -12,7 +12,7 @@ How a setting travels, one layer down at a time:
         arguments: what to write, install, hold, whether to reboot          the preview
     operations/ ─ pyinfra ─▶ commands, comparing with HostState (read again after changes)
     checks (operations.checks.check) ─▶ verify at execution only: driver running, GPUs,
-        CUDA, a GPU container                                               execution
+        CUDA, a GPU container, the engine answering a chat completion       execution
 
 Every decision to act is made before execution, so the preview (no -y) shows it, reboots
 included; code that runs at execution only verifies. The preview reads facts and changes
@@ -27,6 +27,7 @@ from deploys.container_toolkit import container_toolkit
 from deploys.cuda_toolkit import cuda_toolkit
 from deploys.docker_engine import docker_engine
 from deploys.host_network import host_network
+from deploys.inference import inference
 from deploys.nvidia_driver import nvidia_driver
 from deploys.nvidia_repositories import nvidia_repositories
 from deploys.preflight import preflight, read_host
@@ -51,3 +52,4 @@ if plan is not None:
     verify_stack(spec=spec, plan=plan)
     # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.
     python_env(plan=venv)
+    inference(spec=spec, plan=plan, listing=probe.weights)

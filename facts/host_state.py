@@ -43,6 +43,8 @@ WATCHED_DIRS = (
     "/etc/docker",
     "/etc/cdi",
     "/etc/gpufleet",
+    "/etc/gpufleet/inference",
+    "/etc/systemd/system",
     "/var/lib/gpufleet",
     "/usr/local/share/ca-certificates",
 )

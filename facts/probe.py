@@ -23,6 +23,7 @@ from facts import docker as docker_facts
 from facts import nvidia as nvidia_facts
 from facts import storage as storage_facts
 from facts import system as system_facts
+from facts import weights_files as weights_facts
 from facts._shell import CommandResult, section_script, split_sections
 from facts.host_state import HostStateResult, host_state_script, parse_host_state
 
@@ -44,6 +45,7 @@ class HostProbe:
     weights_free_space: storage_facts.FreeSpaceResult
     docker: docker_facts.DockerInfoResult
     container_toolkit: docker_facts.ContainerToolkitResult
+    weights: weights_facts.WeightsListing
     state: HostStateResult  # what the operations compare against (facts.host_state)
 
 
@@ -67,6 +69,7 @@ SECTIONS: dict[str, _Section] = {
     "free_space": (storage_facts.free_space_script, storage_facts.parse_df),
     "docker": (lambda _: docker_facts.DOCKER_INFO_SCRIPT, docker_facts.parse_docker_info),
     "nvidia_ctk": (lambda _: docker_facts.NVIDIA_CTK_SCRIPT, docker_facts.parse_nvidia_ctk_version),
+    "weights": (weights_facts.weights_script, weights_facts.parse_weights),
     "state": (lambda _: host_state_script(),
               lambda text, _: parse_host_state(text.splitlines())),
 }
@@ -104,6 +107,7 @@ def parse_host_probe(lines: list[str]) -> HostProbe:
         weights_free_space=run("free_space", storage_facts.parse_df),
         docker=run("docker", docker_facts.parse_docker_info),
         container_toolkit=run("nvidia_ctk", docker_facts.parse_nvidia_ctk_version),
+        weights=run("weights", weights_facts.parse_weights),
         state=run("state", lambda text, _: parse_host_state(text.splitlines())),
     )
 

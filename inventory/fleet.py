@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inventory.catalog import CatalogError, ModelSpec, load_models
 from inventory.merge import deep_merge
-from inventory.pins import PINS_FILE, PinFile, PinSet, load_pins
+from inventory.pins import PINS_FILE, PinFile, PinFileError, PinSet, load_pins
 from inventory.schema import (
     FleetFile,
     GroupEntry,
@@ -57,7 +57,8 @@ class Problem:
         return _printable(_mask_urls_in_text(line))
 
 
-_MISSING = object()
+MISSING = object()  # a Problem's value when the field is not set at all
+_MISSING = MISSING
 # scheme://userinfo@ anywhere in a text (a safety net: values are masked structurally).
 _URL_USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/?#]*)@")
 
@@ -274,7 +275,7 @@ def load_fleet(
     raw = _read(path, source)
     try:
         pin_file = load_pins(pins_path)
-    except (ValidationError, TOMLDecodeError, OSError) as exc:
+    except (ValidationError, TOMLDecodeError, OSError, PinFileError) as exc:
         raise FleetError([_printable(f"{pins_path}: the pin file is invalid: {_one_line(exc)}")]
                          ) from None
     try:
@@ -474,6 +475,13 @@ def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:
                       spec.fleet_dir))
     named += [("settings.verify.image_archives", archive, spec.fleet_dir)
               for archive in spec.settings.verify.image_archives]
+    named += [("settings.inference.image_archives", archive, spec.fleet_dir)
+              for archive in spec.settings.inference.image_archives]
+    for field_name, value in (("settings.inference.api_key_file",
+                               spec.settings.inference.api_key_file),
+                              ("settings.weights.token_file", spec.settings.weights.token_file)):
+        if value is not None:
+            named.append((field_name, value, spec.fleet_dir))
     if spec.ssh_key is not None:
         named.append(("ssh_key", spec.ssh_key, None))  # ssh reads it from the current folder
     problems = []
@@ -481,6 +489,11 @@ def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:
         problem = _controller_file_problem(value, base)
         if problem:
             problems.append(Problem(where, field_name, value, problem))
+    folder = spec.settings.weights.controller_path
+    if folder is not None and not spec.controller_path(folder).is_dir():
+        shown = _cut(str(spec.controller_path(folder)))
+        problems.append(Problem(where, "settings.weights.controller_path", folder,
+                                f"no such folder on this machine ({shown})"))
     return problems
 
 

@@ -397,6 +397,94 @@ class VerifySettings(Strict):
     image_archives: list[str] = Field(default_factory=list)
 
 
+# --- model weights --------------------------------------------------------------------------
+_REVISION = re.compile(r"[0-9a-f]{40}")
+
+
+def _revision(value: str) -> str:
+    if not _REVISION.fullmatch(value):
+        raise ValueError("must be a commit id: 40 lowercase hex digits (a branch moves)")
+    return value
+
+
+Revision = Annotated[str, AfterValidator(_revision)]
+
+
+class WeightsSettings(Strict):
+    # Where the weights at weights_path come from:
+    #   present: already there (put there by you); controller: pushed from a folder on the
+    #   controller (resumable); hub: downloaded on the host at a pinned revision.
+    # Every source ends with a check against a manifest stored beside the weights.
+    source: Literal["present", "controller", "hub"] = "present"
+    # source = controller: the folder on the controller (relative: from the fleet file).
+    controller_path: str | None = None
+    # source = hub: the hub's address (the public hub or your mirror), a commit id, and a file
+    # on the controller holding the token (copied to the host 0600, never printed).
+    hub_endpoint: HttpUrlText | None = None
+    revision: Revision | None = None
+    token_file: str | None = None
+    # quick: every file's size and mtime against the last full check (sha256 again only for
+    # files that changed); full: sha256 of every file on every run.
+    verify: Literal["quick", "full"] = "quick"
+
+
+# --- the inference stack -------------------------------------------------------------------
+def _ip_address(value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError("must be an IP address (127.0.0.1 keeps the API on this host)") from None
+    return value
+
+
+IpAddress = Annotated[str, AfterValidator(_ip_address)]
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
+def _served_name(value: str) -> str:
+    if not _MODEL_NAME.fullmatch(value):
+        raise ValueError("letters, digits, '.', '_', '-' and '/' (up to 128)")
+    return value
+
+
+ServedName = Annotated[str, AfterValidator(_served_name)]
+
+
+class InferenceSettings(Strict):
+    # Serve the model after the host stack: Compose under systemd, proven by a completion.
+    enabled: bool = True
+    engine: Literal["vllm", "sglang"] = "vllm"
+    # Engine processes per host, each on its own GPUs and port. Unset: as many as the host's
+    # GPUs hold at the tensor x pipeline parallel size the sizing chose.
+    replicas: int | None = Field(default=None, ge=1, le=64)
+    # The first replica's port; replica N (from 0) listens on port + N.
+    port: int = Field(default=8000, ge=1024, le=65000)
+    # Where the API listens. Loopback unless a gateway or firewall is in front.
+    bind: IpAddress = "127.0.0.1"
+    # The model name clients send. Unset: the model's id.
+    served_model_name: ServedName | None = None
+    # A file on the controller holding the API key, copied to the host 0600 and handed to the
+    # engine through its environment (never in the compose file, never printed). Unset: none.
+    api_key_file: str | None = None
+    # Sequences a replica runs at once (--max-num-seqs). Unset: what the KV cache holds at the
+    # context length (the sizing's concurrency).
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
+    # Quantization of pre-quantized weights (--quantization), e.g. "awq", "gptq", "fp8".
+    quantization: Literal["awq", "gptq", "fp8", "awq_marlin", "gptq_marlin"] | None = None
+    # Container ulimits. memlock -1 is what RDMA (NCCL over InfiniBand) needs; a host that
+    # cannot grant it (some container sandboxes) sets {}.
+    ulimits: dict[str, int] = Field(default_factory=lambda: {"memlock": -1,
+                                                              "stack": 67108864})
+    # Another image than the pin set's (a mirror, or one loaded from image_archives), with the
+    # same engine, version and CUDA: repository:tag, optionally @sha256:digest.
+    image: str | None = None
+    # `docker save` archives on the controller, loaded on hosts that lack the image.
+    image_archives: list[str] = Field(default_factory=list)
+    # Seconds the engine may take to load before its health check counts failures. Unset:
+    # twice the estimated load time of the weights, at least 300.
+    start_seconds: int | None = Field(default=None, ge=30, le=7200)
+
+
 # --- preflight ------------------------------------------------------------------------------
 class PreflightSettings(Strict):
     # Turn these preflight errors (by code, or "all") into warnings: for people who know better.
@@ -437,6 +525,8 @@ class Settings(Strict):
     verify: VerifySettings = VerifySettings()
     preflight: PreflightSettings = PreflightSettings()
     sampling: SamplingSettings = SamplingSettings()
+    weights: WeightsSettings = WeightsSettings()
+    inference: InferenceSettings = InferenceSettings()
 
 
 # --- hosts, groups, the fleet ---------------------------------------------------------------

@@ -97,3 +97,23 @@ def image_from_archive(image: str, archive: str):
     yield StringCommand("rm -f /var/tmp/gpufleet-image-*.tar")
     yield FileUploadCommand(archive, remote)
     yield StringCommand(f"trap 'rm -f {quote(remote)}' EXIT && docker load -i {quote(remote)}")
+
+
+@operation()
+def image_pulled(image: str):
+    """
+    Ensure a Docker image is present, pulling it from its registry when it is not.
+
+    + image: repository:tag, or repository@sha256:digest (the host then runs exactly that)
+
+    **Example:**
+
+    .. code:: python
+
+        image_pulled(name="Ensure the serving image is present",
+                     image="vllm/vllm-openai:v0.4.2")
+    """
+    if image in host_state().images:
+        host.noop(f"image {image} is present")
+        return
+    yield StringCommand(f"docker pull {quote(image)}")

@@ -182,3 +182,48 @@ def moved_aside(path: str, backup_dir: str, why: str):
         f"mv -f {quote(path)} {quote(backup_dir)}/{name}.$(date +%Y%m%d%H%M%S) && "
         f"echo {quote(f'gpufleet: moved {path} to {backup_dir}: {why}')}"
     )
+
+
+@operation()
+def validated_file(path: str, content: str, check: str, mode: str = "644",
+                   owner: str = "root:root", secret: bool = False):
+    """
+    Ensure a file has exactly this content, checked by a validator before it replaces the old
+    one: a file the validator refuses never takes the place of a working one.
+
+    + path: file on the host, in a folder the state read watches
+    + content: the whole file
+    + check: a command validating a candidate; ``{}`` is replaced by the candidate's path, which
+      keeps the file's name (validators read the unit type from it)
+    + mode / owner / secret: as for managed_file
+
+    **Example:**
+
+    .. code:: python
+
+        validated_file(
+            name="Ensure the inference unit is up to date (systemd-analyze verify)",
+            path="/etc/systemd/system/gpufleet-inference.service",
+            content=unit_text, check="systemd-analyze verify {}",
+        )
+    """
+    _check_args(path, mode, owner)
+    if "{}" not in check:
+        raise OperationValueError("check must name the candidate file as {}")
+    current = host_state().file(path)
+    data = quote(base64.b64encode(content.encode()).decode())
+    name = quote(PurePosixPath(path).name)
+    staged = f'"$work"/{name}'
+    candidate = StringCommand(
+        "work=$(mktemp -d) && trap 'rm -rf \"$work\"' EXIT && printf %s",
+        HiddenValue(data) if secret else data,
+        f"| base64 -d > {staged} && {check.replace('{}', staged)}",
+    )
+    write = write_file_command(path, content, mode, owner, secret)
+    commands = list(file_commands(path, current, sha256_text(content), write, mode, owner))
+    if not commands:
+        host.noop(f"{path} is up to date")
+        return
+    if commands[0] is write:
+        yield candidate
+    yield from commands

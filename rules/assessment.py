@@ -9,6 +9,7 @@ the deploy, the doctor and the tests all read the same way. Every check comes fr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -18,11 +19,13 @@ from facts.storage import StorageLocationResult
 from inventory.catalog import GpuSpec, load_gpus
 from inventory.fleet import HostSpec
 from rules import compat
+from rules.checkpoint import config_findings
 from rules.container_runtime import DAEMON_JSON_PATH, cdi_findings, docker_ce_findings
 from rules.daemon_json import DaemonJsonError, parse_daemon_json
 from rules.driver_state import precompiled_findings
 from rules.findings import Finding, Findings, accept
 from rules.host_plan import HostPlan, plan_host
+from rules.serving import EnginePlan, plan_engine
 from rules.sizing import (
     SizingInputError,
     SizingRequest,
@@ -297,7 +300,6 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
 
     # The pin set must be coherent before any of it is installed.
     findings.extend(compat.check_driver_for_cuda(pins.driver.upstream, pins.cuda.release))
-    findings.extend(compat.check_image_cuda(pins.driver.upstream, pins.inference.image_cuda))
     findings.extend(compat.check_transformers_for_model(pins.python.transformers, spec.model))
 
     os_release = probe.system.os
@@ -321,6 +323,11 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
         findings.extend(cdi_findings(settings.docker.gpu_device_protection,
                                      plan.docker_packages["docker.io"], plan.distro))
     os_id = os_release.id if os_release and os_release.id else "unknown"
+    if settings.inference.enabled:
+        engine, engine_findings = _engine(spec, probe, gpus, sizing, context, read_bytes_per_s)
+        findings.extend(engine_findings)
+        if plan is not None and engine is not None:
+            plan = replace(plan, engine=engine)
     findings.extend(precompiled_findings(pins.driver.flavour, os_id))
     findings.extend(docker_ce_findings(probe.state.installed))
     findings.extend(_daemon_json(probe))
@@ -328,6 +335,72 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
 
     return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors),
                       gpus, sizing, context, plan)
+
+
+def _forward_compatible(gpus: list[GpuView]) -> dict[str, bool | None]:
+    """GPU name -> whether NVIDIA supports CUDA forward compatibility on it (None: unknown)."""
+    catalog = {name: gpu.forward_compatible for gpu in load_gpus().values() for name in gpu.names}
+    return {gpu.name: catalog.get(gpu.name) for gpu in gpus}
+
+
+def _engine(spec: HostSpec, probe: HostProbe, gpus: list[GpuView], sizing: SizingResult | None,
+            context: int, read_bytes_per_s: int | None
+            ) -> tuple[EnginePlan | None, list[Finding]]:
+    """What the inference step will serve, and what stops it before anything changes."""
+    settings = spec.settings
+    cfg = settings.inference
+    found: list[Finding] = []
+    pinned = spec.pins.inference.engine(cfg.engine)
+    if pinned is not None:
+        found += compat.check_image_cuda(spec.pins.driver.upstream, pinned.image, pinned.cuda,
+                                         _forward_compatible(gpus))
+        found += compat.check_engine_for_model(cfg.engine, pinned.version, spec.model)
+        if not pinned.digest and not (cfg.image and "@sha256:" in cfg.image):
+            found.append(Finding(
+                "warning", "image-not-pinned",
+                f"the serving image {cfg.image or pinned.image} is pinned by tag only",
+                "no digest in pins.toml", "image@sha256:<digest>",
+                "record it with tools/pin_image.py on a machine that reaches the registry",
+            ))
+    found += _weights(spec, probe)
+    if not gpus:
+        return None, found
+    tp = sizing.tp if sizing else (settings.tensor_parallel or 1)
+    # The concurrency the sizing checked the KV cache holds: stable from one run to the next
+    # (the KV-derived maximum moves when nvidia-smi replaces the catalog's memory figure).
+    seqs = settings.concurrency
+    speed = read_bytes_per_s or compat.TYPICAL_READ_BYTES_PER_S.get(
+        storage_class(probe.weights_location), (0, 0))[0]
+    load = compat.estimated_load_seconds(spec.model.weights_bytes, speed) if speed else None
+    engine = plan_engine(spec, len(gpus), tp, context, max(1, seqs), load)
+    if isinstance(engine, list):
+        return None, found + engine
+    return engine, found
+
+
+def _weights(spec: HostSpec, probe: HostProbe) -> list[Finding]:
+    """The checkpoint must be the model the fleet names (the brief's strict-loading trap)."""
+    cfg = spec.settings.weights
+    where = spec.settings.weights_path
+    if cfg.source == "present":
+        listing = probe.weights
+        if listing.status == "absent":
+            return [Finding(
+                "error", "weights-missing", f"no weights at {where}", "no such folder",
+                f"the checkpoint of {spec.model.id}",
+                "copy the model there, or set settings.weights.source = 'controller' / 'hub'",
+            )]
+        return config_findings(listing.config, spec.model, where) if listing.status == "ok" \
+            else []
+    if cfg.source == "controller" and cfg.controller_path:
+        folder = spec.controller_path(cfg.controller_path)
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            config = None
+        return config_findings(config if isinstance(config, dict) else None, spec.model,
+                               f"{folder} (on this machine)")
+    return []  # hub: checked by the download against the hub's own hashes
 
 
 def _daemon_json(probe: HostProbe) -> list[Finding]:

@@ -29,6 +29,11 @@ class Compose:
     kind: Literal["v1", "v2"]
     command: tuple[str, ...]
 
+    @property
+    def path(self) -> str:
+        """The command with its absolute path, as a unit's ExecStart needs it."""
+        return "/usr/bin/" + " ".join(self.command)
+
 
 _V1 = Compose("docker-compose", "v1", ("docker-compose",))
 _V2_UBUNTU = Compose("docker-compose-v2", "v2", ("docker", "compose"))

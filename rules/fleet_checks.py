@@ -15,7 +15,7 @@ from difflib import get_close_matches
 from typing import Any
 
 from inventory.catalog import ModelSpec
-from inventory.fleet import Fleet, HostSpec, Problem
+from inventory.fleet import MISSING, Fleet, HostSpec, Problem
 from rules.findings import CODES
 from rules.sizing import tp_candidates
 
@@ -28,9 +28,21 @@ def fleet_problems(fleet: Fleet) -> list[Problem]:
     for spec in fleet.hosts:
         problems += _parallelism(spec)
         problems += _context_length(spec)
+        problems += _weights_source(spec)
     for where, layer in fleet.setting_layers:
         problems += _downgrade_codes(where, layer)
     return problems
+
+
+def _weights_source(spec: HostSpec) -> list[Problem]:
+    """Each weights source names what it needs."""
+    weights = spec.settings.weights
+    needs = {"controller": ("controller_path",), "hub": ("hub_endpoint", "revision")}
+    return [
+        Problem(_where(spec), f"settings.weights.{name}", MISSING,
+                f"required with settings.weights.source = {weights.source!r}")
+        for name in needs.get(weights.source, ()) if getattr(weights, name) is None
+    ]
 
 
 def _where(spec: HostSpec) -> str:

@@ -6,6 +6,7 @@ gets findings instead (preflight reports them with the rest).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from facts.probe import HostProbe
 from inventory.fleet import HostSpec
@@ -20,6 +21,9 @@ from rules.container_runtime import COMPOSE_BY_DISTRO, Compose, compose_findings
 from rules.findings import Finding
 from rules.packages import PinnedPackages, docker_packages, pinned_packages
 
+if TYPE_CHECKING:
+    from rules.serving import EnginePlan
+
 SUPPORTED = "Ubuntu 20.04/22.04/24.04 and Debian 11/12 on amd64 or arm64"
 
 
@@ -31,6 +35,7 @@ class HostPlan:
     docker_packages: dict[str, str]
     compose: Compose
     nvswitch: bool
+    engine: EnginePlan | None = None  # what the inference step serves (preflight decides)
 
     def all_pinned(self) -> dict[str, str]:
         """Every package the stack installs at an exact version."""

@@ -109,9 +109,10 @@ GROUPS = {
 
 def write_fleet(dest: Path, hosts: list[str], settings: dict[str, Any] | None = None,
                 connect: dict[str, dict[str, Any]] | None = None, extra_toml: str = "",
-                name: str = "fleet.toml") -> Path:
+                name: str = "fleet.toml", inference: bool = False) -> Path:
     """A fleet file for test hosts: inventory/sim.toml's fleet-wide settings (absolute paths),
-    the Python environment off, one group per hardware kind.
+    the Python environment off, the inference step off unless ``inference``, one group per
+    hardware kind.
 
     ``settings``: per-host settings; ``connect``: per-host connection fields (default
     ``target = "@docker/NAME"``); ``extra_toml``: appended as is (fleet-wide tables).
@@ -120,6 +121,10 @@ def write_fleet(dest: Path, hosts: list[str], settings: dict[str, Any] | None = 
     # Everything up to the first group: the fleet-wide settings of the simulated fleet.
     head = sim.split("\n[groups.", 1)[0]
     head = head.replace('"../tests/sim/build/', f'"{REPO}/tests/sim/build/')
+    if not inference:
+        assert "\n[settings.inference]\n" in head
+        head = head.replace("\n[settings.inference]\n",
+                            "\n[settings.inference]\nenabled = false\n")
     # The Python environment (a 2.7 GB lock per host) has its own tests and is not the stack.
     lines = [head.rstrip(), "", "[settings.python_env]", "enabled = false", "", extra_toml, ""]
     by_group: dict[str, list[str]] = {}

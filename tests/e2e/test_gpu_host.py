@@ -162,6 +162,27 @@ def test_a_host_too_small_for_its_model_is_refused_and_left_untouched(
     assert sh.snapshot(RTX) == before
 
 
+def test_serving_that_cannot_work_is_refused_before_anything_changes(
+        sim: None, tmp_path: Path) -> None:
+    """A consumer GPU with an image that needs CUDA forward compatibility (error 804 at
+    startup), and a model the pinned engine cannot load: refused by preflight, host untouched."""
+    sh.start_hosts([RTX], fresh=False)
+    before = sh.snapshot(RTX)
+    cases = {
+        "image-needs-forward-compat": {"pin_set": "r535-fwdcompat"},
+        "engine-cannot-load-model": {"model": "deepseek-r1-distill-llama-8b"},
+    }
+    for code, settings in cases.items():
+        fleet = sh.write_fleet(tmp_path, [RTX], inference=True, name=f"{code}.toml",
+                               settings={RTX: {**settings, "concurrency": 1,
+                                               "context_length": 4096}})
+        run = pyinfra("deploys/gpu_host.py", fleet)
+        assert run.returncode != 0
+        assert f"ERROR [{code}]" in run.output, run.output[-3000:]
+        assert "preflight refused this host; nothing was changed" in run.output
+    assert sh.snapshot(RTX) == before
+
+
 def test_the_doctor_reports_and_changes_nothing(hosts: list[str], tmp_path: Path) -> None:
     sh.start_hosts([RTX], fresh=False)
     before = {host: sh.snapshot(host) for host in (RTX, A100)}

@@ -85,6 +85,8 @@ SEED_DATA = {name: load_toml(REPO / "inventory" / name) for name in SEEDS}
 # lack and that mutants, written elsewhere, cannot reach by relative path: use one that exists.
 SEED_DATA["sim.toml"]["settings"]["network"]["extra_ca_bundle"] = str(REPO / "pyproject.toml")
 SEED_DATA["sim.toml"]["settings"]["verify"]["image_archives"] = [str(REPO / "pyproject.toml")]
+SEED_DATA["sim.toml"]["settings"]["inference"]["image_archives"] = [str(REPO / "pyproject.toml")]
+SEED_DATA["sim.toml"]["settings"]["weights"]["controller_path"] = str(REPO / "inventory")
 SEED_PATHS = {name: list(paths(data)) for name, data in SEED_DATA.items()}
 # Every setting the schema knows, so each can get a wrong value even where the seeds omit it.
 SETTING_PATHS = [

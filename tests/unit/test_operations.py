@@ -57,7 +57,7 @@ from rules.python_env_plan import InstallSource
 
 CASES_DIR = Path(__file__).resolve().parents[1] / "operations"
 OPERATION_MODULES = ("host_files", "apt_pins", "apt_repos", "services", "reboot",
-                     "docker_config", "checks", "locked_venv")
+                     "docker_config", "checks", "locked_venv", "compose", "model_weights")
 FIXED_UUID = uuid.UUID("12345678123456781234567812345678")
 
 

@@ -30,9 +30,11 @@ from facts.system import (
     PythonInterpretersResult,
     SystemInfoResult,
 )
+from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec, load_fleet
 from rules.assessment import assess, render, storage_class
 from rules.host_plan import HostPlan, plan_host
+from tests.sim.weights import config_json
 
 Refusal = list  # plan_host answers a host it cannot plan with its findings
 
@@ -96,6 +98,8 @@ def bare_host(**changes: object) -> HostProbe:
         weights_free_space=FreeSpaceResult("ok", "/srv/models/m", "/srv", 3 * TB, 3 * TB, "/srv"),
         docker=DockerInfoResult("not_installed"),
         container_toolkit=ContainerToolkitResult("not_installed"),
+        weights=WeightsListing("ok", files={"config.json": (700, "1.0")},
+                               config=config_json("deepseek-r1-distill-qwen-7b")),
         state=HostStateResult(),
     )
     return replace(probe, **changes)  # type: ignore[arg-type]

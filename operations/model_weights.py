@@ -1,0 +1,170 @@
+"""Model weights on a host: pushed from the controller, downloaded from a hub, recorded, and
+verified against their manifest (templates/weights/weights_tool.py runs on the host).
+
+What to push, download or hash again is decided by the deploy from the probe's listing
+(rules.checkpoint); these operations do it, and say how far they got.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+
+from pyinfra.api import (
+    FileUploadCommand,
+    FunctionCommand,
+    OperationValueError,
+    State,
+    StringCommand,
+    operation,
+)
+from pyinfra.api.host import Host
+
+from facts._shell import quote
+from facts.weights_files import MANIFEST_DIR, MANIFEST_NAME
+from operations.apt_pins import with_env_file
+from operations.host_files import write_file_command
+from operations.messages import tell
+from rules.checkpoint import TOOL
+
+_EOF = "GPUFLEET_WEIGHTS_TOOL"
+
+
+def tool_command(*args: str) -> StringCommand:
+    """Run the weights tool on the host with python3, its source on standard input."""
+    source = TOOL.read_text()
+    if _EOF in source:
+        raise OperationValueError("the weights tool must not contain its own heredoc marker")
+    return StringCommand(
+        "python3 - " + " ".join(quote(a) for a in args) + f" <<'{_EOF}'\n{source}\n{_EOF}")
+
+
+def _absolute(folder: str) -> None:
+    if not PurePosixPath(folder).is_absolute():
+        raise OperationValueError(f"the weights folder must be absolute, got {folder!r}")
+
+
+@operation(is_idempotent=False)
+def weights_recorded(folder: str, model_id: str):
+    """
+    Record a manifest for weights already at ``folder`` (sha256 of every file), trusting them.
+
+    The deploy calls this only when the folder has no manifest yet (settings.weights.source =
+    "present"); later runs verify against what it recorded.
+
+    + folder: the weights folder on the host
+    + model_id: the catalog model the weights are, written into the manifest
+
+    **Example:**
+
+    .. code:: python
+
+        weights_recorded(name="Record a manifest of the weights", folder="/srv/models/m",
+                         model_id="deepseek-r1-distill-qwen-7b")
+    """
+    _absolute(folder)
+    yield tool_command("record", folder, model_id)
+
+
+@operation(is_idempotent=False)
+def weights_verified(folder: str, names: list[str]):
+    """
+    Ensure the named files match the manifest beside them (sha256), and record them verified.
+
+    Fails the host, naming every bad file, when one differs: before any engine restart.
+
+    + folder: the weights folder on the host
+    + names: files to hash again (the deploy picks those whose size or mtime moved)
+
+    **Example:**
+
+    .. code:: python
+
+        weights_verified(name="Ensure the changed weights files match their manifest",
+                         folder="/srv/models/m", names=["model-00001-of-00002.safetensors"])
+    """
+    _absolute(folder)
+    if not names:
+        raise OperationValueError("nothing to verify: the deploy leaves this operation out")
+    yield tool_command("verify", folder, *names)
+
+
+def _progress(state: State, host: Host, done: int, total: int, started: list[float],
+              name: str) -> bool:
+    """FunctionCommand body: bytes pushed so far, the rate and the time left."""
+    if not started:
+        started.append(time.monotonic())
+        return True
+    seconds = max(time.monotonic() - started[0], 0.001)
+    rate = done / seconds
+    left = (total - done) / rate if rate else 0
+    return tell(state, host, f"weights: {name} pushed, {done / 1e9:.2f} of {total / 1e9:.2f} GB, "
+                             f"{rate / 1e6:.0f} MB/s, about {left:.0f} s left", color="green")
+
+
+@operation(is_idempotent=False)
+def weights_pushed(src: str, folder: str, files: Mapping[str, int], manifest: str):
+    """
+    Push weights files from a folder on the controller, each to a temporary name first and
+    renamed when complete (an interrupted push starts again at the first incomplete file),
+    then write their manifest beside them.
+
+    + src: the folder on the controller
+    + folder: the weights folder on the host
+    + files: name -> size of the files to push (the deploy picks the missing or different)
+    + manifest: the manifest of the whole folder (names, sizes, sha256)
+
+    **Example:**
+
+    .. code:: python
+
+        weights_pushed(name="Push the weights", src="models/qwen7b", folder="/srv/models/m",
+                       files={"config.json": 680}, manifest='{"files": {...}}')
+    """
+    _absolute(folder)
+    total = sum(files.values())
+    started: list[float] = []
+    yield FunctionCommand(_progress, (0, total, started, "start"), {})
+    done = 0
+    for name, size in sorted(files.items()):
+        if name.startswith("/") or ".." in PurePosixPath(name).parts:
+            raise OperationValueError(f"not a file inside the folder: {name!r}")
+        target = f"{folder}/{name}"
+        partial = f"{target}.gpufleet-partial"
+        yield StringCommand(f"install -d -m 0755 {quote(str(PurePosixPath(target).parent))}")
+        yield FileUploadCommand(str(Path(src) / name), partial)
+        yield StringCommand(f"mv -f {quote(partial)} {quote(target)}")
+        done += size
+        yield FunctionCommand(_progress, (done, total, started, name), {})
+    yield write_file_command(f"{folder}/{MANIFEST_DIR}/{MANIFEST_NAME}", manifest)
+
+
+@operation(is_idempotent=False)
+def weights_downloaded(folder: str, endpoint: str, repo: str, revision: str,
+                       token_path: str | None = None, env_file: str | None = None):
+    """
+    Download a model from a hub at a pinned revision into ``folder``, resumably, checking
+    each large file against the sha256 the hub publishes; writes the manifest.
+
+    + folder: the weights folder on the host
+    + endpoint: the hub's address (the public hub or a mirror)
+    + repo: the model repository, e.g. deepseek-ai/DeepSeek-R1-Distill-Qwen-7B
+    + revision: the commit id (a branch name would move)
+    + token_path: a root-only file on the host holding the hub token, or None
+    + env_file: a VAR=value file on the host sourced first (proxies)
+
+    **Example:**
+
+    .. code:: python
+
+        weights_downloaded(name="Download the weights", folder="/srv/models/m",
+                           endpoint="https://hub.example.internal",
+                           repo="deepseek-ai/DeepSeek-R1-Distill-Qwen-7B",
+                           revision="0123456789abcdef0123456789abcdef01234567")
+    """
+    _absolute(folder)
+    args = ["hub", folder, endpoint, repo, revision, *([token_path] if token_path else [])]
+    command = tool_command(*args)
+    yield StringCommand(f"install -d -m 0755 {quote(folder)} && "
+                        + with_env_file(command.get_raw_value(), env_file))

@@ -1,0 +1,135 @@
+"""Model weights: is what is at weights_path the model the fleet names, complete and unchanged?
+
+Decided from the probe's listing (facts.weights_files: sizes, mtimes, config.json, gpufleet's
+manifest and verification record), so that only files whose size or mtime moved since the
+last verification are hashed again. The brief's "strict loading" trap is a config.json that is not
+the model: checked against the catalog before anything starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facts.weights_files import MANIFEST_DIR, MANIFEST_NAME, WeightsListing
+from inventory.catalog import ModelSpec
+from rules.findings import Finding
+
+TOOL = Path(__file__).resolve().parent.parent / "templates" / "weights" / "weights_tool.py"
+# config.json field -> the catalog's name for it
+CONFIG_FIELDS = {"num_hidden_layers": "layers", "hidden_size": "hidden_size",
+                 "num_attention_heads": "attention_heads", "num_key_value_heads": "kv_heads"}
+
+
+def manifest_path(folder: str) -> str:
+    return f"{folder}/{MANIFEST_DIR}/{MANIFEST_NAME}"
+
+
+def config_findings(config: dict[str, Any] | None, model: ModelSpec, where: str
+                    ) -> list[Finding]:
+    """The checkpoint's config.json must describe the model the fleet names."""
+    if config is None:
+        return [Finding(
+            "error", "weights-missing", f"no readable config.json in {where}",
+            "config.json missing or not JSON", f"the checkpoint of {model.id} ({model.hub_repo})",
+            "put the model's files there (settings.weights.source says how they arrive)",
+        )]
+    differ = []
+    architectures = config.get("architectures") or []
+    if model.architecture not in architectures:
+        differ.append(f"architectures {architectures} (catalog: {model.architecture})")
+    for key, attribute in CONFIG_FIELDS.items():
+        if key in config and config[key] != getattr(model, attribute):
+            differ.append(f"{key} {config[key]} (catalog: {getattr(model, attribute)})")
+    if not differ:
+        return []
+    return [Finding(
+        "error", "weights-config-differs",
+        f"the checkpoint in {where} is not {model.id}: an engine would refuse it or serve "
+        "another model",
+        "; ".join(differ), f"{model.id} as the catalog describes it",
+        "point weights_path at the right checkpoint, or set settings.model to what is there",
+    )]
+
+
+@dataclass(frozen=True)
+class WeightsCheck:
+    """What the weights step must do with what is on the host."""
+
+    record: bool  # no manifest yet (source present): record one, trusting what is there
+    changed: tuple[str, ...]  # files to hash again: new, or size/mtime moved since verified
+    corrupt: tuple[str, ...]  # known bad already: missing, or another size than the manifest
+
+
+def weights_check(listing: WeightsListing, full: bool) -> WeightsCheck:
+    """Compare the listing with the manifest and the last verification. Pure."""
+    manifest = (listing.manifest or {}).get("files")
+    if not isinstance(manifest, dict):
+        return WeightsCheck(True, (), ())
+    corrupt = []
+    for name, want in sorted(manifest.items()):
+        have = listing.files.get(name)
+        if have is None:
+            corrupt.append(f"{name} (missing)")
+        elif isinstance(want, dict) and have[0] != want.get("size"):
+            corrupt.append(f"{name} ({have[0]} bytes, manifest: {want.get('size')})")
+    names = [n for n in listing.files if n in manifest]
+    changed = names if full else [n for n in names if listing.verified.get(n) != listing.files[n]]
+    return WeightsCheck(False, tuple(sorted(changed)), tuple(corrupt))
+
+
+# --- weights pushed from the controller ----------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(8 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def controller_manifest(folder: Path, model_id: str) -> dict[str, Any]:
+    """The manifest of a folder on the controller: every file's size and sha256.
+
+    Hashes are cached in the folder's .gpufleet/controller-cache.json and reused while a
+    file's size and mtime are unchanged, so 140 GB are not hashed again on every run.
+    """
+    cache_path = folder / MANIFEST_DIR / "controller-cache.json"
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    files: dict[str, Any] = {}
+    fresh: dict[str, Any] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = str(path.relative_to(folder))
+        if name.startswith(MANIFEST_DIR + "/"):
+            continue
+        stat = path.stat()
+        key = [stat.st_size, stat.st_mtime_ns]
+        cached = cache.get(name)
+        digest = cached["sha256"] if cached and cached.get("key") == key else _sha256(path)
+        files[name] = {"size": stat.st_size, "sha256": digest}
+        fresh[name] = {"key": key, "sha256": digest}
+    if fresh != cache:
+        try:
+            cache_path.parent.mkdir(exist_ok=True)
+            cache_path.write_text(json.dumps(fresh))
+        except OSError:
+            pass  # a read-only folder: hashed again next time, nothing lost
+    return {"model": model_id, "source": f"controller {folder}", "files": files}
+
+
+def to_push(manifest: dict[str, Any], listing: WeightsListing) -> list[str]:
+    """Files the host lacks, has at another size (an interrupted push resumes here), or has
+    changed since they were last verified (the controller's copy is the truth: pushed again)."""
+    have = listing.files
+    return [name for name, want in sorted(manifest["files"].items())
+            if have.get(name, (None,))[0] != want["size"]
+            or (name in listing.verified and listing.verified[name] != have[name])]
+
+
+def render_manifest(manifest: dict[str, Any]) -> str:
+    return json.dumps(manifest, indent=1, sort_keys=True) + "\n"

@@ -1,0 +1,182 @@
+"""Model weights: the manifest decisions from the probe's listing, the controller's manifest, and
+the host tool (templates/weights/weights_tool.py) run for real here — record, verify, and a hub
+download against a local test server that answers like a hub's API (TEST STAND-IN, loopback).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from facts.weights_files import WeightsListing, parse_weights, weights_script
+from inventory.catalog import find_model
+from rules.checkpoint import (
+    TOOL,
+    config_findings,
+    controller_manifest,
+    to_push,
+    weights_check,
+)
+from tests.sim.weights import config_json, write_weights
+
+MODEL = "deepseek-r1-distill-qwen-1.5b"
+
+
+def tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-", *args], input=TOOL.read_text(),
+                          capture_output=True, text=True, timeout=120)
+
+
+def listing(folder: Path) -> WeightsListing:
+    out = subprocess.run(["sh", "-c", weights_script(str(folder))], capture_output=True,
+                         text=True, check=True).stdout
+    return parse_weights(out)
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    return write_weights(MODEL, tmp_path / "m", shard_bytes=65536)
+
+
+def test_the_catalog_checks_config_json(weights: Path) -> None:
+    model = find_model(MODEL)
+    assert config_findings(json.loads((weights / "config.json").read_text()), model, "x") == []
+    wrong = {**config_json(MODEL), "num_hidden_layers": 80}
+    (finding,) = config_findings(wrong, model, "/srv/m")
+    assert finding.code == "weights-config-differs" and "num_hidden_layers 80" in finding.measured
+    assert config_findings(None, model, "/srv/m")[0].code == "weights-missing"
+
+
+def test_record_then_a_quick_check_finds_nothing_to_hash(weights: Path) -> None:
+    before = listing(weights)
+    assert weights_check(before, full=False).record  # no manifest yet
+    done = tool("record", str(weights), MODEL)
+    assert done.returncode == 0, done.stderr
+    after = listing(weights)
+    check = weights_check(after, full=False)
+    assert not check.record and check.changed == () and check.corrupt == ()
+    assert len(weights_check(after, full=True).changed) == 5  # full: every file again
+
+
+def test_a_changed_shard_is_found_by_mtime_then_named_by_its_hash(weights: Path) -> None:
+    assert tool("record", str(weights), MODEL).returncode == 0
+    shard = weights / "model-00001-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF  # same size, other bytes
+    shard.write_bytes(bytes(data))
+    check = weights_check(listing(weights), full=False)
+    assert check.changed == (shard.name,) and check.corrupt == ()
+    failed = tool("verify", str(weights), *check.changed)
+    assert failed.returncode == 1
+    assert f"weights file {shard.name} differs from its manifest" in failed.stdout
+    assert "the engine was not restarted" in failed.stdout
+    # a file that shrank or went is known bad without hashing
+    shard.write_bytes(b"x")
+    (weights / "tokenizer.json").unlink()
+    corrupt = weights_check(listing(weights), full=False).corrupt
+    assert corrupt == (f"{shard.name} (1 bytes, manifest: 65536)", "tokenizer.json (missing)")
+
+
+def test_verify_records_what_it_checked(weights: Path) -> None:
+    assert tool("record", str(weights), MODEL).returncode == 0
+    (weights / "config.json").touch()  # same bytes, new mtime
+    check = weights_check(listing(weights), full=False)
+    assert check.changed == ("config.json",)
+    assert tool("verify", str(weights), "config.json").returncode == 0
+    assert weights_check(listing(weights), full=False).changed == ()
+
+
+def test_the_controller_manifest_and_what_to_push(weights: Path, tmp_path: Path) -> None:
+    manifest = controller_manifest(weights, MODEL)
+    shard = manifest["files"]["model-00002-of-00002.safetensors"]
+    data = (weights / "model-00002-of-00002.safetensors").read_bytes()
+    assert shard == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert (weights / ".gpufleet" / "controller-cache.json").exists()  # not hashed again
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "config.json").write_bytes((weights / "config.json").read_bytes())
+    (host / "model-00001-of-00002.safetensors").write_bytes(b"half")  # an interrupted push
+    assert to_push(manifest, listing(host)) == [
+        "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json", "tokenizer.json"]
+
+
+class HubStandIn(http.server.BaseHTTPRequestHandler):
+    """TEST STAND-IN for a model hub's API (file listing with LFS sha256, and downloads with
+    HTTP ranges), on loopback only."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    token = "hf_test_token"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.send_error(401)
+            return
+        if "/api/models/org/model/tree/" in self.path:
+            body = json.dumps([{"type": "file", "path": name, "size": len(data),
+                                **({"lfs": {"oid": hashlib.sha256(data).hexdigest()}}
+                                   if name.endswith(".safetensors") else {})}
+                               for name, data in self.files.items()]).encode()
+            self.send_response(200)
+        else:
+            name = self.path.split("/resolve/", 1)[1].split("/", 1)[1]
+            body = self.files[name]
+            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+            self.send_response(206 if start else 200)
+            body = body[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def hub(weights: Path) -> Iterator[str]:
+    HubStandIn.files = {p.name: p.read_bytes() for p in weights.iterdir() if p.is_file()}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubStandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_hub_download_resumes_checks_hashes_and_records(hub: str, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(HubStandIn.token + "\n")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    shard = "model-00001-of-00002.safetensors"
+    (dest / f"{shard}.gpufleet-partial").write_bytes(HubStandIn.files[shard][:1000])
+    done = tool("hub", str(dest), hub, "org/model", "0" * 40, str(token))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (dest / shard).read_bytes() == HubStandIn.files[shard]
+    assert "GB" in done.stdout and "s left" in done.stdout  # progress
+    check = weights_check(listing(dest), full=False)
+    assert not check.record and check.changed == () and check.corrupt == ()
+    denied = tool("hub", str(tmp_path / "other"), hub, "org/model", "0" * 40)
+    assert denied.returncode == 1 and "failed: HTTP Error 401" in denied.stdout
+
+
+def test_a_file_changed_on_the_host_is_pushed_again_from_the_controller(
+        weights: Path, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    subprocess.run(["cp", "-a", str(weights), str(host)], check=True)
+    assert tool("record", str(host), MODEL).returncode == 0
+    manifest = controller_manifest(weights, MODEL)
+    assert to_push(manifest, listing(host)) == []
+    shard = host / "model-00002-of-00002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[0] ^= 0xFF  # same size: only the verification record tells it moved
+    shard.write_bytes(bytes(data))
+    assert to_push(manifest, listing(host)) == [shard.name]

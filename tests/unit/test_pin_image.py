@@ -1,0 +1,34 @@
+"""tools/pin_image.py writes a digest into exactly one engine table of the pin file."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from inventory.pins import PINS_FILE
+
+# tools/ holds scripts, not a package: load the one under test by its path.
+_SPEC = importlib.util.spec_from_file_location(
+    "gpufleet_pin_image", Path(__file__).resolve().parents[2] / "tools" / "pin_image.py")
+assert _SPEC is not None and _SPEC.loader is not None
+_MODULE = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_MODULE)
+set_digest = _MODULE.set_digest
+
+DIGEST = "sha256:" + "a" * 64
+
+
+def test_the_digest_lands_in_its_own_table_only() -> None:
+    text = PINS_FILE.read_text()
+    changed = set_digest(text, "r535-fwdcompat", "vllm", DIGEST)
+    assert changed.count(DIGEST) == 1
+    table = changed.split("[sets.r535-fwdcompat.inference.vllm]", 1)[1].split("\n[", 1)[0]
+    assert f'digest = "{DIGEST}"' in table
+    assert changed.replace(f'digest = "{DIGEST}"', 'digest = ""') == text
+
+
+def test_a_table_that_does_not_exist_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        set_digest(PINS_FILE.read_text(), "no-such-set", "vllm", DIGEST)
