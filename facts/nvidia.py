@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pyinfra.api import FactBase
@@ -45,7 +45,18 @@ NVIDIA_SMI_FIELDS = (
 NVIDIA_SMI_QUERY = (
     f"nvidia-smi --query-gpu={','.join(NVIDIA_SMI_FIELDS)} --format=csv,noheader,nounits"
 )
-NVIDIA_SMI_SCRIPT = f"{require_tool('nvidia-smi')}\n{NVIDIA_SMI_QUERY}"
+# Where a GPU has MIG on, the engine sees its MIG devices, not the card: list them too.
+# mig.mode.current is the query's last column, so ", Enabled" at a line's end means MIG is on
+# (persistence_mode, the column before, cannot match there).
+MIG_LISTING_MARKER = "__gpufleet_mig_listing"
+NVIDIA_SMI_SCRIPT = "\n".join([
+    require_tool("nvidia-smi"),
+    f"out=$({NVIDIA_SMI_QUERY} 2>&1); rc=$?",
+    "printf '%s\\n' \"$out\"",
+    "if printf '%s\\n' \"$out\" | grep -q ', Enabled$'; then",
+    f"  echo {MIG_LISTING_MARKER}; nvidia-smi -L 2>&1; fi",
+    "exit $rc",
+])
 
 GpuQueryStatus = Literal[
     "ok", "no_driver", "no_devices", "version_mismatch", "not_installed", "unknown"
@@ -53,6 +64,45 @@ GpuQueryStatus = Literal[
 
 # nvidia-smi prints these for values a GPU does not report.
 _NOT_AVAILABLE = {"[N/A]", "N/A", "[Not Supported]", "Not Supported", "[Unknown Error]", ""}
+
+
+# A MIG profile names its memory in (decimal-ish) GB: "3g.40gb". NVIDIA's A100 table gives
+# 1g.5gb = 4864 MiB and 1g.10gb = 9728 MiB: 0.95 GiB per "gb", the smallest ratio of any profile,
+# so sizing against it never overstates a slice.
+MIG_BYTES_PER_PROFILE_GB = int(0.95 * 2**30)
+_MIG_LINE = re.compile(
+    r"^\s+MIG\s+(?P<profile>(?:\d+c\.)?\d+g\.(?P<gb>\d+)gb(?:\+\w+)?)\s+"
+    r"Device\s+(?P<device>\d+):\s*\(UUID:\s*(?P<uuid>[^)]+)\)"
+)
+_L_GPU_LINE = re.compile(r"^GPU\s+(?P<index>\d+):")
+
+
+@dataclass(frozen=True)
+class MigDevice:
+    """One MIG device (``nvidia-smi -L``): what an engine sees instead of the whole card."""
+
+    profile: str  # "3g.40gb", "1c.2g.20gb", "1g.10gb+me"
+    device: int
+    uuid: str
+    memory_bytes: int  # from the profile name, see MIG_BYTES_PER_PROFILE_GB
+
+
+def parse_mig_listing(text: str) -> dict[int, tuple[MigDevice, ...]]:
+    """GPU index -> its MIG devices, from ``nvidia-smi -L``. GPUs without any are left out."""
+    found: dict[int, list[MigDevice]] = {}
+    gpu: int | None = None
+    for line in text.splitlines():
+        head = _L_GPU_LINE.match(line)
+        if head:
+            gpu = int(head.group("index"))
+            continue
+        mig = _MIG_LINE.match(line)
+        if mig and gpu is not None:
+            found.setdefault(gpu, []).append(MigDevice(
+                mig.group("profile"), int(mig.group("device")), mig.group("uuid").strip(),
+                int(mig.group("gb")) * MIG_BYTES_PER_PROFILE_GB,
+            ))
+    return {index: tuple(devices) for index, devices in found.items()}
 
 
 @dataclass(frozen=True)
@@ -69,6 +119,11 @@ class Gpu:
     pci_bus_id: str | None
     persistence_mode: bool | None
     mig_mode: str | None  # "Enabled" / "Disabled"; None where the GPU has no MIG ([N/A])
+    mig_devices: tuple[MigDevice, ...] = ()  # from ``nvidia-smi -L`` where MIG is on
+
+    @property
+    def mig_enabled(self) -> bool:
+        return self.mig_mode == "Enabled"
 
 
 @dataclass(frozen=True)
@@ -85,6 +140,7 @@ class GpuQuery:
     reason: str = ""
     raw: str = ""
     nvml_library_version: str | None = None  # newer drivers print it with a version mismatch
+    mig_listed: bool = False  # ``nvidia-smi -L`` ran (some GPU has MIG on)
 
     @property
     def ok(self) -> bool:
@@ -136,6 +192,12 @@ def parse_nvidia_smi_query(text: str, exit_code: int | None = None) -> GpuQuery:
 
 def _parse_nvidia_smi_query(text: str, exit_code: int | None) -> GpuQuery:
     raw = clip(text)
+    text, marker, listing = text.partition(MIG_LISTING_MARKER)
+    if marker:
+        query = _parse_nvidia_smi_query(text, exit_code)
+        devices = parse_mig_listing(listing)
+        return replace(query, raw=raw, mig_listed=True, gpus=tuple(
+            replace(gpu, mig_devices=devices.get(gpu.index, ())) for gpu in query.gpus))
     result = CommandResult(text, exit_code)
     if result.missing_tool or (exit_code == RC_NOT_FOUND and "not found" in text):
         return GpuQuery("not_installed", reason="nvidia-smi is not installed", raw=raw)
@@ -226,11 +288,32 @@ class NvidiaGpus(FactBase[GpuQuery]):
 
 LSPCI_SCRIPT = f"{require_tool('lspci')}\nlspci -Dnn -d 10de:"
 
+# The bus as the kernel sees it, then lspci for names when it is installed. sysfs needs no
+# package and no driver, so a minimal image with a broken driver still shows its GPUs and
+# NVSwitches (the kernel's ABI: vendor "0x10de", class "0x030200", device "0x2330").
+PCI_SYSFS = "/sys/bus/pci/devices"
+PCI_SCRIPT = "\n".join([
+    f"if [ -d {PCI_SYSFS} ]; then",
+    f"  for d in {PCI_SYSFS}/*; do",
+    '    [ -r "$d/vendor" ] || continue',
+    '    [ "$(cat "$d/vendor")" = 0x10de ] || continue',
+    '    printf \'sysfs=%s %s %s\\n\' "${d##*/}" "$(cat "$d/class")" "$(cat "$d/device")"',
+    "  done",
+    "else echo sysfs=absent; fi",
+    "if command -v lspci >/dev/null 2>&1; then",
+    "  out=$(lspci -Dnn -d 10de: 2>&1); rc=$?",
+    "  printf '%s\\n' \"$out\" | sed -n 's/^./lspci=&/p'",
+    '  echo "lspci_rc=$rc"',
+    f"else echo lspci_rc={RC_NOT_FOUND}; fi",
+])
+
 PciStatus = Literal["ok", "none", "not_installed", "unknown"]
 
 _GPU_CLASSES = {"0300", "0302"}  # VGA compatible controller, 3D controller
 _GPU_CLASS_NAMES = {"VGA compatible controller", "3D controller"}
 _NVSWITCH_CLASS = "0680"  # "Bridge" (other bridge device); HGX NVSwitches use it
+_CLASS_NAMES = {"0300": "VGA compatible controller", "0302": "3D controller", "0680": "Bridge",
+                "0403": "Audio device", "0c03": "USB controller", "0c80": "Serial bus controller"}
 
 _LSPCI_LINE = re.compile(
     r"^(?P<address>(?:[0-9a-fA-F]{4,8}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\s+"
@@ -238,11 +321,15 @@ _LSPCI_LINE = re.compile(
 )
 _LSPCI_IDS = re.compile(r"\s*\[(?P<vendor>[0-9a-fA-F]{4}):(?P<device>[0-9a-fA-F]{4})\]\s*$")
 _LSPCI_REV = re.compile(r"\s*\(rev (?P<rev>[0-9a-fA-F]+)\)\s*$")
+_SYSFS_LINE = re.compile(
+    r"^sysfs=(?P<address>[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7])\s+"
+    r"0x(?P<class>[0-9a-fA-F]{6})\s+0x(?P<device>[0-9a-fA-F]{4})$"
+)
 
 
 @dataclass(frozen=True)
 class PciDevice:
-    """One ``lspci -Dnn`` line."""
+    """One NVIDIA PCI function (an ``lspci -Dnn`` line, or its sysfs entry)."""
 
     address: str
     class_code: str | None  # e.g. "0302"; None when lspci ran without -nn
@@ -268,7 +355,9 @@ class NvidiaPci:
     """NVIDIA PCI functions split into GPUs, NVSwitches and the rest (audio, USB-C, ...).
 
     ``status`` is ``ok`` (devices found), ``none`` (no NVIDIA device on the bus),
-    ``not_installed`` (no lspci) or ``unknown``. NVSwitch presence decides Fabric Manager.
+    ``not_installed`` (lspci alone was asked and is missing) or ``unknown``. ``source`` says
+    what listed them: "sysfs" (names from lspci when ``lspci`` is "ok"), or "lspci".
+    NVSwitch presence decides Fabric Manager.
     """
 
     status: PciStatus
@@ -277,10 +366,16 @@ class NvidiaPci:
     others: tuple[PciDevice, ...] = ()
     reason: str = ""
     raw: str = ""
+    source: str = "lspci"
+    lspci: str = "ok"  # "ok", "not_installed" or "failed: <why>"
 
     @property
     def has_nvswitch(self) -> bool:
         return bool(self.nvswitches)
+
+    @property
+    def devices(self) -> tuple[PciDevice, ...]:
+        return (*self.gpus, *self.nvswitches, *self.others)
 
 
 def _parse_lspci_line(line: str) -> PciDevice | None:
@@ -310,6 +405,16 @@ def _parse_lspci_line(line: str) -> PciDevice | None:
     )
 
 
+def _split_devices(status: PciStatus, devices: list[PciDevice], **extra: str) -> NvidiaPci:
+    return NvidiaPci(
+        status,
+        gpus=tuple(d for d in devices if d.is_gpu and not d.is_nvswitch),
+        nvswitches=tuple(d for d in devices if d.is_nvswitch),
+        others=tuple(d for d in devices if not d.is_gpu and not d.is_nvswitch),
+        **extra,
+    )
+
+
 def parse_lspci_nvidia(text: str, exit_code: int | None = None) -> NvidiaPci:
     """Parse ``lspci -Dnn -d 10de:`` output. Never raises."""
     try:
@@ -320,11 +425,13 @@ def parse_lspci_nvidia(text: str, exit_code: int | None = None) -> NvidiaPci:
 
 def _parse_lspci_nvidia(text: str, exit_code: int | None) -> NvidiaPci:
     raw = clip(text)
-    if CommandResult(text, exit_code).missing_tool:
-        return NvidiaPci("not_installed", reason="lspci (pciutils) is not installed", raw=raw)
+    if CommandResult(text, exit_code).missing_tool or exit_code == RC_NOT_FOUND:
+        return NvidiaPci("not_installed", reason="lspci (pciutils) is not installed", raw=raw,
+                         lspci="not_installed")
     lines = [line for line in text.splitlines() if line.strip()]
     if exit_code not in (None, 0):
-        return NvidiaPci("unknown", reason=f"lspci exited {exit_code}", raw=raw)
+        return NvidiaPci("unknown", reason=f"lspci exited {exit_code}", raw=raw,
+                         lspci=f"failed: exit {exit_code}")
     if not lines:
         if exit_code is None:  # no status line: the output was cut, nothing was said
             return NvidiaPci("unknown", reason="no output from lspci", raw=raw)
@@ -333,32 +440,92 @@ def _parse_lspci_nvidia(text: str, exit_code: int | None) -> NvidiaPci:
     for line in lines:
         device = _parse_lspci_line(line)
         if device is None:
-            return NvidiaPci("unknown", reason=f"unreadable lspci line: {line[:120]!r}", raw=raw)
+            return NvidiaPci("unknown", reason=f"unreadable lspci line: {line[:120]!r}", raw=raw,
+                             lspci="failed: unreadable output")
         devices.append(device)
     # lspci -d 10de: already filters, but a fixture or wrapper may not; keep NVIDIA only.
     nvidia = [d for d in devices if d.vendor_id in (None, "10de")]
-    return NvidiaPci(
-        "ok" if nvidia else "none",
-        gpus=tuple(d for d in nvidia if d.is_gpu and not d.is_nvswitch),
-        nvswitches=tuple(d for d in nvidia if d.is_nvswitch),
-        others=tuple(d for d in nvidia if not d.is_gpu and not d.is_nvswitch),
-        raw=raw,
+    return _split_devices("ok" if nvidia else "none", nvidia, raw=raw)
+
+
+def parse_pci_probe(text: str, exit_code: int | None = None) -> NvidiaPci:
+    """Parse ``PCI_SCRIPT`` output: NVIDIA functions from sysfs, named by lspci when it ran.
+
+    sysfs decides what is on the bus; lspci only adds names and revisions. Without sysfs
+    (an unusual container) lspci's own listing stands. Never raises.
+    """
+    try:
+        return _parse_pci_probe(text, exit_code)
+    except Exception as exc:
+        return NvidiaPci("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
+
+
+def _parse_pci_probe(text: str, exit_code: int | None) -> NvidiaPci:
+    raw = clip(text)
+    sysfs: list[PciDevice] = []
+    sysfs_present = True
+    lspci_lines: list[str] = []
+    lspci_rc: int | None = None
+    for line in text.splitlines():
+        if line == "sysfs=absent":
+            sysfs_present = False
+        elif line.startswith("sysfs="):
+            match = _SYSFS_LINE.match(line.strip())
+            if match is None:
+                return NvidiaPci("unknown", reason=f"unreadable sysfs line: {line[:120]!r}",
+                                 raw=raw, source="sysfs")
+            code = match.group("class")[:4].lower()
+            sysfs.append(PciDevice(
+                address=match.group("address").lower(), class_code=code,
+                class_name=_CLASS_NAMES.get(code, f"Class {code}"),
+                device_name=f"NVIDIA device [10de:{match.group('device').lower()}]",
+                vendor_id="10de", device_id=match.group("device").lower(), revision=None,
+            ))
+        elif line.startswith("lspci="):
+            lspci_lines.append(line[len("lspci="):])
+        elif line.startswith("lspci_rc="):
+            value = line[len("lspci_rc="):].strip()
+            lspci_rc = int(value) if value.isdigit() else None
+    if lspci_rc is None and not sysfs and sysfs_present:
+        return NvidiaPci("unknown", reason="no output from the PCI probe", raw=raw)
+    named = parse_lspci_nvidia("\n".join(lspci_lines), lspci_rc)
+    if not sysfs_present:
+        return replace(named, raw=raw)
+    by_address = {_full_address(d.address): d for d in named.devices}
+    merged = []
+    for device in sysfs:
+        listed = by_address.pop(device.address, None)
+        merged.append(device if listed is None else replace(
+            listed, address=device.address, class_code=device.class_code,
+            vendor_id="10de", device_id=device.device_id))
+    merged += by_address.values()  # listed by lspci, hidden from this sysfs view: keep them
+    lspci_state = named.lspci if named.status != "unknown" or named.lspci != "ok" else \
+        f"failed: {named.reason}"
+    return _split_devices(
+        "ok" if merged else "none", merged, raw=raw, source="sysfs", lspci=lspci_state,
+        reason="" if merged else "no NVIDIA device on the PCI bus",
     )
 
 
+def _full_address(address: str) -> str:
+    """lspci without -D omits the PCI domain 0000."""
+    return address.lower() if address.count(":") == 2 else f"0000:{address.lower()}"
+
+
 class NvidiaPciDevices(FactBase[NvidiaPci]):
-    """NVIDIA devices on the PCI bus (works before any driver is installed).
+    """NVIDIA devices on the PCI bus, from sysfs (works before any driver, without pciutils),
+    named by lspci when it is installed.
 
     .. code:: python
 
         NvidiaPci(status="ok", gpus=(PciDevice(address="0000:18:00.0", class_code="0302",
                   class_name="3D controller", device_name="NVIDIA Corporation GH100 [...]",
                   vendor_id="10de", device_id="2330", revision="a1"), ...),
-                  nvswitches=(...), others=())
+                  nvswitches=(...), others=(), source="sysfs", lspci="ok")
     """
 
     def command(self) -> str:
-        return wrap(LSPCI_SCRIPT)
+        return wrap(PCI_SCRIPT)
 
     @staticmethod
     def default() -> NvidiaPci:
@@ -366,7 +533,7 @@ class NvidiaPciDevices(FactBase[NvidiaPci]):
 
     def process(self, output: list[str]) -> NvidiaPci:
         result = split_rc(output)
-        return parse_lspci_nvidia(result.text, result.exit_code)
+        return parse_pci_probe(result.text, result.exit_code)
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,6 +764,15 @@ def _parse_secure_boot_probe(text: str) -> SecureBootState:
             current.append(line)
     if "mokutil" in parts:
         state = parse_mokutil_sb_state("\n".join(parts["mokutil"]))
+        if state.status == "not_efi" and firmware_efi:
+            # Booted through EFI, but the variables are not readable (efivarfs not mounted):
+            # Secure Boot may well be on. Unknown, not "no EFI".
+            return SecureBootState(
+                "unknown", "mokutil",
+                reason="booted through EFI (/sys/firmware/efi exists) but the EFI variables "
+                "are not readable: mount efivarfs (mount -t efivarfs efivarfs "
+                "/sys/firmware/efi/efivars) and run `mokutil --sb-state`, or look in the "
+                "firmware setup", raw=clip(text))
         if state.status != "unknown":
             return state
     if "efivar" in parts:

@@ -54,7 +54,7 @@ _Section = tuple[Callable[[str], str], Callable[[str, int | None], object]]
 SECTIONS: dict[str, _Section] = {
     "system": (lambda _: system_facts.SYSTEM_SCRIPT, system_facts.parse_system_info),
     "nvidia_smi": (lambda _: nvidia_facts.NVIDIA_SMI_SCRIPT, nvidia_facts.parse_nvidia_smi_query),
-    "lspci": (lambda _: nvidia_facts.LSPCI_SCRIPT, nvidia_facts.parse_lspci_nvidia),
+    "pci": (lambda _: nvidia_facts.PCI_SCRIPT, nvidia_facts.parse_pci_probe),
     "kernel_module": (
         lambda _: nvidia_facts.KERNEL_MODULE_SCRIPT,
         nvidia_facts.parse_kernel_module_state,
@@ -97,7 +97,7 @@ def parse_host_probe(lines: list[str]) -> HostProbe:
 
     return HostProbe(
         gpus=run("nvidia_smi", nvidia_facts.parse_nvidia_smi_query),
-        pci=run("lspci", nvidia_facts.parse_lspci_nvidia),
+        pci=run("pci", nvidia_facts.parse_pci_probe),
         kernel_module=run("kernel_module", nvidia_facts.parse_kernel_module_state),
         secure_boot=run("secure_boot", nvidia_facts.parse_secure_boot_probe),
         system=run("system", system_facts.parse_system_info),

@@ -494,8 +494,12 @@ def check_distro_for_cuda(
     ]
 
 
-def check_secure_boot(secure_boot: bool | None, driver_flavour: str) -> list[Finding]:
-    """With Secure Boot on, the kernel refuses unsigned NVIDIA modules."""
+def check_secure_boot(secure_boot: bool | None, driver_flavour: str,
+                      why_unknown: str = "") -> list[Finding]:
+    """With Secure Boot on, the kernel refuses unsigned NVIDIA modules.
+
+    ``why_unknown``: what the probe said when it could not tell (shown with the warning).
+    """
     if driver_flavour not in DRIVER_FLAVOUR_SIGNED:
         return [
             Finding(
@@ -514,9 +518,10 @@ def check_secure_boot(secure_boot: bool | None, driver_flavour: str) -> list[Fin
                 "warning",
                 "secure-boot-unknown",
                 "could not tell whether Secure Boot is on (mokutil --sb-state)",
-                "unknown",
+                why_unknown or "unknown",
                 "a known state",
-                "install mokutil or check the firmware setup",
+                "install mokutil (mokutil --sb-state) or check the firmware setup; if it is on, "
+                "the dkms flavours' unsigned module will not load",
             )
         ]
     if not secure_boot or signed:

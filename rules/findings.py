@@ -16,6 +16,7 @@ Severity = Literal["error", "warning", "info"]
 
 # Every finding code, with what it means. A Finding with another code is a programming error.
 CODES: dict[str, str] = {
+    "cannot-size": "the sizing could not run: no GPU memory figure",
     "cdi-needs-newer-docker": "CDI protection asked for, the pinned Docker cannot do it",
     "compute-capability-unreadable": "a GPU's compute capability could not be read",
     "cuda-from-mirror": "the distro's NVIDIA repository lacks the CUDA release; a mirror is used",
@@ -27,29 +28,36 @@ CODES: dict[str, str] = {
     "distro-without-nvidia-repo": "NVIDIA publishes no repository for this distro",
     "docker-ce-installed": "Docker's own packages are installed (docker.io would remove them)",
     "docker-not-pinned": "the pin set has no Docker version for this distro",
-    "engine-cannot-load-model": "the pinned serving engine cannot load the model",
-    "engine-not-pinned": "the pin set has no image for the chosen engine",
-    "engine-not-serving": "an engine replica does not answer a chat completion",
-    "engine-version-unreadable": "an engine version could not be read",
-    "engine-replicas": "the replicas asked for do not fit the host's GPUs",
-    "engine-parallel": "the engine release cannot run the parallelism asked for",
     "driver-flavour-unknown": "the pin set names an unknown driver flavour",
     "driver-library-mismatch": "the loaded NVIDIA module differs from the installed driver",
     "driver-module-not-loaded": "the nvidia kernel module is not loaded",
+    "driver-not-installed": "no NVIDIA driver yet; GPUs identified on the PCI bus",
     "driver-too-old-for-cuda": "the pinned driver is older than the CUDA release needs",
     "driver-too-old-for-image": "the pinned driver is older than the serving image's CUDA",
     "driver-version-differs": "nvidia-smi reports another driver than the pinned one",
     "driver-version-unreadable": "a driver version could not be read",
+    "engine-cannot-load-model": "the pinned serving engine cannot load the model",
+    "engine-not-pinned": "the pin set has no image for the chosen engine",
+    "engine-not-serving": "an engine replica does not answer a chat completion",
+    "engine-parallel": "the engine release cannot run the parallelism asked for",
+    "engine-replicas": "the replicas asked for do not fit the host's GPUs",
+    "engine-version-unreadable": "an engine version could not be read",
     "fabric-manager-down": "Fabric Manager is not running on an NVSwitch system",
     "gpu-arch-binary-compatible": "the GPU runs torch's kernels through binary compatibility",
     "gpu-arch-unsupported-by-torch": "torch was not built for the GPU's compute capability",
     "gpu-container-failed": "a container started with GPUs does not see them",
     "gpu-count-differs": "the host has another number of GPUs than expected",
+    "gpu-init-failed": "the driver is loaded but initialised no GPU (No devices were found)",
     "gpu-memory-differs": "the GPUs have less memory than expected",
+    "gpu-memory-unknown": "nvidia-smi reports no memory size for a GPU ([N/A])",
     "gpu-model-differs": "the GPUs are another model than expected",
     "gpu-not-in-catalog": "a GPU is not in the catalog, its memory is unknown",
     "image-needs-forward-compat": "the serving image's CUDA runs only through forward compat",
     "image-not-pinned": "the serving image is pinned by tag only (no digest recorded)",
+    "mig-enabled": "MIG is on: the engine sees MIG devices, not whole GPUs",
+    "mig-no-instances": "MIG is on for a GPU without any MIG device",
+    "mig-serving-unsupported": "serving on MIG devices is not supported by the serving plan",
+    "mig-tensor-parallel": "tensor parallelism across MIG devices was asked for",
     "model-does-not-fit": "the model does not fit the host's GPUs",
     "model-fits": "the model fits (the sizing)",
     "no-gpu": "no NVIDIA GPU found",
@@ -59,6 +67,7 @@ CODES: dict[str, str] = {
     "nouveau-still-loaded": "nouveau is still loaded after the reboot",
     "nvcc-differs": "nvcc does not report the pinned CUDA release",
     "nvidia-smi-failed": "nvidia-smi cannot list the GPUs",
+    "nvidia-smi-unreadable": "nvidia-smi's answer could not be read",
     "persistenced-down": "the NVIDIA persistence daemon is not running",
     "python-env": "the Python environment cannot be built as configured",
     "python-unsupported-by-torch": "the host's Python is outside what torch supports",
@@ -196,3 +205,34 @@ def refusal_message(title: str, findings: Iterable[Finding]) -> str:
     for finding in findings:
         lines += ["  " + line for line in finding.render().splitlines()]
     return "\n".join(lines)
+
+
+# What a failing tool says, most telling first. A tool's last line is often noise printed
+# after the cause (`docker run` ends with "error waiting for container: context canceled").
+_CAUSE_PATTERNS = (
+    "nvidia-container-cli:",
+    "Failed to initialize NVML",
+    "Error response from daemon",
+    "CUDA error",
+    "RuntimeError",
+    "ValueError",
+    "Error",
+    "error:",
+    "Exception",
+    "No such file",
+    "does not appear",
+    "refused",
+)
+_NOISE = ("error waiting for container", "See 'docker run --help'")
+
+
+def explaining_lines(log: str, limit: int = 2) -> str:
+    """The lines of a failed command's output that say why: those matching the most telling
+    pattern, else the last lines. Joined with " | ", at most 600 characters."""
+    lines = [line.strip() for line in log.splitlines()
+             if line.strip() and not any(noise in line for noise in _NOISE)]
+    for pattern in _CAUSE_PATTERNS:
+        telling = [line for line in lines if pattern in line]
+        if telling:
+            return " | ".join(telling[-limit:])[:600]
+    return " | ".join(lines[-limit:])[:600] or "no output"

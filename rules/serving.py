@@ -22,7 +22,7 @@ from facts.engine_answers import EngineAnswersResult
 from inventory.fleet import HostSpec
 from inventory.pins import EngineImage
 from rules.container_runtime import Compose
-from rules.findings import Finding
+from rules.findings import Finding, explaining_lines
 from rules.render import render
 
 INFERENCE_DIR = "/etc/gpufleet/inference"
@@ -310,14 +310,6 @@ def smoke_request(plan: EnginePlan) -> str:
     })
 
 
-def _explaining_lines(log: str) -> str:
-    """The log lines that say why an engine failed (errors first), else the last ones."""
-    lines = [line for line in log.splitlines() if line.strip()]
-    wanted = [line for line in lines if any(word in line for word in (
-        "Error", "error:", "Exception", "CUDA", "No such file", "does not appear", "refused"))]
-    return " | ".join((wanted or lines)[-3:])[:600] or "no log lines"
-
-
 def engine_findings(plan: EnginePlan, answers: EngineAnswersResult) -> list[Finding]:
     """Everything wrong with the replicas' answers; empty when each one serves. Pure."""
     if answers.errors:
@@ -333,13 +325,13 @@ def engine_findings(plan: EnginePlan, answers: EngineAnswersResult) -> list[Find
             problem = "no answer at all"
         elif answer.health != "ok":
             problem = (f"not healthy after {answer.waited:.0f} s ({answer.health}); its log: "
-                       + _explaining_lines(answer.log))
+                       + explaining_lines(answer.log, limit=3))
         elif plan.served_name not in answer.models:
             problem = f"/v1/models lists {list(answer.models)}, not {plan.served_name}"
         elif answer.error or answer.tokens < 1:
             problem = ("a chat completion returned no tokens: "
                        + (answer.error or "empty answer") + "; its log: "
-                       + _explaining_lines(answer.log))
+                       + explaining_lines(answer.log, limit=3))
         else:
             continue
         found.append(Finding(

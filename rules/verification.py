@@ -9,8 +9,8 @@ from __future__ import annotations
 from facts.gpu_stack import StackVerificationResult
 from facts.nvidia import parse_nvidia_smi_query
 from inventory.fleet import HostSpec
-from rules.assessment import expected_gpu_findings, gpu_views
-from rules.findings import Finding
+from rules.findings import Finding, explaining_lines
+from rules.gpu_inventory import expected_gpu_findings, gpu_views
 
 
 def verification_findings(
@@ -50,16 +50,47 @@ def verification_findings(
     expected = len(result.gpus.gpus) if result.gpus.ok else None
     if result.container_exit != 0 or not inside.ok or (
             expected is not None and len(inside.gpus) != expected):
+        cause = explaining_lines(result.container_output)
         found.append(Finding(
             "error", "gpu-container-failed",
             "a container started with --gpus all does not see the GPUs",
-            f"exit {result.container_exit}, {len(inside.gpus)} GPU(s): "
-            + (result.container_output.strip().splitlines() or ["no output"])[-1][:200],
+            f"exit {result.container_exit}, {len(inside.gpus)} GPU(s): {cause}",
             f"{expected if expected is not None else 'all'} GPU(s) inside "
             f"{spec.settings.verify.gpu_test_image}",
-            "check /etc/docker/daemon.json and `docker info | grep -i runtime`; the image "
-            "must be present or pullable (settings.verify.image_archives)",
+            gpu_container_fix(cause),
         ))
     return found
+
+
+# What the GPU test container's failure means, by the line that explains it.
+_GPU_CONTAINER_FIXES = (
+    ("load library failed: libnvidia-ml.so",
+     "the container toolkit cannot load the driver's NVML library: the driver's user-space "
+     "libraries are missing or half-installed; reinstall the pinned driver (re-run the deploy) "
+     "and check `ldconfig -p | grep libnvidia-ml`"),
+    ("could not select device driver",
+     "Docker knows no GPU device driver: the NVIDIA container toolkit is missing, or Docker "
+     "was not restarted after `nvidia-ctk runtime configure` (re-run the deploy)"),
+    ("Unknown runtime specified nvidia",
+     "/etc/docker/daemon.json has no nvidia runtime: re-run the deploy (it merges the runtime "
+     "in), then `systemctl restart docker`"),
+    ("unsatisfied condition: cuda>=",
+     "the image needs a newer CUDA than the driver supports: pin an image built for the "
+     "driver's CUDA, or a newer driver"),
+    ("Failed to initialize NVML: Unknown Error",
+     "the container lost its GPU devices (systemd re-applied cgroups under Docker's cgroupfs "
+     "driver: NVIDIA/nvidia-docker#1730); use Docker's systemd cgroup driver and restart the "
+     "containers"),
+    ("Driver/library version mismatch",
+     "the loaded kernel module is not the installed driver: reboot the host"),
+)
+
+
+def gpu_container_fix(cause: str) -> str:
+    for needle, fix in _GPU_CONTAINER_FIXES:
+        if needle.lower() in cause.lower():
+            return fix
+    return ("check /etc/docker/daemon.json and `docker info | grep -i runtime`; the image "
+            "must be present or pullable (settings.verify.image_archives)")
 
 

@@ -28,7 +28,7 @@ from rules.driver_state import NOUVEAU_BLACKLIST_PATH
 from rules.host_plan import HostPlan, plan_host
 from rules.network import APT_PROXY_PATH, EXTRA_CA_PATH, PROXY_ENV_PATH
 from rules.packages import preferences_path
-from rules.verification import verification_findings
+from rules.verification import gpu_container_fix, verification_findings
 from tests.unit.test_preflight import bare_host, spec
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
@@ -171,3 +171,19 @@ def test_verification_checks_count_and_pinned_driver(tmp_path: Path) -> None:
     eight = pinned_spec(tmp_path, "[settings.gpus]\ncount = 8\n")  # pins 535.183.06
     codes = [f.code for f in verification_findings(eight, verification(H100_SMI, H100_SMI), None)]
     assert codes == ["gpu-count-differs", "driver-version-differs"]
+
+
+GPU_CONTAINER_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gpu_container"
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in GPU_CONTAINER_FIXTURES.glob("*.txt")))
+def test_a_failed_gpu_container_is_reported_by_the_line_that_explains_it(
+        one_h100: HostSpec, case: str) -> None:
+    output = (GPU_CONTAINER_FIXTURES / f"{case}.txt").read_text()
+    source = (GPU_CONTAINER_FIXTURES / f"{case}.source").read_text()
+    cause = source.split("expected cause:", 1)[1].strip()
+    (finding,) = verification_findings(one_h100, verification(H100_SMI, output, 125), None)
+    assert finding.code == "gpu-container-failed"
+    assert cause in finding.measured, finding.measured
+    assert "error waiting for container" not in finding.measured  # Docker's noise, not a cause
+    assert finding.fix != gpu_container_fix("something unheard of")  # a fix for this cause

@@ -23,7 +23,7 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "facts"
 # fact class, constructor args for command(), parse function, a fixture to feed process()
 FACTS: list[tuple[type[FactBase[Any]], tuple[Any, ...], Callable[[str, int | None], Any], str]] = [
     (nvidia.NvidiaGpus, (), nvidia.parse_nvidia_smi_query, "nvidia_smi/h100_mig_enabled"),
-    (nvidia.NvidiaPciDevices, (), nvidia.parse_lspci_nvidia, "lspci/hgx_h200_with_nvswitch"),
+    (nvidia.NvidiaPciDevices, (), nvidia.parse_pci_probe, "pci_probe/hgx_h200_without_lspci"),
     (
         nvidia.NvidiaKernelModule,
         (),
@@ -253,3 +253,109 @@ def test_probe_parser_never_raises(lines: list[str]) -> None:
         for i, line in enumerate(lines)
     ]
     probe.parse_host_probe(framed)
+
+
+def _fake_tool(bin_dir: Path, name: str, body: str) -> None:
+    tool = bin_dir / name
+    tool.write_text("#!/bin/sh\n" + body)
+    tool.chmod(0o755)
+
+
+def _run_probe(script: str, bin_dir: Path) -> _shell.CommandResult:
+    # Only our fake tools and the basics (sh, cat, sed, grep) are on PATH.
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", _shell.wrap(script)], capture_output=True, text=True,
+                         env=env, timeout=60).stdout
+    return _shell.split_rc(out.splitlines())
+
+
+def _fake_sysfs(root: Path, devices: dict[str, tuple[str, str, str]]) -> Path:
+    for address, (vendor, cls, device) in devices.items():
+        entry = root / address
+        entry.mkdir(parents=True)
+        (entry / "vendor").write_text(vendor + "\n")
+        (entry / "class").write_text(cls + "\n")
+        (entry / "device").write_text(device + "\n")
+    return root
+
+
+@pytest.mark.parametrize("with_lspci", [False, True])
+def test_pci_probe_reads_sysfs_and_names_from_lspci(tmp_path: Path, with_lspci: bool) -> None:
+    sysfs = _fake_sysfs(tmp_path / "devices", {
+        "0000:00:02.0": ("0x8086", "0x030000", "0x46a6"),  # an Intel iGPU: not ours
+        "0000:05:00.0": ("0x10de", "0x068000", "0x22a3"),  # NVSwitch
+        "0000:18:00.0": ("0x10de", "0x030200", "0x2330"),  # H100 SXM5
+    })
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if with_lspci:
+        _fake_tool(bin_dir, "lspci", 'echo "0000:18:00.0 3D controller [0302]: NVIDIA '
+                   'Corporation GH100 [H100 SXM5 80GB] [10de:2330] (rev a1)"\n')
+    script = nvidia.PCI_SCRIPT.replace(nvidia.PCI_SYSFS, str(sysfs))
+    result = _run_probe(script, bin_dir)
+    pci = nvidia.parse_pci_probe(result.text, result.exit_code)
+    assert pci.status == "ok" and pci.source == "sysfs"
+    assert [d.address for d in pci.gpus] == ["0000:18:00.0"]
+    assert pci.has_nvswitch, "an HGX board without pciutils must still get Fabric Manager"
+    assert pci.lspci == ("ok" if with_lspci else "not_installed")
+    assert pci.gpus[0].device_id == "2330"
+    expected_name = ("NVIDIA Corporation GH100 [H100 SXM5 80GB]" if with_lspci
+                     else "NVIDIA device [10de:2330]")
+    assert pci.gpus[0].device_name == expected_name
+
+
+def test_pci_probe_without_sysfs_falls_back_to_lspci(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_tool(bin_dir, "lspci", 'echo "0000:18:00.0 3D controller [0302]: NVIDIA '
+               'Corporation GH100 [H100 SXM5 80GB] [10de:2330] (rev a1)"\n')
+    script = nvidia.PCI_SCRIPT.replace(nvidia.PCI_SYSFS, str(tmp_path / "no-such-dir"))
+    result = _run_probe(script, bin_dir)
+    pci = nvidia.parse_pci_probe(result.text, result.exit_code)
+    assert pci.status == "ok" and pci.source == "lspci" and len(pci.gpus) == 1
+
+
+def test_pci_probe_with_neither_sysfs_nor_lspci_is_unknown_not_none(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = nvidia.PCI_SCRIPT.replace(nvidia.PCI_SYSFS, str(tmp_path / "no-such-dir"))
+    result = _run_probe(script, bin_dir)
+    pci = nvidia.parse_pci_probe(result.text, result.exit_code)
+    assert pci.status == "not_installed" and not pci.gpus
+
+
+_MIG_ROW = ("0, NVIDIA H100 80GB HBM3, GPU-0, 81559, 59, 9.0, 590.48.01, 00000000:00:09.0, "
+            "{persistence}, {mig}")
+
+
+@pytest.mark.parametrize(("persistence", "mig", "listed"), [
+    ("Enabled", "Enabled", True),
+    ("Enabled", "Disabled", False),  # persistence "Enabled" is not MIG
+    ("Disabled", "[N/A]", False),
+])
+def test_nvidia_smi_script_lists_mig_devices_only_where_mig_is_on(
+        tmp_path: Path, persistence: str, mig: str, listed: bool) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    row = _MIG_ROW.format(persistence=persistence, mig=mig)
+    _fake_tool(bin_dir, "nvidia-smi", f"""case "$1" in
+  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)"
+      echo "  MIG 3g.40gb     Device  0: (UUID: MIG-a)"
+      echo "  MIG 2g.20gb     Device  1: (UUID: MIG-b)";;
+  *) echo "{row}";;
+esac
+""")
+    result = _run_probe(nvidia.NVIDIA_SMI_SCRIPT, bin_dir)
+    query = nvidia.parse_nvidia_smi_query(result.text, result.exit_code)
+    assert query.ok and query.mig_listed is listed
+    assert [d.profile for d in query.gpus[0].mig_devices] == (
+        ["3g.40gb", "2g.20gb"] if listed else [])
+
+
+def test_nvidia_smi_script_keeps_the_query_exit_status(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _fake_tool(bin_dir, "nvidia-smi", 'echo "No devices were found"; exit 6\n')
+    result = _run_probe(nvidia.NVIDIA_SMI_SCRIPT, bin_dir)
+    assert result.exit_code == 6
+    assert nvidia.parse_nvidia_smi_query(result.text, result.exit_code).status == "no_devices"

@@ -23,6 +23,9 @@ FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "facts"
 PARSERS: dict[str, Callable[[str, int | None], Any]] = {
     "nvidia_smi": nvidia.parse_nvidia_smi_query,
     "lspci": nvidia.parse_lspci_nvidia,
+    "pci_probe": nvidia.parse_pci_probe,
+    "nvidia_smi_list": lambda text, _rc: {
+        str(gpu): devices for gpu, devices in nvidia.parse_mig_listing(text).items()},
     "nvidia_module": nvidia.parse_kernel_module_state,
     "mokutil": nvidia.parse_mokutil_sb_state,
     "efivar": lambda text, _rc: nvidia.parse_efivar_secureboot(text),
