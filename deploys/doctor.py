@@ -23,7 +23,8 @@ from inventory.fleet import HostSpec
 from inventory.pins import load_pins
 from inventory.schema import Settings
 from operations.checks import refuse_host
-from rules.assessment import assess, render
+from rules.assessment import assess, effective_context, model_needs, render
+from rules.driver_state import FABRICMANAGER_SERVICE, PERSISTENCED_SERVICE
 from rules.sizing import render_sizing
 
 # `--data` keys the doctor understands when no fleet file describes the host.
@@ -76,12 +77,39 @@ def installed_report(probe: HostProbe) -> str:
         + (f", runtimes {', '.join(sorted(docker.runtimes))}" if docker.runtimes else ""),
         f"    container toolkit: {toolkit.version or toolkit.status}",
         f"    Secure Boot: {probe.secure_boot.status}",
+        f"    kernel module: {_module_flavour(module.open_kernel_module)}",
+        f"    persistence mode: {_persistence(probe)}",
+        f"    NVSwitch / Fabric Manager: {_fabric(probe)}",
+        f"    PCI bus read from: {probe.pci.source} (lspci: {probe.pci.lspci})",
     ]
     system = probe.system
     if system.os:
         lines.insert(1, f"    OS: {system.os.pretty_name or system.os.id} "
                         f"({system.dpkg_architecture or system.machine}), kernel {system.kernel}")
     return "\n".join(lines)
+
+
+def _module_flavour(open_module: bool | None) -> str:
+    if open_module is None:
+        return "unknown (none loaded)"
+    return "open (nvidia-open)" if open_module else "proprietary"
+
+
+def _persistence(probe: HostProbe) -> str:
+    modes = [gpu.persistence_mode for gpu in probe.gpus.gpus]
+    daemon = probe.state.service(PERSISTENCED_SERVICE).active or "not installed"
+    if not modes:
+        return f"unknown (no GPU listed); {PERSISTENCED_SERVICE} {daemon}"
+    return f"on for {sum(1 for m in modes if m)} of {len(modes)} GPU(s); " \
+           f"{PERSISTENCED_SERVICE} {daemon}"
+
+
+def _fabric(probe: HostProbe) -> str:
+    switches = len(probe.pci.nvswitches)
+    if not switches:
+        return "no NVSwitch on the PCI bus (Fabric Manager not needed)"
+    manager = probe.state.service(FABRICMANAGER_SERVICE).active or "not installed"
+    return f"{switches} NVSwitch(es); {FABRICMANAGER_SERVICE} {manager}"
 
 
 def doctor() -> None:
@@ -95,6 +123,8 @@ def doctor() -> None:
     log_report(installed_report(probe))
     if assessment.sizing is not None:
         log_report(render_sizing(assessment.sizing))
+    else:  # no GPU (a laptop, a VM), or none that can be sized: show what the model needs
+        log_report(model_needs(spec, effective_context(spec)))
     verdict = ("would be REFUSED by preflight" if assessment.refused
                else "passes preflight")
     log_report(f"  verdict: {spec.model.id} at {spec.settings.precision} {verdict}")

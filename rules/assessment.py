@@ -13,10 +13,9 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from facts.nvidia import GpuQuery
 from facts.probe import HostProbe
 from facts.storage import StorageLocationResult
-from inventory.catalog import GpuSpec, load_gpus
+from inventory.catalog import load_gpus
 from inventory.fleet import HostSpec
 from rules import compat
 from rules.checkpoint import config_findings
@@ -24,31 +23,34 @@ from rules.container_runtime import DAEMON_JSON_PATH, cdi_findings, docker_ce_fi
 from rules.daemon_json import DaemonJsonError, parse_daemon_json
 from rules.driver_state import precompiled_findings
 from rules.findings import Finding, Findings, accept
+from rules.gpu_inventory import (
+    GpuView,
+    engine_devices,
+    expected_gpu_findings,
+    gpus_of,
+    mig_enabled,
+    no_gpu_finding,
+    render_gpus,
+)
 from rules.host_plan import HostPlan, plan_host
 from rules.serving import EnginePlan, plan_engine
 from rules.sizing import (
+    DEFAULT_ENGINE,
+    EngineProfile,
     SizingInputError,
     SizingRequest,
     SizingResult,
+    engine_profile,
+    render_model_needs,
+    serving_configurations,
     size,
     tp_candidates,
 )
 
-MIB = 2**20
 GIB = 2**30
 # Without a context length in the fleet file, size for the model's maximum up to this; the
 # full 128K context of the distills would make every small host look hopeless.
 DEFAULT_CONTEXT_CAP = 32768
-
-
-@dataclass(frozen=True)
-class GpuView:
-    """A GPU as preflight sees it: from nvidia-smi when a driver runs, else lspci + catalog."""
-
-    name: str
-    memory_bytes: int | None
-    compute_capability: str | None  # "9.0"
-    source: str  # "nvidia-smi" or "lspci"
 
 
 @dataclass
@@ -69,136 +71,52 @@ def effective_context(spec: HostSpec) -> int:
     return spec.settings.context_length or min(spec.model.max_context, DEFAULT_CONTEXT_CAP)
 
 
-# --- GPUs ------------------------------------------------------------------------------------
-def _catalog_by_pci_id() -> dict[str, GpuSpec]:
-    """NVIDIA device id (the part after 10de:) -> catalog GPU."""
-    return {
-        device_id.lower(): gpu
-        for gpu in load_gpus().values()
-        for device_id in gpu.pci_device_ids
-    }
-
-
-def gpu_views(gpus: GpuQuery) -> list[GpuView]:
-    """The GPUs as nvidia-smi lists them."""
-    return [
-        GpuView(
-            name=gpu.name,
-            memory_bytes=gpu.memory_total_mib * MIB if gpu.memory_total_mib else None,
-            compute_capability=(f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}"
-                                if gpu.compute_capability else None),
-            source="nvidia-smi",
-        )
-        for gpu in gpus.gpus
-    ]
-
-
-def gpus_of(probe: HostProbe) -> tuple[list[GpuView], Findings]:
-    """The host's GPUs, and findings about how they could (not) be read."""
-    found = Findings()
-    if probe.gpus.ok:
-        return gpu_views(probe.gpus), found
-    if probe.gpus.status == "version_mismatch":
-        found.add(Finding(
-            "warning", "driver-library-mismatch",
-            "the loaded NVIDIA kernel module and the installed driver libraries differ "
-            "(nvidia-smi: Driver/library version mismatch)",
-            f"loaded {probe.kernel_module.loaded_version or '?'}, installed "
-            f"{', '.join(probe.kernel_module.userspace_versions) or '?'}",
-            "one driver version, loaded and installed",
-            "reboot the host (the deploy does it when settings.driver.reboot = 'if-needed')",
-        ))
-    # No working driver: identify the GPUs from the PCI bus and the catalog.
-    by_id = _catalog_by_pci_id()
-    views = []
-    unknown_ids: set[str] = set()
-    for device in probe.pci.gpus:
-        gpu = by_id.get((device.device_id or "").lower())
-        if gpu is None:
-            views.append(GpuView(device.device_name, None, None, "lspci"))
-            if device.device_id in unknown_ids:
-                continue
-            unknown_ids.add(device.device_id or "")
-            found.add(Finding(
-                "warning", "gpu-not-in-catalog",
-                f"GPU {device.device_name} at {device.address} is not in the GPU catalog, so "
-                "its memory is unknown until the driver runs",
-                f"PCI id {device.vendor_id}:{device.device_id}",
-                "an entry in inventory/catalog/gpus.toml",
-                "add the GPU to the catalog, or rerun preflight once the driver is installed",
-            ))
-        else:
-            views.append(GpuView(gpu.names[0] if gpu.names else gpu.id, gpu.memory_bytes,
-                                 gpu.compute_capability, "lspci"))
-    return views, found
-
-
-def expected_gpu_findings(spec: HostSpec, gpus: list[GpuView]) -> list[Finding]:
-    expected = spec.settings.gpus
-    found: list[Finding] = []
-    if expected.count is not None and len(gpus) != expected.count:
-        found.append(Finding(
-            "error", "gpu-count-differs",
-            "the host does not have the number of GPUs the fleet file expects",
-            f"{len(gpus)} GPU(s)", f"{expected.count} (settings.gpus.count)",
-            "check the hardware (reseated cards, a GPU fallen off the bus: dmesg, lspci) "
-            "or correct settings.gpus.count",
-        ))
-    if expected.model:
-        wrong = sorted({g.name for g in gpus if expected.model.lower() not in g.name.lower()})
-        if wrong:
-            found.append(Finding(
-                "error", "gpu-model-differs", "GPUs of another model than expected",
-                ", ".join(wrong), f"names containing {expected.model!r} (settings.gpus.model)",
-                "correct settings.gpus.model, or move this host to the right group",
-            ))
-    if expected.memory_gib:
-        # Only nvidia-smi's reading is exact; the catalog's figure for a PCI id is nominal.
-        small = [g for g in gpus if g.source == "nvidia-smi" and g.memory_bytes
-                 and g.memory_bytes < expected.memory_gib * GIB]
-        if small:
-            found.append(Finding(
-                "error", "gpu-memory-differs", "GPUs with less memory than expected",
-                ", ".join(f"{g.name} {g.memory_bytes / GIB:.1f} GiB" for g in small
-                          if g.memory_bytes),
-                f">= {expected.memory_gib} GiB each (settings.gpus.memory_gib)",
-                "correct settings.gpus.memory_gib, or check for MIG partitions",
-            ))
-    return found
-
-
 # --- sizing ----------------------------------------------------------------------------------
 def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingResult | None,
                                                                           list[Finding]]:
     settings = spec.settings
-    known = [g.memory_bytes for g in gpus if g.memory_bytes]
     if not gpus:
+        return None, []  # the no-gpu finding says it
+    devices = engine_devices(gpus)
+    if not devices:
         return None, [Finding(
-            "error", "no-gpu",
-            f"no NVIDIA GPU found: this host cannot serve {spec.model.id}",
-            "nvidia-smi and lspci list no NVIDIA GPU", "at least one NVIDIA GPU",
-            "check that this is the GPU server you meant (target in the fleet file); on a "
-            "VM, that the GPU is passed through; `lspci -nn -d 10de:` should list it",
+            "warning", "cannot-size",
+            "cannot size: GPU memory unknown",
+            "; ".join(sorted({f"{g.name}: no memory figure ({g.source})" for g in gpus})),
+            "the memory of each GPU (nvidia-smi, or the catalog by PCI id)",
+            "the sizing runs once the driver reports the memory; or add the GPU to "
+            "inventory/catalog/gpus.toml",
         )]
-    if not known:
-        return None, []
+    mig = mig_enabled(gpus)
+    if mig and (settings.tensor_parallel or 1) > 1:
+        return None, [Finding(
+            "error", "mig-tensor-parallel",
+            "tensor parallelism across MIG devices is not possible (NCCL does not run over "
+            "MIG devices)",
+            f"tensor_parallel = {settings.tensor_parallel} on MIG devices",
+            "tensor_parallel = 1 per MIG device, or MIG off",
+            "disable MIG (`nvidia-smi -i <gpu> -mig 0`, then reset), or set tensor_parallel = 1",
+        )]
     request = SizingRequest(
         model=spec.model,
         precision=settings.precision,
-        gpu_memory_bytes=min(known),
-        gpu_count=len(gpus),
+        gpu_memory_bytes=min(d.memory_bytes for d in devices),
+        gpu_count=len(devices),
         context=context,
         concurrency=settings.concurrency,
-        tp=settings.tensor_parallel,
+        tp=1 if mig else settings.tensor_parallel,
         pp=settings.pipeline_parallel,
         gpu_memory_utilization=settings.gpu_memory_utilization,
-        gpu_label=gpus[0].name,
+        gpu_label=min(devices, key=lambda d: d.memory_bytes).name,
+        engine=sizing_engine(spec),
+        # what the serving plan passes as --max-num-seqs
+        max_num_seqs=settings.inference.max_num_seqs or settings.concurrency,
+        compute_capability=min((g.compute_capability for g in gpus if g.compute_capability),
+                               key=lambda cc: tuple(int(p) for p in cc.split(".")),
+                               default=None),
     )
     try:
-        if settings.tensor_parallel is None:
-            result = _smallest_fitting_tp(request)
-        else:
-            result = size(request)
+        result = _smallest_fitting_tp(request) if request.tp is None else size(request)
     except SizingInputError as exc:
         return None, [Finding("error", "sizing-input", str(exc), "", "",
                               "correct tensor_parallel / pipeline_parallel / context_length "
@@ -212,16 +130,39 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
             f"up to {result.max_concurrency} concurrent sequences at {context} tokens",
         )]
     ways = "; ".join(alt.change for alt in result.alternatives[:4]) or "a larger GPU"
+    if mig:
+        ways = (f"MIG is on: the engine sees slices of {request.gpu_memory_bytes / GIB:.1f} "
+                "GiB; disable MIG or size for a slice (" + ways + ")")
     return result, [Finding(
         "error", "model-does-not-fit",
         f"{spec.model.id} at {settings.precision} does not fit on "
-        f"{len(gpus)} x {gpus[0].name}",
+        f"{len(devices)} x {request.gpu_label}",
         f"{result.needed_per_gpu / GIB:.1f} GiB needed per GPU "
         f"(short by {result.shortfall_per_gpu / GIB:.1f} GiB)",
         f"{result.usable_per_gpu / GIB:.1f} GiB usable per GPU "
         f"({settings.gpu_memory_utilization:.0%} of memory)",
         f"what would fit: {ways}",
     )]
+
+
+def model_needs(spec: HostSpec, context: int) -> str:
+    """Without a GPU to size against: what the model needs and which catalog GPUs serve it."""
+    settings = spec.settings
+    base = SizingRequest(
+        model=spec.model, precision=settings.precision, gpu_memory_bytes=1, gpu_count=1,
+        context=context, concurrency=settings.concurrency, pp=settings.pipeline_parallel,
+        gpu_memory_utilization=settings.gpu_memory_utilization, engine=sizing_engine(spec),
+        max_num_seqs=settings.inference.max_num_seqs or settings.concurrency,
+    )
+    gpus = {gpu.names[0]: (gpu.memory_bytes, gpu.compute_capability)
+            for gpu in load_gpus().values()}
+    return render_model_needs(base, serving_configurations(base, gpus))
+
+
+def sizing_engine(spec: HostSpec) -> EngineProfile:
+    """How the pinned vLLM budgets memory (SGLang is sized as the pinned vLLM would be)."""
+    pinned = spec.pins.inference.engine("vllm")
+    return engine_profile(pinned.version) if pinned else DEFAULT_ENGINE
 
 
 def _smallest_fitting_tp(request: SizingRequest) -> SizingResult:
@@ -279,6 +220,8 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
     findings = Findings()
     gpus, gpu_findings = gpus_of(probe)
     findings.extend(gpu_findings)
+    if not gpus:
+        findings.add(no_gpu_finding(spec.model.id, probe.pci))
     findings.extend(expected_gpu_findings(spec, gpus))
     context = effective_context(spec)
     sizing, sizing_findings = _sizing(spec, gpus, context)
@@ -308,7 +251,8 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
             os_release.id, os_release.version_id, pins.cuda.release,
             mirror_provides=settings.repos.cuda.url is not None,
         ))
-    findings.extend(compat.check_secure_boot(probe.secure_boot.enforcing, pins.driver.flavour))
+    findings.extend(compat.check_secure_boot(probe.secure_boot.enforcing, pins.driver.flavour,
+                                             probe.secure_boot.reason))
     findings.extend(compat.check_sampling(settings.sampling.temperature,
                                           settings.sampling.top_p, spec.model))
     findings.extend(_storage(spec, probe, read_bytes_per_s))
@@ -365,6 +309,14 @@ def _engine(spec: HostSpec, probe: HostProbe, gpus: list[GpuView], sizing: Sizin
     found += _weights(spec, probe)
     if not gpus:
         return None, found
+    if mig_enabled(gpus):
+        return None, [*found, Finding(
+            "error", "mig-serving-unsupported",
+            "MIG is on: gpufleet's serving plan gives each replica whole GPUs",
+            "MIG devices on this host", "MIG off on the GPUs that serve",
+            "disable MIG (`nvidia-smi -i <gpu> -mig 0`, then reset the GPU or reboot), or set "
+            "settings.inference.enabled = false to provision without serving",
+        )]
     tp = sizing.tp if sizing else (settings.tensor_parallel or 1)
     # The concurrency the sizing checked the KV cache holds: stable from one run to the next
     # (the KV-derived maximum moves when nvidia-smi replaces the catalog's memory figure).
@@ -427,11 +379,7 @@ def _by_capability(gpus: list[GpuView]) -> dict[str, str]:
 def render(assessment: Assessment) -> str:
     lines = [f"gpufleet preflight for {assessment.host}:"]
     if assessment.gpus:
-        by_name: dict[str, int] = {}
-        for gpu in assessment.gpus:
-            by_name[gpu.name] = by_name.get(gpu.name, 0) + 1
-        lines.append("  GPUs: " + ", ".join(f"{n} x {name}" for name, n in by_name.items())
-                     + f" (from {assessment.gpus[0].source})")
+        lines.append("  GPUs: " + render_gpus(assessment.gpus))
     lines += ["  " + line for line in assessment.findings.render().splitlines()]
     return "\n".join(lines)
 

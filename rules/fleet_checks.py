@@ -14,10 +14,9 @@ from collections.abc import Mapping
 from difflib import get_close_matches
 from typing import Any
 
-from inventory.catalog import ModelSpec
 from inventory.fleet import MISSING, Fleet, HostSpec, Problem
 from rules.findings import CODES
-from rules.sizing import tp_candidates
+from rules.sizing import tensor_parallel_sizes, tp_candidates
 
 DOWNGRADE_ALL = "all"
 
@@ -51,20 +50,6 @@ def _where(spec: HostSpec) -> str:
 
 def _join(numbers: list[int]) -> str:
     return ", ".join(str(n) for n in numbers) or "none"
-
-
-def tensor_parallel_sizes(model: ModelSpec) -> list[int]:
-    """Tensor-parallel sizes vLLM can run the model with.
-
-    The attention heads must split evenly over the GPUs; with grouped-query attention the KV
-    heads must too, or else be replicated a whole number of times (vLLM's QKVParallelLinear
-    asserts either). MLA keeps one latent per token, replicated on every rank.
-    """
-    heads, kv_heads = model.attention_heads, model.kv_heads
-    sizes = [tp for tp in range(1, heads + 1) if heads % tp == 0]
-    if model.attention == "gqa":
-        sizes = [tp for tp in sizes if kv_heads % tp == 0 or tp % kv_heads == 0]
-    return sizes
 
 
 def _parallelism(spec: HostSpec) -> list[Problem]:

@@ -17,13 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from packaging.version import InvalidVersion, Version
+
 from inventory.catalog import CatalogError, find_gpu, find_model, load_gpus, load_models
+from inventory.pins import load_pins
+from inventory.schema import Settings
 from rules.sizing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     GIB,
     PRECISIONS,
     SizingInputError,
     SizingRequest,
+    engine_profile,
     render_sizing,
     size,
 )
@@ -38,6 +43,13 @@ _FLAG_FOR_FIELD = {
     "gpu_memory": "--gpu-memory-gib",
     "gpu_memory_utilization": "--gpu-memory-utilization",
 }
+
+
+def _pinned_vllm() -> str:
+    """The vLLM release the default pin set serves: the sizing budgets memory as it does."""
+    pinned = load_pins().sets[Settings.model_fields["pin_set"].default].inference.engine("vllm")
+    return pinned.version if pinned else "0.4.2"
+
 
 
 class BadInput(Exception):
@@ -75,6 +87,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tp", type=int, help="tensor-parallel size (default: all GPUs / pp)")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (1)")
     p.add_argument("--kv-dtype", choices=("auto", "fp8"), default="auto", help="KV cache dtype")
+    p.add_argument("--engine-version", default=None,
+                   help="vLLM release whose start-up memory profile to apply "
+                        "(default: the default pin set's)")
+    p.add_argument("--max-num-seqs", type=int, default=None,
+                   help="the engine's batch limit (default: the engine's own default)")
     p.add_argument(
         "--gpu-memory-utilization",
         type=float,
@@ -106,6 +123,16 @@ def _list_gpus() -> str:
     return "\n".join(rows)
 
 
+def _engine_version(given: str | None) -> str:
+    if given is None:
+        return _pinned_vllm()
+    try:
+        Version(given.lstrip("v"))
+    except InvalidVersion as exc:
+        raise BadInput("--engine-version", given, "a vLLM release such as 0.6.6.post1") from exc
+    return given
+
+
 def _request(args: argparse.Namespace) -> SizingRequest:
     if not args.model:
         raise BadInput("--model", "(missing)", "required; see --list-models")
@@ -118,6 +145,8 @@ def _request(args: argparse.Namespace) -> SizingRequest:
     precision = args.precision or model.native_dtype
     if precision not in PRECISIONS:
         raise BadInput("--precision", precision, f"one of {', '.join(PRECISIONS)}")
+    if args.max_num_seqs is not None and args.max_num_seqs < 1:
+        raise BadInput("--max-num-seqs", args.max_num_seqs, "at least 1")
     if not args.gpus:
         raise BadInput("--gpus", "(missing)", "required, e.g. 2xa100-80gb; see --list-gpus")
     count, name = _parse_gpus(args.gpus)
@@ -126,6 +155,7 @@ def _request(args: argparse.Namespace) -> SizingRequest:
             raise BadInput("--gpu-memory-gib", args.gpu_memory_gib, "a positive number of GiB")
         memory = int(args.gpu_memory_gib * GIB)
         label = f"{name or 'GPU'} ({args.gpu_memory_gib:g} GiB given)"
+        capability = None
     else:
         if name is None:
             raise BadInput("--gpus", args.gpus, "name a GPU (e.g. 4xl40s) or give --gpu-memory-gib")
@@ -136,6 +166,7 @@ def _request(args: argparse.Namespace) -> SizingRequest:
                 "--gpus", args.gpus, "GPU not in the catalog; " + str(exc).split("; ", 1)[-1]
             ) from exc
         memory, label = gpu.memory_bytes, f"{gpu.names[0]} ({gpu.memory_source})"
+        capability = gpu.compute_capability
     return SizingRequest(
         model=model,
         precision=precision,
@@ -148,6 +179,9 @@ def _request(args: argparse.Namespace) -> SizingRequest:
         gpu_memory_utilization=args.gpu_memory_utilization,
         kv_dtype=args.kv_dtype,
         gpu_label=label,
+        engine=engine_profile(_engine_version(args.engine_version)),
+        max_num_seqs=args.max_num_seqs,
+        compute_capability=capability,
     )
 
 

@@ -115,11 +115,11 @@ def test_a_bare_hgx_box_passes_and_the_smallest_tensor_parallel_is_chosen(tmp_pa
     assert not assessment.refused
     assert assessment.sizing is not None and assessment.sizing.fits
     assert assessment.sizing.tp == 1  # a 7B model needs one H100, not eight
-    assert [g.source for g in assessment.gpus] == ["lspci"] * 8
+    assert [g.source for g in assessment.gpus] == ["PCI bus"] * 8
     assert assessment.gpus[0].name == "NVIDIA H100 80GB HBM3"  # named from the catalog
     assert "model-fits" in assessment.findings.codes()
     report = render(assessment)
-    assert "8 x NVIDIA H100 80GB HBM3 (from lspci)" in report
+    assert "8 x NVIDIA H100 80GB HBM3 (from PCI bus)" in report
     assert "0 error(s)" in report
 
 

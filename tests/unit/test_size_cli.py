@@ -65,7 +65,16 @@ def test_gpu_memory_override_and_bare_count() -> None:
         (["--model", "deepseek-r1", "--gpus", "8xh200", "--precision", "int3"], "--precision int3"),
         (
             ["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "4xl4", "--tp", "3"],
-            "--tp 3: a divisor of the 28 attention heads",
+            "--tp 3: must divide the 28 attention heads",
+        ),
+        (  # the fleet file's rule: 5 divides no power-of-two head count
+            ["--model", "deepseek-r1-distill-llama-70b", "--gpus", "8xh100", "--tp", "5"],
+            "--tp 5: must divide the 64 attention heads of deepseek-r1-distill-llama-70b (and "
+            "its 8 KV heads, or be a multiple of them); allowed: 1, 2, 4, 8, 16, 32, 64",
+        ),
+        (  # 5 divides the 40 attention heads, but not the 8 KV heads
+            ["--model", "deepseek-r1-distill-qwen-32b", "--gpus", "8xh100", "--tp", "5"],
+            "--tp 5: must divide the 40 attention heads",
         ),
         (
             ["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "2xl4", "--tp", "4"],

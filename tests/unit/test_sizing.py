@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from inventory.catalog import find_gpu, find_model
 from rules.sizing import (
     GIB,
     KIB,
+    Configuration,
     SizingInputError,
     SizingRequest,
+    engine_profile,
     kv_bytes_per_token,
     kv_bytes_per_token_per_gpu,
+    render_model_needs,
     render_sizing,
+    serving_configurations,
     size,
     tp_candidates,
     weights_bytes,
@@ -74,10 +80,14 @@ def test_r1_fits_8_h200_not_8_h100() -> None:
     assert h100.shortfall_per_gpu == h100.needed_per_gpu - h100.usable_per_gpu > 0
 
 
-def test_usable_is_utilization_times_memory() -> None:
+def test_usable_is_utilization_times_what_cuda_reports() -> None:
     r = size(req("deepseek-r1-distill-qwen-7b", "bf16", "l4", 1, gpu_memory_utilization=0.5))
-    assert r.usable_per_gpu == int(23034 * 2**20 * 0.5)
+    # CUDA sees nvidia-smi's 23034 MiB less the driver's share (600 MiB on a card this size).
+    assert r.cuda_visible_per_gpu == (23034 - 600) * 2**20
+    assert r.usable_per_gpu == int((23034 - 600) * 2**20 * 0.5)
     assert r.needed_per_gpu == r.weights_per_gpu + r.overhead_per_gpu + r.kv_per_gpu
+    h200 = size(req("deepseek-r1-distill-qwen-7b", "bf16", "h200", 1))
+    assert h200.cuda_visible_per_gpu == 143771 * 2**20 - int(143771 * 2**20 * 0.01)
 
 
 def test_fit_boundary_is_exact() -> None:
@@ -101,7 +111,7 @@ def test_alternatives_are_computed_and_each_one_fits() -> None:
     r = size(req("deepseek-r1-distill-llama-70b", "fp16", "a100-80gb", 1, concurrency=4))
     assert not r.fits
     kinds = {a.kind: a for a in r.alternatives}
-    assert kinds["precision"].change == "--precision int4"
+    assert kinds["precision"].change == "--precision int4 (an AWQ/GPTQ checkpoint)"
     assert kinds["tensor-parallel"].change.startswith("--tp 4")
     assert all(a.needed_per_gpu <= a.usable_per_gpu for a in r.alternatives)
     # weights alone do not fit one card, so no context/concurrency change can help
@@ -114,18 +124,83 @@ def test_shorter_context_or_fewer_sequences_suggested_when_only_kv_misses() -> N
     )
     assert not r.fits
     kinds = {a.kind: a for a in r.alternatives}
-    assert kinds["context"].change == f"--context {r.max_context}"
-    assert kinds["concurrency"].change == f"--concurrency {r.max_concurrency}"
-    assert size(
-        req(
-            "deepseek-r1-distill-qwen-32b",
-            "bf16",
-            "a100-80gb",
-            1,
-            context=r.max_context,
-            concurrency=16,
-        )
-    ).fits
+    context = int(kinds["context"].change.split()[-1])
+    sequences = int(kinds["concurrency"].change.split()[-1])
+    # Suggestions keep the calibration's 3 % in hand: a little under the arithmetic's limit.
+    assert 0.9 * r.max_context <= context < r.max_context
+    assert 0.9 * r.max_concurrency <= sequences <= r.max_concurrency
+    changed = size(req("deepseek-r1-distill-qwen-32b", "bf16", "a100-80gb", 1, context=context,
+                       concurrency=16))
+    assert changed.fits and changed.kv_tokens >= context
+
+
+@pytest.mark.parametrize(("model_id", "precision", "gpu", "count", "context", "concurrency"), [
+    ("deepseek-r1-distill-llama-8b", "bf16", "rtx3090", 1, 29000, 1),
+    ("deepseek-r1-distill-qwen-32b", "bf16", "l40s", 1, 32768, 8),
+    ("deepseek-r1-distill-llama-70b", "bf16", "a100-80gb", 2, 32768, 32),
+    ("deepseek-r1-distill-qwen-14b", "bf16", "rtx4090", 1, 32768, 4),
+    ("deepseek-r1", "fp8", "h100-80gb", 8, 32768, 8),
+])
+def test_every_suggestion_passes_the_engines_own_checks(
+        model_id: str, precision: str, gpu: str, count: int, context: int, concurrency: int
+) -> None:
+    base = req(model_id, precision, gpu, count, context=context, concurrency=concurrency)
+    r = size(base)
+    assert not r.fits and r.alternatives
+    for alt in r.alternatives:
+        flag, value = alt.change.split()[:2]
+        if flag == "--precision":
+            changed = replace(base, precision=value)  # type: ignore[arg-type]
+        elif flag == "--tp":  # "--tp 4 (4 GPUs; you have 1)": as many GPUs as it needs
+            changed = replace(base, tp=int(value), gpu_count=max(count, int(value) * base.pp))
+        elif flag == "--context":
+            changed = replace(base, context=int(value))
+        else:
+            changed = replace(base, concurrency=int(value))
+        result = size(changed)  # validates tp against the heads, context against the model
+        assert result.fits, alt.change
+        assert result.kv_tokens >= changed.context, f"{alt.change}: vLLM would refuse to start"
+
+
+def test_fp8_is_suggested_only_where_the_engine_runs_it() -> None:
+    old, new = engine_profile("0.4.2"), engine_profile("0.6.6.post1")
+    ampere = req("deepseek-r1-distill-llama-8b", "bf16", "rtx3090", 1, context=29000,
+                 compute_capability="8.6")
+    changes = [a.change for a in size(replace(ampere, engine=old)).alternatives]
+    assert not any("fp8" in c for c in changes)  # 0.4.2: FP8 needs Ada or Hopper
+    changes = [a.change for a in size(replace(ampere, engine=new)).alternatives]
+    assert "--precision fp8" in changes  # 0.5+: FP8 weights through Marlin on Ampere
+
+
+def test_model_needs_lists_only_gpus_that_run_the_precision_and_fit() -> None:
+    base = req("deepseek-r1-distill-llama-70b", "bf16", "h100-80gb", 1, context=8192,
+               concurrency=4)
+    gpus = {"V100 32GB": (32480 * 2**20, "7.0"), "A100 80GB": (81920 * 2**20, "8.0"),
+            "L4": (23034 * 2**20, "8.9")}
+    configs = serving_configurations(base, gpus)
+    labels = [c.gpu_label for c in configs]
+    assert "V100 32GB" not in labels  # no bf16 before Ampere
+    a100 = next(c for c in configs if c.gpu_label == "A100 80GB")
+    # 141 GB of weights: 66 GiB on each of two cards leaves no room for the KV cache.
+    assert a100.gpu_count == 4 and a100.result.fits
+    assert not _fewer_fit(base, a100)
+    report = render_model_needs(base, configs)
+    assert "320.0 KiB per token" in report and "4 x A100 80GB" in report
+
+
+def _fewer_fit(base: SizingRequest, config: Configuration) -> bool:
+    fewer = config.gpu_count // 2
+    return size(replace(base, gpu_memory_bytes=config.result.request.gpu_memory_bytes,
+                        gpu_count=fewer, tp=fewer)).fits
+
+
+def test_long_context_on_a_24gb_card_is_refused_when_the_prefill_is_profiled_whole() -> None:
+    # vLLM 0.4.2 profiles one max_model_len prefill; the activations of 29k tokens are what
+    # left the RTX 3090 of vllm-project/vllm#10517 without room for one sequence.
+    r = size(req("deepseek-r1-distill-llama-8b", "bf16", "rtx3090", 1, context=29000))
+    assert r.profile_tokens == 29000 and not r.fits and r.kv_tokens < 29000
+    short = size(req("deepseek-r1-distill-llama-8b", "bf16", "rtx3090", 1, context=20000))
+    assert short.fits
 
 
 def test_smallest_tp_reported_when_it_fits() -> None:
