@@ -53,6 +53,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
         pytest.skip("no Docker engine: the simulator cannot run")
     tmp = tmp_path_factory.mktemp("stack")
     sh.start_hosts(HOSTS, fresh=True)
+    # A minimal image without pciutils: the HGX board must still be seen, NVSwitches and all.
+    ok(sh.H100, "rm /usr/bin/lspci")
     # A user's own daemon.json, there before Docker is installed.
     ok(sh.A100, f"mkdir -p /etc/docker && echo '{json.dumps(USER_DAEMON_JSON)}' "
                    "> /etc/docker/daemon.json")
@@ -81,6 +83,8 @@ def test_the_preview_of_bare_hosts_shows_the_reboots_and_changes_nothing(
     assert preview.row("Reboot if the driver install changed it: no driver -> 535.161.08") \
         == (0, 1)
     assert preview.row("Restart Docker to apply its new configuration") == (0, 2)
+    # NVSwitches read from sysfs (no lspci on the H100 box): Fabric Manager comes with the driver.
+    assert preview.row("Ensure nvidia-fabricmanager is enabled at boot") == (1, 0)
     assert_checks_are_quiet(preview)
     assert "rebooting:" not in preview.output and "Beginning operation run" not in preview.output
     assert {host: sh.snapshot(host) for host in HOSTS} == before
@@ -223,3 +227,29 @@ def test_pin_change_with_stale_lists_shows_its_reboot_then_upgrades_and_verifies
     assert ok(sh.H100, "systemctl is-active nvidia-fabricmanager").strip() == "active"
     again = sh.deploy(tree, fleet_file)
     assert again.rc == 0 and again.changed_ops == [], again.output[-6000:]
+
+
+def test_a_mismatch_on_a_host_without_lspci_is_a_gpu_host_that_needs_a_reboot(
+        fleet: tuple[Path, Path]) -> None:
+    tree, fleet_file = fleet  # pinned to NEW by the test before
+    old, new = OLD["driver"].split("-")[0], NEW["driver"].split("-")[0]
+    # The running module is older than the installed driver (an upgrade without a reboot):
+    # nvidia-smi answers "Driver/library version mismatch", and there is no lspci to ask.
+    ok(sh.H100, f"echo {old} > /sys/module/nvidia/version")
+    assert "Driver/library version mismatch" in ok(sh.H100, "nvidia-smi || true")
+    assert ok(sh.H100, "command -v lspci || echo none").strip() == "none"
+
+    before = sh.snapshot(sh.H100)
+    preview = sh.preview(tree, fleet_file)
+    assert preview.rc == 0, preview.output[-4000:]
+    assert "[no-gpu]" not in preview.output
+    assert "[driver-library-mismatch]" in preview.output
+    assert preview.row(f"Reboot: the loaded nvidia module is {old}, the installed driver {new} "
+                       "(Driver/library version mismatch)") == (1, 0)
+    assert sh.snapshot(sh.H100) == before
+
+    run = sh.deploy(tree, fleet_file)
+    assert run.rc == 0, run.output[-6000:]
+    assert f"rebooting: the loaded nvidia module is {old}" in run.output
+    assert ok(sh.H100, "cat /sys/module/nvidia/version").strip() == new
+    assert ok(sh.H100, "systemctl is-active nvidia-fabricmanager").strip() == "active"

@@ -208,12 +208,12 @@ def load_hosts(path: Path = HOSTS_FILE) -> list[HostSpec]:
                 "compute_cap": gpu["compute_cap"],
                 "uuid": "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL, f"gpufleet-sim/{name}/{i}")),
                 "pci_bus_id": bus, "pci_device_id": gpu["pci_device_id"],
-                "pci_class": gpu["pci_class"], "lspci_name": gpu["lspci_name"],
+                "pci_class": gpu["pci_class"],
                 "mig_capable": gpu.get("mig_capable", False),
             })
         sw = entry.get("nvswitch")
-        switches = [{"pci_bus_id": bus, "pci_device_id": sw["pci_device_id"],
-                     "lspci_name": sw["lspci_name"]} for bus in (sw["pci_bus_ids"] if sw else [])]
+        switches = [{"pci_bus_id": bus, "pci_device_id": sw["pci_device_id"]}
+                    for bus in (sw["pci_bus_ids"] if sw else [])]
         hardware = {
             "_comment": "TEST STAND-IN hardware of a gpufleet simulated host (tests/sim)",
             "hostname": name, "gpus": gpus, "nvswitches": switches,
@@ -385,8 +385,35 @@ def ensure_repo(image: str) -> None:
         time.sleep(0.3)
 
 
+# The kernel's class codes (class, subclass, prog-if) for what the hosts carry.
+PCI_CLASS = {"0300": "030000", "0302": "030200", "0680": "068000"}
+
+
+def write_pci_tree(host: HostSpec, root: Path) -> None:
+    """The host's NVIDIA functions as the kernel lists them under /sys/bus/pci/devices: the
+    vendor/device/class files, and the first 64 bytes of config space so that the real lspci
+    reads (and names, from its pci.ids) the same devices. Mounted read-only in the host."""
+    if root.exists():
+        shutil.rmtree(root)
+    functions = [*host.hardware["gpus"],
+                 *({**s, "pci_class": "0680"} for s in host.hardware["nvswitches"])]
+    for dev in functions:
+        vendor, device = (int(part, 16) for part in dev["pci_device_id"].split(":"))
+        cls = PCI_CLASS[dev["pci_class"]]
+        entry = root / dev["pci_bus_id"].lower()
+        entry.mkdir(parents=True)
+        (entry / "vendor").write_text(f"0x{vendor:04x}\n")
+        (entry / "device").write_text(f"0x{device:04x}\n")
+        (entry / "class").write_text(f"0x{cls}\n")
+        header = bytearray(64)
+        header[0:4] = vendor.to_bytes(2, "little") + device.to_bytes(2, "little")
+        header[8] = 0xA1  # revision
+        header[9:12] = bytes.fromhex(cls)[::-1]  # prog-if, subclass, class
+        (entry / "config").write_bytes(bytes(header))
+
+
 def host_config_hash(host: HostSpec) -> str:
-    return tree_hash(json.dumps(host.hardware, sort_keys=True), *SYSTEMD_RUN_FLAGS)
+    return tree_hash(json.dumps(host.hardware, sort_keys=True), *SYSTEMD_RUN_FLAGS, "pci-sysfs")
 
 
 def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> None:
@@ -396,6 +423,8 @@ def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> N
     text = json.dumps(host.hardware, indent=2) + "\n"
     if not hw_file.exists() or hw_file.read_text() != text:
         hw_file.write_text(text)
+    pci_tree = BUILD_DIR / "hosts" / host.name / "pci"
+    write_pci_tree(host, pci_tree)
     config = tree_hash(host_config_hash(host), *run_args)
     state = current(host.name, image, config)
     if state == "stale":
@@ -415,6 +444,7 @@ def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> N
             "-v", f"{host.docker_volume}:/var/lib/docker",
             "-v", f"{host.sysmodule_volume}:/sys/module",
             "-v", f"{hw_file}:/etc/gpufleet-sim/hardware.json:ro",
+            "-v", f"{pci_tree}:/sys/bus/pci/devices:ro",
             "-v", f"{CONTROLLER_CA}:{CA_IN_HOST}:ro",
             "--label", f"{LABEL}=host", "--label", f"gpufleet-sim.config={config}",
             *run_args, image,
