@@ -247,9 +247,4 @@ def test_a_mismatch_on_a_host_without_lspci_is_a_gpu_host_that_needs_a_reboot(
     assert preview.row(f"Reboot: the loaded nvidia module is {old}, the installed driver {new} "
                        "(Driver/library version mismatch)") == (1, 0)
     assert sh.snapshot(sh.H100) == before
-
-    run = sh.deploy(tree, fleet_file)
-    assert run.rc == 0, run.output[-6000:]
-    assert f"rebooting: the loaded nvidia module is {old}" in run.output
-    assert ok(sh.H100, "cat /sys/module/nvidia/version").strip() == new
-    assert ok(sh.H100, "systemctl is-active nvidia-fabricmanager").strip() == "active"
+    # (The reboot itself, and Fabric Manager after it, are what the pin-change test ran.)

@@ -389,27 +389,41 @@ def ensure_repo(image: str) -> None:
 PCI_CLASS = {"0300": "030000", "0302": "030200", "0680": "068000"}
 
 
-def write_pci_tree(host: HostSpec, root: Path) -> None:
+def pci_files(host: HostSpec) -> dict[str, bytes]:
     """The host's NVIDIA functions as the kernel lists them under /sys/bus/pci/devices: the
     vendor/device/class files, and the first 64 bytes of config space so that the real lspci
-    reads (and names, from its pci.ids) the same devices. Mounted read-only in the host."""
-    if root.exists():
-        shutil.rmtree(root)
+    reads (and names, from its pci.ids) the same devices. Path below the folder -> content."""
+    files: dict[str, bytes] = {}
     functions = [*host.hardware["gpus"],
                  *({**s, "pci_class": "0680"} for s in host.hardware["nvswitches"])]
     for dev in functions:
         vendor, device = (int(part, 16) for part in dev["pci_device_id"].split(":"))
         cls = PCI_CLASS[dev["pci_class"]]
-        entry = root / dev["pci_bus_id"].lower()
-        entry.mkdir(parents=True)
-        (entry / "vendor").write_text(f"0x{vendor:04x}\n")
-        (entry / "device").write_text(f"0x{device:04x}\n")
-        (entry / "class").write_text(f"0x{cls}\n")
+        address = dev["pci_bus_id"].lower()
+        files[f"{address}/vendor"] = f"0x{vendor:04x}\n".encode()
+        files[f"{address}/device"] = f"0x{device:04x}\n".encode()
+        files[f"{address}/class"] = f"0x{cls}\n".encode()
         header = bytearray(64)
         header[0:4] = vendor.to_bytes(2, "little") + device.to_bytes(2, "little")
         header[8] = 0xA1  # revision
         header[9:12] = bytes.fromhex(cls)[::-1]  # prog-if, subclass, class
-        (entry / "config").write_bytes(bytes(header))
+        files[f"{address}/config"] = bytes(header)
+    return files
+
+
+def write_pci_tree(host: HostSpec, root: Path) -> None:
+    """Write pci_files(host) under root, mounted read-only at /sys/bus/pci/devices in the
+    host. A running host has the folder mounted: it is never replaced, only its content."""
+    wanted = pci_files(host)
+    root.mkdir(parents=True, exist_ok=True)
+    have = {str(f.relative_to(root)): f.read_bytes() for f in root.rglob("*") if f.is_file()}
+    if have == wanted:
+        return
+    for stale in root.iterdir():
+        shutil.rmtree(stale)
+    for name, content in wanted.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
 
 
 def host_config_hash(host: HostSpec) -> str:
