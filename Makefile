@@ -30,8 +30,9 @@ rehearse: venv host-tools sim-up
 	$(BIN)/python tools/smoke.py --fleet $(SIM_FLEET) --requests 5 --seconds 10
 
 ## All the tests: unit tests, then the simulator end-to-end tests.
+# Two workers, a whole test file each: every e2e module runs on its own copies of the hosts.
 test: venv host-tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 unit: venv
 	$(BIN)/pytest tests/unit

@@ -30,9 +30,7 @@ def sim() -> None:
     starts its own copies of the hosts: the rehearsal fleet is never touched by tests."""
     if not simctl.engine_reachable():
         pytest.skip("no Docker engine reachable: run `make test` (it installs and starts one)")
-    images = simctl.ensure_images()
-    simctl.ensure_network()
-    simctl.ensure_repo(images["repo"])
+    simctl.ensure_shared()
 
 
 @dataclass

@@ -59,9 +59,7 @@ def start_hosts(names: list[str], fresh: bool = True,
     """Start (fresh: recreate) test copies of simulated hosts, named gpufleet-<prefix>-<hw>;
     the repository container is shared. ``run_args``: extra `docker run` flags per host."""
     hosts = list(copy_specs(names).values())
-    images = simctl.ensure_images()
-    simctl.ensure_network()
-    simctl.ensure_repo(images["repo"])
+    images = simctl.ensure_shared()
     if fresh:
         simctl.remove_hosts(names)
     for spec in hosts:

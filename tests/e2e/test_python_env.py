@@ -78,7 +78,7 @@ def make_lock(root: Path, requirements: str) -> Path:
 def host() -> Iterator[str]:
     from tests.sim import simctl
 
-    image = simctl.ensure_images()["host"]
+    image = simctl.ensure_shared()["host"]
     docker("rm", "-f", HOST, check=False)
     docker("run", "-d", "--name", HOST, "-v", f"{CA}:{CA}:ro", "--entrypoint", "sleep",
            image, "infinity")

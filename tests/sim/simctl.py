@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -490,13 +493,30 @@ def systemd_state(name: str) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+@contextlib.contextmanager
+def _setup_lock() -> Iterator[None]:
+    """One process at a time builds images and (re)creates the network and repository: the
+    tests run in parallel workers, each wanting them."""
+    BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with open(BUILD_DIR / ".setup.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_shared() -> dict[str, str]:
+    """Images, the network and the stand-in repository (idempotent); returns the images."""
+    with _setup_lock():
+        images = ensure_images()
+        ensure_network()
+        ensure_repo(images["repo"])
+    return images
+
+
 def up(hosts: list[HostSpec] | None = None, quiet: bool = False) -> dict[str, str]:
     """Bring the simulator up (idempotent). Returns {container name: systemd state}."""
     require_engine()
     hosts = load_hosts() if hosts is None else hosts
-    images = ensure_images()
-    ensure_network()
-    ensure_repo(images["repo"])
+    images = ensure_shared()
     for host in hosts:
         ensure_host(host, images["host"])
     states = {h.name: wait_for_systemd(h.name) for h in hosts}
