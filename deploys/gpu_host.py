@@ -26,19 +26,35 @@ from pyinfra.api.operation import OperationMeta
 from deploys.container_toolkit import container_toolkit
 from deploys.cuda_toolkit import cuda_toolkit
 from deploys.docker_engine import docker_engine
+from deploys.exporters import exporters
 from deploys.host_network import host_network
 from deploys.inference import inference
+from deploys.monitoring_host import monitoring_host
 from deploys.nvidia_driver import nvidia_driver
 from deploys.nvidia_repositories import nvidia_repositories
-from deploys.preflight import preflight, read_host
+from deploys.preflight import preflight, read_host, replicas_agree
 from deploys.python_env import python_env, python_env_plan
-from deploys.spec import host_spec
+from deploys.spec import fleet_specs, host_spec
 from deploys.verify_stack import verify_stack
+from rules.monitoring import is_monitor
+from rules.serving import dcgm_exporter
 
 spec = host_spec()
-probe = read_host(spec)
-venv = python_env_plan(spec)
-plan = preflight(spec, probe, extra=venv.findings() if venv else ())
+fleet = fleet_specs()
+if is_monitor(spec):
+    # A monitoring host needs no GPU: its own small stack, read from one state read.
+    host_network(spec=spec)
+    monitoring_host(spec=spec, fleet=fleet)
+    plan = None
+else:
+    probe = read_host(spec)
+    venv = python_env_plan(spec)
+    plan = preflight(spec, probe, extra=venv.findings() if venv else ())
+    # A fleet with a monitoring host scrapes every replica: the host must run what the fleet
+    # file says (rules.monitoring.fleet_replicas), checked before anything changes.
+    monitored = spec.settings.monitoring.enabled and any(is_monitor(s) for s in fleet)
+    if plan is not None and monitored and not replicas_agree(spec, plan):
+        plan = None
 
 if plan is not None:
     host_network(spec=spec)
@@ -52,4 +68,7 @@ if plan is not None:
     verify_stack(spec=spec, plan=plan)
     # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.
     python_env(plan=venv)
-    inference(spec=spec, plan=plan, listing=probe.weights)
+    if monitored:
+        exporters(spec=spec)
+    inference(spec=spec, plan=plan, listing=probe.weights,
+              exporter=dcgm_exporter(spec) if monitored else None)

@@ -51,6 +51,7 @@ from rules.serving import (
     HEALTH_PATH,
     UNIT_NAME,
     UNIT_PATH,
+    DcgmExporter,
     EnginePlan,
     compose_digest,
     engine_findings,
@@ -147,7 +148,9 @@ def engine_check(plan: EnginePlan) -> None:
 
 
 @deploy("Inference engine")
-def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing) -> None:
+def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
+              exporter: DcgmExporter | None = None) -> None:
+    """``exporter``: the DCGM exporter to run beside the engine (a monitored fleet)."""
     cfg = spec.settings.inference
     engine = plan.engine
     if not cfg.enabled or engine is None:
@@ -163,6 +166,15 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing) -> None:
         image_pulled(name=f"Ensure the serving image {engine.image} is present",
                      image=engine.image)
 
+    if exporter is not None:
+        monitoring = spec.settings.monitoring
+        for archive in (str(spec.controller_path(a)) for a in monitoring.image_archives):
+            image_from_archive(name=f"Ensure the DCGM exporter image {exporter.image} is "
+                                    "present", image=exporter.image, archive=archive)
+        if not monitoring.image_archives:
+            image_pulled(name=f"Ensure the DCGM exporter image {exporter.image} is present",
+                         image=exporter.image)
+
     weights(spec, listing)
 
     managed_file(
@@ -172,7 +184,7 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing) -> None:
         content=render_api_key_env(engine.engine, spec.controller_path(
             cfg.api_key_file).read_text()) if cfg.api_key_file else None,
     )
-    compose_text = render_compose(engine)
+    compose_text = render_compose(engine, exporter)
     validated_file(
         name=f"Ensure the compose file serves {engine.served_name} (validated by Compose)",
         path=COMPOSE_PATH, content=compose_text,

@@ -21,6 +21,7 @@ from operations.checks import refuse_host
 from rules.assessment import Assessment, assess, render
 from rules.findings import Finding
 from rules.host_plan import HostPlan
+from rules.monitoring import fleet_replicas
 
 logger = logging.getLogger("gpufleet")
 
@@ -71,3 +72,22 @@ def preflight(spec: HostSpec, probe: HostProbe,
         ),
     )
     return None
+
+
+def replicas_agree(spec: HostSpec, plan: HostPlan) -> bool:
+    """In a monitored fleet: the replicas the host will run are those the monitoring host
+    scrapes and the gateway routes to (the fleet file's count). Refuses the host if not."""
+    wanted = fleet_replicas(spec)
+    planned = len(plan.engine.replicas) if plan.engine is not None else 0
+    if not spec.settings.inference.enabled or wanted == planned:
+        return True
+    refuse_host(
+        name="Refuse: the host would run another number of replicas than the fleet file says "
+             "(nothing was changed)",
+        message=f"this host would run {planned} replica(s), but the monitoring host scrapes "
+                f"and the gateway routes to {wanted} (from the fleet file's "
+                "settings.inference.replicas, or gpus.count / tensor_parallel): set "
+                f"settings.inference.replicas = {planned} for this host, or correct gpus.count "
+                "and tensor_parallel",
+    )
+    return False

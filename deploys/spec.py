@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra import host
+from pyinfra import host, inventory
 from pyinfra.api.host import Host
 
 from inventory.fleet import HostSpec
@@ -18,3 +18,15 @@ def host_spec(current: Host | None = None) -> HostSpec:
             "`pyinfra inventory.py deploys/gpu_host.py`"
         )
     return HostSpec.model_validate(data)
+
+
+_FLEET: list[HostSpec] = []
+
+
+def fleet_specs() -> list[HostSpec]:
+    """Every host of the fleet inventory, in the fleet file's order (validated once): what a
+    monitoring host scrapes and its gateway routes to, whatever `--limit` selects."""
+    if not _FLEET:
+        _FLEET.extend(HostSpec.model_validate(h.data.get("gpufleet")) for h in inventory
+                      if h.data.get("gpufleet") is not None)
+    return list(_FLEET)

@@ -44,6 +44,12 @@ WATCHED_DIRS = (
     "/etc/cdi",
     "/etc/gpufleet",
     "/etc/gpufleet/inference",
+    "/etc/gpufleet/monitoring",
+    "/etc/gpufleet/grafana/provisioning/datasources",
+    "/etc/gpufleet/grafana/provisioning/dashboards",
+    "/etc/gpufleet/grafana/dashboards",
+    "/etc/nginx/conf.d",
+    "/etc/default",  # Debian services' command lines (ARGS="..."): the exporters, Prometheus
     "/etc/systemd/system",
     "/var/lib/gpufleet",
     "/usr/local/share/ca-certificates",

@@ -56,14 +56,24 @@ class PythonPins(_Strict):
     transformers: str
 
 
-class EngineImage(_Strict):
-    """One serving engine's image: what it is built on, and which engine release it runs."""
+class ContainerImage(_Strict):
+    """An image a host runs, by name and (once recorded) by digest."""
 
     # repository:tag, e.g. "vllm/vllm-openai:v0.4.2" (the digest goes in `digest`)
     image: str = Field(pattern=r"^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_][A-Za-z0-9._-]*$")
     # The image manifest's digest, "sha256:<64 hex>": the host runs exactly this image.
     # Empty until recorded (tools/pin_image.py, on a machine that reaches the registry).
     digest: str = Field(default="", pattern=r"^(sha256:[0-9a-f]{64})?$")
+
+    def reference(self, registry: str | None = None) -> str:
+        """What Docker runs: by digest when recorded, with the registry prefixed if given."""
+        name = f"{registry.rstrip('/')}/{self.image}" if registry else self.image
+        return f"{name.rsplit(':', 1)[0]}@{self.digest}" if self.digest else name
+
+
+class EngineImage(ContainerImage):
+    """One serving engine's image: what it is built on, and which engine release it runs."""
+
     cuda: str = Field(pattern=r"^\d+\.\d+(\.\d+)?$")  # the CUDA runtime inside the image
     version: str  # the engine's release (PEP 440), e.g. "0.4.2"
 
@@ -77,6 +87,10 @@ class InferencePins(_Strict):
         return image
 
 
+class MonitoringPins(_Strict):
+    dcgm_exporter: ContainerImage
+
+
 class PinSet(_Strict):
     description: str = ""
     driver: DriverPins
@@ -85,6 +99,7 @@ class PinSet(_Strict):
     docker: DockerPins
     python: PythonPins
     inference: InferencePins
+    monitoring: MonitoringPins
 
 
 class PinFile(_Strict):

@@ -483,6 +483,87 @@ class InferenceSettings(Strict):
     # Seconds the engine may take to load before its health check counts failures. Unset:
     # twice the estimated load time of the weights, at least 300.
     start_seconds: int | None = Field(default=None, ge=30, le=7200)
+    # Which side of a canary rollout this host's replicas serve: the gateway sends
+    # settings.canary.weight % of requests to "canary" hosts once `canary start` ran.
+    variant: Literal["stable", "canary"] = "stable"
+
+
+# --- monitoring, the gateway and the canary -------------------------------------------------
+_DURATION = re.compile(r"[1-9][0-9]{0,4}[smhdw]")
+
+
+def _duration(value: str) -> str:
+    if not _DURATION.fullmatch(value):
+        raise ValueError("must be a Prometheus duration: a whole number and s, m, h, d or w "
+                         "(e.g. 30s, 5m, 1h)")
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+
+
+class AlertSettings(Strict):
+    # Time to first token, P99 over 5 minutes, per replica (the brief's "P99 above 500 ms";
+    # see rules/monitoring.py for why TTFT and not end-to-end latency).
+    ttft_p99_seconds: float = Field(default=0.5, gt=0.0, le=600.0)
+    ttft_for: Duration = "2m"
+    gpu_memory_percent: float = Field(default=95.0, gt=0.0, le=100.0)
+    gpu_memory_for: Duration = "5m"
+    kv_cache_percent: float = Field(default=90.0, gt=0.0, le=100.0)
+    kv_cache_for: Duration = "10m"
+    requests_waiting: int = Field(default=32, ge=1, le=100000)
+    requests_waiting_for: Duration = "5m"
+    engine_down_for: Duration = "1m"
+    # A webhook Alertmanager posts alerts to (Slack/PagerDuty bridges, ...). Unset: alerts
+    # show in Alertmanager only.
+    webhook_url: HttpUrlText | None = None
+
+
+class MonitoringSettings(Strict):
+    # Exporters on GPU hosts (node_exporter, DCGM exporter) and, on the monitoring host,
+    # Prometheus + Alertmanager. Off: none of it, and the host is not scraped.
+    enabled: bool = True
+    # GPU hosts: the address the exporters listen on. Loopback keeps them private, but then no
+    # other host can scrape them: give the host's address on the monitoring network.
+    bind: IpAddress = "127.0.0.1"
+    # How the monitoring host reaches this host. Unset: the bind address when it is a real
+    # one, else the SSH target (or the container name of an @docker target).
+    address: str | None = None
+    node_exporter_port: int = Field(default=9100, ge=1024, le=65000)
+    dcgm_exporter_port: int = Field(default=9400, ge=1024, le=65000)
+    # The registry the DCGM exporter image is pulled from (NVIDIA's, or a mirror), prefixed to
+    # the pin file's image name. Unset: Docker's default registry.
+    dcgm_registry: str | None = None
+    # `docker save` archives on the controller holding the DCGM exporter image.
+    image_archives: list[str] = Field(default_factory=list)
+    # The monitoring host: where Prometheus (9090) and Alertmanager (9093) listen.
+    listen: IpAddress = "127.0.0.1"
+    scrape_interval: Duration = "15s"
+    retention: Duration = "15d"
+    alerts: AlertSettings = AlertSettings()
+
+
+class GatewaySettings(Strict):
+    # The monitoring host's nginx in front of every replica of the fleet.
+    enabled: bool = True
+    bind: IpAddress = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65000)
+    # Reasoning models think for minutes before the first token: the proxy must wait.
+    read_timeout_seconds: int = Field(default=1800, ge=10, le=86400)
+
+
+class CanarySettings(Strict):
+    # Percent of requests the gateway sends to canary hosts once `canary start` ran.
+    weight: int = Field(default=20, ge=1, le=99)
+    # `canary status` over this window says "roll back" when the canary is worse than:
+    window: Duration = "5m"
+    max_error_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_ttft_ratio: float = Field(default=1.5, ge=1.0, le=100.0)  # canary P99 / stable P99
+    min_tokens_ratio: float = Field(default=0.8, gt=0.0, le=1.0)  # canary tokens/s / stable
+    # Requests the canary must have answered in the window before any verdict but "hold".
+    min_requests: int = Field(default=50, ge=1, le=1000000)
+    # `canary status` rolls back by itself when the verdict is "roll back".
+    auto_rollback: bool = False
 
 
 # --- preflight ------------------------------------------------------------------------------
@@ -502,6 +583,9 @@ class SamplingSettings(Strict):
 class Settings(Strict):
     """Everything a host needs to know. Only `weights_path` has no default."""
 
+    # "gpu": an inference host (the whole stack). "monitor": Prometheus, Alertmanager and the
+    # gateway for the fleet's GPU hosts (no GPU needed; GPU settings are ignored there).
+    role: Literal["gpu", "monitor"] = "gpu"
     pin_set: str = "r535-cuda121"
     model: str = "deepseek-r1-distill-qwen-7b"
     precision: Precision = "bf16"
@@ -527,6 +611,9 @@ class Settings(Strict):
     sampling: SamplingSettings = SamplingSettings()
     weights: WeightsSettings = WeightsSettings()
     inference: InferenceSettings = InferenceSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    canary: CanarySettings = CanarySettings()
 
 
 # --- hosts, groups, the fleet ---------------------------------------------------------------

@@ -156,8 +156,21 @@ def apt_hold(packages: Sequence[str], hold: bool = True):
     yield f"apt-mark {'hold' if hold else 'unhold'} {' '.join(quote(p) for p in todo)}"
 
 
+# Debian's maintainer scripts ask /usr/sbin/policy-rc.d before starting a service; 101 = no.
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+def without_service_starts(script: str) -> str:
+    """``script`` with packages' services not started on install (a policy-rc.d of the host's
+    own is respected and left in place)."""
+    return (f"if [ -e {POLICY_RC_D} ]; then {script}; else "
+            f"trap 'rm -f {POLICY_RC_D}' EXIT && printf '#!/bin/sh\\nexit 101\\n' > "
+            f"{POLICY_RC_D} && chmod 755 {POLICY_RC_D} && {script}; fi")
+
+
 @operation()
-def packages_present(packages: Sequence[str], env_file: str | None = None):
+def packages_present(packages: Sequence[str], env_file: str | None = None,
+                     start_services: bool = True):
     """
     Ensure packages are installed, at whatever version the distribution offers.
 
@@ -166,6 +179,8 @@ def packages_present(packages: Sequence[str], env_file: str | None = None):
 
     + packages: package names
     + env_file: a VAR=value file on the host sourced first (proxies)
+    + start_services: False keeps the packages' services from starting on install, for
+      services that must not run before their configuration is written and checked
 
     **Example:**
 
@@ -180,6 +195,8 @@ def packages_present(packages: Sequence[str], env_file: str | None = None):
         host.noop(f"{len(packages)} packages installed")
         return
     script = f"apt-get update -q && {APT_INSTALL} {' '.join(quote(p) for p in missing)}"
+    if not start_services:
+        script = without_service_starts(script)
     yield StringCommand(with_env_file(script, env_file), _env=APT_ENV)
 
 

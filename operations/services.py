@@ -6,9 +6,12 @@ import re
 
 from pyinfra import host
 from pyinfra.api import OperationValueError, operation
+from pyinfra.api.operation import OperationMeta
+from pyinfra.operations import server
 
 from facts._shell import quote
 from facts.host_state import host_state
+from operations.conditions import after_change
 
 
 @operation()
@@ -39,3 +42,19 @@ def service(unit: str, enabled: bool = True, running: bool = True):
             w for w, on in (("enabled", enabled), ("running", running)) if on))
         return
     yield from todo
+
+
+def restarted_after(unit: str, *causes: OperationMeta) -> None:
+    """Restart ``unit`` when one of ``causes`` changed it (its command line, its image)."""
+    follow = after_change(*causes)
+    if follow is not None:
+        server.shell(name=f"Restart {unit} with its new command line",
+                     commands=[f"systemctl restart {quote(unit)}"], **follow)
+
+
+def reloaded_after(unit: str, *causes: OperationMeta) -> None:
+    """Reload ``unit`` (graceful) when one of ``causes`` changed its configuration."""
+    follow = after_change(*causes)
+    if follow is not None:
+        server.shell(name=f"Reload {unit} (graceful: nothing in flight is dropped)",
+                     commands=[f"systemctl reload {quote(unit)}"], **follow)

@@ -16,6 +16,7 @@ from typing import Any
 
 from inventory.fleet import MISSING, Fleet, HostSpec, Problem
 from rules.findings import CODES
+from rules.monitoring import monitoring_problems
 from rules.sizing import tensor_parallel_sizes, tp_candidates
 
 DOWNGRADE_ALL = "all"
@@ -30,6 +31,7 @@ def fleet_problems(fleet: Fleet) -> list[Problem]:
         problems += _weights_source(spec)
     for where, layer in fleet.setting_layers:
         problems += _downgrade_codes(where, layer)
+    problems += monitoring_problems(fleet.hosts)
     return problems
 
 

@@ -109,11 +109,25 @@ class EnginePlan:
 
 def image_reference(pinned: EngineImage, override: str | None) -> str:
     """The image Compose runs: the fleet's override, else the pin (by digest when recorded)."""
-    if override:
-        return override
-    if pinned.digest:
-        return f"{pinned.image.rsplit(':', 1)[0]}@{pinned.digest}"
-    return pinned.image
+    return override or pinned.reference()
+
+
+@dataclass(frozen=True)
+class DcgmExporter:
+    """NVIDIA's DCGM exporter beside the engine: GPU metrics for the monitoring host."""
+
+    image: str
+    bind: str
+    port: int
+    service: str = "dcgm-exporter"
+    container: str = f"{COMPOSE_PROJECT}-dcgm-exporter"
+    container_port: int = 9400
+
+
+def dcgm_exporter(spec: HostSpec) -> DcgmExporter:
+    cfg = spec.settings.monitoring
+    image = spec.pins.monitoring.dcgm_exporter.reference(cfg.dcgm_registry)
+    return DcgmExporter(image=image, bind=cfg.bind, port=cfg.dcgm_exporter_port)
 
 
 def plan_replicas(gpu_count: int, tp: int, pp: int, wanted: int | None, first_port: int
@@ -231,8 +245,9 @@ def _port_binding(bind: str, host_port: int, container_port: int) -> str:
     return f"{host}:{host_port}:{container_port}"
 
 
-def compose_document(plan: EnginePlan) -> dict[str, Any]:
-    """The Compose file as data: one service per replica, each on its own GPUs and port."""
+def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> dict[str, Any]:
+    """The Compose file as data: one service per replica, each on its own GPUs and port, and
+    the DCGM exporter when the fleet is monitored."""
     port = ENGINE_PORT[plan.engine]
     health = (f"import urllib.request; urllib.request.urlopen("
               f"'http://127.0.0.1:{port}{HEALTH_PATH[plan.engine]}', timeout=5)")
@@ -270,6 +285,18 @@ def compose_document(plan: EnginePlan) -> dict[str, Any]:
         if plan.api_key:
             service["env_file"] = [API_KEY_PATH]
         services[replica.service] = service
+    if exporter is not None:
+        services[exporter.service] = {
+            "image": exporter.image,
+            "container_name": exporter.container,
+            "ports": [_port_binding(exporter.bind, exporter.port, exporter.container_port)],
+            # DCGM's profiling metrics (DCGM_FI_PROF_*) need it (NVIDIA's README).
+            "cap_add": ["SYS_ADMIN"],
+            "restart": "unless-stopped",
+            "deploy": {"resources": {"reservations": {"devices": [{
+                "driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}},
+            "labels": {"org.gpufleet.role": "dcgm-exporter"},
+        }
     return {"services": services}
 
 
@@ -280,8 +307,8 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def render_compose(plan: EnginePlan) -> str:
-    body = yaml.dump(compose_document(plan), Dumper=_NoAliases, sort_keys=False,
+def render_compose(plan: EnginePlan, exporter: DcgmExporter | None = None) -> str:
+    body = yaml.dump(compose_document(plan, exporter), Dumper=_NoAliases, sort_keys=False,
                      default_flow_style=False, width=100)
     return render("inference/docker-compose.yml.j2", plan=plan, body=body)
 

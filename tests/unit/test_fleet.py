@@ -124,7 +124,7 @@ def test_every_problem_is_reported_with_place_field_value_and_rule(tmp_path: Pat
     """)
     text = "\n".join(lines)
     assert "fleet: settings.precision = 'fp12': input should be 'bf16', 'fp16', 'fp8'" in text
-    assert "fleet: settings.bogus = 1: unknown key; allowed here: apt, concurrency" in text
+    assert "fleet: settings.bogus = 1: unknown key; allowed here: apt, canary, concurrency" in text
     assert "host gpu-01 (group gpu): target = 'user@host:22': must be a DNS name" in text
     assert "host gpu-01 (group gpu): settings.weights_path = (missing): required" in text
     assert "host gpu-02 (group gpu): settings.weights_path = 'relative/path': must be an absolute" in text

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import threading
 import time
@@ -26,6 +27,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 HARDWARE = "/etc/gpufleet-sim/hardware.json"
+# Knobs a test turns on a running engine (docker exec ... to write it): JSON with
+# "ttft_seconds" (wait before the first token), "tpot_seconds" (per further token) and
+# "error_rate" (share of requests answered with a 500). Read at every request.
+KNOBS = "/tmp/gpufleet-sim-knobs.json"
+DEFAULT_KNOBS = {"ttft_seconds": 0.0, "tpot_seconds": 0.005, "error_rate": 0.0}
 MIB = 2**20
 GIB = 2**30
 BLOCK_TOKENS = 16
@@ -45,6 +51,14 @@ def log(message: str) -> None:
 def fail(message: str, code: int = 1) -> None:
     print(message, file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def knobs() -> dict[str, float]:
+    try:
+        with open(KNOBS) as fh:
+            return {**DEFAULT_KNOBS, **{k: float(v) for k, v in json.load(fh).items()}}
+    except (OSError, ValueError, AttributeError):
+        return dict(DEFAULT_KNOBS)
 
 
 # --- command lines -----------------------------------------------------------------------------
@@ -166,6 +180,7 @@ class Engine:
                                           "generation_tokens": 0, "success": 0}
         self.ttft: list[float] = []
         self.e2e: list[float] = []
+        self.tpot: list[float] = []
 
     def check(self) -> None:
         config = load_config(self.model_dir)
@@ -210,6 +225,9 @@ class Engine:
             self.metrics["success"] += 1
             self.ttft.append(ttft)
             self.e2e.append(total)
+            # vLLM observes one time-per-output-token per token after the first.
+            self.tpot.extend([(total - ttft) / (generated - 1)] * (generated - 1)
+                             if generated > 1 else [])
 
     def prometheus(self) -> str:
         name = self.names[0]
@@ -228,7 +246,7 @@ class Engine:
 
         with self.lock:
             m = dict(self.metrics)
-            ttft, e2e = list(self.ttft), list(self.e2e)
+            ttft, e2e, tpot = list(self.ttft), list(self.e2e), list(self.tpot)
         for metric, value in (("num_requests_running", m["running"]),
                               ("num_requests_waiting", 0), ("gpu_cache_usage_perc", 0.0)):
             lines += [f"# TYPE {prefix}:{metric} gauge", f"{prefix}:{metric}{{{label}}} {value}"]
@@ -237,7 +255,7 @@ class Engine:
             lines += [f"# TYPE {prefix}:{metric} counter", f"{prefix}:{metric}{{{label}}} {m[key]}"]
         histogram("time_to_first_token_seconds", TTFT_BUCKETS, ttft)
         histogram("e2e_request_latency_seconds", E2E_BUCKETS, e2e)
-        histogram("time_per_output_token_seconds", TPOT_BUCKETS, [])
+        histogram("time_per_output_token_seconds", TPOT_BUCKETS, tpot)
         return "\n".join(lines) + "\n"
 
 
@@ -315,13 +333,21 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             prompt_tokens = len(json.dumps(prompt).split())
             started = time.monotonic()
             pieces = engine.answer(int(body.get("max_tokens") or 16))
+            knob = knobs()
+            if random.random() < knob["error_rate"]:
+                self.send_json(500, {"object": "error", "type": "InternalServerError",
+                                     "message": "stand-in: injected error (error_rate knob)"})
+                return
             with engine.lock:
                 engine.metrics["running"] += 1
             try:
                 rid = f"{'chat' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+                time.sleep(knob["ttft_seconds"])
+                ttft = time.monotonic() - started
                 if body.get("stream"):
-                    self.stream(rid, chat, pieces)
+                    self.stream(rid, chat, pieces, knob["tpot_seconds"])
                 else:
+                    time.sleep(knob["tpot_seconds"] * (len(pieces) - 1))
                     text = "".join(pieces)
                     choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
                     if chat:
@@ -338,9 +364,9 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 with engine.lock:
                     engine.metrics["running"] -= 1
             total = time.monotonic() - started
-            engine.record(prompt_tokens, len(pieces), min(total, 0.02), total)
+            engine.record(prompt_tokens, len(pieces), ttft, total)
 
-        def stream(self, rid: str, chat: bool, pieces: list[str]) -> None:
+        def stream(self, rid: str, chat: bool, pieces: list[str], tpot: float) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
@@ -355,7 +381,7 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
                 chunk(json.dumps({"id": rid, "object": "chat.completion.chunk" if chat
                                   else "text_completion", "choices": [{"index": 0, **delta,
                                                                        "finish_reason": None}]}))
-                time.sleep(0.005)
+                time.sleep(tpot)
             chunk("[DONE]")
             self.wfile.write(b"0\r\n\r\n")
 

@@ -1,0 +1,83 @@
+"""The canary verdict: promote, hold or roll back, with the numbers that decided it. Pure.
+
+The canary is compared with stable over the same window, on what a user feels: server errors
+(at the gateway), time to first token P99 and decode speed per sequence (from the engines'
+histograms, so the canary's smaller share of traffic does not count against it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from facts.canary_figures import CanaryFiguresResult, VariantFigures
+from inventory.schema import CanarySettings
+
+Verdict = Literal["promote", "hold", "roll back"]
+
+
+def duration_seconds(text: str) -> int:
+    return int(text[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[text[-1]]
+
+
+def canary_queries(model: str, window: str) -> dict[str, str]:
+    """PromQL per figure, by variant, for the gateway's served model."""
+    where = f'{{model="{model}"}}'
+    return {
+        "ttft_p99": "histogram_quantile(0.99, sum by (le, variant) "
+                    f"(rate(vllm:time_to_first_token_seconds_bucket{where}[{window}])))",
+        "tokens_per_second": (
+            f"sum by (variant) (rate(vllm:time_per_output_token_seconds_count{where}[{window}]))"
+            f" / sum by (variant) (rate(vllm:time_per_output_token_seconds_sum{where}"
+            f"[{window}]))"),
+    }
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    reasons: list[str]
+    canary: VariantFigures
+    stable: VariantFigures
+
+    def render(self) -> str:
+        def row(name: str, f: VariantFigures) -> str:
+            ttft = f"{f.ttft_p99 * 1000:.0f} ms" if f.ttft_p99 is not None else "n/a"
+            tps = f"{f.tokens_per_second:.1f}" if f.tokens_per_second is not None else "n/a"
+            return (f"  {name:<7} {f.requests:>7} requests  {f.error_rate:6.2%} errors  "
+                    f"TTFT P99 {ttft:>9}  {tps:>7} tokens/s per sequence")
+        return "\n".join([f"canary verdict: {self.verdict.upper()}",
+                          row("stable", self.stable), row("canary", self.canary),
+                          *(f"  - {r}" for r in self.reasons)])
+
+
+def judge(figures: CanaryFiguresResult, settings: CanarySettings,
+          ttft_alert_seconds: float) -> Judgement:
+    canary = figures.variants.get("canary", VariantFigures())
+    stable = figures.variants.get("stable", VariantFigures())
+    worse: list[str] = []
+    if canary.requests and canary.error_rate > settings.max_error_rate:
+        worse.append(f"canary error rate {canary.error_rate:.2%} > {settings.max_error_rate:.2%}"
+                     f" (stable {stable.error_rate:.2%})")
+    if canary.ttft_p99 is not None:
+        if canary.ttft_p99 > ttft_alert_seconds:
+            worse.append(f"canary TTFT P99 {canary.ttft_p99 * 1000:.0f} ms > the alert's "
+                         f"{ttft_alert_seconds * 1000:.0f} ms")
+        elif stable.ttft_p99 and canary.ttft_p99 > settings.max_ttft_ratio * stable.ttft_p99:
+            worse.append(f"canary TTFT P99 {canary.ttft_p99 * 1000:.0f} ms > "
+                         f"{settings.max_ttft_ratio} x stable's {stable.ttft_p99 * 1000:.0f} ms")
+    if (canary.tokens_per_second is not None and stable.tokens_per_second
+            and canary.tokens_per_second < settings.min_tokens_ratio * stable.tokens_per_second):
+        worse.append(f"canary decodes {canary.tokens_per_second:.1f} tokens/s < "
+                     f"{settings.min_tokens_ratio} x stable's {stable.tokens_per_second:.1f}")
+    if worse:
+        return Judgement("roll back", worse, canary, stable)
+    if canary.requests < settings.min_requests:
+        return Judgement("hold", [f"the canary answered {canary.requests} requests in the "
+                                  f"window; {settings.min_requests} are needed for a verdict"],
+                         canary, stable)
+    if figures.errors:
+        return Judgement("hold", ["incomplete reading: " + "; ".join(figures.errors)],
+                         canary, stable)
+    return Judgement("promote", ["the canary is as good as stable on errors, TTFT and decode "
+                                 "speed"], canary, stable)

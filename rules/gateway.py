@@ -1,0 +1,109 @@
+"""The gateway in front of the fleet's replicas and the canary's routing, as pure functions.
+
+nginx on the monitoring host sends each request to a stable or a canary replica of the same
+served model name: `split_clients` on the random `$request_id` gives every request its own
+draw, so the split holds for one client as for many. What share goes to the canary follows
+the canary's phase, which the canary actions record on the gateway host:
+
+    off          no canary traffic (no canary hosts yet, or `start` has not run)
+    running      settings.canary.weight % to the canary        (canary start)
+    promoted     everything to the canary                      (canary promote)
+    rolled-back  nothing to the canary                         (canary rollback)
+
+A change is: render, `nginx -t` on the candidate, atomic rename, graceful reload (old workers
+finish the requests they hold), so no request in flight is dropped, and a candidate nginx
+refuses never replaces the working file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from inventory.fleet import HostSpec
+from rules.monitoring import fleet_replicas, scrape_address, served_name
+from rules.render import render
+
+GATEWAY_CONF = "/etc/nginx/conf.d/gpufleet-gateway.conf"
+GATEWAY_LOG = "/var/log/nginx/gpufleet-gateway.log"
+CANARY_STATE = "/var/lib/gpufleet/canary.json"
+STATUS_PORT = 8099  # nginx stub_status, loopback only
+Phase = Literal["off", "running", "promoted", "rolled-back"]
+PHASES: tuple[Phase, ...] = ("off", "running", "promoted", "rolled-back")
+# What each action does to the phase; `status` decides on its own (rules/canary.py).
+ACTIONS: dict[str, Phase] = {"start": "running", "promote": "promoted",
+                             "rollback": "rolled-back"}
+# nginx checks a candidate on its own: the candidate wrapped in a minimal main file. (validated_file
+# puts the candidate's path where {} is, so the wrapper spells its empty block "{ }".)
+NGINX_CHECK = (
+    "printf 'events { }\\nhttp {\\n include /etc/nginx/mime.types;\\n include %s;\\n}\\n' {}"
+    " > \"$work/nginx-check.conf\" && nginx -t -q -e stderr -c \"$work/nginx-check.conf\""
+)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The gateway's upstreams and the share of requests the canary gets."""
+
+    served_name: str
+    stable: tuple[str, ...]  # host:port of every stable replica
+    canary: tuple[str, ...]
+    phase: Phase
+    configured_weight: int = 20  # settings.canary.weight
+
+    @property
+    def weight(self) -> int:
+        """Percent of requests to the canary in this phase."""
+        return {"running": self.configured_weight, "promoted": 100}.get(self.phase, 0)
+
+
+def replicas_of(spec: HostSpec) -> tuple[str, ...]:
+    address, count = scrape_address(spec), fleet_replicas(spec)
+    if address is None or count is None:
+        return ()
+    host = f"[{address}]" if ":" in address else address
+    return tuple(f"{host}:{spec.settings.inference.port + i}" for i in range(count))
+
+
+def routing(gateway: HostSpec, specs: list[HostSpec], phase: Phase) -> Routing:
+    """Every replica serving the gateway's model, by variant. Hosts serving another name are
+    not behind this gateway (one gateway routes one served model name)."""
+    name = served_name(gateway)
+    behind = [s for s in specs if s.settings.role == "gpu" and s.settings.inference.enabled
+              and served_name(s) == name]
+    pools: dict[str, tuple[str, ...]] = {"stable": (), "canary": ()}
+    for spec in behind:
+        pools[spec.settings.inference.variant] += replicas_of(spec)
+    if not pools["canary"]:
+        phase = "off"
+    return Routing(name, pools["stable"], pools["canary"], phase,
+                   gateway.settings.canary.weight)
+
+
+def render_gateway(gateway: HostSpec, route: Routing) -> str:
+    cfg = gateway.settings.gateway
+    listen = f"[{cfg.bind}]:{cfg.port}" if ":" in cfg.bind else f"{cfg.bind}:{cfg.port}"
+    pools = [(v, servers) for v, servers in (("stable", route.stable), ("canary", route.canary))
+             if servers]
+    weight = route.weight
+    if not route.stable:
+        weight = 100  # nothing else to route to (a promoted fleet whose stable hosts left)
+    return render("gateway/gpufleet-gateway.conf.j2", served_name=route.served_name,
+                  phase=route.phase, weight=weight, pools=pools, listen=listen,
+                  read_timeout=cfg.read_timeout_seconds, status_port=STATUS_PORT)
+
+
+def render_canary_state(phase: Phase) -> str:
+    return json.dumps({"phase": phase}, sort_keys=True) + "\n"
+
+
+def parse_canary_state(text: str | None) -> Phase:
+    """The phase recorded on the gateway host; "off" when none (or unreadable) is."""
+    if not text:
+        return "off"
+    try:
+        phase = json.loads(text).get("phase")
+    except (ValueError, AttributeError):
+        return "off"
+    return phase if phase in PHASES else "off"
