@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 SIM_FLEET := inventory/sim.toml
 
-.PHONY: rehearse test unit sim-up sim-down sim-status lint host-tools venv clean \
+.PHONY: rehearse test unit sim-up sim-down sim-status lint host-tools validators venv clean \
         python-locks python-locks-check wheelhouse bench check-fleet
 
 # Controller tooling, installed from the hash-locked requirements file.
@@ -23,6 +23,10 @@ venv: $(VENV)/.installed
 host-tools:
 	@./tools/ensure-host-tools.sh
 
+# promtool and amtool for the unit tests, from Debian's packages (unpacked into .tools/).
+validators:
+	@./tools/ensure-validators.sh
+
 ## The main job: bring the simulated fleet up and provision it (the built-in default).
 rehearse: venv host-tools sim-up
 	GPUFLEET_FLEET=$(SIM_FLEET) $(BIN)/pyinfra -y inventory.py deploys/gpu_host.py
@@ -31,10 +35,10 @@ rehearse: venv host-tools sim-up
 
 ## All the tests: unit tests, then the simulator end-to-end tests.
 # Two workers, a whole test file each: every e2e module runs on its own copies of the hosts.
-test: venv host-tools
+test: venv host-tools validators
 	$(BIN)/pytest -n 2 --dist loadfile
 
-unit: venv
+unit: venv validators
 	$(BIN)/pytest tests/unit
 
 sim-up: venv host-tools

@@ -9,6 +9,7 @@ gateway is where a failed request is seen). Read-only.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
@@ -68,9 +69,13 @@ class CanaryFiguresResult:
     raw: str = ""
 
 
-def _number(value: float | None) -> float | None:
-    return None if value is None or value != value or value in (float("inf"), -float("inf")) \
-        else value
+def _number(value: object) -> float | None:
+    """A finite number, or None (Prometheus answers NaN for a quantile without traffic)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def parse_canary_figures(output: str) -> CanaryFiguresResult:

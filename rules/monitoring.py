@@ -334,8 +334,8 @@ def alert_rules(alerts: AlertSettings) -> list[dict[str, Any]]:
              'nvidia-persistenced.service",state="active"} == 0', "2m", "critical",
              "{{ $labels.host }}: {{ $labels.name }} is not active",
              "Without Fabric Manager, NVSwitch GPUs cannot run CUDA work; without the "
-             "persistence daemon, every CUDA start re-initialises the GPUs. `systemctl status "
-             "{{ $labels.name }}` on the host."),
+             "persistence daemon, every CUDA start re-initialises the GPUs. `systemctl status` of "
+             "the unit, and its journal, on the host."),
     ]
 
 

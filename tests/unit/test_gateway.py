@@ -1,0 +1,116 @@
+"""The gateway's routing per canary phase, and the canary verdict. nginx itself checks the
+rendered file in the simulator (`nginx -t` before every change, tests/e2e/test_monitoring.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from facts.canary_figures import CanaryFiguresResult, VariantFigures, parse_canary_figures
+from inventory.fleet import load_fleet
+from inventory.schema import CanarySettings
+from rules.canary_verdict import canary_queries, judge
+from rules.fleet_checks import fleet_problems
+from rules.gateway import parse_canary_state, render_canary_state, render_gateway, routing
+from rules.monitoring import is_monitor
+from tests.unit.test_monitoring import FLEET
+
+
+def specs(tmp_path: Path, text: str = FLEET) -> tuple:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    hosts = load_fleet(path, checks=fleet_problems).hosts
+    return next(s for s in hosts if is_monitor(s)), hosts
+
+
+@pytest.mark.parametrize("phase,split", [
+    ("off", ["* stable;"]),
+    ("running", ["20% canary;", "* stable;"]),
+    ("promoted", ["* canary;"]),
+    ("rolled-back", ["* stable;"]),
+])
+def test_each_phase_routes_its_share_to_the_canary(tmp_path: Path, phase: str,
+                                                   split: list[str]) -> None:
+    gateway, hosts = specs(tmp_path)
+    route = routing(gateway, hosts, phase)  # type: ignore[arg-type]
+    assert route.stable == tuple(f"10.0.0.11:{8000 + i}" for i in range(8))
+    assert route.canary == ("gpu-02.example.internal:8000", "gpu-02.example.internal:8001")
+    text = render_gateway(gateway, route)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("split_clients "))
+    end = lines.index("}", start)
+    assert [line.strip() for line in lines[start + 1:end]] == split
+    assert "proxy_buffering off;" in text and "proxy_read_timeout 1800s;" in text
+    assert "listen 127.0.0.1:8080;" in text  # loopback unless configured
+    assert "server 10.0.0.11:8007 max_fails=3 fail_timeout=10s;" in text
+
+
+def test_the_weight_is_a_setting(tmp_path: Path) -> None:
+    gateway, hosts = specs(tmp_path, FLEET.replace('settings = { role = "monitor" }',
+                                                   'settings = { role = "monitor", '
+                                                   'canary = { weight = 5 } }'))
+    assert "    5% canary;" in render_gateway(gateway, routing(gateway, hosts, "running"))
+
+
+def test_without_canary_hosts_nothing_goes_to_a_canary(tmp_path: Path) -> None:
+    gateway, hosts = specs(tmp_path, FLEET.replace(', inference = { variant = "canary" }', ""))
+    route = routing(gateway, hosts, "running")
+    assert route.phase == "off" and route.weight == 0 and route.canary == ()
+    text = render_gateway(gateway, route)
+    assert "upstream gpufleet_canary" not in text and "canary;" not in text
+
+
+def test_the_recorded_phase_reads_back_and_garbage_reads_as_off() -> None:
+    for phase in ("off", "running", "promoted", "rolled-back"):
+        assert parse_canary_state(render_canary_state(phase)) == phase
+    for text in (None, "", "{", '{"phase": "sideways"}', "[]"):
+        assert parse_canary_state(text) == "off"
+
+
+# --- the verdict --------------------------------------------------------------------------------
+def figures(canary: VariantFigures, stable: VariantFigures) -> CanaryFiguresResult:
+    return CanaryFiguresResult({"canary": canary, "stable": stable})
+
+
+STABLE = VariantFigures(requests=800, errors=0, ttft_p99=0.08, tokens_per_second=190.0)
+
+
+def test_a_canary_as_good_as_stable_is_promoted() -> None:
+    verdict = judge(figures(VariantFigures(200, 0, 0.09, 185.0), STABLE), CanarySettings(), 0.5)
+    assert verdict.verdict == "promote"
+    assert "canary verdict: PROMOTE" in verdict.render()
+
+
+@pytest.mark.parametrize("canary,reason", [
+    (VariantFigures(200, 10, 0.09, 185.0), "canary error rate 5.00% > 1.00% (stable 0.00%)"),
+    (VariantFigures(200, 0, 0.8, 185.0), "canary TTFT P99 800 ms > the alert's 500 ms"),
+    (VariantFigures(200, 0, 0.2, 185.0), "canary TTFT P99 200 ms > 1.5 x stable's 80 ms"),
+    (VariantFigures(200, 0, 0.09, 100.0), "canary decodes 100.0 tokens/s < 0.8 x stable's 190.0"),
+])
+def test_a_worse_canary_is_rolled_back_with_the_numbers(canary: VariantFigures,
+                                                        reason: str) -> None:
+    verdict = judge(figures(canary, STABLE), CanarySettings(), 0.5)
+    assert verdict.verdict == "roll back"
+    assert reason in verdict.reasons
+
+
+def test_too_little_canary_traffic_holds() -> None:
+    verdict = judge(figures(VariantFigures(20, 0, 0.09, 185.0), STABLE), CanarySettings(), 0.5)
+    assert verdict.verdict == "hold" and "20 requests" in verdict.reasons[0]
+
+
+def test_the_figures_parser_never_raises() -> None:
+    assert parse_canary_figures("python3: not found").errors
+    parsed = parse_canary_figures(
+        '{"queries": {"ttft_p99": {"canary": 0.7, "stable": "NaN"}, "tokens_per_second": {}},'
+        ' "log": {"canary": [100, 3], "stable": [400, 0]}, "errors": []}')
+    assert parsed.variants["canary"] == VariantFigures(100, 3, 0.7, None)
+    assert parsed.variants["stable"].ttft_p99 is None  # no traffic: NaN is no figure
+
+
+def test_queries_select_the_served_model_by_variant() -> None:
+    queries = canary_queries("deepseek-r1-distill-qwen-7b", "5m")
+    assert 'vllm:time_to_first_token_seconds_bucket{model="deepseek-r1-distill-qwen-7b"}[5m]' \
+        in queries["ttft_p99"]
+    assert "sum by (variant)" in queries["tokens_per_second"]

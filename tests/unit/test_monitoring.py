@@ -1,0 +1,342 @@
+"""Monitoring configuration, checked by Prometheus' and Alertmanager's own tools.
+
+`promtool test rules` drives every alert: it fires above its threshold once its `for` window
+passed, and stays quiet below the threshold and with no traffic. promtool and amtool come
+from Debian's packages (tools/ensure-validators.sh, run by `make unit` / `make test`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from inventory.fleet import load_fleet
+from inventory.schema import AlertSettings
+from rules.fleet_checks import fleet_problems
+from rules.monitoring import (
+    DASHBOARDS,
+    DATASOURCE_UID,
+    alert_rules,
+    fleet_targets,
+    is_monitor,
+    node_exporter_args,
+    render_alertmanager,
+    render_dashboard,
+    render_grafana_datasource,
+    render_prometheus_config,
+    render_rules,
+)
+
+TOOLS = Path(__file__).resolve().parents[2] / ".tools" / "bin"
+PROMTOOL, AMTOOL = TOOLS / "promtool", TOOLS / "amtool"
+
+FLEET = """
+[settings]
+model = "deepseek-r1-distill-qwen-7b"
+weights_path = "/srv/models/m"
+tensor_parallel = 1
+[settings.inference]
+bind = "0.0.0.0"
+[settings.monitoring]
+bind = "0.0.0.0"
+
+[groups.hgx]
+settings = { gpus = { count = 8, model = "H100 80GB HBM3" } }
+[groups.hgx.hosts.gpu-01]
+target = "10.0.0.11"
+
+[groups.canary]
+settings = { gpus = { count = 2, model = "A100-PCIE-40GB" }, inference = { variant = "canary" } }
+[groups.canary.hosts.gpu-02]
+target = "gpu-02.example.internal"
+
+[groups.monitor]
+settings = { role = "monitor" }
+[groups.monitor.hosts.mon-01]
+target = "10.0.0.5"
+"""
+
+
+def fleet(tmp_path: Path, text: str = FLEET) -> Any:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    return load_fleet(path, checks=fleet_problems)
+
+
+def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    assert PROMTOOL.exists() and AMTOOL.exists(), "run tools/ensure-validators.sh (make unit)"
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60)
+
+
+# --- the fleet file decides the targets -------------------------------------------------------
+def test_targets_come_from_the_fleet_file_with_their_labels(tmp_path: Path) -> None:
+    loaded = fleet(tmp_path)
+    monitor = next(s for s in loaded.hosts if is_monitor(s))
+    targets = fleet_targets(monitor, loaded.hosts)
+    engines = [t for t in targets if t.job == "engine"]
+    assert [t.address for t in engines] == [f"10.0.0.11:{8000 + i}" for i in range(8)] + [
+        "gpu-02.example.internal:8000", "gpu-02.example.internal:8001"]
+    assert engines[0].labels == {"host": "gpu-01", "group": "hgx",
+                                 "model": "deepseek-r1-distill-qwen-7b", "replica": "0",
+                                 "variant": "stable", "engine": "vllm"}
+    assert {t.labels["variant"] for t in engines[8:]} == {"canary"}
+    assert sorted(t.address for t in targets if t.job in ("node", "dcgm")) == [
+        "10.0.0.11:9100", "10.0.0.11:9400", "gpu-02.example.internal:9100",
+        "gpu-02.example.internal:9400"]
+    assert {t.job for t in targets} == {"engine", "node", "dcgm", "gateway", "prometheus",
+                                        "alertmanager"}
+
+
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    loaded = fleet(tmp_path)
+    monitor = next(s for s in loaded.hosts if is_monitor(s))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(render_prometheus_config(monitor, loaded.hosts))
+    # --syntax-only: the rule file it names lives on the monitoring host (checked below alone)
+    result = run(PROMTOOL, "check", "config", "--syntax-only", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = yaml.safe_load(config.read_text())
+    assert data["global"]["scrape_interval"] == "15s"
+    assert data["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
+        "127.0.0.1:9093"]
+
+
+def test_a_broken_config_is_refused_by_promtool(tmp_path: Path) -> None:
+    """The validator the deploy relies on does refuse: a bad scrape interval."""
+    config = tmp_path / "prometheus.yml"
+    config.write_text("global:\n  scrape_interval: fifteen\n")
+    assert run(PROMTOOL, "check", "config", "--syntax-only", config).returncode != 0
+
+
+@pytest.mark.parametrize("text,field", [
+    (FLEET.replace('[settings.monitoring]\nbind = "0.0.0.0"', ""), "settings.monitoring.bind"),
+    (FLEET.replace('[settings.inference]\nbind = "0.0.0.0"', ""), "settings.inference.bind"),
+    (FLEET.replace("tensor_parallel = 1\n", ""), "settings.inference.replicas"),
+    (FLEET.replace('bind = "0.0.0.0"\n\n[groups.hgx]',
+                   'bind = "0.0.0.0"\nalerts = { gpu_memory_percent = 90.0 }\n\n[groups.hgx]'),
+     "settings.monitoring.alerts.gpu_memory_percent"),
+])
+def test_fleet_mistakes_that_blind_the_monitoring_host_are_refused(tmp_path: Path, text: str,
+                                                                   field: str) -> None:
+    from inventory.fleet import FleetError
+    with pytest.raises(FleetError) as err:
+        fleet(tmp_path, text)
+    lines = [line for line in err.value.lines if field in line]
+    assert lines, err.value.lines
+    assert "host gpu-01 (group hgx)" in lines[0]
+
+
+def test_a_fleet_without_monitoring_host_needs_none_of_it(tmp_path: Path) -> None:
+    text = FLEET.split("[groups.monitor]")[0].replace('bind = "0.0.0.0"', 'bind = "127.0.0.1"')
+    assert len(fleet(tmp_path, text.replace("tensor_parallel = 1\n", "")).hosts) == 2
+
+
+def test_node_exporter_args_bind_and_watch_the_nvidia_daemons(tmp_path: Path) -> None:
+    spec = fleet(tmp_path).hosts[0]
+    text = node_exporter_args(spec.settings.monitoring)
+    assert '--web.listen-address=0.0.0.0:9100' in text
+    assert "(nvidia-fabricmanager|nvidia-persistenced|docker|gpufleet-inference)[.]service" in text
+
+
+# --- rules: promtool check + promtool test on every alert -------------------------------------
+def test_rules_pass_promtool_check(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yml"
+    rules.write_text(render_rules(AlertSettings()))
+    result = run(PROMTOOL, "check", "rules", rules)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 12 rules found" in result.stdout
+
+
+LABELS = 'host="gpu-01",group="hgx",model="m",variant="canary",replica="0"'
+RULE_LABELS = {"host": "gpu-01", "group": "hgx", "model": "m", "variant": "canary",
+               "replica": "0"}
+
+
+def ttft_series(bucket: str) -> list[dict[str, str]]:
+    """TTFT histogram whose every observation (10 per minute) falls in ``bucket`` (or none
+    at all: "none")."""
+    series = []
+    for le in ("0.25", "0.5", "0.75", "1", "+Inf"):
+        grows = bucket != "none" and (le == "+Inf" or float(le) >= float(bucket))
+        series.append({"series": f'vllm:time_to_first_token_seconds_bucket{{le="{le}",{LABELS}}}',
+                       "values": "0+10x20" if grows else "0x20"})
+    return series
+
+
+DESCRIPTIONS = {r["alert"]: r["annotations"]["description"] for r in alert_rules(AlertSettings())}
+
+
+def case(alert: str, series: list[dict[str, str]], at: str,
+         fires: list[dict[str, str]] | None, summary: str = "") -> dict[str, Any]:
+    """One promtool test: ``fires`` the labels of the alerts expected at ``at`` (None: quiet),
+    with the summary as the operator reads it."""
+    expected = [{"exp_labels": labels,
+                 "exp_annotations": {"summary": summary, "description": DESCRIPTIONS[alert]}}
+                for labels in fires or []]
+    return {"interval": "1m", "input_series": series,
+            "alert_rule_test": [{"eval_time": at, "alertname": alert, "exp_alerts": expected}]}
+
+
+def sev(level: str, **labels: str) -> dict[str, str]:
+    return {"severity": level, **labels}
+
+
+GPU = 'host="gpu-01",group="hgx",gpu="0",UUID="GPU-1",modelName="NVIDIA H100 80GB HBM3"'
+GPU_LABELS = {"host": "gpu-01", "group": "hgx", "gpu": "0", "UUID": "GPU-1",
+              "modelName": "NVIDIA H100 80GB HBM3"}
+ENGINE = 'host="gpu-01",group="hgx",replica="0",job="engine",instance="10.0.0.11:8000"'
+ENGINE_LABELS = {"host": "gpu-01", "group": "hgx", "replica": "0", "job": "engine",
+                 "instance": "10.0.0.11:8000"}
+VLLM = 'host="gpu-01",model_name="m",job="engine",instance="10.0.0.11:8000"'
+VLLM_LABELS = {"host": "gpu-01", "model_name": "m", "job": "engine", "instance": "10.0.0.11:8000"}
+FM = 'host="gpu-01",name="nvidia-fabricmanager.service",state="active",job="node"'
+FM_LABELS = {"host": "gpu-01", "name": "nvidia-fabricmanager.service", "state": "active",
+             "job": "node"}
+
+
+def fb(used: int, free: int) -> list[dict[str, str]]:
+    return [{"series": f"DCGM_FI_DEV_FB_USED{{{GPU}}}", "values": f"{used}x20"},
+            {"series": f"DCGM_FI_DEV_FB_FREE{{{GPU}}}", "values": f"{free}x20"}]
+
+
+# Per alert: (fires above the threshold, quiet below it, quiet with no traffic/signal).
+CASES: dict[str, list[dict[str, Any]]] = {
+    "GpufleetTimeToFirstTokenHigh": [
+        case("GpufleetTimeToFirstTokenHigh", ttft_series("0.75"), "15m",
+             [sev("warning", **RULE_LABELS)],
+             "gpu-01 replica 0 (canary): P99 time to first token 747.5ms"),
+        case("GpufleetTimeToFirstTokenHigh", ttft_series("0.75"), "2m", None),  # within `for`
+        case("GpufleetTimeToFirstTokenHigh", ttft_series("0.25"), "15m", None),
+        case("GpufleetTimeToFirstTokenHigh", ttft_series("none"), "15m", None),
+    ],
+    "GpufleetEngineDown": [
+        case("GpufleetEngineDown", [{"series": f"up{{{ENGINE}}}", "values": "0x10"}], "5m",
+             [sev("critical", **ENGINE_LABELS)], "gpu-01 replica 0 does not answer /metrics"),
+        case("GpufleetEngineDown", [{"series": f"up{{{ENGINE}}}", "values": "1x10"}], "5m", None),
+    ],
+    "GpufleetExporterDown": [
+        case("GpufleetExporterDown",
+             [{"series": 'up{job="dcgm",host="gpu-01",instance="10.0.0.11:9400"}',
+               "values": "0x10"}], "8m",
+             [sev("warning", job="dcgm", host="gpu-01", instance="10.0.0.11:9400")],
+             "dcgm exporter on gpu-01 is down"),
+        case("GpufleetExporterDown",
+             [{"series": 'up{job="node",host="gpu-01",instance="10.0.0.11:9100"}',
+               "values": "1x10"}], "8m", None),
+    ],
+    "GpufleetGpuMemoryHigh": [
+        case("GpufleetGpuMemoryHigh", fb(79000, 1000), "10m", [sev("warning", **GPU_LABELS)],
+             "gpu-01 GPU 0: memory 98.8 %"),
+        case("GpufleetGpuMemoryHigh", fb(72000, 8000), "10m", None),  # the engine's 90 %
+        case("GpufleetGpuMemoryHigh", fb(0, 80000), "10m", None),
+    ],
+    "GpufleetKvCacheFull": [
+        case("GpufleetKvCacheFull", [{"series": f"vllm:gpu_cache_usage_perc{{{VLLM}}}",
+                                      "values": "0.95x20"}], "15m",
+             [sev("warning", **VLLM_LABELS)], "gpu-01: KV cache 95 % used"),
+        case("GpufleetKvCacheFull", [{"series": f"vllm:gpu_cache_usage_perc{{{VLLM}}}",
+                                      "values": "0.95x20"}], "5m", None),  # not yet sustained
+        case("GpufleetKvCacheFull", [{"series": f"vllm:gpu_cache_usage_perc{{{VLLM}}}",
+                                      "values": "0.5x20"}], "15m", None),
+        case("GpufleetKvCacheFull", [{"series": f"vllm:gpu_cache_usage_perc{{{VLLM}}}",
+                                      "values": "0x20"}], "15m", None),
+    ],
+    "GpufleetRequestsWaiting": [
+        case("GpufleetRequestsWaiting", [{"series": f"vllm:num_requests_waiting{{{VLLM}}}",
+                                          "values": "40x20"}], "10m",
+             [sev("warning", **VLLM_LABELS)], "gpu-01: 40 requests waiting"),
+        case("GpufleetRequestsWaiting", [{"series": f"vllm:num_requests_waiting{{{VLLM}}}",
+                                          "values": "10x20"}], "10m", None),
+        case("GpufleetRequestsWaiting", [{"series": f"vllm:num_requests_waiting{{{VLLM}}}",
+                                          "values": "0x20"}], "10m", None),
+    ],
+    "GpufleetXidError": [
+        case("GpufleetXidError", [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{GPU}}}",
+                                   "values": "0 0 0 79 79 79 79 79 79 79"}], "5m",
+             [sev("critical", **GPU_LABELS)], "gpu-01 GPU 0: Xid 79"),
+        case("GpufleetXidError", [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{GPU}}}",
+                                   "values": "0x20"}], "15m", None),
+        # an old Xid, unchanged for longer than the window: not new
+        case("GpufleetXidError", [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{GPU}}}",
+                                   "values": "79x20"}], "15m", None),
+    ],
+    "GpufleetNvidiaDaemonDown": [
+        case("GpufleetNvidiaDaemonDown", [{"series": f"node_systemd_unit_state{{{FM}}}",
+                                           "values": "1 1 0 0 0 0 0 0 0 0"}], "6m",
+             [sev("critical", **FM_LABELS)], "gpu-01: nvidia-fabricmanager.service is not active"),
+        case("GpufleetNvidiaDaemonDown", [{"series": f"node_systemd_unit_state{{{FM}}}",
+                                           "values": "1x10"}], "6m", None),
+    ],
+}
+
+
+def test_every_alert_has_promtool_tests() -> None:
+    assert sorted(CASES) == sorted(r["alert"] for r in alert_rules(AlertSettings()))
+
+
+def test_every_alert_fires_above_and_stays_quiet_below_its_threshold(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(render_rules(AlertSettings()))
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m",
+             "tests": [c for cases in CASES.values() for c in cases]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = run(PROMTOOL, "test", "rules", tmp_path / "tests.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_test_does_fail_on_a_wrong_expectation(tmp_path: Path) -> None:
+    """The harness is not vacuous: an alert expected where it cannot fire fails the run."""
+    (tmp_path / "rules.yml").write_text(render_rules(AlertSettings()))
+    wrong = case("GpufleetKvCacheFull", [{"series": f"vllm:gpu_cache_usage_perc{{{VLLM}}}",
+                                          "values": "0.5x20"}], "15m",
+                 [sev("warning", **VLLM_LABELS)])
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(
+        {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [wrong]}))
+    assert run(PROMTOOL, "test", "rules", tmp_path / "tests.yml").returncode != 0
+
+
+def test_thresholds_come_from_the_fleet_file(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(render_rules(AlertSettings(requests_waiting=50)))
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
+        case("GpufleetRequestsWaiting", [{"series": f"vllm:num_requests_waiting{{{VLLM}}}",
+                                          "values": "40x20"}], "10m", None)]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = run(PROMTOOL, "test", "rules", tmp_path / "tests.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Alertmanager and Grafana -----------------------------------------------------------------
+@pytest.mark.parametrize("webhook", [None, "http://alerts.example.internal:9000/hook"])
+def test_alertmanager_config_passes_amtool(tmp_path: Path, webhook: str | None) -> None:
+    alerts = AlertSettings.model_validate({"webhook_url": webhook} if webhook else {},
+                                          strict=False)
+    path = tmp_path / "alertmanager.yml"
+    path.write_text(render_alertmanager(alerts))
+    result = run(AMTOOL, "check-config", path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("webhook" in path.read_text()) == bool(webhook)
+
+
+def test_dashboards_are_file_provisionable_and_every_panel_query_parses(tmp_path: Path) -> None:
+    loaded = fleet(tmp_path)
+    monitor = next(s for s in loaded.hosts if is_monitor(s))
+    assert DATASOURCE_UID in render_grafana_datasource(monitor)
+    exprs = []
+    for uid in DASHBOARDS:
+        text = render_dashboard(uid)
+        assert "${DS_" not in text and "__inputs" not in text
+        board = json.loads(text)
+        for panel in board["panels"]:
+            assert panel["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}
+            exprs.append(panel["targets"][0]["expr"])
+    # promtool parses each query as a recording rule's expression
+    rules = tmp_path / "panels.yml"
+    rules.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": [
+        {"record": f"panel:{i}", "expr": e} for i, e in enumerate(exprs)]}]}))
+    result = run(PROMTOOL, "check", "rules", rules)
+    assert result.returncode == 0, result.stdout + result.stderr
