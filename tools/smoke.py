@@ -43,9 +43,10 @@ class Endpoint:
     top_p: float = 0.95
 
 
-def host_address(spec: HostSpec) -> str | None:
-    """Where the controller reaches a host: its SSH target, a container's address, loopback."""
-    bind = ipaddress.ip_address(spec.settings.inference.bind)
+def host_address(spec: HostSpec, listen: str) -> str | None:
+    """Where the controller reaches a service of a host listening on ``listen``: the host's SSH
+    target, a container's address, loopback."""
+    bind = ipaddress.ip_address(listen)
     if spec.target == "@local":
         return "127.0.0.1"
     if bind.is_loopback:
@@ -64,15 +65,25 @@ def fleet_endpoints(path: Path) -> tuple[list[Endpoint], list[str]]:
     endpoints, skipped = [], []
     for spec in fleet.hosts:
         cfg = spec.settings.inference
+        key = (spec.controller_path(cfg.api_key_file).read_text().strip()
+               if cfg.api_key_file else None)
+        if spec.settings.role == "monitor":
+            gateway = spec.settings.gateway
+            address = host_address(spec, gateway.bind) if gateway.enabled else None
+            if address is not None:
+                host = f"[{address}]" if ":" in address else address
+                endpoints.append(Endpoint(f"{spec.name} (gateway)", f"http://{host}:{gateway.port}",
+                                          cfg.served_model_name or spec.model.id, key,
+                                          spec.settings.sampling.temperature,
+                                          spec.settings.sampling.top_p))
+            continue
         if not cfg.enabled:
             continue
-        address = host_address(spec)
+        address = host_address(spec, cfg.bind)
         if address is None:
             skipped.append(f"{spec.name}: the API is bound to {cfg.bind} on the host: run this "
                            "there, or set settings.inference.bind")
             continue
-        key = (spec.controller_path(cfg.api_key_file).read_text().strip()
-               if cfg.api_key_file else None)
         host = f"[{address}]" if ":" in address else address
         for index in range(MAX_REPLICAS):
             url = f"http://{host}:{cfg.port + index}"

@@ -54,6 +54,8 @@ CUDA_IMAGE = "gpufleet-sim/cuda-base:12.1"
 CUDA_TAR = BUILD_DIR / "images" / "cuda-base.tar"
 ENGINE_IMAGE = "gpufleet-sim/engine"
 ENGINE_TAR = BUILD_DIR / "images" / "engine.tar"
+DCGM_IMAGE = "gpufleet-sim/dcgm-exporter"
+DCGM_TAR = BUILD_DIR / "images" / "dcgm-exporter.tar"
 WEIGHTS_DIR = BUILD_DIR / "weights"
 # Stand-in weights made for the rehearsal fleet's model (and a smaller one for tests).
 STAND_IN_MODELS = ("deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-1.5b")
@@ -289,8 +291,10 @@ def ensure_images() -> dict[str, str]:
     repo_tag = f"{REPO_IMAGE}:{tree_hash(host, SIM_DIR / 'repo', KEYS_DIR)}"
     repo = build(repo_tag, SIM_DIR, {"HOST_IMAGE": host}, SIM_DIR / "repo/Dockerfile")
     engine = ensure_engine(base)
+    dcgm = ensure_dcgm_exporter(base)
     ensure_weights()
-    return {"base": base, "host": host, "repo": repo, "cuda": cuda, "engine": engine}
+    return {"base": base, "host": host, "repo": repo, "cuda": cuda, "engine": engine,
+            "dcgm": dcgm}
 
 
 def engine_tags() -> dict[str, str]:
@@ -310,13 +314,30 @@ def ensure_engine(base: str) -> str:
     context = SIM_DIR / "images/engine"
     tag = f"{ENGINE_IMAGE}:{tree_hash(base, context, json.dumps(args, sort_keys=True))}"
     build(tag, context, args)
-    for name in tags:
+    saved_as(tag, list(tags), ENGINE_TAR)
+    return tag
+
+
+def saved_as(tag: str, names: list[str], archive: Path) -> None:
+    """Tag the built image with the pinned ``names`` and `docker save` them to ``archive``
+    (again only when the image changed)."""
+    for name in names:
         docker("tag", tag, name)
-    stamp = ENGINE_TAR.with_suffix(".hash")
-    if not ENGINE_TAR.exists() or not stamp.exists() or stamp.read_text() != tag:
-        ENGINE_TAR.parent.mkdir(parents=True, exist_ok=True)
-        docker("save", "-o", str(ENGINE_TAR), *tags)
+    stamp = archive.with_suffix(".hash")
+    if not archive.exists() or not stamp.exists() or stamp.read_text() != tag:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        docker("save", "-o", str(archive), *names)
         stamp.write_text(tag)
+
+
+def ensure_dcgm_exporter(base: str) -> str:
+    """The stand-in DCGM exporter, tagged with the default pin set's image name."""
+    sets = tomllib.loads(PINS_FILE.read_text())["sets"]
+    name = sets[DEFAULT_PIN_SET]["monitoring"]["dcgm_exporter"]["image"]
+    context = SIM_DIR / "images/dcgm-exporter"
+    tag = f"{DCGM_IMAGE}:{tree_hash(base, context)}"
+    build(tag, context, {"BASE_IMAGE": base})
+    saved_as(tag, [name], DCGM_TAR)
     return tag
 
 
