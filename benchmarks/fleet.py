@@ -86,17 +86,23 @@ def main() -> int:
     parser.add_argument("--deploy", default="deploys/gpu_host.py")
     parser.add_argument("--preview", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--no-fresh", action="store_true", help="reuse the hosts as they are")
+    parser.add_argument("--monitored", action="store_true",
+                        help="add a monitoring host (Prometheus, Alertmanager, gateway): "
+                             "exporters on the GPU hosts")
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.deploy, args.preview)
 
     from tests.e2e import stack_helpers as sh
 
-    hosts = [sh.H100, sh.A100]
+    hosts = [sh.H100, sh.A100] + ([sh.MONITOR] if args.monitored else [])
     sh.start_hosts(hosts, fresh=not args.no_fresh)
     with tempfile.TemporaryDirectory() as tmp:
         tree = sh.product_copy(Path(tmp))
-        fleet = sh.write_fleet(Path(tmp), hosts, inference=True)
+        # A monitored fleet must say how many replicas each GPU host runs.
+        replicas = {sh.H100: {"inference": {"replicas": 8}},
+                    sh.A100: {"inference": {"replicas": 2}}} if args.monitored else None
+        fleet = sh.write_fleet(Path(tmp), hosts, inference=True, settings=replicas)
         runs = []
         if not args.no_fresh:
             runs.append(("preview of bare hosts", *run(tree, fleet, preview=True)))

@@ -30,6 +30,7 @@ from inventory.fleet import HostSpec, pyinfra_host_name
 from operations.checks import refuse_host
 from operations.host_files import managed_file
 from operations.model_weights import weights_verified
+from rules.assessment import assess
 from rules.canary_verdict import canary_queries, duration_seconds, judge
 from rules.gateway import (
     ACTIONS,
@@ -38,8 +39,7 @@ from rules.gateway import (
     Phase,
     render_canary_state,
 )
-from rules.host_plan import plan_host
-from rules.monitoring import PROMETHEUS_PORT, is_monitor, served_name
+from rules.monitoring import is_monitor, prometheus_url, served_name
 
 logger = logging.getLogger("gpufleet")
 CHOICES = (*ACTIONS, "status")
@@ -67,12 +67,13 @@ def prove_canary(spec: HostSpec) -> None:
         return
     weights_verified(name="Ensure every canary weights file matches its manifest",
                      folder=spec.settings.weights_path, names=sorted(manifest["files"]))
-    plan = plan_host(spec, probe)
-    if isinstance(plan, list) or plan.engine is None:
-        refuse_host(name="Refuse: no engine plan for the canary host",
-                    message="run the main deploy on this host first (its preflight says why)")
+    assessment = assess(spec, probe)
+    if assessment.refused or assessment.plan is None or assessment.plan.engine is None:
+        refuse_host(name="Refuse: the canary host does not pass preflight",
+                    message="the canary host cannot serve: `pyinfra inventory.py "
+                            "deploys/gpu_host.py --limit HOST` shows its preflight report")
         return
-    engine_check(plan.engine)
+    engine_check(assessment.plan.engine)
 
 
 def route(spec: HostSpec, fleet: list[HostSpec], phase: Phase, gate: set[str]) -> None:
@@ -84,10 +85,8 @@ def route(spec: HostSpec, fleet: list[HostSpec], phase: Phase, gate: set[str]) -
 
 def status(spec: HostSpec, fleet: list[HostSpec], gate: set[str]) -> None:
     cfg = spec.settings.canary
-    listen = spec.settings.monitoring.listen
-    local = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
     figures = host.get_fact(CanaryFigures, spec=json.dumps({
-        "prometheus": f"http://{local}:{PROMETHEUS_PORT}",
+        "prometheus": prometheus_url(spec),
         "queries": canary_queries(served_name(spec), cfg.window),
         "log": GATEWAY_LOG, "window_seconds": duration_seconds(cfg.window),
     }, sort_keys=True))
@@ -101,26 +100,29 @@ def status(spec: HostSpec, fleet: list[HostSpec], gate: set[str]) -> None:
         host.noop(f"canary status: {verdict.verdict}")
 
 
+# Canary hosts prove themselves first: pyinfra runs operations in the order of these lines,
+# on every host, so the gateway's change (below) comes after them and checks they passed.
 action = host.data.get("action")
 spec = host_spec()
+fleet = fleet_specs()
+is_gateway = is_monitor(spec) and spec.settings.gateway.enabled
 if action not in CHOICES:
     refuse_host(name="Refuse: no canary action",
                 message=f"--data action={action!r}: allowed: {', '.join(CHOICES)}")
-else:
-    fleet = fleet_specs()
-    if is_monitor(spec) and spec.settings.gateway.enabled:
-        canaries = canary_hosts(fleet, spec)
-        gate = {pyinfra_host_name(s) for s in canaries}
-        if not canaries and action != "rollback":
-            refuse_host(name="Refuse: no canary host behind this gateway",
-                        message=f"no GPU host serving {served_name(spec)} has "
-                                "settings.inference.variant = 'canary'")
-        elif action == "status":
-            status(spec, fleet, gate)
-        else:
-            route(spec, fleet, ACTIONS[action], gate if action == "start" else set())
-    elif (action == "start" and not is_monitor(spec)
-          and spec.settings.inference.variant == "canary"):
-        prove_canary(spec)
+elif action == "start" and spec.settings.role == "gpu" and \
+        spec.settings.inference.variant == "canary":
+    prove_canary(spec)
+elif not is_gateway:
+    host.noop(f"canary {action}: nothing to do on this host")
+
+if action in CHOICES and is_gateway:
+    canaries = canary_hosts(fleet, spec)
+    gate = {pyinfra_host_name(s) for s in canaries}
+    if not canaries and action != "rollback":
+        refuse_host(name="Refuse: no canary host behind this gateway",
+                    message=f"no GPU host serving {served_name(spec)} has "
+                            "settings.inference.variant = 'canary'")
+    elif action == "status":
+        status(spec, fleet, gate)
     else:
-        host.noop(f"canary {action}: nothing to do on this host")
+        route(spec, fleet, ACTIONS[action], gate if action == "start" else set())

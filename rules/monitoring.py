@@ -83,7 +83,7 @@ def scrape_address(spec: HostSpec) -> str | None:
     cfg = spec.settings.monitoring
     if cfg.address:
         return cfg.address
-    if cfg.bind not in ("0.0.0.0", "::") and not _loopback(cfg.bind):
+    if not _unspecified(cfg.bind) and not _loopback(cfg.bind):
         return cfg.bind
     if spec.target.startswith("@docker/"):
         return spec.target.removeprefix("@docker/")
@@ -92,6 +92,21 @@ def scrape_address(spec: HostSpec) -> str | None:
 
 def _loopback(address: str) -> bool:
     return address.startswith("127.") or address == "::1"
+
+
+def _unspecified(address: str) -> bool:
+    return address in ("0.0.0.0", "::")
+
+
+def local_address(listen: str) -> str:
+    """Where a service listening on ``listen`` is reached from its own host."""
+    return "127.0.0.1" if _unspecified(listen) else listen
+
+
+def prometheus_url(monitor: HostSpec) -> str:
+    """Prometheus, as the monitoring host itself reaches it."""
+    local = local_address(monitor.settings.monitoring.listen)
+    return f"http://{_host_port(local, PROMETHEUS_PORT)}"
 
 
 def fleet_replicas(spec: HostSpec) -> int | None:
@@ -144,8 +159,7 @@ def fleet_targets(monitor: HostSpec, specs: list[HostSpec]) -> list[Target]:
     own = {"host": monitor.name, "group": monitor.group}
     if monitor.settings.gateway.enabled:
         targets.append(Target("gateway", f"127.0.0.1:{NGINX_EXPORTER_PORT}", own))
-    listen = monitor.settings.monitoring.listen
-    local = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
+    local = local_address(monitor.settings.monitoring.listen)
     targets.append(Target("prometheus", _host_port(local, PROMETHEUS_PORT), own))
     targets.append(Target("alertmanager", _host_port(local, ALERTMANAGER_PORT), own))
     return targets
@@ -198,7 +212,7 @@ def render_prometheus_config(monitor: HostSpec, specs: list[HostSpec]) -> str:
     jobs: dict[str, list[Target]] = {}
     for target in fleet_targets(monitor, specs):
         jobs.setdefault(target.job, []).append(target)
-    listen = "127.0.0.1" if cfg.listen in ("0.0.0.0", "::") else cfg.listen
+    listen = local_address(cfg.listen)
     config = {
         "global": {"scrape_interval": cfg.scrape_interval,
                    "evaluation_interval": cfg.scrape_interval,
@@ -418,14 +432,12 @@ def render_dashboard(uid: str) -> str:
 
 
 def render_grafana_datasource(monitor: HostSpec) -> str:
-    listen = monitor.settings.monitoring.listen
-    local = "127.0.0.1" if listen in ("0.0.0.0", "::") else listen
     return _yaml("Grafana datasource (point Grafana's paths.provisioning at "
                  f"{GRAFANA_DIR}/provisioning)", {
                      "apiVersion": 1,
                      "datasources": [{"name": "gpufleet Prometheus", "type": "prometheus",
                                       "uid": DATASOURCE_UID, "access": "proxy",
-                                      "url": f"http://{_host_port(local, PROMETHEUS_PORT)}",
+                                      "url": prometheus_url(monitor),
                                       "isDefault": True, "editable": False}]})
 
 

@@ -42,8 +42,9 @@ def hardware_of(name: str) -> str:
 
 
 # The stack tests' hosts (and the benchmark's).
-H100, A100, RTX = (copy_name("stack", n) for n in
-                   ("gpufleet-sim-h100x8", "gpufleet-sim-a100x2", "gpufleet-sim-rtx4090"))
+H100, A100, RTX, MONITOR = (copy_name("stack", n) for n in (
+    "gpufleet-sim-h100x8", "gpufleet-sim-a100x2", "gpufleet-sim-rtx4090",
+    "gpufleet-sim-monitor"))
 
 
 def copy_specs(names: list[str]) -> dict[str, simctl.HostSpec]:
@@ -102,6 +103,7 @@ GROUPS = {
     "h100x8": ("hgx", {"count": 8, "model": "H100 80GB HBM3", "memory_gib": 79}),
     "a100x2": ("pcie", {"count": 2, "model": "A100-PCIE-40GB", "memory_gib": 39}),
     "rtx4090": ("desk", {"count": 1, "model": "RTX 4090"}),
+    "monitor": ("monitor", None),  # no GPU: the monitoring host's role
 }
 
 
@@ -129,7 +131,8 @@ def write_fleet(dest: Path, hosts: list[str], settings: dict[str, Any] | None = 
     for host in hosts:
         group, gpus = GROUPS[hardware_of(host)]
         if group not in by_group:
-            lines += [f"[groups.{group}]", f"settings = {{ gpus = {_toml_value(gpus)} }}", ""]
+            group_settings = f"gpus = {_toml_value(gpus)}" if gpus else 'role = "monitor"'
+            lines += [f"[groups.{group}]", f"settings = {{ {group_settings} }}", ""]
         by_group.setdefault(group, []).append(host)
         entry = (connect or {}).get(host, {"target": f"@docker/{host}"})
         lines.append(f"[groups.{group}.hosts.{host}]")
@@ -156,11 +159,12 @@ class DeployRun:
         return re.findall(r"^\s*\[(\S+)\] Success\s*$", self.output, re.M)
 
 
-def deploy(tree: Path, fleet: Path, *extra: str, timeout: float = 1500) -> DeployRun:
+def deploy(tree: Path, fleet: Path, *extra: str, timeout: float = 1500,
+           script: str = "deploys/gpu_host.py") -> DeployRun:
     env = {**os.environ, "GPUFLEET_FLEET": str(fleet), "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
     proc = subprocess.run(
-        [str(PYINFRA), "-y", *extra, "inventory.py", "deploys/gpu_host.py"],
+        [str(PYINFRA), "-y", *extra, "inventory.py", script],
         cwd=tree, env=env, capture_output=True, text=True, timeout=timeout,
     )
     return DeployRun(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0)
