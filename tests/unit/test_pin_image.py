@@ -1,4 +1,4 @@
-"""tools/pin_image.py writes a digest into exactly one engine table of the pin file."""
+"""tools/pin_image.py writes a digest into exactly one image table of the pin file."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ DIGEST = "sha256:" + "a" * 64
 
 def test_the_digest_lands_in_its_own_table_only() -> None:
     text = PINS_FILE.read_text()
-    changed = set_digest(text, "r535-fwdcompat", "vllm", DIGEST)
+    changed = set_digest(text, "r535-fwdcompat", "inference.vllm", DIGEST)
     assert changed.count(DIGEST) == 1
     table = changed.split("[sets.r535-fwdcompat.inference.vllm]", 1)[1].split("\n[", 1)[0]
     assert f'digest = "{DIGEST}"' in table
@@ -31,4 +31,11 @@ def test_the_digest_lands_in_its_own_table_only() -> None:
 
 def test_a_table_that_does_not_exist_is_an_error() -> None:
     with pytest.raises(ValueError):
-        set_digest(PINS_FILE.read_text(), "no-such-set", "vllm", DIGEST)
+        set_digest(PINS_FILE.read_text(), "no-such-set", "inference.vllm", DIGEST)
+
+
+def test_the_dcgm_exporter_table_takes_a_digest_too() -> None:
+    text = PINS_FILE.read_text()
+    changed = set_digest(text, "r535-cuda121", "monitoring.dcgm_exporter", DIGEST)
+    table = changed.split("[sets.r535-cuda121.monitoring.dcgm_exporter]", 1)[1].split("\n[", 1)[0]
+    assert f'digest = "{DIGEST}"' in table and changed.count(DIGEST) == 1
