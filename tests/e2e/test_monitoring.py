@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import threading
 import time
+from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,8 +277,10 @@ def test_a_slow_canary_fires_the_latency_alert_and_status_rolls_it_back(stack: S
 
         fired = wait_for("the latency alert", firing, 200)
         delay = time.monotonic() - slowed
-        print(f"latency alert firing {delay:.0f} s after the canary slowed "
-              f"(for: {TTFT_FOR_SECONDS} s)")
+        pending = max(datetime.fromisoformat(a["activeAt"].replace("Z", "+00:00")).timestamp()
+                      for a in fired) - (time.time() - delay)
+        print(f"latency alert pending {pending:.0f} s and firing {delay:.0f} s after the "
+              f"canary slowed (for: {TTFT_FOR_SECONDS} s)")
         assert {a["labels"]["variant"] for a in fired} == {"canary"}
         assert {a["labels"]["host"] for a in fired} <= {CANARY}
         # the rate window must first fill with slow requests, then `for` must pass
