@@ -21,9 +21,9 @@ import shlex
 import subprocess
 import threading
 import time
-from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import pytest
