@@ -13,6 +13,7 @@ How a setting travels, one layer down at a time:
     operations/ ─ pyinfra ─▶ commands, comparing with HostState (read again after changes)
     checks (operations.checks.check) ─▶ verify at execution only: driver running, GPUs,
         CUDA, a GPU container, the engine answering a chat completion       execution
+    last: the host manifest (/etc/gpufleet/manifest.json, and fleet-state/ on the controller)
 
 Every decision to act is made before execution, so the preview (no -y) shows it, reboots
 included; code that runs at execution only verifies. The preview reads facts and changes
@@ -28,6 +29,7 @@ from deploys.cuda_toolkit import cuda_toolkit
 from deploys.docker_engine import docker_engine
 from deploys.exporters import exporters
 from deploys.host_network import host_network
+from deploys.host_record import host_record
 from deploys.inference import inference
 from deploys.monitoring_host import monitoring_host
 from deploys.nvidia_driver import nvidia_driver
@@ -45,6 +47,7 @@ if is_monitor(spec):
     # A monitoring host needs no GPU: its own small stack, read from one state read.
     host_network(spec=spec)
     monitoring_host(spec=spec, fleet=fleet)
+    host_record(spec=spec)
     plan = None
 else:
     probe = read_host(spec)
@@ -72,3 +75,4 @@ if plan is not None:
         exporters(spec=spec)
     inference(spec=spec, plan=plan, listing=probe.weights,
               exporter=dcgm_exporter(spec) if monitored else None)
+    host_record(spec=spec, plan=plan, venv=venv)

@@ -122,6 +122,7 @@ class HostStateResult:
     docker: docker_facts.DockerInfoResult = field(
         default_factory=lambda: docker_facts.parse_docker_info(""))
     images: frozenset[str] = frozenset()
+    image_ids: dict[str, str] = field(default_factory=dict)  # repo:tag -> id
     compose: dict[str, str] = field(default_factory=dict)
     keyrings: dict[str, frozenset[str]] = field(default_factory=dict)
     now: int | None = None
@@ -158,6 +159,7 @@ class HostStateResult:
             files=files,
             services={n: ServiceState(*s) for n, s in data.get("services", {}).items()},
             images=frozenset(data.get("images", [])),
+            image_ids=dict(data.get("image_ids", {})),
             compose=dict(data.get("compose", {})),
             keyrings={p: frozenset(f) for p, f in data.get("keyrings", {}).items()},
             now=data.get("now"),
@@ -196,7 +198,8 @@ SERVICES_SCRIPT = "\n".join([
 
 IMAGES_SCRIPT = "\n".join([
     "command -v docker >/dev/null 2>&1 || exit 0",
-    "docker image ls --digests --format '{{.Repository}} {{.Tag}} {{.Digest}}' 2>/dev/null",
+    "docker image ls --digests --no-trunc "
+    "--format '{{.Repository}} {{.Tag}} {{.Digest}} {{.ID}}' 2>/dev/null",
     "true",
 ])
 
@@ -286,14 +289,24 @@ def parse_images(text: str) -> frozenset[str]:
     refs: set[str] = set()
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) != 3 or parts[0] == "<none>":
+        if len(parts) not in (3, 4) or parts[0] == "<none>":
             continue
-        repo, tag, digest = parts
+        repo, tag, digest = parts[:3]
         if tag != "<none>":
             refs.add(f"{repo}:{tag}")
         if digest.startswith("sha256:"):
             refs.add(f"{repo}@{digest}")
     return frozenset(refs)
+
+
+def parse_image_ids(text: str) -> dict[str, str]:
+    """repo:tag -> the image's id (sha256:...), for the lines that carry one."""
+    ids: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] != "<none>" and parts[1] != "<none>":
+            ids[f"{parts[0]}:{parts[1]}"] = parts[3]
+    return ids
 
 
 def parse_host_state(lines: list[str]) -> HostStateResult:
@@ -320,6 +333,7 @@ def parse_host_state(lines: list[str]) -> HostStateResult:
         system=system_facts.parse_system_info(system.text, system.exit_code),
         docker=docker_facts.parse_docker_info(docker.text, docker.exit_code),
         images=parse_images(get("images").text),
+        image_ids=parse_image_ids(get("images").text),
         compose=compose,
         keyrings=parse_keyring_fingerprints(get("keyrings").text.splitlines()),
         now=int(now) if now.isdigit() else None,

@@ -113,10 +113,18 @@ class HostSpec(BaseModel):
     pins: PinSet
     model: ModelSpec
     fleet_dir: Path
+    fleet_name: str = "fleet"
     ssh_user: str | None = None
     ssh_port: int | None = None
     ssh_key: str | None = None
     sudo: bool = False
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the controller keeps this fleet's host manifests and audits: fleet-state/NAME
+        beside the fleet file (keep it in git to diff a fleet's state over time)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", self.fleet_name).strip(".-") or "fleet"
+        return self.fleet_dir / "fleet-state" / safe
 
     def controller_path(self, value: str) -> Path:
         """A path from the fleet file, relative paths taken from the fleet file's folder."""
@@ -405,7 +413,7 @@ def load_fleet(
             deep_merge(fleet_file.settings, groups[group_name].settings), host.settings
         )
         spec = _host_spec(path, pin_file, models, merged, group_name, host_name, host, where,
-                          problems)
+                          problems, fleet.name)
         if spec is None or (group_name, host_name) in broken:
             continue
         target_key = _target_key(spec.target)
@@ -433,6 +441,7 @@ def _host_spec(
     host: HostEntry,
     where: str,
     problems: list[Problem],
+    fleet_name: str = "fleet",
 ) -> HostSpec | None:
     target = host.target or host_name
     pin_set_name = merged.get("pin_set", Settings.model_fields["pin_set"].default)
@@ -461,7 +470,8 @@ def _host_spec(
     spec = HostSpec(
         name=host_name, group=group_name, target=target, settings=settings,
         pin_set_name=settings.pin_set, pins=pins, model=model, fleet_dir=fleet_dir,
-        ssh_user=host.ssh_user, ssh_port=host.ssh_port, ssh_key=host.ssh_key, sudo=host.sudo,
+        fleet_name=fleet_name, ssh_user=host.ssh_user, ssh_port=host.ssh_port,
+        ssh_key=host.ssh_key, sudo=host.sudo,
     )
     problems.extend(_controller_file_problems(spec, where))
     return spec

@@ -20,6 +20,7 @@ from pyinfra.api import OperationValueError, StringCommand, operation
 from facts._shell import quote
 from facts.apt import AptOffered
 from facts.host_state import host_state, require_watched, sha256_text
+from operations.desired import desired
 from operations.host_files import file_commands, write_file_command
 from rules.packages import PIN_PRIORITY
 from rules.render import render_apt_preferences
@@ -84,6 +85,7 @@ def apt_preferences(
         raise OperationValueError("no packages to pin")
     check_packages(packages)
     content = render_apt_preferences(component, pin_set, packages, priority)
+    desired().file(path, sha256_text(content))
     commands = list(file_commands(path, host_state().file(path), sha256_text(content),
                                   write_file_command(path, content), "644", "root:root"))
     if not commands:
@@ -113,6 +115,8 @@ def exact_versions(packages: Mapping[str, str | None], env_file: str | None = No
         )
     """
     check_packages(packages)
+    for name, version in packages.items():
+        desired().package(name, version)
     state = host_state()
     moving = sorted(
         name for name, version in packages.items()
@@ -148,6 +152,7 @@ def apt_hold(packages: Sequence[str], hold: bool = True):
         apt_hold(name="Ensure the driver packages are held", packages=["nvidia-driver-535"])
     """
     check_packages(dict.fromkeys(packages))
+    desired().hold(list(packages), hold)
     held = host_state().held
     todo = sorted(p for p in packages if (p in held) != hold)
     if not todo:
@@ -190,6 +195,8 @@ def packages_present(packages: Sequence[str], env_file: str | None = None,
                          packages=["curl", "gnupg"])
     """
     check_packages(dict.fromkeys(packages))
+    for name in packages:
+        desired().package(name, None)
     missing = [p for p in packages if p not in host_state().installed]
     if not missing:
         host.noop(f"{len(packages)} packages installed")

@@ -12,6 +12,7 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 from facts._shell import quote
 from facts.host_state import KEYRING_DIR, host_state, require_watched
 from operations.apt_pins import APT_ENV, with_env_file
+from operations.desired import desired
 from operations.host_files import write_file_command
 from operations.messages import tell
 
@@ -53,6 +54,7 @@ def keyring(path: str, url: str, fingerprint: str, env_file: str | None = None):
     if not re.fullmatch(r"https?://[^\s'\"`$\\;]+", url):
         raise OperationValueError(f"not a plain http(s) URL: {url!r}")
 
+    desired().keyrings[path] = fingerprint
     if host_state().keyrings.get(path) == frozenset({fingerprint}):
         host.noop(f"keyring {path} holds exactly {fingerprint}")
         return

@@ -11,6 +11,7 @@ from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, opera
 
 from facts._shell import quote
 from facts.host_state import host_state, require_watched
+from operations.desired import desired
 from operations.host_files import write_file_command
 from operations.messages import fail_host
 from rules.daemon_json import (
@@ -88,6 +89,7 @@ def image_from_archive(image: str, archive: str):
                            image="nvidia/cuda:12.1.1-base-ubuntu22.04",
                            archive="images/cuda-base.tar")
     """
+    desired().images.add(image)
     if image in host_state().images:
         host.noop(f"image {image} is present")
         return
@@ -113,6 +115,7 @@ def image_pulled(image: str):
         image_pulled(name="Ensure the serving image is present",
                      image="vllm/vllm-openai:v0.4.2")
     """
+    desired().images.add(image)
     if image in host_state().images:
         host.noop(f"image {image} is present")
         return

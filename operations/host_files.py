@@ -21,6 +21,7 @@ from pyinfra.api.hiddenvalue import HiddenValue
 
 from facts._shell import quote
 from facts.host_state import FileState, host_state, require_watched, sha256_text
+from operations.desired import desired
 
 _MODE = re.compile(r"[0-7]{3,4}")
 _OWNER = re.compile(r"[a-z_][a-z0-9_-]*:[a-z_][a-z0-9_-]*")
@@ -100,6 +101,7 @@ def managed_file(path: str, content: str | None, mode: str = "644", owner: str =
     _check_args(path, mode, owner)
     current = host_state().file(path)
     wanted = None if content is None else sha256_text(content)
+    desired().file(path, wanted, mode, owner)
     write = None if content is None else write_file_command(path, content, mode, owner, secret)
     commands = list(file_commands(path, current, wanted, write, mode, owner))
     if not commands:
@@ -133,6 +135,7 @@ def uploaded_file(path: str, src: str, mode: str = "644", owner: str = "root:roo
     _check_args(path, mode, owner)
     with open(src, "rb") as handle:
         wanted = hashlib.sha256(handle.read()).hexdigest()
+    desired().file(path, wanted, mode, owner)
     # A unique name per attempt; the leftovers of a failed upload are removed first.
     tmp = f"{path}.gpufleet-upload-{uuid.uuid4().hex[:12]}"
     write = StringCommand(
@@ -211,6 +214,7 @@ def validated_file(path: str, content: str, check: str, mode: str = "644",
     if "{}" not in check:
         raise OperationValueError("check must name the candidate file as {}")
     current = host_state().file(path)
+    desired().file(path, sha256_text(content), mode, owner)
     data = quote(base64.b64encode(content.encode()).decode())
     name = quote(PurePosixPath(path).name)
     staged = f'"$work"/{name}'

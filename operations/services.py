@@ -12,6 +12,7 @@ from pyinfra.operations import server
 from facts._shell import quote
 from facts.host_state import host_state
 from operations.conditions import after_change
+from operations.desired import desired
 
 
 @operation()
@@ -31,6 +32,8 @@ def service(unit: str, enabled: bool = True, running: bool = True):
     """
     if not re.fullmatch(r"[A-Za-z0-9@._-]+", unit):
         raise OperationValueError(f"not a systemd unit name: {unit!r}")
+    if running:
+        desired().services.add(unit)
     state = host_state().service(unit)
     todo = []
     if enabled and not state.is_enabled:

@@ -57,7 +57,9 @@ from rules.python_env_plan import InstallSource
 
 CASES_DIR = Path(__file__).resolve().parents[1] / "operations"
 OPERATION_MODULES = ("host_files", "apt_pins", "apt_repos", "services", "reboot",
-                     "docker_config", "checks", "locked_venv", "compose", "model_weights")
+                     "docker_config", "checks", "locked_venv", "compose", "model_weights",
+                     "host_manifest")
+desired_records = importlib.import_module("operations.desired")._BY_HOST
 FIXED_UUID = uuid.UUID("12345678123456781234567812345678")
 
 
@@ -99,6 +101,7 @@ class Run:
         self.state = State(Inventory((["somehost"], {})), Config())
         self.state.is_executing = executing
         self.host = self.state.inventory.get_host("somehost")
+        desired_records.clear()  # each case on a host nothing was recorded for yet
         self.noops: list[str] = []
         self.facts_read: list[str] = []
 
