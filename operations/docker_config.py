@@ -4,6 +4,9 @@ and images loaded from `docker save` archives where no registry is reachable.
 
 from __future__ import annotations
 
+import json
+import logging
+import tarfile
 import uuid
 
 from pyinfra import host
@@ -23,6 +26,8 @@ from rules.daemon_json import (
     render_claims,
     render_daemon_json,
 )
+
+logger = logging.getLogger("gpufleet")
 
 
 @operation()
@@ -72,11 +77,29 @@ def daemon_json(path: str, record: str, wanted: DaemonJsonWanted):
         yield write_file_command(record, render_claims(path, claims))
 
 
+def archive_image_id(archive: str, image: str) -> str | None:
+    """The id (sha256:...) of ``image`` in a `docker save` archive on the controller, from the
+    archive's manifest.json; None when the archive cannot tell (then presence is enough)."""
+    try:
+        with tarfile.open(archive) as tar:
+            member = tar.extractfile("manifest.json")
+            entries = json.load(member) if member else []
+    except (OSError, tarfile.TarError, KeyError, ValueError):
+        return None
+    for entry in entries if isinstance(entries, list) else []:
+        if image in (entry.get("RepoTags") or []):
+            config = str(entry.get("Config", ""))  # "<hex>.json" or "blobs/sha256/<hex>"
+            digest = config.rsplit("/", 1)[-1].removesuffix(".json")
+            return f"sha256:{digest}" if len(digest) == 64 else None
+    return None
+
+
 @operation()
 def image_from_archive(image: str, archive: str):
     """
     Ensure a Docker image is present, loading it from a `docker save` archive on the
-    controller when it is not (sites without registry access).
+    controller when it is not, or when another image has taken its name (sites without
+    registry access).
 
     + image: the image reference that must exist
     + archive: path of the archive on the controller
@@ -90,9 +113,14 @@ def image_from_archive(image: str, archive: str):
                            archive="images/cuda-base.tar")
     """
     desired().images.add(image)
-    if image in host_state().images:
+    state = host_state()
+    have, want = state.image_ids.get(image), archive_image_id(archive, image)
+    if image in state.images and (want is None or have is None or have == want):
         host.noop(f"image {image} is present")
         return
+    if image in state.images:
+        host.log_styled(f"{image} is another image ({have}) than the archive's ({want}): "
+                        "loading it again", fg="yellow", log_func=logger.warning)
     # A unique name per attempt, removed whatever happens; leftovers of an interrupted
     # upload are removed first.
     remote = f"/var/tmp/gpufleet-image-{uuid.uuid4().hex[:12]}.tar"
