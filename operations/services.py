@@ -32,7 +32,7 @@ def service(unit: str, enabled: bool = True, running: bool = True):
     """
     if not re.fullmatch(r"[A-Za-z0-9@._-]+", unit):
         raise OperationValueError(f"not a systemd unit name: {unit!r}")
-    if running:
+    if running or enabled:  # enabled at boot: running once the host is up
         desired().services.add(unit)
     state = host_state().service(unit)
     todo = []

@@ -15,14 +15,12 @@ it, with auto_rollback) -> every dashboard query returns data -> a corrupt canar
 
 from __future__ import annotations
 
-import http.client
 import json
 import shlex
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from rules.monitoring import DASHBOARDS
 from tests.e2e import stack_helpers as sh
 from tests.e2e.hosts import ok
 from tests.e2e.hosts import sh as run_on
+from tests.e2e.load import Load
 
 pytestmark = pytest.mark.sim
 
@@ -107,74 +106,6 @@ def wait_for(what: str, condition, seconds: float, every: float = 2.0):
             return result
         assert time.monotonic() < deadline, f"{what}: not within {seconds:.0f} s"
         time.sleep(every)
-
-
-@dataclass
-class Load:
-    """A bounded load through the gateway: ``count`` requests at ``concurrency``, stopping by
-    itself after ``seconds`` at the latest (or when stop() is called)."""
-
-    gateway: str
-    count: int
-    concurrency: int = 8
-    seconds: float = 300
-    results: list[tuple[float, str, int]] = field(default_factory=list)  # (time, variant, code)
-    failures: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
-        self._next = 0
-        self._stop = threading.Event()
-        self._deadline = time.monotonic() + self.seconds
-        self._threads = [threading.Thread(target=self._worker, daemon=True)
-                         for _ in range(self.concurrency)]
-
-    def start(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def wait(self) -> Load:
-        for thread in self._threads:
-            thread.join(self.seconds + 60)
-        return self
-
-    def _take(self) -> bool:
-        with self._lock:
-            if self._next >= self.count or self._stop.is_set() \
-                    or time.monotonic() > self._deadline:
-                return False
-            self._next += 1
-            return True
-
-    def _worker(self) -> None:
-        host, port = self.gateway.split(":")
-        body = json.dumps({"model": MODEL, "max_tokens": 4,
-                           "messages": [{"role": "user", "content": "Say hello."}]})
-        while self._take():
-            connection = http.client.HTTPConnection(host, int(port), timeout=30)
-            try:
-                connection.request("POST", "/v1/chat/completions", body,
-                                   {"Content-Type": "application/json"})
-                response = connection.getresponse()
-                response.read()
-                variant = response.getheader("X-Gpufleet-Variant", "")
-                with self._lock:
-                    self.results.append((time.monotonic(), variant, response.status))
-                    if response.status != 200:
-                        self.failures.append(f"HTTP {response.status} from {variant}")
-            except (OSError, http.client.HTTPException) as exc:
-                with self._lock:
-                    self.failures.append(repr(exc))
-            finally:
-                connection.close()
-
-    def share(self, variant: str, last: int | None = None) -> float:
-        rows = self.results[-last:] if last else self.results
-        return sum(1 for _, v, _ in rows if v == variant) / max(1, len(rows))
 
 
 def set_knobs(host: str, knobs: dict) -> None:

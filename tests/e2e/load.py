@@ -1,0 +1,82 @@
+"""A bounded load through a gateway, for the end-to-end tests (loopback and the simulator's
+own network only): a fixed number of chat completions at a fixed concurrency, stopping by
+itself after a time limit; each answer's variant (X-Gpufleet-Variant) and status recorded."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+MODEL = "deepseek-r1-distill-qwen-7b"
+
+
+@dataclass
+class Load:
+    """A bounded load through the gateway: ``count`` requests at ``concurrency``, stopping by
+    itself after ``seconds`` at the latest (or when stop() is called)."""
+
+    gateway: str
+    count: int
+    concurrency: int = 8
+    seconds: float = 300
+    model: str = MODEL
+    results: list[tuple[float, str, int]] = field(default_factory=list)  # (time, variant, code)
+    failures: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0
+        self._stop = threading.Event()
+        self._deadline = time.monotonic() + self.seconds
+        self._threads = [threading.Thread(target=self._worker, daemon=True)
+                         for _ in range(self.concurrency)]
+
+    def start(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self) -> Load:
+        for thread in self._threads:
+            thread.join(self.seconds + 60)
+        return self
+
+    def _take(self) -> bool:
+        with self._lock:
+            if self._next >= self.count or self._stop.is_set() \
+                    or time.monotonic() > self._deadline:
+                return False
+            self._next += 1
+            return True
+
+    def _worker(self) -> None:
+        host, port = self.gateway.split(":")
+        body = json.dumps({"model": self.model, "max_tokens": 4,
+                           "messages": [{"role": "user", "content": "Say hello."}]})
+        while self._take():
+            connection = http.client.HTTPConnection(host, int(port), timeout=30)
+            try:
+                connection.request("POST", "/v1/chat/completions", body,
+                                   {"Content-Type": "application/json"})
+                response = connection.getresponse()
+                response.read()
+                variant = response.getheader("X-Gpufleet-Variant", "")
+                with self._lock:
+                    self.results.append((time.monotonic(), variant, response.status))
+                    if response.status != 200:
+                        self.failures.append(f"HTTP {response.status} from {variant}")
+            except (OSError, http.client.HTTPException) as exc:
+                with self._lock:
+                    self.failures.append(repr(exc))
+            finally:
+                connection.close()
+
+    def share(self, variant: str, last: int | None = None) -> float:
+        rows = self.results[-last:] if last else self.results
+        return sum(1 for _, v, _ in rows if v == variant) / max(1, len(rows))
