@@ -23,7 +23,8 @@ class Load:
     concurrency: int = 8
     seconds: float = 300
     model: str = MODEL
-    results: list[tuple[float, str, int]] = field(default_factory=list)  # (time, variant, code)
+    # (when the request was sent, variant, HTTP status), in the order the answers came
+    results: list[tuple[float, str, int]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -60,6 +61,7 @@ class Load:
         body = json.dumps({"model": self.model, "max_tokens": 4,
                            "messages": [{"role": "user", "content": "Say hello."}]})
         while self._take():
+            sent = time.monotonic()
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
             try:
                 connection.request("POST", "/v1/chat/completions", body,
@@ -68,7 +70,7 @@ class Load:
                 response.read()
                 variant = response.getheader("X-Gpufleet-Variant", "")
                 with self._lock:
-                    self.results.append((time.monotonic(), variant, response.status))
+                    self.results.append((sent, variant, response.status))
                     if response.status != 200:
                         self.failures.append(f"HTTP {response.status} from {variant}")
             except (OSError, http.client.HTTPException) as exc:
@@ -77,6 +79,10 @@ class Load:
             finally:
                 connection.close()
 
-    def share(self, variant: str, last: int | None = None) -> float:
-        rows = self.results[-last:] if last else self.results
+    def share(self, variant: str, since: float | None = None) -> float:
+        """The share of answers from ``variant``, of the requests sent after ``since``."""
+        rows = [r for r in self.results if since is None or r[0] > since]
         return sum(1 for _, v, _ in rows if v == variant) / max(1, len(rows))
+
+    def sent_after(self, since: float) -> int:
+        return sum(1 for sent, _, _ in self.results if sent > since)
