@@ -23,11 +23,13 @@ from operations.host_files import managed_file, validated_file
 from operations.services import reloaded_after, restarted_after, service
 from rules.gateway import (
     CANARY_STATE,
+    DRAIN_STATE,
     GATEWAY_CONF,
     NGINX_CHECK,
     STATUS_PORT,
     Phase,
     parse_canary_state,
+    parse_drained,
     render_gateway,
     routing,
 )
@@ -58,16 +60,22 @@ GATEWAY_PACKAGES = ("nginx", "prometheus-nginx-exporter")
 
 def recorded_phase() -> Phase:
     """The canary phase the gateway host records (the canary actions write it)."""
-    state = host_state().file(CANARY_STATE)
-    return parse_canary_state(state.content if state else None)
+    return parse_canary_state(host_state().content(CANARY_STATE))
 
 
-def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase, **gate: Any) -> None:
-    """nginx in front of every replica serving the gateway's model, split by canary phase.
+def recorded_drain() -> frozenset[str]:
+    """The hosts a rollout took out of the gateway (tools/rollout.py, deploys/drain.py)."""
+    return parse_drained(host_state().content(DRAIN_STATE))
+
+
+def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
+            drained: frozenset[str] | None = None, **gate: Any) -> None:
+    """nginx in front of every replica serving the gateway's model, split by canary phase,
+    without the drained hosts' (None: those recorded on the host).
 
     ``gate``: pyinfra global arguments (``_if``) for the routing change (the canary actions
     change it only when every canary host passed)."""
-    route = routing(spec, fleet, phase)
+    route = routing(spec, fleet, phase, recorded_drain() if drained is None else drained)
     conf = validated_file(
         name=f"Ensure the gateway routes {route.weight} % to the canary (phase {route.phase}; "
              "checked by nginx -t)",

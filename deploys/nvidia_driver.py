@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
@@ -41,6 +42,7 @@ from rules.host_plan import HostPlan
 from rules.network import download_env_file
 from rules.packages import preferences_path
 from rules.render import render_nouveau_blacklist
+from rules.rollout import ROLLOUT_BATCH_DATA
 
 
 @deploy("NVIDIA driver")
@@ -92,17 +94,20 @@ def nvidia_driver(spec: HostSpec, plan: HostPlan, secure_boot: bool | None) -> O
         driver_will_change=driver_will_change,
     )
     rebooting = None
+    # A plain run reboots one host at a time, fleet-wide; tools/rollout.py has already cut
+    # the fleet into batches (drained from the gateway), so a batch reboots together.
+    serial = host.data.get(ROLLOUT_BATCH_DATA) is None
     if settings.reboot == "if-needed" and reboot.now:
         reasons = [*reboot.now, *reboot.after_install]  # one reboot serves both
         rebooting = rebooted(
             name="Reboot: " + "; ".join(reasons), reasons=reasons,
-            timeout=settings.reboot_timeout_seconds, _serial=True,
+            timeout=settings.reboot_timeout_seconds, _serial=serial,
         )
     elif settings.reboot == "if-needed" and reboot.after_install:
         rebooting = rebooted(
             name="Reboot if the driver install changed it: " + "; ".join(reboot.after_install),
             reasons=list(reboot.after_install), timeout=settings.reboot_timeout_seconds,
-            _serial=True, **(after_change(install) or {}),
+            _serial=serial, **(after_change(install) or {}),
         )
 
     def running_verdict() -> tuple[str | None, str]:

@@ -566,6 +566,28 @@ class CanarySettings(Strict):
     auto_rollback: bool = False
 
 
+_PERCENT = re.compile(r"([1-9][0-9]?|100)%")
+
+
+def _batch(value: int | str) -> int | str:
+    if isinstance(value, int) and 1 <= value <= 1000:
+        return value
+    if isinstance(value, str) and _PERCENT.fullmatch(value):
+        return value
+    raise ValueError("must be a count of hosts (1 to 1000) or a percentage of the group "
+                     "(\"1%\" to \"100%\")")
+
+
+BatchSize = Annotated[int | str, AfterValidator(_batch)]
+
+
+class RolloutSettings(Strict):
+    # Hosts of a group converged at a time by tools/rollout.py: a count, or a percentage of
+    # the group ("25%", rounded up). Each batch is drained from the gateway first, converged
+    # (its reboots together), checked, and put back.
+    batch: BatchSize = 1
+
+
 # --- preflight ------------------------------------------------------------------------------
 class PreflightSettings(Strict):
     # Turn these preflight errors (by code, or "all") into warnings: for people who know better.
@@ -614,6 +636,7 @@ class Settings(Strict):
     monitoring: MonitoringSettings = MonitoringSettings()
     gateway: GatewaySettings = GatewaySettings()
     canary: CanarySettings = CanarySettings()
+    rollout: RolloutSettings = RolloutSettings()
 
 
 # --- hosts, groups, the fleet ---------------------------------------------------------------

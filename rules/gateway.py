@@ -28,6 +28,8 @@ from rules.render import render
 GATEWAY_CONF = "/etc/nginx/conf.d/gpufleet-gateway.conf"
 GATEWAY_LOG = "/var/log/nginx/gpufleet-gateway.log"
 CANARY_STATE = "/var/lib/gpufleet/canary.json"
+# The hosts a rollout took out of the gateway while their batch converges.
+DRAIN_STATE = "/var/lib/gpufleet/drained.json"
 STATUS_PORT = 8099  # nginx stub_status, loopback only
 Phase = Literal["off", "running", "promoted", "rolled-back"]
 PHASES: tuple[Phase, ...] = ("off", "running", "promoted", "rolled-back")
@@ -66,12 +68,14 @@ def replicas_of(spec: HostSpec) -> tuple[str, ...]:
     return tuple(f"{host}:{spec.settings.inference.port + i}" for i in range(count))
 
 
-def routing(gateway: HostSpec, specs: list[HostSpec], phase: Phase) -> Routing:
-    """Every replica serving the gateway's model, by variant. Hosts serving another name are
-    not behind this gateway (one gateway routes one served model name)."""
+def routing(gateway: HostSpec, specs: list[HostSpec], phase: Phase,
+            drained: frozenset[str] = frozenset()) -> Routing:
+    """Every replica serving the gateway's model, by variant, but those of ``drained`` hosts
+    (a rollout's batch). Hosts serving another name are not behind this gateway (one gateway
+    routes one served model name)."""
     name = served_name(gateway)
     behind = [s for s in specs if s.settings.role == "gpu" and s.settings.inference.enabled
-              and served_name(s) == name]
+              and served_name(s) == name and s.name not in drained]
     pools: dict[str, tuple[str, ...]] = {"stable": (), "canary": ()}
     for spec in behind:
         pools[spec.settings.inference.variant] += replicas_of(spec)
@@ -107,3 +111,17 @@ def parse_canary_state(text: str | None) -> Phase:
     except (ValueError, AttributeError):
         return "off"
     return phase if phase in PHASES else "off"
+
+
+def render_drained(hosts: frozenset[str]) -> str:
+    return json.dumps({"hosts": sorted(hosts)}) + "\n"
+
+
+def parse_drained(text: str | None) -> frozenset[str]:
+    """The hosts recorded as drained; none when nothing (or garbage) is recorded."""
+    try:
+        hosts = json.loads(text or "{}").get("hosts", [])
+    except (ValueError, AttributeError):
+        return frozenset()
+    return frozenset(h for h in hosts if isinstance(h, str)) if isinstance(hosts, list) \
+        else frozenset()

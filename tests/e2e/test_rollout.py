@@ -1,0 +1,133 @@
+"""End-to-end: a rolling pin change over four GPU hosts in batches of two, behind the gateway.
+
+This module's own hosts: four copies of the A100 host (2 replicas each) and a monitoring host
+with the gateway. Converged on older pins, then `tools/rollout.py` moves them to newer ones
+(driver, CUDA, container toolkit: a reboot per host) while a bounded load goes through the
+gateway: every batch is drained first, so no request fails, and at most two hosts are ever
+out. Then a rollout back whose second batch breaks (a malformed apt source on one host) stops
+there, leaves that batch drained and says which host is on which pins; fixed, `--behind-only`
+finishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import stack_helpers as sh
+from tests.e2e.hosts import ok
+from tests.e2e.load import Load
+
+pytestmark = pytest.mark.sim
+
+GPUS = [sh.copy_name(f"roll{i}", "gpufleet-sim-a100x2") for i in range(1, 5)]
+MONITOR = sh.copy_name("roll", "gpufleet-sim-monitor")
+OLD = ("535.161.08-1", "12.1.0-1", "1.14.6-1")
+NEW = ("535.183.06-1", "12.1.1-1", "1.15.0-1")
+BROKEN = "/etc/apt/sources.list.d/broken-by-hand.list"
+
+
+@dataclass
+class Rollout:
+    tree: Path
+    fleet: Path
+    gateway: str
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "GPUFLEET_FLEET": str(self.fleet), "PYTHONUNBUFFERED": "1"}
+        return subprocess.run([sys.executable, str(self.tree / "tools" / "rollout.py"), *args],
+                              cwd=self.tree, env=env, capture_output=True, text=True,
+                              timeout=1500)
+
+
+def address_of(container: str) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "--format",
+         "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", container],
+        capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+@pytest.fixture(scope="module")
+def rollout(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
+    tmp = tmp_path_factory.mktemp("rollout")
+    sh.start_hosts([*GPUS, MONITOR])
+    tree = sh.product_copy(tmp / "tree")
+    (tree / "tools").mkdir()
+    shutil.copy2(sh.REPO / "tools" / "rollout.py", tree / "tools" / "rollout.py")
+    sh.set_pins(tree, *OLD)
+    per_gpu = {"inference": {"replicas": 2}, "rollout": {"batch": 2}}
+    fleet = sh.write_fleet(tmp, [*GPUS, MONITOR], inference=True, settings={
+        **{name: per_gpu for name in GPUS}, MONITOR: {"gateway": {"bind": "0.0.0.0"}}})
+    run = sh.deploy(tree, fleet)
+    assert run.rc == 0, run.output[-5000:]
+    yield Rollout(tree, fleet, f"{address_of(MONITOR)}:8080")
+
+
+def boot_id(host: str) -> str:
+    """When the host's init started (a simulated host shares the kernel, so its boot_id does
+    not change on a reboot: its PID 1 does)."""
+    return ok(host, "cut -d' ' -f22 /proc/1/stat").strip()
+
+
+def under_load(rollout: Rollout, *args: str) -> tuple[subprocess.CompletedProcess[str], Load]:
+    """The rollout, with a bounded load through the gateway for as long as it runs."""
+    load = Load(rollout.gateway, count=1_000_000, concurrency=4, seconds=900).start()
+    try:
+        run = rollout.run(*args)
+    finally:
+        load.stop()
+        load.wait()
+    return run, load
+
+
+def drained_batches(output: str) -> list[list[str]]:
+    return [names.split(",") for names in re.findall(r"--data drain=(\S+)", output)]
+
+
+def test_a_pin_change_rolls_through_in_batches_without_a_failed_request(
+        rollout: Rollout) -> None:
+    sh.set_pins(rollout.tree, *NEW)
+    boots = {host: boot_id(host) for host in GPUS}
+    run, load = under_load(rollout)
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    print(f"rolling pin change: {len(load.results)} requests through the gateway, "
+          f"{len(load.failures)} failed")
+    assert load.failures == [] and len(load.results) > 100
+    assert drained_batches(run.stdout) == [GPUS[:2], GPUS[2:]]  # never more than half out
+    assert all(boot_id(host) != boots[host] for host in GPUS)  # each rebooted, in its batch
+    for host in GPUS:
+        assert f"{host}: r535-cuda121 (the fleet file's pins)" in run.stdout
+        assert sh.dpkg_versions(host, ["cuda-toolkit-12-1"]) == {"cuda-toolkit-12-1": NEW[1]}
+    gateway = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
+    assert all(f"server {host}:8000" in gateway for host in GPUS)  # everyone back
+
+
+def test_a_failed_batch_stops_the_rollout_and_says_who_is_on_which_pins(
+        rollout: Rollout) -> None:
+    sh.set_pins(rollout.tree, *OLD)
+    ok(GPUS[2], f"echo 'deb this-is-not-a-source' > {BROKEN}")
+    run, load = under_load(rollout)
+    assert run.returncode == 1
+    assert load.failures == []
+    assert f"batch 2 ({GPUS[2]}, {GPUS[3]}) failed" in run.stderr
+    assert f"{GPUS[0]}: r535-cuda121 (the fleet file's pins)" in run.stdout
+    assert f"{GPUS[2]}: r535-cuda121 (older pins)" in run.stdout
+    gateway = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
+    assert f"server {GPUS[2]}:8000" not in gateway  # the failed batch stays out
+    assert f"server {GPUS[0]}:8000" in gateway
+
+    ok(GPUS[2], f"rm -f {BROKEN}")
+    resumed = rollout.run("--behind-only")
+    assert resumed.returncode == 0, resumed.stdout[-6000:] + resumed.stderr[-3000:]
+    assert drained_batches(resumed.stdout) == [[GPUS[2]]] or \
+        drained_batches(resumed.stdout) == [[GPUS[2], GPUS[3]]]
+    assert all(f"{host}: r535-cuda121 (the fleet file's pins)" in resumed.stdout
+               for host in GPUS)

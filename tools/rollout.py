@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Roll a pin change (or a rebuild) through the fleet a batch at a time.
+
+    GPUFLEET_FLEET=my-fleet.toml .venv/bin/python tools/rollout.py [--behind-only]
+
+The GPU hosts are cut into batches per group (settings.rollout.batch: a count, or a percentage
+of the group). For each batch, in the fleet file's order:
+
+  1. drain it from the gateway (when the fleet has one): requests in flight finish, new ones go
+     to the other hosts;
+  2. converge it: `pyinfra -y inventory.py deploys/gpu_host.py --limit ...`, whose last checks
+     are the GPUs, a GPU container and a chat completion from every replica; the batch's
+     reboots happen together;
+  3. put it back into the gateway.
+
+The first batch that fails stops the rollout: it stays drained, and every host's pins are
+listed from its manifest (fleet-state/<fleet>/<host>.json). `--behind-only` skips hosts whose
+manifest already has the fleet file's pins (to resume a stopped rollout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from inventory.fleet import Fleet, FleetError, HostSpec, load_fleet, pyinfra_host_name  # noqa: E402
+from rules.fleet_checks import fleet_problems  # noqa: E402
+from rules.manifest import parse_manifest  # noqa: E402
+from rules.monitoring import is_monitor  # noqa: E402
+from rules.rollout import ROLLOUT_BATCH_DATA, batches, pin_state  # noqa: E402
+
+PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
+
+
+def pyinfra(script: str, limit: list[str], *data: str) -> int:
+    args = [PYINFRA, "-y", "inventory.py", script]
+    for name in limit:
+        args += ["--limit", name]
+    for item in data:
+        args += ["--data", item]
+    print(f"--> {' '.join(args[1:])}", flush=True)
+    return subprocess.run(args, cwd=REPO, env=os.environ.copy()).returncode
+
+
+def manifest_of(spec: HostSpec) -> dict | None:
+    path = spec.state_dir / f"{spec.name}.json"
+    try:
+        return parse_manifest(path.read_text())
+    except OSError:
+        return None
+
+
+def report(fleet: Fleet) -> None:
+    print("--> Where each host stands (from its manifest):")
+    for spec in fleet.hosts:
+        if spec.settings.role == "gpu":
+            print("    " + pin_state(spec, manifest_of(spec)).render())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fleet", type=Path, help="fleet file (default: $GPUFLEET_FLEET)")
+    parser.add_argument("--behind-only", action="store_true",
+                        help="skip hosts whose manifest already has the fleet file's pins")
+    args = parser.parse_args(argv)
+    if args.fleet:
+        os.environ["GPUFLEET_FLEET"] = str(args.fleet.resolve())
+    path = Path(os.environ.get("GPUFLEET_FLEET") or REPO / "inventory" / "fleet.toml")
+    try:
+        fleet = load_fleet(path, checks=fleet_problems)
+    except FleetError as error:
+        print("\n".join(["rollout: the fleet file has problems; no host was contacted:",
+                         *error.lines]), file=sys.stderr)
+        return 2
+    gateways = [pyinfra_host_name(s) for s in fleet.hosts
+                if is_monitor(s) and s.settings.gateway.enabled]
+    plan = batches(fleet.hosts)
+    if args.behind_only:
+        plan = [[s for s in batch if not pin_state(s, manifest_of(s)).current]
+                for batch in plan]
+        plan = [batch for batch in plan if batch]
+    started = time.monotonic()
+    for number, batch in enumerate(plan, 1):
+        names = [s.name for s in batch]
+        print(f"==> batch {number}/{len(plan)}: {', '.join(names)}"
+              + (" (drained from the gateway)" if gateways else ""), flush=True)
+        if gateways and pyinfra("deploys/drain.py", gateways, f"drain={','.join(names)}"):
+            print(f"rollout: could not drain batch {number}; nothing of it was changed",
+                  file=sys.stderr)
+            return 1
+        rc = pyinfra("deploys/gpu_host.py", [pyinfra_host_name(s) for s in batch],
+                     f"{ROLLOUT_BATCH_DATA}={number}")
+        if rc != 0:
+            print(f"rollout: batch {number} ({', '.join(names)}) failed (pyinfra exit {rc}); "
+                  "stopped here" + (": the batch stays drained from the gateway" if gateways
+                                    else ""), file=sys.stderr)
+            report(fleet)
+            return 1
+        if gateways and pyinfra("deploys/drain.py", gateways, "drain="):
+            print(f"rollout: batch {number} converged but could not be put back into the "
+                  "gateway", file=sys.stderr)
+            return 1
+    print(f"==> rollout done: {len(plan)} batch(es) in {time.monotonic() - started:.0f} s")
+    report(fleet)
+    print(json.dumps({"batches": [[s.name for s in b] for b in plan]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
