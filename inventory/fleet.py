@@ -120,6 +120,11 @@ class HostSpec(BaseModel):
     sudo: bool = False
 
     @property
+    def where(self) -> str:
+        """How problems name this host: "host gpu-01 (group hgx)"."""
+        return f"host {self.name} (group {self.group})"
+
+    @property
     def state_dir(self) -> Path:
         """Where the controller keeps this fleet's host manifests and audits: fleet-state/NAME
         beside the fleet file (keep it in git to diff a fleet's state over time)."""

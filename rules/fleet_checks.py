@@ -40,14 +40,10 @@ def _weights_source(spec: HostSpec) -> list[Problem]:
     weights = spec.settings.weights
     needs = {"controller": ("controller_path",), "hub": ("hub_endpoint", "revision")}
     return [
-        Problem(_where(spec), f"settings.weights.{name}", MISSING,
+        Problem(spec.where, f"settings.weights.{name}", MISSING,
                 f"required with settings.weights.source = {weights.source!r}")
         for name in needs.get(weights.source, ()) if getattr(weights, name) is None
     ]
-
-
-def _where(spec: HostSpec) -> str:
-    return f"host {spec.name} (group {spec.group})"
 
 
 def _join(numbers: list[int]) -> str:
@@ -55,7 +51,7 @@ def _join(numbers: list[int]) -> str:
 
 
 def _parallelism(spec: HostSpec) -> list[Problem]:
-    settings, model, where = spec.settings, spec.model, _where(spec)
+    settings, model, where = spec.settings, spec.model, spec.where
     tp, pp, count = settings.tensor_parallel, settings.pipeline_parallel, settings.gpus.count
     problems = []
     if pp > model.layers:
@@ -97,7 +93,7 @@ def _context_length(spec: HostSpec) -> list[Problem]:
     if context is None or context <= model.max_context:
         return []
     return [Problem(
-        _where(spec), "settings.context_length", context,
+        spec.where, "settings.context_length", context,
         f"{model.id} handles at most {model.max_context} tokens (max_position_embeddings); "
         f"allowed: 256 to {model.max_context}, or unset for the model's maximum",
     )]

@@ -60,10 +60,6 @@ class Target:
     labels: dict[str, str] = field(default_factory=dict)
 
 
-def where(spec: HostSpec) -> str:
-    return f"host {spec.name} (group {spec.group})"
-
-
 def is_monitor(spec: HostSpec) -> bool:
     return spec.settings.role == "monitor"
 
@@ -176,29 +172,29 @@ def monitoring_problems(specs: list[HostSpec]) -> list[Problem]:
         cfg, inference = spec.settings.monitoring, spec.settings.inference
         if cfg.enabled and _loopback(cfg.bind):
             problems.append(Problem(
-                where(spec), "settings.monitoring.bind", cfg.bind,
+                spec.where, "settings.monitoring.bind", cfg.bind,
                 f"the monitoring host {monitors[0].name} cannot scrape exporters bound to "
                 "loopback: give this host's address on the monitoring network (or 0.0.0.0 "
                 "behind a firewall), or set settings.monitoring.enabled = false"))
         if inference.enabled and _loopback(inference.bind):
             problems.append(Problem(
-                where(spec), "settings.inference.bind", inference.bind,
+                spec.where, "settings.inference.bind", inference.bind,
                 f"the gateway and Prometheus on {monitors[0].name} cannot reach an engine "
                 "bound to loopback: give this host's address (or 0.0.0.0 behind a firewall)"))
         if scrape_address(spec) is None:
             problems.append(Problem(
-                where(spec), "settings.monitoring.address", MISSING,
+                spec.where, "settings.monitoring.address", MISSING,
                 f"required for target {spec.target}: how the monitoring host reaches it"))
         if inference.enabled and fleet_replicas(spec) is None:
             problems.append(Problem(
-                where(spec), "settings.inference.replicas", MISSING,
+                spec.where, "settings.inference.replicas", MISSING,
                 "the monitoring host scrapes each replica, so the fleet file must say how many "
                 "this host runs: set settings.inference.replicas, or settings.gpus.count "
                 "together with settings.tensor_parallel"))
         threshold = cfg.alerts.gpu_memory_percent
         if cfg.enabled and spec.settings.gpu_memory_utilization * 100 >= threshold - 1:
             problems.append(Problem(
-                where(spec), "settings.monitoring.alerts.gpu_memory_percent", threshold,
+                spec.where, "settings.monitoring.alerts.gpu_memory_percent", threshold,
                 f"the engine takes {spec.settings.gpu_memory_utilization:.0%} of each GPU by "
                 "design, so this alert would always fire: set it above "
                 f"{spec.settings.gpu_memory_utilization * 100 + 1:.0f}, or lower "
