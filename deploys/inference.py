@@ -92,7 +92,7 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
                 managed_file(name="Ensure the hub token is on the host (root-only)",
                              path=HUB_TOKEN_PATH,
                              content=spec.controller_path(cfg.token_file).read_text(),
-                             mode="600", secret=True)
+                             mode="600", secret=True, record=False)  # only to download
             weights_downloaded(
                 name=f"Download {spec.model.hub_repo}@{cfg.revision[:12]} into {folder}",
                 folder=folder, endpoint=str(cfg.hub_endpoint), repo=spec.model.hub_repo,

@@ -52,6 +52,7 @@ def nvidia_repositories(spec: HostSpec, plan: HostPlan) -> None:
                      "source replaces them; the lines stay, commented)",
                 path=foreign.path, content=foreign.content,
                 mode=state.files[foreign.path].mode, owner=state.files[foreign.path].owner,
+                record=False,  # the user's file, repaired once: not gpufleet's to audit
             )
 
     packages_present(

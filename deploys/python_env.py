@@ -81,6 +81,7 @@ def python_env(
         packages_present(
             name=f"Ensure {plan.venv_package} is installed (ensurepip, to create venvs)",
             packages=[plan.venv_package], env_file=download_env_file(spec.settings.network),
+            record=False,  # asked for only while it is missing: not on every run
         )
     lock = plan.lock
     installed = locked_venv(

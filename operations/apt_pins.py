@@ -175,7 +175,7 @@ def without_service_starts(script: str) -> str:
 
 @operation()
 def packages_present(packages: Sequence[str], env_file: str | None = None,
-                     start_services: bool = True):
+                     start_services: bool = True, record: bool = True):
     """
     Ensure packages are installed, at whatever version the distribution offers.
 
@@ -186,6 +186,8 @@ def packages_present(packages: Sequence[str], env_file: str | None = None,
     + env_file: a VAR=value file on the host sourced first (proxies)
     + start_services: False keeps the packages' services from starting on install, for
       services that must not run before their configuration is written and checked
+    + record: part of the host's manifest (False: asked for only when missing, so not on
+      every run)
 
     **Example:**
 
@@ -195,7 +197,7 @@ def packages_present(packages: Sequence[str], env_file: str | None = None,
                          packages=["curl", "gnupg"])
     """
     check_packages(dict.fromkeys(packages))
-    for name in packages:
+    for name in packages if record else ():
         desired().package(name, None)
     missing = [p for p in packages if p not in host_state().installed]
     if not missing:

@@ -78,7 +78,7 @@ def file_commands(path: str, current: FileState | None, wanted_sha256: str | Non
 
 @operation()
 def managed_file(path: str, content: str | None, mode: str = "644", owner: str = "root:root",
-                 secret: bool = False):
+                 secret: bool = False, record: bool = True):
     """
     Ensure a file has exactly this content, mode and owner (None: the file must not exist).
 
@@ -87,6 +87,8 @@ def managed_file(path: str, content: str | None, mode: str = "644", owner: str =
     + mode: octal permissions (600 for anything holding a secret)
     + owner: USER:GROUP
     + secret: mask the content in pyinfra's output (credentials)
+    + record: part of the host's manifest (False: a one-off repair of a file that is not
+      gpufleet's, e.g. a user's apt source)
 
     **Example:**
 
@@ -101,7 +103,8 @@ def managed_file(path: str, content: str | None, mode: str = "644", owner: str =
     _check_args(path, mode, owner)
     current = host_state().file(path)
     wanted = None if content is None else sha256_text(content)
-    desired().file(path, wanted, mode, owner)
+    if record:
+        desired().file(path, wanted, mode, owner)
     write = None if content is None else write_file_command(path, content, mode, owner, secret)
     commands = list(file_commands(path, current, wanted, write, mode, owner))
     if not commands:
