@@ -182,7 +182,8 @@ def plan_python_env(
     verify = state.verify or {}
     problems = list(verify.get("problems", []))
     if state.marker == marker and state.verify is not None and not problems:
-        return Plan("noop", f"{cfg.path}: {lock_name}/{lock.path.name} verified: {summary(verify)}")
+        return Plan("noop", f"{cfg.path}: {lock_name}/{lock.path.name} verified: {summary(verify)}",
+                    lock=lock)
 
     if state.marker is None or state.path_kind == "absent":
         reason = "no environment yet"

@@ -112,6 +112,10 @@ def test_converged_host_is_a_noop_that_reports_versions() -> None:
     plan = plan_python_env(spec(), state(path_kind="link", marker=MARKER, verify=GOOD_VERIFY))
     assert plan.action == "noop"
     assert "torch 2.1.0 (CUDA 12.1)" in plan.message and "transformers 4.43.4" in plan.message
+    # the host manifest records the lock whether this run installs it or finds it in place
+    installed = plan_python_env(spec(), state())
+    assert plan.lock is not None and installed.lock is not None
+    assert plan.lock.digest == installed.lock.digest
 
 
 def test_fresh_host_installs_with_the_system_python() -> None:
