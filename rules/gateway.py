@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from inventory.fleet import HostSpec
-from rules.monitoring import fleet_replicas, scrape_address, served_name
+from rules.monitoring import engine_targets, host_port, served_name
 from rules.render import render
 
 GATEWAY_CONF = "/etc/nginx/conf.d/gpufleet-gateway.conf"
@@ -61,11 +61,8 @@ class Routing:
 
 
 def replicas_of(spec: HostSpec) -> tuple[str, ...]:
-    address, count = scrape_address(spec), fleet_replicas(spec)
-    if address is None or count is None:
-        return ()
-    host = f"[{address}]" if ":" in address else address
-    return tuple(f"{host}:{spec.settings.inference.port + i}" for i in range(count))
+    """host:port of each replica: the addresses the monitoring host scrapes them at."""
+    return tuple(target.address for target in engine_targets(spec))
 
 
 def routing(gateway: HostSpec, specs: list[HostSpec], phase: Phase,
@@ -87,7 +84,7 @@ def routing(gateway: HostSpec, specs: list[HostSpec], phase: Phase,
 
 def render_gateway(gateway: HostSpec, route: Routing) -> str:
     cfg = gateway.settings.gateway
-    listen = f"[{cfg.bind}]:{cfg.port}" if ":" in cfg.bind else f"{cfg.bind}:{cfg.port}"
+    listen = host_port(cfg.bind, cfg.port)
     pools = [(v, servers) for v, servers in (("stable", route.stable), ("canary", route.canary))
              if servers]
     weight = route.weight

@@ -18,6 +18,7 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,7 @@ def drift(manifest: dict[str, Any] | None, state: HostStateResult, weights: Weig
 
 
 def _when(mtime: int) -> str:
-    import datetime as _dt
-
-    return _dt.datetime.fromtimestamp(mtime, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def render_audit_table(results: dict[str, list[Drift]]) -> str:

@@ -102,7 +102,7 @@ def local_address(listen: str) -> str:
 def prometheus_url(monitor: HostSpec) -> str:
     """Prometheus, as the monitoring host itself reaches it."""
     local = local_address(monitor.settings.monitoring.listen)
-    return f"http://{_host_port(local, PROMETHEUS_PORT)}"
+    return f"http://{host_port(local, PROMETHEUS_PORT)}"
 
 
 def fleet_replicas(spec: HostSpec) -> int | None:
@@ -124,7 +124,7 @@ def engine_targets(spec: HostSpec) -> list[Target]:
     if not spec.settings.inference.enabled or address is None or replicas is None:
         return []
     cfg = spec.settings.inference
-    return [Target("engine", f"{_host_port(address, cfg.port + i)}",
+    return [Target("engine", host_port(address, cfg.port + i),
                    {**_host_labels(spec), "replica": str(i), "variant": cfg.variant,
                     "engine": cfg.engine})
             for i in range(replicas)]
@@ -134,15 +134,16 @@ def exporter_targets(spec: HostSpec) -> list[Target]:
     address, cfg = scrape_address(spec), spec.settings.monitoring
     if address is None:
         return []
-    return [Target("node", _host_port(address, cfg.node_exporter_port), _host_labels(spec)),
-            Target("dcgm", _host_port(address, cfg.dcgm_exporter_port), _host_labels(spec))]
+    return [Target("node", host_port(address, cfg.node_exporter_port), _host_labels(spec)),
+            Target("dcgm", host_port(address, cfg.dcgm_exporter_port), _host_labels(spec))]
 
 
 def _host_labels(spec: HostSpec) -> dict[str, str]:
     return {"host": spec.name, "group": spec.group, "model": served_name(spec)}
 
 
-def _host_port(address: str, port: int) -> str:
+def host_port(address: str, port: int) -> str:
+    """address:port, an IPv6 address in brackets."""
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
@@ -156,8 +157,8 @@ def fleet_targets(monitor: HostSpec, specs: list[HostSpec]) -> list[Target]:
     if monitor.settings.gateway.enabled:
         targets.append(Target("gateway", f"127.0.0.1:{NGINX_EXPORTER_PORT}", own))
     local = local_address(monitor.settings.monitoring.listen)
-    targets.append(Target("prometheus", _host_port(local, PROMETHEUS_PORT), own))
-    targets.append(Target("alertmanager", _host_port(local, ALERTMANAGER_PORT), own))
+    targets.append(Target("prometheus", host_port(local, PROMETHEUS_PORT), own))
+    targets.append(Target("alertmanager", host_port(local, ALERTMANAGER_PORT), own))
     return targets
 
 
@@ -215,7 +216,7 @@ def render_prometheus_config(monitor: HostSpec, specs: list[HostSpec]) -> str:
                    "external_labels": {"fleet_monitor": monitor.name}},
         "rule_files": [RULES_PATH],
         "alerting": {"alertmanagers": [
-            {"static_configs": [{"targets": [_host_port(listen, ALERTMANAGER_PORT)]}]}]},
+            {"static_configs": [{"targets": [host_port(listen, ALERTMANAGER_PORT)]}]}]},
         "scrape_configs": [
             {"job_name": job, "metrics_path": "/metrics",
              "static_configs": [{"targets": [t.address], "labels": t.labels}
@@ -230,7 +231,7 @@ def prometheus_args(monitor: HostSpec) -> str:
     cfg = monitor.settings.monitoring
     return _args_file([
         f"--config.file={PROMETHEUS_CONFIG}",
-        f"--web.listen-address={_host_port(cfg.listen, PROMETHEUS_PORT)}",
+        f"--web.listen-address={host_port(cfg.listen, PROMETHEUS_PORT)}",
         "--storage.tsdb.path=/var/lib/prometheus/metrics2/",
         f"--storage.tsdb.retention.time={cfg.retention}",
     ])
@@ -239,7 +240,7 @@ def prometheus_args(monitor: HostSpec) -> str:
 def alertmanager_args(monitor: HostSpec) -> str:
     return _args_file([
         f"--config.file={ALERTMANAGER_CONFIG}",
-        f"--web.listen-address={_host_port(monitor.settings.monitoring.listen, ALERTMANAGER_PORT)}",
+        f"--web.listen-address={host_port(monitor.settings.monitoring.listen, ALERTMANAGER_PORT)}",
         "--storage.path=/var/lib/prometheus/alertmanager/",
         "--cluster.listen-address=",  # one Alertmanager: no gossip port open to the network
     ])
@@ -248,7 +249,7 @@ def alertmanager_args(monitor: HostSpec) -> str:
 def node_exporter_args(cfg: MonitoringSettings) -> str:
     units = "|".join(WATCHED_UNITS)
     return _args_file([
-        f"--web.listen-address={_host_port(cfg.bind, cfg.node_exporter_port)}",
+        f"--web.listen-address={host_port(cfg.bind, cfg.node_exporter_port)}",
         "--collector.systemd",
         f"--collector.systemd.unit-include=({units})[.]service",
     ])
