@@ -25,7 +25,8 @@ def weights_identity(spec: HostSpec) -> str | None:
     cfg = spec.settings.weights
     if cfg.source == "controller" and cfg.controller_path:
         manifest = controller_manifest(spec.controller_path(cfg.controller_path), spec.model.id)
-        return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        # the files only: the same weights from another checkout are the same weights
+        return hashlib.sha256(json.dumps(manifest["files"], sort_keys=True).encode()).hexdigest()
     if cfg.source == "hub":
         return f"{spec.model.hub_repo}@{cfg.revision}"
     return None

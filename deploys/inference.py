@@ -36,6 +36,7 @@ from operations.services import service
 from rules.checkpoint import (
     controller_manifest,
     render_manifest,
+    same_weights,
     to_push,
     weights_check,
 )
@@ -74,7 +75,7 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
         src = spec.controller_path(cfg.controller_path)
         manifest = controller_manifest(src, spec.model.id)
         push = to_push(manifest, listing)
-        if push or listing.manifest != manifest:
+        if push or not same_weights(listing.manifest, manifest):
             weights_pushed(
                 name=f"Push the weights from {src}",
                 src=str(src), folder=folder,

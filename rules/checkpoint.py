@@ -122,6 +122,14 @@ def controller_manifest(folder: Path, model_id: str) -> dict[str, Any]:
     return {"model": model_id, "source": f"controller {folder}", "files": files}
 
 
+def same_weights(recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> bool:
+    """Whether a recorded manifest describes these weights: the same model and files. Where
+    they came from ("source": the controller folder, which differs between checkouts of the
+    same fleet) is provenance, not identity."""
+    return recorded is not None and all(recorded.get(k) == wanted.get(k)
+                                        for k in ("model", "files"))
+
+
 def to_push(manifest: dict[str, Any], listing: WeightsListing) -> list[str]:
     """Files the host lacks, has at another size (an interrupted push resumes here), or has
     changed since they were last verified (the controller's copy is the truth: pushed again)."""

@@ -23,6 +23,7 @@ from rules.checkpoint import (
     TOOL,
     config_findings,
     controller_manifest,
+    same_weights,
     to_push,
     weights_check,
 )
@@ -180,3 +181,17 @@ def test_a_file_changed_on_the_host_is_pushed_again_from_the_controller(
     data[0] ^= 0xFF  # same size: only the verification record tells it moved
     shard.write_bytes(bytes(data))
     assert to_push(manifest, listing(host)) == [shard.name]
+
+
+def test_the_same_weights_from_another_checkout_are_the_same_weights(tmp_path: Path) -> None:
+    """The folder's path is provenance: another checkout of the fleet must not push again."""
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"w" * 64)
+    first = controller_manifest(tmp_path / "a", "m")
+    second = controller_manifest(tmp_path / "b", "m")
+    assert first["source"] != second["source"]
+    assert same_weights(first, second)
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"x" * 64)
+    assert not same_weights(first, controller_manifest(tmp_path / "b", "m"))
+    assert not same_weights(None, first)
