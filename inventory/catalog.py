@@ -103,6 +103,16 @@ class GpuSpec(BaseModel):
     # through the cuda-compat libraries) on datacenter GPUs only; GeForce cards fail with
     # CUDA error 804 "forward compatibility was attempted on non supported HW".
     forward_compatible: bool = False
+    # Datasheet figures for the capacity estimate (rules/capacity.py), per GPU: memory
+    # bandwidth in decimal GB/s, dense (no sparsity) tensor throughput at 16 bit (bf16, or
+    # fp16 where the GPU has no bf16) and at fp8 (absent: no fp8 tensor cores), board power.
+    memory_bandwidth_gbs: float | None = Field(default=None, gt=0)
+    dense_16bit_tflops: float | None = Field(default=None, gt=0)
+    dense_fp8_tflops: float | None = Field(default=None, gt=0)
+    tdp_watts: int | None = Field(default=None, gt=0)
+    # An example purchase price per GPU in US dollars, for the cost report's default only:
+    # street prices move; the report says it is an example and --gpu-price replaces it.
+    example_price_usd: int | None = Field(default=None, gt=0)
 
     @property
     def memory_bytes(self) -> int:

@@ -1,34 +1,59 @@
-"""Offline sizing: will this model fit these GPUs? No host, no network.
+"""Offline sizing: will this model fit these GPUs, and how many does a load need? No host.
 
     .venv/bin/python tools/size.py --model deepseek-r1-distill-llama-70b --precision int8 \\
         --gpus 2xa100-80gb --context 8192 --concurrency 16
+    .venv/bin/python tools/size.py --model deepseek-r1-distill-llama-70b --precision fp8 \\
+        --gpus 2xh100 --requests-per-day 100000 --prompt-tokens 1000 --output-tokens 500 \\
+        --ttft 2 --tokens-per-second 20          # + the capacity estimate
 
-Exit codes: 0 fits, 1 does not fit, 2 bad input (one line naming the flag, the value and
-what is allowed).
+Exit codes: 0 fits (and the load's targets can be met), 1 does not fit (or one replica cannot
+meet the targets), 2 bad input (one line per problem, naming the flag, the value and what is
+allowed). --json prints the same as one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from packaging.version import InvalidVersion, Version
 
-from inventory.catalog import CatalogError, find_gpu, find_model, load_gpus, load_models
+from inventory.catalog import (
+    CatalogError,
+    GpuSpec,
+    find_gpu,
+    find_model,
+    load_gpus,
+    load_models,
+)
 from inventory.pins import load_pins
 from inventory.schema import Settings
+from rules.capacity import (
+    DEFAULT_HEADROOM,
+    CapacityPlan,
+    Load,
+    capacity_json,
+    gpu_figures_missing,
+    plan,
+    render_capacity,
+    replica_model,
+    validate_load,
+)
 from rules.sizing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     GIB,
     PRECISIONS,
     SizingInputError,
     SizingRequest,
+    SizingResult,
     engine_profile,
+    is_large_gpu,
     render_sizing,
     size,
 )
@@ -42,6 +67,12 @@ _FLAG_FOR_FIELD = {
     "gpu_count": "--gpus",
     "gpu_memory": "--gpu-memory-gib",
     "gpu_memory_utilization": "--gpu-memory-utilization",
+    "requests": "--requests-per-second / --requests-per-day",
+    "prompt_tokens": "--prompt-tokens",
+    "output_tokens": "--output-tokens",
+    "ttft": "--ttft",
+    "tokens_per_second": "--tokens-per-second",
+    "headroom": "--headroom",
 }
 
 
@@ -55,6 +86,14 @@ def _pinned_vllm() -> str:
 class BadInput(Exception):
     def __init__(self, flag: str, value: object, allowed: str) -> None:
         super().__init__(f"{flag} {value}: {allowed}" if flag else allowed)
+
+
+class BadInputs(Exception):
+    """Several problems at once: each is printed on its own line."""
+
+    def __init__(self, problems: list[BadInput]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,7 +139,81 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--list-models", action="store_true", help="list catalog models and exit")
     p.add_argument("--list-gpus", action="store_true", help="list catalog GPUs and exit")
+    add_load_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     return p
+
+
+def add_load_arguments(p: argparse.ArgumentParser) -> None:
+    """The load a capacity estimate plans for (given a rate, the estimate runs)."""
+    g = p.add_argument_group("load (capacity estimate)")
+    g.add_argument("--requests-per-second", type=float, help="peak request rate to serve")
+    g.add_argument("--requests-per-day", type=float, help="requests a day (see --peak-factor)")
+    g.add_argument("--peak-factor", type=float, default=2.0,
+                   help="busy-hour rate / the day's average, for --requests-per-day (2)")
+    g.add_argument("--prompt-tokens", type=int, default=1000, help="prompt tokens (1000)")
+    g.add_argument("--output-tokens", type=int, default=500, help="output tokens (500)")
+    g.add_argument("--ttft", type=float, help="target time to first token, seconds")
+    g.add_argument("--tokens-per-second", type=float,
+                   help="target decode speed each user sees, tokens/s")
+    g.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
+                   help=f"spare capacity on top of the load ({DEFAULT_HEADROOM:g} = "
+                        f"{DEFAULT_HEADROOM:.0%})")
+
+
+def load_from_args(args: argparse.Namespace, required: bool = False) -> Load | None:
+    """The load the flags describe (None: no rate given and none required)."""
+    per_s, per_day = args.requests_per_second, args.requests_per_day
+    if per_s is None and per_day is None:
+        if required:
+            raise BadInput("--requests-per-day", "(missing)",
+                           "required (or --requests-per-second)")
+        return None
+    problems = []
+    if per_s is not None and per_day is not None:
+        problems.append(BadInput("--requests-per-second", per_s,
+                                 "give either it or --requests-per-day, not both"))
+    if per_day is not None and not 1 <= args.peak_factor <= 100:
+        problems.append(BadInput("--peak-factor", args.peak_factor,
+                                 "from 1 (a flat day) to 100"))
+    rate = per_s if per_s is not None else Load.per_day_to_rate(per_day, args.peak_factor)
+    load = Load(requests_per_second=rate, prompt_tokens=args.prompt_tokens,
+                output_tokens=args.output_tokens, ttft_target_s=args.ttft,
+                tokens_per_second_target=args.tokens_per_second, headroom=args.headroom,
+                requests_per_day=per_day, peak_factor=args.peak_factor if per_day else 1.0)
+    for problem in validate_load(load):
+        flag = _FLAG_FOR_FIELD.get(problem.field_name, problem.field_name)
+        value = per_day if problem.field_name == "requests" and per_day is not None \
+            else problem.value
+        problems.append(BadInput(flag, value, problem.allowed))
+    if problems:
+        raise BadInputs(problems)
+    return load
+
+
+def catalog_gpu(args: argparse.Namespace) -> GpuSpec:
+    """The catalog GPU named by --gpus, for what only the catalog knows (bandwidth, watts)."""
+    _, name = _parse_gpus(args.gpus or "")
+    if name is None:
+        raise BadInput("--gpus", args.gpus, "name a catalog GPU for the capacity estimate "
+                       "(its bandwidth and TFLOPS), e.g. 2xh100")
+    try:
+        gpu = find_gpu(name)
+    except CatalogError as exc:
+        raise BadInput("--gpus", args.gpus,
+                       "GPU not in the catalog; " + str(exc).split("; ", 1)[-1]) from exc
+    missing = gpu_figures_missing(gpu)
+    if missing:
+        raise BadInput("--gpus", args.gpus, f"the catalog has no {' or '.join(missing)} for "
+                       f"{gpu.id}: add it to inventory/catalog/gpus.toml to estimate capacity")
+    return gpu
+
+
+def capacity_plan(result: SizingResult, gpu: GpuSpec, load: Load) -> CapacityPlan:
+    req = result.request
+    batch_limit = req.max_num_seqs or req.engine.default_max_num_seqs(
+        is_large_gpu(req.gpu_memory_bytes, req.gpu_label))
+    return plan(replica_model(result, gpu, batch_limit), load)
 
 
 def _list_models() -> str:
@@ -185,6 +298,59 @@ def _request(args: argparse.Namespace) -> SizingRequest:
     )
 
 
+def collect(*steps: Callable[[], object]) -> list[object]:
+    """Run each input step, gathering every problem before giving up (one line each)."""
+    values: list[object] = []
+    problems: list[BadInput] = []
+    for step in steps:
+        try:
+            values.append(step())
+        except BadInputs as exc:
+            problems.extend(exc.problems)
+            values.append(None)
+        except BadInput as exc:
+            problems.append(exc)
+            values.append(None)
+    if problems:
+        raise BadInputs(problems)
+    return values
+
+
+def sized(req: SizingRequest) -> SizingResult:
+    try:
+        return size(req)
+    except SizingInputError as exc:
+        flag = _FLAG_FOR_FIELD.get(exc.field_name, exc.field_name)
+        raise BadInput(flag, exc.value, exc.allowed) from exc
+
+
+def check_context(args: argparse.Namespace, load: Load | None) -> None:
+    if load is not None and args.context < load.prompt_tokens + load.output_tokens:
+        raise BadInput("--context", args.context, f"at least --prompt-tokens + --output-tokens "
+                       f"({load.prompt_tokens + load.output_tokens}): a request must fit")
+
+
+def sizing_json(result: SizingResult) -> dict[str, object]:
+    req = result.request
+    return {
+        "model": req.model.id, "precision": req.precision, "gpu": req.gpu_label,
+        "gpu_count": req.gpu_count, "tp": result.tp, "pp": result.pp, "context": req.context,
+        "concurrency": req.concurrency, "fits": result.fits,
+        "needed_per_gpu_bytes": result.needed_per_gpu,
+        "usable_per_gpu_bytes": result.usable_per_gpu,
+        "weights_per_gpu_bytes": result.weights_per_gpu,
+        "kv_per_token_per_gpu_bytes": result.kv_per_token_per_gpu,
+        "kv_tokens": result.kv_tokens, "max_concurrency": result.max_concurrency,
+        "alternatives": [a.change for a in result.alternatives],
+    }
+
+
+def print_problems(exc: BadInput | BadInputs) -> int:
+    for problem in exc.problems if isinstance(exc, BadInputs) else [exc]:
+        print(f"error: {problem}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
@@ -194,17 +360,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.list_gpus:
             print(_list_gpus())
             return EXIT_FITS
-        req = _request(args)
-        try:
-            result = size(req)
-        except SizingInputError as exc:
-            flag = _FLAG_FOR_FIELD.get(exc.field_name, exc.field_name)
-            raise BadInput(flag, exc.value, exc.allowed) from exc
-    except BadInput as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    print(render_sizing(result))
-    return EXIT_FITS if result.fits else EXIT_DOES_NOT_FIT
+        req, load = collect(lambda: _request(args), lambda: load_from_args(args))
+        gpu = None
+        if load is not None:
+            assert isinstance(load, Load)
+            gpu, _ = collect(lambda: catalog_gpu(args), lambda: check_context(args, load))
+        assert isinstance(req, SizingRequest)
+        result = sized(req)
+    except (BadInput, BadInputs) as exc:
+        return print_problems(exc)
+    capacity = None
+    if isinstance(load, Load) and isinstance(gpu, GpuSpec) and result.fits:
+        capacity = capacity_plan(result, gpu, load)
+    if args.json:
+        out: dict[str, object] = {"sizing": sizing_json(result)}
+        if load is not None:
+            out["capacity"] = capacity_json(capacity) if capacity else None
+        print(json.dumps(out, indent=2))
+    else:
+        print(render_sizing(result))
+        if capacity is not None and isinstance(gpu, GpuSpec):
+            print()
+            print(render_capacity(capacity, f"{req.model.id} at {req.precision} on {gpu.id}"))
+        elif load is not None:
+            print("\nCapacity: not estimated: the model does not fit one replica (see above).")
+    ok = result.fits and (capacity is None or capacity.replicas is not None)
+    return EXIT_FITS if ok else EXIT_DOES_NOT_FIT
 
 
 if __name__ == "__main__":
