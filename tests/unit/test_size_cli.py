@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,38 @@ def test_lists() -> None:
     assert models.returncode == 0 and "deepseek-r1-distill-qwen-1.5b" in models.stdout
     gpus = run("--list-gpus")
     assert gpus.returncode == 0 and "NVIDIA H100 80GB HBM3" in gpus.stdout
+
+
+def test_capacity_estimate_with_a_load() -> None:
+    p = run("--model", "deepseek-r1-distill-llama-70b", "--precision", "fp8", "--gpus", "2xh100",
+            "--requests-per-day", "1000000", "--prompt-tokens", "1000", "--output-tokens", "500",
+            "--ttft", "2", "--tokens-per-second", "20")
+    assert p.returncode == 0, p.stderr
+    assert "Capacity ESTIMATE" in p.stdout and "not a measurement" in p.stdout
+    assert "replicas: ceil(" in p.stdout and "Verdict: " in p.stdout
+    p = run("--model", "deepseek-r1-distill-llama-70b", "--precision", "fp8", "--gpus", "2xh100",
+            "--requests-per-second", "30", "--json")
+    assert p.returncode == 0, p.stderr
+    capacity = json.loads(p.stdout)["capacity"]
+    assert capacity["estimate"] is True and capacity["gpus"] == 2 * capacity["replicas"]
+
+
+def test_capacity_target_out_of_reach_exits_1() -> None:
+    p = run("--model", "deepseek-r1-distill-llama-70b", "--precision", "fp8", "--gpus", "2xh100",
+            "--requests-per-second", "1", "--tokens-per-second", "1000")
+    assert p.returncode == 1 and "cannot meet the targets" in p.stdout
+
+
+def test_bad_load_one_line_per_problem() -> None:
+    p = run("--model", "deepseek-r1-distill-llama-70b", "--gpus", "2xh100",
+            "--requests-per-day", "-5", "--prompt-tokens", "0", "--headroom", "-1")
+    assert p.returncode == 2 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert lines == [
+        "error: --requests-per-second / --requests-per-day -5.0: a positive rate",
+        "error: --prompt-tokens 0: at least 1",
+        "error: --headroom -1.0: a fraction from 0 to 10 (0.25 = 25 % spare)",
+    ]
+    p = run("--model", "deepseek-r1-distill-llama-70b", "--gpus", "2", "--gpu-memory-gib", "80",
+            "--requests-per-second", "1")
+    assert p.returncode == 2 and "name a catalog GPU for the capacity estimate" in p.stderr
