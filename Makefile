@@ -3,7 +3,9 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SIM_FLEET := inventory/sim.toml
+# HOSTS=N: N identical simulated A100 hosts instead of the mixed rehearsal fleet (make sim-up
+# HOSTS=8, then make rehearse HOSTS=8); their fleet file is written by simctl.
+SIM_FLEET := $(if $(HOSTS),tests/sim/build/scale-fleet.toml,inventory/sim.toml)
 
 .PHONY: rehearse test unit sim-up sim-down sim-status lint host-tools validators venv clean \
         python-locks python-locks-check wheelhouse bench check-fleet
@@ -42,7 +44,7 @@ unit: venv validators
 	$(BIN)/pytest tests/unit
 
 sim-up: venv host-tools
-	$(BIN)/python tests/sim/simctl.py up
+	$(BIN)/python tests/sim/simctl.py up $(if $(HOSTS),--hosts $(HOSTS))
 
 sim-down: venv
 	$(BIN)/python tests/sim/simctl.py down

@@ -2,6 +2,7 @@
 # Make sure this controller has what the simulator needs: a running Docker engine,
 # debootstrap (to build the base image without a registry) and docker-compose.
 # On Debian/Ubuntu as root it installs and starts them; elsewhere it says what is missing.
+# It also raises the kernel's inotify instance limit, which many simulated hosts outgrow.
 set -eu
 
 missing=""
@@ -46,4 +47,19 @@ if ! docker info >/dev/null 2>&1; then
     fi
     sleep 1
   done
+fi
+
+# Each simulated host runs systemd, and after the converge dockerd, each holding inotify
+# instances: the kernel's default of 128 per user runs out at about 15 hosts (the tests start
+# their own copies), and systemd in the next host never finishes booting. kind raises the same
+# limit for its nodes. Keep in step with INOTIFY_INSTANCES in tests/sim/simctl.py.
+want=1024
+have=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo "$want")
+if [ "$have" -lt "$want" ]; then
+  if [ "$(id -u)" = 0 ] && sysctl -qw fs.inotify.max_user_instances="$want" 2>/dev/null; then
+    echo "gpufleet: raised fs.inotify.max_user_instances from $have to $want (simulated hosts run systemd)"
+  else
+    echo "gpufleet: warning: fs.inotify.max_user_instances is $have; more than about 15" \
+         "simulated hosts need $want (as root: sysctl -w fs.inotify.max_user_instances=$want)" >&2
+  fi
 fi

@@ -117,10 +117,7 @@ def write_fleet(dest: Path, hosts: list[str], settings: dict[str, Any] | None = 
     ``settings``: per-host settings; ``connect``: per-host connection fields (default
     ``target = "@docker/NAME"``); ``extra_toml``: appended as is (fleet-wide tables).
     """
-    sim = (REPO / "inventory" / "sim.toml").read_text()
-    # Everything up to the first group: the fleet-wide settings of the simulated fleet.
-    head = sim.split("\n[groups.", 1)[0]
-    head = head.replace('"../tests/sim/build/', f'"{REPO}/tests/sim/build/')
+    head = simctl.fleet_settings_toml()
     if not inference:
         assert "\n[settings.inference]\n" in head
         head = head.replace("\n[settings.inference]\n",

@@ -5,6 +5,9 @@ The simulator stands in for NVIDIA hardware and NVIDIA's apt repositories only; 
 systemd, the Docker engine, files and permissions inside the hosts are real.
 
     python tests/sim/simctl.py up       build missing images, start repo + hosts, wait for systemd
+    python tests/sim/simctl.py up --hosts 8
+                                        N identical A100 hosts instead (gpufleet-sim-node01..N)
+                                        and their fleet file, tests/sim/build/scale-fleet.toml
     python tests/sim/simctl.py status   what is running
     python tests/sim/simctl.py reset    down + up of the hosts only (the repo may stay)
     python tests/sim/simctl.py down     remove containers, per-host volumes and the network
@@ -60,11 +63,16 @@ WEIGHTS_DIR = BUILD_DIR / "weights"
 # Stand-in weights made for the rehearsal fleet's model (and a smaller one for tests).
 STAND_IN_MODELS = ("deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-1.5b")
 PINS_FILE = SIM_DIR.parents[1] / "inventory" / "pins.toml"
+SIM_FLEET = SIM_DIR.parents[1] / "inventory" / "sim.toml"
+SCALE_FLEET = BUILD_DIR / "scale-fleet.toml"
+# `up --hosts N`: N copies of this host's hardware, in this fleet group of inventory/sim.toml.
+SCALE_TEMPLATE, SCALE_GROUP = "gpufleet-sim-a100x2", "pcie"
 DEFAULT_PIN_SET = "r535-cuda121"
 CONTROLLER_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_IN_HOST = "/usr/local/share/gpufleet-sim/controller-ca.crt"
 SUITE = "bookworm"
 BOOT_TIMEOUT_S = 120
+INOTIFY_INSTANCES = 1024  # tools/ensure-host-tools.sh raises the kernel's limit to this
 
 # Run flags that give a container systemd as PID 1 on this engine (DESIGN.md §3);
 # --privileged fails here because CAP_SYS_RESOURCE is outside the bounding set.
@@ -227,6 +235,44 @@ def load_hosts(path: Path = HOSTS_FILE) -> list[HostSpec]:
         }
         hosts.append(HostSpec(name, hardware))
     return hosts
+
+
+def scale_hosts(count: int) -> list[HostSpec]:
+    """``count`` hosts with the hardware of SCALE_TEMPLATE: gpufleet-sim-node01, -node02, ..."""
+    template = next(h for h in load_hosts() if h.name == SCALE_TEMPLATE)
+    hosts = []
+    for i in range(1, count + 1):
+        name = f"gpufleet-sim-node{i:02d}"
+        gpus = [{**gpu, "uuid": "GPU-" + str(uuid.uuid5(uuid.NAMESPACE_URL,
+                                                        f"gpufleet-sim/{name}/{gpu['index']}"))}
+                for gpu in template.hardware["gpus"]]
+        hosts.append(HostSpec(name, {**template.hardware, "hostname": name, "gpus": gpus}))
+    return hosts
+
+
+def fleet_settings_toml(fleet: Path = SIM_FLEET) -> str:
+    """inventory/sim.toml up to its first group (the fleet-wide settings), with the paths into
+    tests/sim/build made absolute so that the text works from any folder."""
+    head = fleet.read_text().split("\n[groups.", 1)[0]
+    return head.replace('"../tests/sim/build/', f'"{BUILD_DIR}/')
+
+
+def write_scale_fleet(hosts: list[HostSpec], dest: Path = SCALE_FLEET) -> Path:
+    """The fleet file of the scale hosts: the rehearsal fleet's settings and its A100 group's,
+    one host each, no monitoring host."""
+    text = SIM_FLEET.read_text()
+    group = re.search(rf"^\[groups\.{SCALE_GROUP}\.settings\]\n(.*?)\n\n", text, re.M | re.S)
+    if group is None:
+        raise SimError(f"{SIM_FLEET}: no [groups.{SCALE_GROUP}.settings] table to copy")
+    lines = [f"# Written by `simctl up --hosts {len(hosts)}`: {len(hosts)} identical hosts.",
+             fleet_settings_toml().replace('name = "sim"', 'name = "sim-scale"', 1).rstrip(),
+             "", f"[groups.{SCALE_GROUP}.settings]", group.group(1), ""]
+    for host in hosts:
+        short = host.name.removeprefix("gpufleet-")
+        lines += [f"[groups.{SCALE_GROUP}.hosts.{short}]", f'target = "@docker/{host.name}"', ""]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(lines))
+    return dest
 
 
 # --------------------------------------------------------------------------- images
@@ -503,7 +549,16 @@ def wait_for_systemd(name: str, timeout: float = BOOT_TIMEOUT_S) -> str:
         if state in ("running", "degraded"):
             return state
         time.sleep(0.5)  # e.g. "Failed to connect to bus" right after the container starts
-    raise SimError(f"{name}: systemd did not come up within {timeout:.0f} s (last: {state})")
+    hint = ""
+    limit = Path("/proc/sys/fs/inotify/max_user_instances")
+    if limit.exists() and int(limit.read_text()) < INOTIFY_INSTANCES:
+        # Each host's systemd (and later its dockerd) holds inotify instances: the kernel's
+        # default of 128 per user runs out at about 15 hosts, and systemd never finishes.
+        hint = (f"; fs.inotify.max_user_instances is {limit.read_text().strip()}, too few for "
+                f"many hosts: sysctl -w fs.inotify.max_user_instances={INOTIFY_INSTANCES} "
+                "(tools/ensure-host-tools.sh does it as root)")
+    raise SimError(f"{name}: systemd did not come up within {timeout:.0f} s "
+                   f"(last: {state}){hint}")
 
 
 def systemd_state(name: str) -> str:
@@ -590,7 +645,10 @@ def reset(names: list[str] | None = None, quiet: bool = False) -> dict[str, str]
 def status(hosts: list[HostSpec] | None = None) -> list[dict[str, str]]:
     """Print and return one row per simulator container."""
     require_engine()
-    hosts = load_hosts() if hosts is None else hosts
+    if hosts is None:
+        nodes = docker("ps", "-a", "--filter", "name=^gpufleet-sim-node", "--format",
+                       "{{.Names}}").stdout.split()
+        hosts = [*load_hosts(), *scale_hosts(len(nodes))]
     gpus = {h.name: h.hardware["gpus"] for h in hosts}
     rows = []
     for name in [REPO_CONTAINER, *(h.name for h in hosts)]:
@@ -616,10 +674,21 @@ def status(hosts: list[HostSpec] | None = None) -> list[dict[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=["up", "down", "status", "reset"])
+    parser.add_argument("--hosts", type=int, default=0, metavar="N",
+                        help="up: N identical A100 hosts (instead of hosts.toml's) and their fleet file")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
-        if args.command == "up":
+        if args.hosts < 0 or (args.hosts and args.command != "up"):
+            raise SimError(f"--hosts {args.hosts}: a count of 1 or more, with `up` only")
+        if args.command == "up" and args.hosts:
+            scale = scale_hosts(args.hosts)
+            up(scale)
+            fleet = write_scale_fleet(scale)
+            log(f"{args.hosts} identical hosts up; converge them with:\n"
+                f"  GPUFLEET_FLEET={os.path.relpath(fleet)} "
+                ".venv/bin/pyinfra -y inventory.py deploys/gpu_host.py")
+        elif args.command == "up":
             up()
         elif args.command == "down":
             down()

@@ -1,0 +1,1 @@
+"""Benchmarks on the simulated fleet; each module runs as a script (see its docstring)."""
