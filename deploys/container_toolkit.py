@@ -42,8 +42,10 @@ def container_toolkit(spec: HostSpec, plan: HostPlan, driver_install: OperationM
     install = exact_versions(
         name=f"Ensure the container toolkit {version} is installed (all four packages)",
         packages=packages, env_file=download_env_file(spec.settings.network),
+        lock_timeout=spec.settings.apt.lock_timeout_seconds,
     )
-    apt_hold(name="Ensure the container toolkit is held", packages=sorted(packages))
+    apt_hold(name="Ensure the container toolkit is held", packages=sorted(packages),
+             lock_timeout=spec.settings.apt.lock_timeout_seconds)
 
     config = daemon_json(
         name="Ensure daemon.json has the nvidia runtime (user keys kept)",

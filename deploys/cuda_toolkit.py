@@ -30,8 +30,10 @@ def cuda_toolkit(spec: HostSpec, plan: HostPlan) -> None:
         component="cuda-toolkit", pin_set=spec.pin_set_name,
     )
     exact_versions(name=f"Ensure {cuda.toolkit_package} {cuda.version} is installed",
-                   packages=packages, env_file=download_env_file(spec.settings.network))
-    apt_hold(name="Ensure the CUDA toolkit is held", packages=sorted(packages))
+                   packages=packages, env_file=download_env_file(spec.settings.network),
+                   lock_timeout=spec.settings.apt.lock_timeout_seconds)
+    apt_hold(name="Ensure the CUDA toolkit is held", packages=sorted(packages),
+             lock_timeout=spec.settings.apt.lock_timeout_seconds)
     managed_file(
         name=f"Ensure login shells find CUDA {cuda.release} (PATH, LD_LIBRARY_PATH)",
         path=CUDA_PROFILE_PATH, content=render_cuda_profile(cuda.release),

@@ -30,6 +30,8 @@ def docker_engine(spec: HostSpec, plan: HostPlan) -> None:
         name=f"Ensure docker.io {plan.docker_packages['docker.io']} and Compose "
              f"{plan.compose.kind} are installed",
         packages=packages, env_file=download_env_file(spec.settings.network),
+        lock_timeout=spec.settings.apt.lock_timeout_seconds,
     )
-    apt_hold(name="Ensure the Docker packages are held", packages=sorted(packages))
+    apt_hold(name="Ensure the Docker packages are held", packages=sorted(packages),
+             lock_timeout=spec.settings.apt.lock_timeout_seconds)
     service(name="Ensure Docker is enabled and running", unit=DOCKER_SERVICE)

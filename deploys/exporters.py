@@ -25,6 +25,7 @@ def exporters(spec: HostSpec) -> None:
         path=ARGS_FILES["prometheus-node-exporter"], content=node_exporter_args(cfg))
     packages_present(name="Ensure node_exporter is installed (Debian package)",
                      packages=["prometheus-node-exporter"],
-                     env_file=download_env_file(spec.settings.network), start_services=False)
+                     env_file=download_env_file(spec.settings.network), start_services=False,
+                     lock_timeout=spec.settings.apt.lock_timeout_seconds)
     service(name="Ensure node_exporter runs", unit="prometheus-node-exporter")
     restarted_after("prometheus-node-exporter", args)

@@ -106,7 +106,8 @@ def monitoring_host(spec: HostSpec, fleet: list[HostSpec]) -> None:
     packages_present(name="Ensure Prometheus, Alertmanager" + (" and nginx" if spec.settings
                                                                .gateway.enabled else "")
                      + " are installed (Debian packages)",
-                     packages=list(packages), env_file=env_file, start_services=False)
+                     packages=list(packages), env_file=env_file, start_services=False,
+                     lock_timeout=spec.settings.apt.lock_timeout_seconds)
 
     rules = validated_file(name="Ensure the recording and alerting rules (promtool check rules)",
                            path=RULES_PATH, content=render_rules(alerts),

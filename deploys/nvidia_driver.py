@@ -70,6 +70,7 @@ def nvidia_driver(spec: HostSpec, plan: HostPlan, secure_boot: bool | None) -> O
         installed_if_offered(
             name="Ensure headers for the running kernel are installed", package=headers,
             why="DKMS builds the NVIDIA module against them", env_file=env_file,
+            lock_timeout=spec.settings.apt.lock_timeout_seconds,
         )
 
     apt_preferences(
@@ -79,8 +80,10 @@ def nvidia_driver(spec: HostSpec, plan: HostPlan, secure_boot: bool | None) -> O
     )
     install = exact_versions(
         name=f"Ensure driver {pins.version} is installed", packages=packages, env_file=env_file,
+        lock_timeout=spec.settings.apt.lock_timeout_seconds,
     )
-    apt_hold(name="Ensure the driver packages are held", packages=sorted(packages))
+    apt_hold(name="Ensure the driver packages are held", packages=sorted(packages),
+             lock_timeout=spec.settings.apt.lock_timeout_seconds)
     units = [PERSISTENCED_SERVICE] + ([FABRICMANAGER_SERVICE] if plan.nvswitch else [])
     for unit in units:
         service(name=f"Ensure {unit} is enabled at boot", unit=unit, running=False)

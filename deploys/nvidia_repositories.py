@@ -9,7 +9,7 @@ from pyinfra.api import deploy
 
 from facts.host_state import host_state
 from inventory.fleet import HostSpec
-from operations.apt_pins import packages_present
+from operations.apt_pins import dpkg_run_finished, packages_present
 from operations.apt_repos import apt_lists_refreshed, keyring
 from operations.checks import versions_offered
 from operations.host_files import managed_file, moved_aside
@@ -22,6 +22,8 @@ from rules.apt_sources import (
 )
 from rules.host_plan import HostPlan
 from rules.network import download_env_file
+from rules.packages import UNATTENDED_UPGRADES_PATH, unattended_upgrades_blacklist
+from rules.render import render_unattended_upgrades_blacklist
 
 # What the key download and checks need on the host.
 PREREQUISITES = ("ca-certificates", "curl", "gnupg")
@@ -55,9 +57,20 @@ def nvidia_repositories(spec: HostSpec, plan: HostPlan) -> None:
                 record=False,  # the user's file, repaired once: not gpufleet's to audit
             )
 
+    # apt installs nothing while a dpkg run is left interrupted.
+    dpkg_run_finished(name="Ensure no interrupted dpkg run is left",
+                      lock_timeout=spec.settings.apt.lock_timeout_seconds)
+    # Before anything is installed: unattended-upgrades must never move the pinned stack.
+    managed_file(
+        name="Ensure unattended-upgrades leaves the pinned NVIDIA packages alone",
+        path=UNATTENDED_UPGRADES_PATH,
+        content=render_unattended_upgrades_blacklist(
+            spec.pin_set_name, unattended_upgrades_blacklist(plan.pinned)),
+    )
     packages_present(
         name="Ensure the tools to fetch and check repository keys are installed",
         packages=PREREQUISITES, env_file=env_file,
+        lock_timeout=spec.settings.apt.lock_timeout_seconds,
     )
     for source in plan.sources:
         keyring(
@@ -78,6 +91,7 @@ def nvidia_repositories(spec: HostSpec, plan: HostPlan) -> None:
         stamp=LISTS_STAMP, digest=lists_digest(plan.sources, pinned),
         max_age_seconds=spec.settings.apt.lists_max_age_seconds,
         installs_pending=bool(pending), env_file=env_file,
+        lock_timeout=spec.settings.apt.lock_timeout_seconds,
     )
     if pending:
         versions_offered(

@@ -82,6 +82,7 @@ def python_env(
             name=f"Ensure {plan.venv_package} is installed (ensurepip, to create venvs)",
             packages=[plan.venv_package], env_file=download_env_file(spec.settings.network),
             record=False,  # asked for only while it is missing: not on every run
+            lock_timeout=spec.settings.apt.lock_timeout_seconds,
         )
     lock = plan.lock
     installed = locked_venv(

@@ -38,6 +38,29 @@ def parse_dpkg_query(text: str) -> dict[str, str]:
     return installed
 
 
+# dpkg states of a package whose unpack or configure did not finish (dpkg-query's
+# db:Status-Abbrev, second letter): Half-installed, Unpacked, half-conFigured,
+# triggers-aWaited, triggers-pending.
+UNFINISHED_STATES = {"H": "half-installed", "U": "unpacked", "F": "half-configured",
+                     "W": "triggers-awaited", "t": "triggers-pending"}
+
+
+def parse_dpkg_unfinished(text: str) -> dict[str, str]:
+    """The same dpkg-query lines -> packages dpkg left unfinished: name -> state."""
+    unfinished = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and len(parts[2]) >= 2 and parts[2][1] in UNFINISHED_STATES:
+            unfinished[parts[0]] = UNFINISHED_STATES[parts[2][1]]
+    return unfinished
+
+
+def parse_dpkg_journal(text: str) -> int:
+    """`ls -A /var/lib/dpkg/updates` -> how many journal entries dpkg left (files named by
+    digits only: what apt reads as "dpkg was interrupted")."""
+    return sum(1 for line in text.splitlines() if line.strip().isdigit())
+
+
 def parse_showhold(text: str) -> frozenset[str]:
     return frozenset(line.strip() for line in text.splitlines() if line.strip())
 

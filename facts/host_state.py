@@ -30,7 +30,13 @@ from facts import docker as docker_facts
 from facts import nvidia as nvidia_facts
 from facts import system as system_facts
 from facts._shell import CommandResult, quote, split_sections
-from facts.apt import parse_dpkg_query, parse_keyring_fingerprints, parse_showhold
+from facts.apt import (
+    parse_dpkg_journal,
+    parse_dpkg_query,
+    parse_dpkg_unfinished,
+    parse_keyring_fingerprints,
+    parse_showhold,
+)
 
 # Folders whose regular files (not recursively) the state reads whole; and single files.
 WATCHED_DIRS = (
@@ -109,6 +115,8 @@ class HostStateResult:
     ``compose``: "v2" / "v1" -> version printed, for each Compose that answers.
     ``keyrings``: keyring path -> fingerprints of its primary keys.
     ``now``: the host's clock (seconds since the epoch), for cache ages.
+    ``dpkg_unfinished``: packages dpkg left unpacked or half-configured (name -> state);
+    ``dpkg_journal``: entries of an interrupted dpkg run in /var/lib/dpkg/updates.
     """
 
     installed: dict[str, str] = field(default_factory=dict)
@@ -126,6 +134,12 @@ class HostStateResult:
     compose: dict[str, str] = field(default_factory=dict)
     keyrings: dict[str, frozenset[str]] = field(default_factory=dict)
     now: int | None = None
+    dpkg_unfinished: dict[str, str] = field(default_factory=dict)
+    dpkg_journal: int = 0
+
+    @property
+    def dpkg_interrupted(self) -> bool:
+        return bool(self.dpkg_journal or self.dpkg_unfinished)
 
     def file(self, path: str) -> FileState | None:
         return self.files.get(path)
@@ -163,6 +177,8 @@ class HostStateResult:
             compose=dict(data.get("compose", {})),
             keyrings={p: frozenset(f) for p, f in data.get("keyrings", {}).items()},
             now=data.get("now"),
+            dpkg_unfinished=dict(data.get("dpkg_unfinished", {})),
+            dpkg_journal=int(data.get("dpkg_journal", 0)),
         )
 
 
@@ -223,6 +239,7 @@ KEYRINGS_SCRIPT = "\n".join([
 PARTS: dict[str, str] = {
     "dpkg": "dpkg-query -W -f='${Package} ${Version} ${db:Status-Abbrev}\\n' 2>/dev/null; true",
     "hold": "apt-mark showhold 2>/dev/null; true",
+    "dpkg_journal": "ls -A /var/lib/dpkg/updates 2>/dev/null; true",
     "files": _files_script(),
     "services": SERVICES_SCRIPT,
     "kernel_module": nvidia_facts.KERNEL_MODULE_SCRIPT,
@@ -337,6 +354,8 @@ def parse_host_state(lines: list[str]) -> HostStateResult:
         compose=compose,
         keyrings=parse_keyring_fingerprints(get("keyrings").text.splitlines()),
         now=int(now) if now.isdigit() else None,
+        dpkg_unfinished=parse_dpkg_unfinished(get("dpkg").text),
+        dpkg_journal=parse_dpkg_journal(get("dpkg_journal").text),
     )
 
 

@@ -227,10 +227,16 @@ class RepoSettings(Strict):
     container_toolkit: AptRepo = AptRepo()
 
 
+APT_LOCK_TIMEOUT_SECONDS = 300
+
+
 class AptSettings(Strict):
     # Package lists older than this are refreshed before anything is installed from them.
     # (They are always refreshed when the sources, their keys or the pins change.)
     lists_max_age_seconds: int = Field(default=3600, ge=0, le=7 * 86400)
+    # How long each apt/dpkg command waits for another process's lock (unattended-upgrades
+    # or cloud-init on a fresh host) before the host fails, naming the holder.
+    lock_timeout_seconds: int = Field(default=APT_LOCK_TIMEOUT_SECONDS, ge=0, le=3600)
 
 
 # --- network: proxies and private CAs -------------------------------------------------------

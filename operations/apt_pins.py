@@ -15,25 +15,32 @@ import re
 from collections.abc import Mapping, Sequence
 
 from pyinfra import host
-from pyinfra.api import OperationValueError, StringCommand, operation
+from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 
 from facts._shell import quote
 from facts.apt import AptOffered
 from facts.host_state import host_state, require_watched, sha256_text
+from inventory.schema import APT_LOCK_TIMEOUT_SECONDS
+from operations.apt_lock import after_apt_lock, apt_get
 from operations.desired import desired
 from operations.host_files import file_commands, write_file_command
+from operations.messages import tell
 from rules.packages import PIN_PRIORITY
 from rules.render import render_apt_preferences
 
 logger = logging.getLogger("gpufleet")
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "a"}
-# Keep the user's edits to conffiles (e.g. nvidia-container-runtime's config.toml) on upgrade.
-APT_INSTALL = (
-    "apt-get install -y -q --no-install-recommends --allow-downgrades "
-    "--allow-change-held-packages -o Dpkg::Options::=--force-confdef "
-    "-o Dpkg::Options::=--force-confold"
-)
+LOCK_TIMEOUT = APT_LOCK_TIMEOUT_SECONDS
+
+
+def apt_install(lock_timeout: int) -> str:
+    """apt-get install as gpufleet runs it. Keeps the user's edits to conffiles (e.g.
+    nvidia-container-runtime's config.toml) on upgrade."""
+    return (f"{apt_get(lock_timeout)} install -y -q --no-install-recommends --allow-downgrades "
+            "--allow-change-held-packages -o Dpkg::Options::=--force-confdef "
+            "-o Dpkg::Options::=--force-confold")
+
 _PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _VERSION = re.compile(r"[A-Za-z0-9.+~:-]+")
 
@@ -95,15 +102,19 @@ def apt_preferences(
 
 
 @operation()
-def exact_versions(packages: Mapping[str, str | None], env_file: str | None = None):
+def exact_versions(packages: Mapping[str, str | None], env_file: str | None = None,
+                   lock_timeout: int = LOCK_TIMEOUT):
     """
     Ensure packages are installed at exactly these versions (None: any version, installed).
 
     Packages that must move are taken off hold first; all of them go to one `apt-get install`
-    so their exact inter-dependencies resolve together. Holding again is `apt_hold`'s job.
+    so their exact inter-dependencies resolve together. Holding again is `apt_hold`'s job; if
+    the install fails, the packages taken off hold are held again at once, so a failed run
+    leaves every hold as it found it.
 
     + packages: package -> exact apt version, or None
     + env_file: a VAR=value file on the host sourced first (proxies)
+    + lock_timeout: seconds to wait for another process's apt/dpkg lock
 
     **Example:**
 
@@ -129,21 +140,24 @@ def exact_versions(packages: Mapping[str, str | None], env_file: str | None = No
         quote(name if version is None else f"{name}={version}")
         for name, version in sorted(packages.items())
     )
-    unhold = sorted(name for name in moving if name in state.held)
-    script = f"{APT_INSTALL} {wanted}"
+    unhold = " ".join(quote(n) for n in sorted(name for name in moving if name in state.held))
+    script = f"{apt_install(lock_timeout)} {wanted}"
     if unhold:
-        script = f"apt-mark unhold {' '.join(quote(n) for n in unhold)} >/dev/null && {script}"
-    yield StringCommand(with_env_file(script, env_file), _env=APT_ENV)
+        script = (f"apt-mark unhold {unhold} >/dev/null && {{ {script} || {{ rc=$?; "
+                  f"apt-mark hold {unhold} >/dev/null; exit $rc; }}; }}")
+    yield StringCommand(with_env_file(after_apt_lock(script, lock_timeout), env_file),
+                        _env=APT_ENV)
 
 
 @operation()
-def apt_hold(packages: Sequence[str], hold: bool = True):
+def apt_hold(packages: Sequence[str], hold: bool = True, lock_timeout: int = LOCK_TIMEOUT):
     """
     Ensure packages are on hold (or not), so `apt-get upgrade` and unattended upgrades leave
     them alone.
 
     + packages: package names
     + hold: True to hold, False to release
+    + lock_timeout: seconds to wait for another process's apt/dpkg lock
 
     **Example:**
 
@@ -158,7 +172,43 @@ def apt_hold(packages: Sequence[str], hold: bool = True):
     if not todo:
         host.noop(f"{len(packages)} packages {'held' if hold else 'not held'}")
         return
-    yield f"apt-mark {'hold' if hold else 'unhold'} {' '.join(quote(p) for p in todo)}"
+    yield StringCommand(after_apt_lock(
+        f"apt-mark {'hold' if hold else 'unhold'} {' '.join(quote(p) for p in todo)}",
+        lock_timeout))
+
+
+@operation()
+def dpkg_run_finished(lock_timeout: int = LOCK_TIMEOUT):
+    """
+    Ensure no dpkg run is left half done: an interrupted one is finished with
+    `dpkg --configure -a`, the command apt and dpkg themselves ask for ("dpkg was interrupted,
+    you must manually run 'dpkg --configure -a' to correct the problem"); until then apt
+    installs nothing. It configures what is already unpacked, removes nothing and leaves
+    holds as they are. If a package's configuration fails, the host stops with dpkg's error.
+
+    + lock_timeout: seconds to wait for another process's apt/dpkg lock (a dpkg that is
+      still running is not interrupted: this waits for it instead)
+
+    **Example:**
+
+    .. code:: python
+
+        dpkg_run_finished(name="Ensure no interrupted dpkg run is left")
+    """
+    state = host_state()
+    if not state.dpkg_interrupted:
+        host.noop("no interrupted dpkg run")
+        return
+    found = [f"{name} ({what})" for name, what in sorted(state.dpkg_unfinished.items())]
+    if state.dpkg_journal:
+        found.append(f"{state.dpkg_journal} unrecorded step(s) in /var/lib/dpkg/updates")
+    yield FunctionCommand(tell, ("finishing an interrupted dpkg run with `dpkg --configure -a`: "
+                                 + ", ".join(found),), {})
+    yield StringCommand(after_apt_lock(
+        "dpkg --configure -a || { rc=$?; echo 'gpufleet: dpkg --configure -a failed (see "
+        "dpkg above: a package cannot be configured). Fix or remove that package, run "
+        "dpkg --configure -a until it succeeds, then run gpufleet again.' >&2; exit $rc; }",
+        lock_timeout), _env=APT_ENV)
 
 
 # Debian's maintainer scripts ask /usr/sbin/policy-rc.d before starting a service; 101 = no.
@@ -175,7 +225,8 @@ def without_service_starts(script: str) -> str:
 
 @operation()
 def packages_present(packages: Sequence[str], env_file: str | None = None,
-                     start_services: bool = True, record: bool = True):
+                     start_services: bool = True, record: bool = True,
+                     lock_timeout: int = LOCK_TIMEOUT):
     """
     Ensure packages are installed, at whatever version the distribution offers.
 
@@ -188,6 +239,7 @@ def packages_present(packages: Sequence[str], env_file: str | None = None,
       services that must not run before their configuration is written and checked
     + record: part of the host's manifest (False: asked for only when missing, so not on
       every run)
+    + lock_timeout: seconds to wait for another process's apt/dpkg lock
 
     **Example:**
 
@@ -203,14 +255,17 @@ def packages_present(packages: Sequence[str], env_file: str | None = None,
     if not missing:
         host.noop(f"{len(packages)} packages installed")
         return
-    script = f"apt-get update -q && {APT_INSTALL} {' '.join(quote(p) for p in missing)}"
+    script = (f"{apt_get(lock_timeout)} update -q && {apt_install(lock_timeout)} "
+              f"{' '.join(quote(p) for p in missing)}")
     if not start_services:
         script = without_service_starts(script)
-    yield StringCommand(with_env_file(script, env_file), _env=APT_ENV)
+    yield StringCommand(with_env_file(after_apt_lock(script, lock_timeout), env_file),
+                        _env=APT_ENV)
 
 
 @operation()
-def installed_if_offered(package: str, why: str, env_file: str | None = None):
+def installed_if_offered(package: str, why: str, env_file: str | None = None,
+                         lock_timeout: int = LOCK_TIMEOUT):
     """
     Ensure a package is installed when the repositories offer it; warn when they do not.
 
@@ -221,6 +276,7 @@ def installed_if_offered(package: str, why: str, env_file: str | None = None):
     + package: package name
     + why: what the package is for (printed in the warning)
     + env_file: a VAR=value file on the host sourced first (proxies)
+    + lock_timeout: seconds to wait for another process's apt/dpkg lock
 
     **Example:**
 
@@ -241,4 +297,5 @@ def installed_if_offered(package: str, why: str, env_file: str | None = None):
             fg="yellow", log_func=logger.warning)
         host.noop(f"{package} not offered")
         return
-    yield StringCommand(with_env_file(f"{APT_INSTALL} {quote(package)}", env_file), _env=APT_ENV)
+    script = after_apt_lock(f"{apt_install(lock_timeout)} {quote(package)}", lock_timeout)
+    yield StringCommand(with_env_file(script, env_file), _env=APT_ENV)

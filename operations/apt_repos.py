@@ -11,7 +11,8 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 
 from facts._shell import quote
 from facts.host_state import KEYRING_DIR, host_state, require_watched
-from operations.apt_pins import APT_ENV, with_env_file
+from operations.apt_lock import after_apt_lock, apt_get
+from operations.apt_pins import APT_ENV, LOCK_TIMEOUT, with_env_file
 from operations.desired import desired
 from operations.host_files import write_file_command
 from operations.messages import tell
@@ -90,6 +91,7 @@ def apt_lists_refreshed(
     max_age_seconds: int,
     installs_pending: bool,
     env_file: str | None = None,
+    lock_timeout: int = LOCK_TIMEOUT,
 ):
     """
     Ensure apt's package lists answer for the current sources and pins.
@@ -104,6 +106,7 @@ def apt_lists_refreshed(
     + max_age_seconds: how old lists may be when something is installed
     + installs_pending: whether this run installs or moves packages
     + env_file: a VAR=value file on the host sourced first (proxies)
+    + lock_timeout: seconds to wait for another process's apt/dpkg lock
 
     **Example:**
 
@@ -134,5 +137,6 @@ def apt_lists_refreshed(
         host.noop("apt's package lists are current for these sources and pins")
         return
     yield FunctionCommand(tell, (f"refreshing apt package lists: {reason}",), {})
-    script = f"apt-get update -q && {write_file_command(stamp, digest + chr(10))}"
+    script = after_apt_lock(f"{apt_get(lock_timeout)} update -q && "
+                            f"{write_file_command(stamp, digest + chr(10))}", lock_timeout)
     yield StringCommand(with_env_file(script, env_file), _env=APT_ENV)

@@ -23,6 +23,17 @@ CONTAINER_TOOLKIT_PACKAGES: tuple[str, ...] = (
 )
 
 
+# After Debian's and Ubuntu's 50unattended-upgrades: apt configuration lists add up.
+UNATTENDED_UPGRADES_PATH = "/etc/apt/apt.conf.d/51gpufleet-unattended-upgrades"
+
+
+def unattended_upgrades_blacklist(pinned: PinnedPackages) -> tuple[str, ...]:
+    """The name prefixes of the pinned NVIDIA packages ("nvidia-", "libnvidia-", "cuda-"),
+    as unattended-upgrades' Package-Blacklist regular expressions: every package of the same
+    family, the CUDA components the toolkit pulls in included, is left alone."""
+    return tuple(sorted({name.split("-", 1)[0] + "-" for name in pinned.all()}))
+
+
 def preferences_path(component: str) -> str:
     """The apt preferences file of one component of the stack."""
     return f"{PREFERENCES_DIR}/gpufleet-{component}.pref"

@@ -6,7 +6,7 @@ Pure: a renderer takes values and returns the file's text; operations and deploy
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,16 @@ def render_apt_preferences(
             raise ValueError(f"not an apt package and version: {name!r} {version!r}")
     return render("apt/preferences.j2", component=component, pin_set=pin_set,
                   priority=priority, packages=sorted(packages.items()))
+
+
+def render_unattended_upgrades_blacklist(pin_set: str, patterns: Sequence[str]) -> str:
+    """apt configuration keeping unattended-upgrades off the pinned packages."""
+    if not patterns:
+        raise ValueError("no package patterns")
+    for pattern in patterns:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]*", pattern):
+            raise ValueError(f"not a package name prefix: {pattern!r}")
+    return render("apt/unattended-upgrades.j2", pin_set=pin_set, patterns=patterns)
 
 
 def render_nouveau_blacklist() -> str:
