@@ -54,3 +54,16 @@ if __name__ == "__main__":
 # pyinfra executes this file without a __name__ of "__main__": it takes every public
 # module-level list/tuple as a group of hosts.
 globals().update(_load().pyinfra_groups())
+
+
+def _summarise_faults() -> None:
+    """Before pyinfra connects: a host that cannot be reached is in the run's fault summary."""
+    from pyinfra.context import ctx_state
+
+    from deploys.fault_summary import install_fault_summary
+
+    if ctx_state.isset():
+        install_fault_summary(ctx_state.get())
+
+
+_summarise_faults()

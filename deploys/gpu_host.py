@@ -22,12 +22,14 @@ nothing: no command that writes, no container, no reboot.
 
 from typing import cast
 
+from pyinfra import state
 from pyinfra.api.operation import OperationMeta
 
 from deploys.container_toolkit import container_toolkit
 from deploys.cuda_toolkit import cuda_toolkit
 from deploys.docker_engine import docker_engine
 from deploys.exporters import exporters
+from deploys.fault_summary import install_fault_summary
 from deploys.host_network import host_network
 from deploys.host_record import host_record
 from deploys.inference import inference
@@ -41,6 +43,8 @@ from deploys.verify_stack import verify_stack
 from rules.monitoring import is_monitor
 from rules.serving import dcgm_exporter
 
+# Every run ends with a summary of the hosts it lost: step, cause, what to do.
+install_fault_summary(state)
 spec = host_spec()
 fleet = fleet_specs()
 if is_monitor(spec):

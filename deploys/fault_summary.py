@@ -1,0 +1,86 @@
+"""The fault summary at the end of every run (rules/faults.py says what it contains).
+
+While the run goes, a logging handler keeps, per host, the warning and error lines pyinfra
+and gpufleet print for it (they carry the host's name as their prefix: connection errors,
+failed facts and commands, gpufleet's own messages). When the process exits — after
+pyinfra's own results, whatever way the run ended — every failed host gets its step, its
+cause in one line and what to do, on stderr (stdout stays pyinfra's: --json). A run
+without a failed host prints nothing more.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import re
+import sys
+from collections import defaultdict
+
+from pyinfra.api import State
+from pyinfra.api.host import Host
+
+from rules.faults import HostFault, cause_of, clean, render_summary
+
+_PREFIX = re.compile(r"^\[(?P<host>[^\]]+)\]")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+LINES_KEPT = 400  # per host: the cause is near the end, a runaway output must not grow
+
+
+class _HostLines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.lines: dict[str, list[str]] = defaultdict(list)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = _ANSI.sub("", record.getMessage()).strip()
+        except Exception:  # a record that cannot be formatted has nothing to tell us
+            return
+        found = _PREFIX.match(text)
+        if found:
+            kept = self.lines[found["host"]]
+            kept.append(text)
+            del kept[:-LINES_KEPT]
+
+
+def _failed_step(state: State, host: Host) -> str | None:
+    for op_hash in state.get_op_order():
+        op_data = state.ops.get(host, {}).get(op_hash)
+        if op_data is None:
+            continue
+        meta = op_data.operation_meta
+        if meta.is_complete() and meta.did_error():
+            return ", ".join(state.get_op_meta(op_hash).names) or "an operation"
+    return None
+
+
+def faults(state: State, lines: dict[str, list[str]]) -> list[HostFault]:
+    """Each failed host of the run: its failed step and the cause its lines give."""
+    found = []
+    for host in state.failed_hosts:
+        step = _failed_step(state, host) or (
+            "reading the host, before any change (the probe)" if host.connected
+            else "connecting to the host")
+        found.append(HostFault(host.name, step, cause_of(lines.get(host.name, []))))
+    return found
+
+
+def install_fault_summary(state: State) -> None:
+    """Print the fault summary when this run ends (once per run, whichever host asks)."""
+    if state.__dict__.get("gpufleet_fault_summary"):
+        return
+    state.__dict__["gpufleet_fault_summary"] = True
+    lines = _HostLines()
+    for name in ("pyinfra", "gpufleet"):
+        logging.getLogger(name).addHandler(lines)
+
+    def print_summary() -> None:
+        text = render_summary(faults(state, lines.lines),
+                              len(state.inventory))
+        if text:
+            print(text, file=sys.stderr, flush=True)
+
+    atexit.register(print_summary)
+
+
+__all__ = ["clean", "faults", "install_fault_summary"]

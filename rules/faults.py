@@ -1,0 +1,142 @@
+"""The fault summary: for each host a run lost, the step, the cause in one line, what to do.
+
+Pure: the run's recorder (deploys/fault_summary.py) hands over each failed host's error lines
+as pyinfra printed them (apt's and dpkg's own lines, gpufleet's "gpufleet: ..." lines,
+pyinfra's "could not load fact" / connection errors); ``cause_of`` picks the line that says
+why and turns it into one sentence and one action. pyinfra's own lines stay where they were:
+the summary is added after them, never instead of them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RERUN = "then run gpufleet again (a re-run repeats only what is missing)"
+
+
+@dataclass(frozen=True)
+class Cause:
+    what: str  # one line: why the host stopped
+    todo: str  # one line: what the operator does
+
+
+@dataclass(frozen=True)
+class HostFault:
+    host: str
+    step: str  # the deploy and operation that failed, or the stage before any operation
+    cause: Cause
+
+
+def _lock_holder(m: re.Match[str]) -> Cause:
+    # apt (apt-pkg/contrib/fileutl.cc, GetLock): "Could not get lock %s. It is held by
+    # process %d (%s)"
+    return Cause(f"another process holds apt's lock {m['path']}: {m['name']} (pid {m['pid']})",
+                 f"let pid {m['pid']} finish (ps -fp {m['pid']}) or stop it if it is stuck, "
+                 f"{RERUN}; settings.apt.lock_timeout_seconds sets how long gpufleet waits")
+
+
+def _gave_up(m: re.Match[str]) -> Cause:
+    return Cause(f"waited {m['seconds']} s for the apt/dpkg lock, held by {m['holder']}",
+                 "let that process finish (ps -fp PID) or stop it if it is stuck, "
+                 f"{RERUN}; settings.apt.lock_timeout_seconds sets how long gpufleet waits")
+
+
+def _fetch(m: re.Match[str]) -> Cause:
+    url, error = m["url"], " ".join(m["error"].split())
+    return Cause(f"apt could not fetch {url}: {error}",
+                 f"check that the host reaches {url.split('/')[2]} (settings.network proxy, "
+                 f"settings.repos mirror, DNS, firewall), {RERUN}")
+
+
+def _interrupted(_: re.Match[str]) -> Cause:
+    # apt (apt-pkg/deb/debsystem.cc): "dpkg was interrupted, you must manually run '%s' to
+    # correct the problem."
+    return Cause("dpkg was interrupted (an earlier install stopped half way)",
+                 f"run `dpkg --configure -a` on the host, {RERUN}")
+
+
+def _configure_failed(_: re.Match[str]) -> Cause:
+    return Cause("`dpkg --configure -a` failed: a package left half installed cannot be "
+                 "configured (dpkg's lines above name it)",
+                 f"fix or remove that package until `dpkg --configure -a` succeeds, {RERUN}")
+
+
+def _unreachable(m: re.Match[str]) -> Cause:
+    return Cause(f"the host did not answer: {m['error'].strip()}",
+                 "check that the host is up and reachable (ping, ssh, its console); the other "
+                 f"hosts are not affected; {RERUN}")
+
+
+def _reboot(m: re.Match[str]) -> Cause:
+    return Cause(f"the host did not come back within {m['seconds']} s after the reboot",
+                 "look at the host's console (a kernel or driver that does not boot, a stuck "
+                 "shutdown); when it is up, run gpufleet again; "
+                 "settings.driver.reboot_timeout_seconds sets the wait")
+
+
+def _refused(_: re.Match[str]) -> Cause:
+    return Cause("preflight refused the host; nothing was changed",
+                 "read the host's report above and fix what it names (or accept it with "
+                 f"settings.preflight.downgrade_errors), {RERUN}")
+
+
+# Most specific first: the first pattern found in a host's lines decides.
+_KNOWN: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], Cause]], ...] = (
+    (re.compile(r"gpufleet: gave up after (?P<seconds>\d+) s waiting for the apt/dpkg lock, "
+                r"held by (?P<holder>.+?)\.?$"), _gave_up),
+    (re.compile(r"Could not get lock (?P<path>\S+?)\.? It is held by process (?P<pid>\d+) "
+                r"\((?P<name>[^)]*)\)"), _lock_holder),
+    (re.compile(r"gpufleet: dpkg --configure -a failed"), _configure_failed),
+    (re.compile(r"dpkg was interrupted, you must manually run"), _interrupted),
+    (re.compile(r"Failed to fetch (?P<url>https?://\S+)\s+(?P<error>.+)$"), _fetch),
+    (re.compile(r"did not come back within (?P<seconds>\d+) s after the reboot"), _reboot),
+    (re.compile(r"preflight refused this host; nothing was changed"), _refused),
+    # pyinfra's SSH connector (connectors/ssh.py) and Docker's daemon (docker exec on a paused
+    # or removed container)
+    (re.compile(r"(?P<error>(?:Could not connect|Could not resolve hostname|SSH error|EOF error|"
+                r"Authentication error) \(.*|Error response from daemon: .*)"), _unreachable),
+)
+# pyinfra's own summary lines, which say that something failed but not why.
+_GENERIC = re.compile(r"^(?:Error(?: \(ignored\))?:? ?(?:executed \d+ commands|could not load "
+                      r"fact.*)?|Error in nested operation|Unexpected error.*|"
+                      r"E: Unable to acquire the dpkg frontend lock.*|"
+                      r"E: Some index files failed to download.*|"
+                      r"Run '[^']+ --help' for more information)$")
+
+
+def clean(line: str) -> str:
+    """A log line without colours and without the host prefix pyinfra puts before it."""
+    text = _ANSI.sub("", line).strip()
+    return re.sub(r"^\[[^\]]+\]\s*(?:nested\s+)?", "", text).strip()
+
+
+def cause_of(lines: Sequence[str]) -> Cause:
+    """The cause of a host's failure, from the error lines printed for it (oldest first)."""
+    cleaned = [clean(part) for line in lines for part in line.splitlines()]
+    for pattern, build in _KNOWN:
+        for line in cleaned:
+            found = pattern.search(line)
+            if found:
+                return build(found)
+    specific = [line for line in cleaned if line and not _GENERIC.match(line)]
+    gpufleet = [line for line in specific if line.startswith("gpufleet:")]
+    last = (gpufleet or specific or ["no error line was printed"])[-1]
+    return Cause(last.removeprefix("gpufleet:").strip(),
+                 f"read the lines above for this host, fix what they name, {RERUN}")
+
+
+def render_summary(faults: Sequence[HostFault], hosts_total: int) -> str:
+    """The block printed at the end of a run with failed hosts ("" when none failed)."""
+    if not faults:
+        return ""
+    others = "; the others were not affected" if len(faults) < hosts_total else ""
+    lines = [f"--> gpufleet fault summary: {len(faults)} of {hosts_total} host(s) failed{others}"]
+    for fault in sorted(faults, key=lambda f: f.host):
+        lines += [f"    {fault.host}",
+                  f"      step:  {fault.step}",
+                  f"      cause: {fault.cause.what}",
+                  f"      do:    {fault.cause.todo}"]
+    return "\n".join(lines)

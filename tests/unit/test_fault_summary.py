@@ -1,0 +1,103 @@
+"""The fault summary's one-line causes, on real apt, dpkg and Docker error text (the source of
+each text is named beside it), and the summary block itself."""
+
+from __future__ import annotations
+
+from rules.faults import HostFault, cause_of, render_summary
+
+
+def test_gpufleets_own_lock_wait_reads_back_as_one_line() -> None:
+    # operations/apt_lock.py's giving-up lines, as tests/unit/test_apt_faults.py runs them
+    cause = cause_of([
+        "[@docker/h1] gpufleet: gave up after 20 s waiting for the apt/dpkg lock, held by "
+        "apt-get (pid 4321: apt-get install -y /tmp/sleeper.deb).",
+        "[@docker/h1] gpufleet: nothing was changed by this step. Let that process finish",
+    ])
+    assert cause.what == ("waited 20 s for the apt/dpkg lock, held by apt-get (pid 4321: "
+                          "apt-get install -y /tmp/sleeper.deb)")
+    assert "lock_timeout_seconds" in cause.todo
+
+
+# --- the one-line causes -------------------------------------------------------------------------
+def test_apts_lock_error_names_the_holder() -> None:
+    # apt 2.6 (Debian 12), apt-pkg/contrib/fileutl.cc GetLock + apt-pkg/deb/debsystem.cc
+    cause = cause_of([
+        "[@ssh/gpu-01] E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by "
+        "process 1234 (unattended-upgr)",
+        "[@ssh/gpu-01] E: Unable to acquire the dpkg frontend lock (/var/lib/dpkg/lock-frontend),"
+        " is another process using it?",
+        "[@ssh/gpu-01] Error: executed 0 commands",
+    ])
+    assert cause.what == ("another process holds apt's lock /var/lib/dpkg/lock-frontend: "
+                          "unattended-upgr (pid 1234)")
+    assert "ps -fp 1234" in cause.todo and "lock_timeout_seconds" in cause.todo
+
+
+def test_a_dead_mirror_gives_the_url_and_the_error() -> None:
+    # apt 2.6 apt-get install, apt-private/private-download.cc ("Failed to fetch %s  %s")
+    cause = cause_of([
+        "E: Failed to fetch http://gpufleet-sim-repo/cuda/repos/debian12/x86_64/./"
+        "cuda-toolkit-12-1_12.1.1-1_amd64.deb  Could not connect to gpufleet-sim-repo:80 "
+        "(172.18.0.2), connection timed out",
+        "E: Unable to fetch some archives, maybe run apt-get update or try with --fix-missing?",
+    ])
+    assert cause.what == (
+        "apt could not fetch http://gpufleet-sim-repo/cuda/repos/debian12/x86_64/./"
+        "cuda-toolkit-12-1_12.1.1-1_amd64.deb: Could not connect to gpufleet-sim-repo:80 "
+        "(172.18.0.2), connection timed out")
+    assert "reaches gpufleet-sim-repo" in cause.todo
+
+
+def test_an_interrupted_dpkg_says_the_command_to_run() -> None:
+    # apt 2.6, apt-pkg/deb/debsystem.cc (debSystem::Lock, CheckUpdates)
+    cause = cause_of(["E: dpkg was interrupted, you must manually run 'dpkg --configure -a' "
+                      "to correct the problem. "])
+    assert "interrupted" in cause.what and "dpkg --configure -a" in cause.todo
+
+
+def test_a_host_that_does_not_answer() -> None:
+    # Docker 20.10 `docker exec` on a paused container (what the simulator's lost host says);
+    # pyinfra 3.10 logs the output, then "Error: could not load fact: ..."
+    cause = cause_of([
+        "\x1b[1m[\x1b[1m@docker/gpufleet-faults-h100x8\x1b[0m]\x1b[0m \x1b[31mError response "
+        "from daemon: Container 3f2a is paused, unpause the container before exec\x1b[0m",
+        "[@docker/gpufleet-faults-h100x8] Error: could not load fact: GpuHostProbe",
+    ])
+    assert cause.what == ("the host did not answer: Error response from daemon: Container 3f2a "
+                          "is paused, unpause the container before exec")
+    assert "reachable" in cause.todo
+
+
+def test_a_host_that_cannot_be_reached() -> None:
+    # pyinfra 3.10 connectors/ssh.py (raise_connect_error) on a host that refuses SSH, and the
+    # Docker connector on a container that is gone (it tries to run an image of that name)
+    ssh = cause_of(["[gpu-07] Could not connect ([Errno 111] Connection refused)"])
+    assert ssh.what == "the host did not answer: Could not connect ([Errno 111] Connection " \
+                       "refused)"
+    docker = cause_of(["[@docker/x] Local command failed: docker run -d x tail -f /dev/null\n"
+                       "Unable to find image 'x:latest' locally\ndocker: Error response from "
+                       "daemon: pull access denied for x\n\nRun 'docker run --help' for more "
+                       "information"])
+    assert docker.what == "the host did not answer: Error response from daemon: pull access " \
+                          "denied for x"
+
+
+def test_an_unknown_failure_keeps_the_most_telling_line() -> None:
+    cause = cause_of(["[h] some tool: warming up", "[h] gpufleet: the GPU test container "
+                      "failed: load library failed: libnvidia-ml.so.1", "[h] Error: executed "
+                      "2 commands"])
+    assert cause.what == "the GPU test container failed: load library failed: libnvidia-ml.so.1"
+    assert cause_of([]).what == "no error line was printed"
+
+
+def test_the_summary_names_each_failed_host() -> None:
+    lost = HostFault("@docker/c", "reading the host, before any change (the probe)",
+                     cause_of(["Error response from daemon: No such container: c"]))
+    text = render_summary([lost], 3)
+    assert text.splitlines()[0] == ("--> gpufleet fault summary: 1 of 3 host(s) failed; the "
+                                    "others were not affected")
+    assert "    @docker/c\n      step:  reading the host" in text
+    assert "      cause: the host did not answer: Error response from daemon: No such container: c" \
+        in text
+    assert render_summary([], 3) == ""
+    assert "not affected" not in render_summary([lost], 1).splitlines()[0]
