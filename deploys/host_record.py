@@ -38,7 +38,7 @@ def manifest_meta(spec: HostSpec, plan: HostPlan | None, venv: VenvPlan | None
     return {
         "host": spec.name, "fleet": spec.fleet_name, "role": spec.settings.role,
         "pin_set": spec.pin_set_name, "pins_sha256": pins_digest(spec.pins),
-        "gpufleet": gpufleet_release(),
+        "gpufleet": dict(gpufleet_release()),
         "engine": None if engine is None or not spec.settings.inference.enabled else {
             "image": engine.image, "args": engine_args(engine),
             "replicas": len(engine.replicas)},

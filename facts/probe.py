@@ -51,14 +51,11 @@ class HostProbe:
 
 # name -> (script builder taking the weights path, parser). Order is the run order.
 _Section = tuple[Callable[[str], str], Callable[[str, int | None], object]]
+# The OS, the loaded kernel module and Docker come from the state read's own parts (read
+# once, not twice: `docker info` alone is 50 ms of the probe on a simulated host).
 SECTIONS: dict[str, _Section] = {
-    "system": (lambda _: system_facts.SYSTEM_SCRIPT, system_facts.parse_system_info),
     "nvidia_smi": (lambda _: nvidia_facts.NVIDIA_SMI_SCRIPT, nvidia_facts.parse_nvidia_smi_query),
     "pci": (lambda _: nvidia_facts.PCI_SCRIPT, nvidia_facts.parse_pci_probe),
-    "kernel_module": (
-        lambda _: nvidia_facts.KERNEL_MODULE_SCRIPT,
-        nvidia_facts.parse_kernel_module_state,
-    ),
     "secure_boot": (
         lambda _: nvidia_facts.SECURE_BOOT_SCRIPT,
         nvidia_facts.parse_secure_boot_probe,
@@ -67,7 +64,6 @@ SECTIONS: dict[str, _Section] = {
     "python": (lambda _: system_facts.PYTHON_SCRIPT, system_facts.parse_python_interpreters),
     "storage": (storage_facts.storage_location_script, storage_facts.parse_storage_location),
     "free_space": (storage_facts.free_space_script, storage_facts.parse_df),
-    "docker": (lambda _: docker_facts.DOCKER_INFO_SCRIPT, docker_facts.parse_docker_info),
     "nvidia_ctk": (lambda _: docker_facts.NVIDIA_CTK_SCRIPT, docker_facts.parse_nvidia_ctk_version),
     "weights": (weights_facts.weights_script, weights_facts.parse_weights),
     "state": (lambda _: host_state_script(),
@@ -95,20 +91,21 @@ def parse_host_probe(lines: list[str]) -> HostProbe:
         result = sections.get(name) or _MISSING
         return parser(result.text, result.exit_code)
 
+    state = run("state", lambda text, _: parse_host_state(text.splitlines()))
     return HostProbe(
         gpus=run("nvidia_smi", nvidia_facts.parse_nvidia_smi_query),
         pci=run("pci", nvidia_facts.parse_pci_probe),
-        kernel_module=run("kernel_module", nvidia_facts.parse_kernel_module_state),
+        kernel_module=state.kernel_module,
         secure_boot=run("secure_boot", nvidia_facts.parse_secure_boot_probe),
-        system=run("system", system_facts.parse_system_info),
+        system=state.system,
         cuda=run("nvcc", system_facts.parse_nvcc_version),
         python=run("python", system_facts.parse_python_interpreters),
         weights_location=run("storage", storage_facts.parse_storage_location),
         weights_free_space=run("free_space", storage_facts.parse_df),
-        docker=run("docker", docker_facts.parse_docker_info),
+        docker=state.docker,
         container_toolkit=run("nvidia_ctk", docker_facts.parse_nvidia_ctk_version),
         weights=run("weights", weights_facts.parse_weights),
-        state=run("state", lambda text, _: parse_host_state(text.splitlines())),
+        state=state,
     )
 
 

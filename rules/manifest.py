@@ -14,6 +14,7 @@ the fleet file and pins say now, area by area.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import subprocess
@@ -40,6 +41,7 @@ def pins_digest(pins: PinSet) -> str:
                           .encode()).hexdigest()
 
 
+@functools.cache  # the same for every host of a run: one `git rev-parse`, not one per host
 def gpufleet_release() -> dict[str, str | None]:
     """The gpufleet that converged the host: its version, and its git commit when known."""
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]

@@ -11,14 +11,20 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+from pyinfra.api import OperationValueError
 
+from facts import host_state as host_state_module
 from facts.apt import parse_keyring_fingerprints
 from facts.host_state import (
+    SERVICES_SCRIPT,
     WATCHED_DIRS,
+    WATCHED_SERVICES,
     HostStateResult,
+    ServiceState,
     host_state_script,
     is_watched,
     parse_host_state,
@@ -125,3 +131,38 @@ def test_watched_paths() -> None:
     assert is_watched("/etc/apt/sources.list.d/cuda.list")
     assert not is_watched("/etc/apt/sources.list.d/sub/cuda.list")  # not recursive
     assert not is_watched("/etc/ssh/sshd_config")
+
+
+def test_services_outside_the_watched_patterns_are_refused_not_reported_absent() -> None:
+    state = HostStateResult(services={"docker": ServiceState("enabled", "active")})
+    assert state.service("docker").is_active
+    # Watched but not on the host: known to be absent.
+    assert state.service("nvidia-fabricmanager") == ServiceState("", "")
+    # Not covered by the read: "absent" would be a guess, so the operation refuses.
+    with pytest.raises(OperationValueError, match="WATCHED_SERVICES"):
+        state.service("sshd")
+    assert all(f"{p}.service" in SERVICES_SCRIPT for p in WATCHED_SERVICES)
+
+
+def _reading(executing: bool, changes: int = 0, age: float = 0.0) -> host_state_module._Reading:
+    return host_state_module._Reading(executing, changes, time.monotonic() - age,
+                                      HostStateResult())
+
+
+def test_a_reading_stands_within_its_phase_until_an_operation_changes_the_host() -> None:
+    still_current = host_state_module._still_current
+    assert still_current(_reading(executing=False), executing=False, changes=0)
+    assert still_current(_reading(executing=True, age=600), executing=True, changes=0)
+    assert not still_current(_reading(executing=True, changes=1), executing=True, changes=2)
+
+
+def test_the_probe_reading_carries_into_a_prompt_execution_only() -> None:
+    still_current = host_state_module._still_current
+    limit = host_state_module.REUSE_ACROSS_PHASES_SECONDS
+    # `pyinfra -y`: execution starts seconds after the deploy loaded.
+    assert still_current(_reading(executing=False, age=2), executing=True, changes=0)
+    # An operator read the preview for a while: read again.
+    assert not still_current(_reading(executing=False, age=limit + 1), executing=True,
+                             changes=0)
+    # Never backwards: an execution reading does not stand in for a later preview.
+    assert not still_current(_reading(executing=True), executing=False, changes=0)
