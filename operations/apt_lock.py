@@ -40,7 +40,7 @@ def lock_holders_script(paths: tuple[str, ...] = APT_LOCKS) -> str:
         '    i=$(stat -L -c %i "$f" 2>/dev/null) || continue\n'
         "    awk -v i=\"$i\" '$2 == \"POSIX\" || $2 == \"OFDLCK\" "
         "{ n = split($6, d, \":\"); if (d[n] == i) print $5 }' /proc/locks 2>/dev/null\n"
-        "  done | sort -u | while read -r p; do\n"
+        "  done | sort -un | while read -r p; do\n"
         '    if [ "$p" = -1 ]; then printf \'a process (OFD lock, no pid shown); \'; continue; fi\n'
         '    [ -r "/proc/$p/comm" ] || continue\n'
         "    c=$(tr '\\000' ' ' < \"/proc/$p/cmdline\" 2>/dev/null | cut -c1-120)\n"

@@ -202,12 +202,17 @@ def dpkg_run_finished(lock_timeout: int = LOCK_TIMEOUT):
     found = [f"{name} ({what})" for name, what in sorted(state.dpkg_unfinished.items())]
     if state.dpkg_journal:
         found.append(f"{state.dpkg_journal} unrecorded step(s) in /var/lib/dpkg/updates")
-    yield FunctionCommand(tell, ("finishing an interrupted dpkg run with `dpkg --configure -a`: "
-                                 + ", ".join(found),), {})
+    # The probe cannot tell an interrupted run from one still going: the command waits for
+    # the lock and then finishes only what is still left.
+    yield FunctionCommand(tell, ("dpkg left work unfinished (" + ", ".join(found) + "): once no "
+                                 "other apt or dpkg process runs, `dpkg --configure -a` "
+                                 "finishes it",), {})
     yield StringCommand(after_apt_lock(
-        "dpkg --configure -a || { rc=$?; echo 'gpufleet: dpkg --configure -a failed (see "
+        "if [ -n \"$(dpkg --audit)\" ] || ls /var/lib/dpkg/updates | grep -q '^[0-9][0-9]*$'; "
+        "then dpkg --configure -a || { rc=$?; echo 'gpufleet: dpkg --configure -a failed (see "
         "dpkg above: a package cannot be configured). Fix or remove that package, run "
-        "dpkg --configure -a until it succeeds, then run gpufleet again.' >&2; exit $rc; }",
+        "dpkg --configure -a until it succeeds, then run gpufleet again.' >&2; exit $rc; }; "
+        "else echo 'gpufleet: the other dpkg run finished its work itself' >&2; fi",
         lock_timeout), _env=APT_ENV)
 
 
