@@ -1,0 +1,37 @@
+"""`simctl up --hosts N` (make sim-up HOSTS=N): N identical hosts and the fleet file for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.sim import simctl
+
+
+def test_scale_hosts_copy_the_template_hardware_under_their_own_names() -> None:
+    template = next(h for h in simctl.load_hosts() if h.name == simctl.SCALE_TEMPLATE)
+    hosts = simctl.scale_hosts(3)
+    assert [h.name for h in hosts] == [f"gpufleet-sim-node0{i}" for i in (1, 2, 3)]
+    for host in hosts:
+        assert host.hardware["hostname"] == host.name
+        assert [g["name"] for g in host.hardware["gpus"]] == \
+            [g["name"] for g in template.hardware["gpus"]]
+    # GPU UUIDs are unique across the fleet, as on real hosts.
+    uuids = [g["uuid"] for h in hosts for g in h.hardware["gpus"]]
+    assert len(set(uuids)) == len(uuids)
+
+
+def test_the_scale_fleet_file_is_the_rehearsal_fleet_with_one_group_of_n_hosts(
+        tmp_path: Path) -> None:
+    path = simctl.write_scale_fleet(simctl.scale_hosts(8), tmp_path / "scale.toml")
+    fleet = simctl.tomllib.loads(path.read_text())
+    rehearsal = simctl.tomllib.loads(simctl.SIM_FLEET.read_text())
+    assert fleet["fleet"]["name"] == "sim-scale"
+    # The same settings; paths into tests/sim/build are absolute, so the file works anywhere.
+    assert fleet["settings"]["model"] == rehearsal["settings"]["model"]
+    archives = fleet["settings"]["inference"]["image_archives"]
+    assert archives == [str(simctl.BUILD_DIR / "images" / "engine.tar")]
+    group = fleet["groups"][simctl.SCALE_GROUP]
+    assert group["settings"] == rehearsal["groups"][simctl.SCALE_GROUP]["settings"]
+    assert {name: h["target"] for name, h in group["hosts"].items()} == {
+        f"sim-node0{i}": f"@docker/gpufleet-sim-node0{i}" for i in range(1, 9)}
+    assert set(fleet["groups"]) == {simctl.SCALE_GROUP}  # no monitoring host
