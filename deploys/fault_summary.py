@@ -19,7 +19,7 @@ from collections import defaultdict
 from pyinfra.api import State
 from pyinfra.api.host import Host
 
-from rules.faults import HostFault, cause_of, clean, render_summary
+from rules.faults import HostFault, cause_of, clean, lost_before_any_step, render_summary
 
 _PREFIX = re.compile(r"^\[(?P<host>[^\]]+)\]")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -27,9 +27,19 @@ LINES_KEPT = 400  # per host: the cause is near the end, a runaway output must n
 
 
 class _HostLines(logging.Handler):
+    """Per host: the warning and error lines, and (for the known causes only) the info lines:
+    with -vvv pyinfra prints a failed fact's output at info level."""
+
     def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
+        super().__init__(level=logging.INFO)
         self.lines: dict[str, list[str]] = defaultdict(list)
+        self.info: dict[str, list[str]] = defaultdict(list)
+
+    def keep(self, record: logging.LogRecord) -> bool:
+        """As a logging filter: note the record, let it through."""
+        if record.levelno >= self.level:
+            self.emit(record)
+        return True
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -38,7 +48,7 @@ class _HostLines(logging.Handler):
             return
         found = _PREFIX.match(text)
         if found:
-            kept = self.lines[found["host"]]
+            kept = (self.lines if record.levelno >= logging.WARNING else self.info)[found["host"]]
             kept.append(text)
             del kept[:-LINES_KEPT]
 
@@ -54,29 +64,42 @@ def _failed_step(state: State, host: Host) -> str | None:
     return None
 
 
-def faults(state: State, lines: dict[str, list[str]]) -> list[HostFault]:
+def faults(state: State, lines: dict[str, list[str]],
+           info: dict[str, list[str]] | None = None) -> list[HostFault]:
     """Each failed host of the run: its failed step and the cause its lines give."""
     found = []
     for host in state.failed_hosts:
-        step = _failed_step(state, host) or (
-            "reading the host, before any change (the probe)" if host.connected
-            else "connecting to the host")
-        found.append(HostFault(host.name, step, cause_of(lines.get(host.name, []))))
+        mine, quiet = lines.get(host.name, []), (info or {}).get(host.name, [])
+        step = _failed_step(state, host)
+        if step is not None:
+            found.append(HostFault(host.name, step, cause_of(mine, quiet)))
+            continue
+        # connected hosts are activated (pyinfra.api.connect); the others never were
+        step = ("reading the host, before any change (the probe)"
+                if host in state.activated_hosts else "connecting to the host")
+        found.append(HostFault(host.name, step, lost_before_any_step(mine, quiet)))
     return found
+
+
+_installed = False
 
 
 def install_fault_summary(state: State) -> None:
     """Print the fault summary when this run ends (once per run, whichever host asks)."""
-    if state.__dict__.get("gpufleet_fault_summary"):
+    global _installed
+    if _installed:  # one pyinfra run per process; the deploy file runs once per host
         return
-    state.__dict__["gpufleet_fault_summary"] = True
+    _installed = True
     lines = _HostLines()
-    for name in ("pyinfra", "gpufleet"):
-        logging.getLogger(name).addHandler(lines)
+    # pyinfra's logger has pyinfra's handler: one more changes nothing it prints. gpufleet's
+    # logger has none (Python's last-resort handler prints it): a handler there would silence
+    # it, so its lines are read by a filter, which lets every record through.
+    logging.getLogger("pyinfra").addHandler(lines)
+    logging.getLogger("gpufleet").addFilter(lines.keep)
 
     def print_summary() -> None:
-        text = render_summary(faults(state, lines.lines),
-                              len(state.inventory))
+        in_run = [h for h in state.inventory if state.is_host_in_limit(h)]  # --limit
+        text = render_summary(faults(state, lines.lines, lines.info), len(in_run))
         if text:
             print(text, file=sys.stderr, flush=True)
 

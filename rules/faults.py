@@ -64,10 +64,14 @@ def _configure_failed(_: re.Match[str]) -> Cause:
                  f"fix or remove that package until `dpkg --configure -a` succeeds, {RERUN}")
 
 
-def _unreachable(m: re.Match[str]) -> Cause:
-    return Cause(f"the host did not answer: {m['error'].strip()}",
+def _did_not_answer(error: str) -> Cause:
+    return Cause(f"the host did not answer: {error.strip()}",
                  "check that the host is up and reachable (ping, ssh, its console); the other "
                  f"hosts are not affected; {RERUN}")
+
+
+def _unreachable(m: re.Match[str]) -> Cause:
+    return _did_not_answer(m["error"])
 
 
 def _reboot(m: re.Match[str]) -> Cause:
@@ -113,11 +117,13 @@ def clean(line: str) -> str:
     return re.sub(r"^\[[^\]]+\]\s*(?:nested\s+)?", "", text).strip()
 
 
-def cause_of(lines: Sequence[str]) -> Cause:
-    """The cause of a host's failure, from the error lines printed for it (oldest first)."""
+def cause_of(lines: Sequence[str], quiet: Sequence[str] = ()) -> Cause:
+    """The cause of a host's failure, from the error lines printed for it (oldest first);
+    ``quiet``: its other lines (commands' output with -vvv), searched for known causes only."""
     cleaned = [clean(part) for line in lines for part in line.splitlines()]
+    searched = cleaned + [clean(part) for line in quiet for part in line.splitlines()]
     for pattern, build in _KNOWN:
-        for line in cleaned:
+        for line in searched:
             found = pattern.search(line)
             if found:
                 return build(found)
@@ -126,6 +132,21 @@ def cause_of(lines: Sequence[str]) -> Cause:
     last = (gpufleet or specific or ["no error line was printed"])[-1]
     return Cause(last.removeprefix("gpufleet:").strip(),
                  f"read the lines above for this host, fix what they name, {RERUN}")
+
+
+def lost_before_any_step(lines: Sequence[str], quiet: Sequence[str] = ()) -> Cause:
+    """The cause for a host that failed before any operation ran (connecting, or the probe):
+    only its lines up to that failure count (what gpufleet printed for it afterwards, from a
+    probe it never got, says nothing)."""
+    cleaned = [clean(part) for line in lines for part in line.splitlines()]
+    upto = next((i + 1 for i, line in enumerate(cleaned) if "could not load fact" in line),
+                len(cleaned))
+    cause = cause_of(cleaned[:upto], quiet)
+    if cause.todo.startswith("read the lines above"):
+        failed = next((line for line in cleaned[:upto] if "could not load fact" in line),
+                      cause.what)
+        return _did_not_answer(failed.removeprefix("Error: "))
+    return cause
 
 
 def render_summary(faults: Sequence[HostFault], hosts_total: int) -> str:

@@ -3,7 +3,7 @@ each text is named beside it), and the summary block itself."""
 
 from __future__ import annotations
 
-from rules.faults import HostFault, cause_of, render_summary
+from rules.faults import HostFault, cause_of, lost_before_any_step, render_summary
 
 
 def test_gpufleets_own_lock_wait_reads_back_as_one_line() -> None:
@@ -68,6 +68,16 @@ def test_a_host_that_does_not_answer() -> None:
     assert "reachable" in cause.todo
 
 
+def test_a_known_cause_in_a_commands_output_shown_with_vvv() -> None:
+    # with -vvv, pyinfra 3.10 prints a failed fact's output at info level, not as an error
+    cause = cause_of(["[@docker/c] Error: could not load fact: GpuHostProbe"],
+                     ["[@docker/c] Loaded fact x", "[@docker/c] Error response from daemon: "
+                      "Container c is paused, unpause the container before exec"])
+    assert cause.what.startswith("the host did not answer: Error response from daemon")
+    assert cause_of(["[h] gpufleet: the driver is not running"], ["[h] noise"]).what == \
+        "the driver is not running"
+
+
 def test_a_host_that_cannot_be_reached() -> None:
     # pyinfra 3.10 connectors/ssh.py (raise_connect_error) on a host that refuses SSH, and the
     # Docker connector on a container that is gone (it tries to run an image of that name)
@@ -101,3 +111,17 @@ def test_the_summary_names_each_failed_host() -> None:
         in text
     assert render_summary([], 3) == ""
     assert "not affected" not in render_summary([lost], 1).splitlines()[0]
+
+
+def test_a_host_lost_at_the_probe_is_judged_by_the_lines_before_it_failed() -> None:
+    # pyinfra 3.10 with -vvv: the daemon's error went straight to the terminal, and the
+    # preflight report gpufleet printed afterwards (from an empty probe) is not the cause
+    lines = ["[@docker/c] Error: could not load fact: facts.probe.GpuHostProbe weights_path=/x",
+             "[@docker/c] gpufleet: 3 error(s), 3 warning(s), 0 note(s)"]
+    cause = lost_before_any_step(lines)
+    assert cause.what == ("the host did not answer: could not load fact: "
+                          "facts.probe.GpuHostProbe weights_path=/x")
+    assert "reachable" in cause.todo
+    paused = lost_before_any_step(["[c] Error response from daemon: Container c is paused", *lines])
+    assert paused.what == "the host did not answer: Error response from daemon: Container c is " \
+                          "paused"
