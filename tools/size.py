@@ -157,8 +157,9 @@ def add_load_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokens-per-second", type=float,
                    help="target decode speed each user sees, tokens/s")
     g.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
+                   # argparse formats help with %: a literal percent sign is %%.
                    help=f"spare capacity on top of the load ({DEFAULT_HEADROOM:g} = "
-                        f"{DEFAULT_HEADROOM:.0%})")
+                        f"{DEFAULT_HEADROOM * 100:.0f} %%)")
 
 
 def load_from_args(args: argparse.Namespace, required: bool = False) -> Load | None:

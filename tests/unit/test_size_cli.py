@@ -145,3 +145,12 @@ def test_bad_load_one_line_per_problem() -> None:
     p = run("--model", "deepseek-r1-distill-llama-70b", "--gpus", "2", "--gpu-memory-gib", "80",
             "--requests-per-second", "1")
     assert p.returncode == 2 and "name a catalog GPU for the capacity estimate" in p.stderr
+
+
+@pytest.mark.parametrize("tool", ["tools.size", "tools.cost"])
+def test_help_prints_every_flag_without_a_traceback(tool: str) -> None:
+    # argparse formats help strings with %: a bare "25%)" in one of them crashed --help.
+    proc = subprocess.run([sys.executable, "-m", tool, "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "--headroom" in proc.stdout and "Traceback" not in proc.stderr
