@@ -115,11 +115,24 @@ def _parse_gpus(spec: str) -> tuple[int, str | None]:
     return count, name or None
 
 
+def _parse_shape(spec: str) -> tuple[int, int, str | None]:
+    """'2x(8xh100-80gb)' -> (2 nodes, 8 GPUs each, 'h100-80gb'); '8xh200' -> (1, 8, 'h200')."""
+    match = re.fullmatch(r"\s*(\d+)\s*[x*]\s*\((.*)\)\s*", spec, flags=re.IGNORECASE)
+    if match is None:
+        return (1, *_parse_gpus(spec))
+    nodes = int(match.group(1))
+    if nodes < 1:
+        raise BadInput("--gpus", spec, "a node count of at least 1, e.g. 2x(8xh100-80gb)")
+    return (nodes, *_parse_gpus(match.group(2)))
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog=".venv/bin/python tools/size.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", help="catalog model id (see --list-models)")
     p.add_argument("--precision", default=None, help=f"one of {', '.join(PRECISIONS)}")
-    p.add_argument("--gpus", help="COUNTxGPU, e.g. 2xa100-80gb or 8xh200 (see --list-gpus)")
+    p.add_argument("--gpus", help="COUNTxGPU, e.g. 2xa100-80gb or 8xh200 (see --list-gpus); "
+                   "NODESx(COUNTxGPU) for a replica across nodes, e.g. 2x(8xh100-80gb): "
+                   "tensor parallel within a node, pipeline parallel across nodes")
     p.add_argument("--gpu-memory-gib", type=float, help="memory per GPU, overrides the catalog")
     p.add_argument("--context", type=int, default=8192, help="tokens per sequence (8192)")
     p.add_argument("--concurrency", type=int, default=1, help="concurrent sequences (1)")
@@ -194,7 +207,7 @@ def load_from_args(args: argparse.Namespace, required: bool = False) -> Load | N
 
 def catalog_gpu(args: argparse.Namespace) -> GpuSpec:
     """The catalog GPU named by --gpus, for what only the catalog knows (bandwidth, watts)."""
-    _, name = _parse_gpus(args.gpus or "")
+    _, _, name = _parse_shape(args.gpus or "")
     if name is None:
         raise BadInput("--gpus", args.gpus, "name a catalog GPU for the capacity estimate "
                        "(its bandwidth and TFLOPS), e.g. 2xh100")
@@ -263,7 +276,12 @@ def _request(args: argparse.Namespace) -> SizingRequest:
         raise BadInput("--max-num-seqs", args.max_num_seqs, "at least 1")
     if not args.gpus:
         raise BadInput("--gpus", "(missing)", "required, e.g. 2xa100-80gb; see --list-gpus")
-    count, name = _parse_gpus(args.gpus)
+    nodes, per_node, name = _parse_shape(args.gpus)
+    count, tp, pp = nodes * per_node, args.tp, args.pp
+    if nodes > 1 and tp is None and pp == 1:
+        # vLLM's layout for a replica across nodes: tensor parallel over each node's NVLink,
+        # pipeline parallel over the slower network between nodes.
+        tp, pp = per_node, nodes
     if args.gpu_memory_gib is not None:
         if args.gpu_memory_gib <= 0:
             raise BadInput("--gpu-memory-gib", args.gpu_memory_gib, "a positive number of GiB")
@@ -281,6 +299,8 @@ def _request(args: argparse.Namespace) -> SizingRequest:
             ) from exc
         memory, label = gpu.memory_bytes, f"{gpu.names[0]} ({gpu.memory_source})"
         capability = gpu.compute_capability
+    if nodes > 1:
+        label += f" in {nodes} nodes of {per_node}"
     return SizingRequest(
         model=model,
         precision=precision,
@@ -288,8 +308,8 @@ def _request(args: argparse.Namespace) -> SizingRequest:
         gpu_count=count,
         context=args.context,
         concurrency=args.concurrency,
-        tp=args.tp,
-        pp=args.pp,
+        tp=tp,
+        pp=pp,
         gpu_memory_utilization=args.gpu_memory_utilization,
         kv_dtype=args.kv_dtype,
         gpu_label=label,

@@ -154,3 +154,36 @@ def test_help_prints_every_flag_without_a_traceback(tool: str) -> None:
                           text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "--headroom" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def r1_fp8(gpus: str) -> subprocess.CompletedProcess[str]:
+    return run("--model", "deepseek-r1", "--precision", "fp8", "--gpus", gpus,
+               "--context", "8192", "--concurrency", "8", "--json")
+
+
+def test_r1_at_fp8_one_h200_node_fits_one_h100_node_does_not_two_do() -> None:
+    # 671B at fp8 is about 688 GB of weights: 86 GB per GPU on 8 GPUs, more than an H100's 80.
+    assert r1_fp8("8xh200").returncode == 0
+    one_node = r1_fp8("8xh100")
+    assert one_node.returncode == 1 and json.loads(one_node.stdout)["sizing"]["fits"] is False
+    two_nodes = r1_fp8("2x(8xh100-80gb)")
+    assert two_nodes.returncode == 0, two_nodes.stdout + two_nodes.stderr
+    sizing = json.loads(two_nodes.stdout)["sizing"]
+    # Tensor parallel within a node, pipeline parallel across the two: each GPU holds 1/16 of
+    # the weights and the KV cache of its stage's layers only (the larger stage: 31 of 61).
+    assert (sizing["gpu_count"], sizing["tp"], sizing["pp"]) == (16, 8, 2)
+    assert sizing["weights_per_gpu_bytes"] == 43_000_000_000
+    single = json.loads(r1_fp8("8xh200").stdout)["sizing"]
+    assert sizing["kv_per_token_per_gpu_bytes"] * 61 == single["kv_per_token_per_gpu_bytes"] * 31
+    # The KV budget the text states: 29.81 GiB per GPU, 896,352 tokens, 109 sequences of 8192.
+    assert (sizing["kv_tokens"], sizing["max_concurrency"]) == (896_352, 109)
+    assert "in 2 nodes of 8" in sizing["gpu"]
+
+
+@pytest.mark.parametrize(("gpus", "needle"), [
+    ("0x(8xh100)", "a node count of at least 1"),
+    ("2x(8xnot-a-gpu)", "GPU not in the catalog"),
+])
+def test_bad_multi_node_shapes_get_one_line(gpus: str, needle: str) -> None:
+    proc = run("--model", "deepseek-r1", "--gpus", gpus)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
