@@ -18,14 +18,15 @@ from pyinfra import host
 from deploys.preflight import log_report, measured_read_speed
 from deploys.spec import host_spec
 from facts.probe import GpuHostProbe, HostProbe
-from inventory.catalog import CatalogError, find_model
+from inventory.catalog import CatalogError, find_gpu, find_model
 from inventory.fleet import HostSpec
 from inventory.pins import load_pins
 from inventory.schema import Settings
 from operations.checks import refuse_host
 from rules.assessment import assess, effective_context, model_needs, render
+from rules.capacity import replica_summary
 from rules.driver_state import FABRICMANAGER_SERVICE, PERSISTENCED_SERVICE
-from rules.sizing import render_sizing
+from rules.sizing import SizingResult, render_sizing
 
 # `--data` keys the doctor understands when no fleet file describes the host.
 DATA_KEYS = ("model", "precision", "weights_path", "context_length", "concurrency",
@@ -112,6 +113,17 @@ def _fabric(probe: HostProbe) -> str:
     return f"{switches} NVSwitch(es); {FABRICMANAGER_SERVICE} {manager}"
 
 
+def _capacity(probe: HostProbe, sizing: SizingResult) -> str | None:
+    """What one replica carries, when the catalog knows this GPU's bandwidth and compute."""
+    if not probe.gpus.gpus:
+        return None
+    try:
+        gpu = find_gpu(probe.gpus.gpus[0].name)
+    except CatalogError:
+        return None
+    return replica_summary(sizing, gpu)
+
+
 def doctor() -> None:
     spec = host_spec() if host.data.get("gpufleet") else spec_from_data()
     if isinstance(spec, str):
@@ -123,6 +135,9 @@ def doctor() -> None:
     log_report(installed_report(probe))
     if assessment.sizing is not None:
         log_report(render_sizing(assessment.sizing))
+        capacity = _capacity(probe, assessment.sizing)
+        if capacity:
+            log_report(f"  {capacity}")
     else:  # no GPU (a laptop, a VM), or none that can be sized: show what the model needs
         log_report(model_needs(spec, effective_context(spec)))
     verdict = ("would be REFUSED by preflight" if assessment.refused

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from inventory.catalog import GpuSpec
-from rules.sizing import BLOCK_SIZE, SizingResult
+from rules.sizing import BLOCK_SIZE, SizingResult, is_large_gpu
 
 # Assumptions (see the module docstring). Public batch-1 decode runs reach 74-77 % of the
 # datasheet bandwidth (vLLM, Llama-3.1-8B on A100 40GB and H100); 0.7 keeps some margin.
@@ -374,3 +374,36 @@ def capacity_json(p: CapacityPlan) -> dict[str, object]:
         "capacity_requests_per_day": p.capacity_rate * SECONDS_PER_DAY,
     }
 
+
+
+# What the doctor assumes of a request when it has no load to plan for (tools/size.py's
+# defaults): the line it prints is a rate per replica, not a fleet plan.
+DOCTOR_PROMPT_TOKENS, DOCTOR_OUTPUT_TOKENS = 1000, 500
+
+
+def engine_batch_limit(sizing: SizingResult) -> int:
+    """The engine's max_num_seqs for this sizing: the one given, else its default."""
+    req = sizing.request
+    return req.max_num_seqs or req.engine.default_max_num_seqs(
+        is_large_gpu(req.gpu_memory_bytes, req.gpu_label))
+
+
+def replica_summary(sizing: SizingResult, gpu: GpuSpec) -> str | None:
+    """One line for the doctor: what one replica of this sizing carries at the concurrency it
+    was sized for, estimated from the GPU's datasheet figures. None when the sizing does not
+    fit or the catalog lacks the GPU's bandwidth or compute."""
+    if not sizing.fits or gpu_figures_missing(gpu):
+        return None
+    batch_limit = engine_batch_limit(sizing)
+    r = replica_model(sizing, gpu, batch_limit)
+    load = Load(requests_per_second=1.0, prompt_tokens=DOCTOR_PROMPT_TOKENS,
+                output_tokens=DOCTOR_OUTPUT_TOKENS)
+    batch = max(1, min(sizing.request.concurrency, kv_concurrency(r, load), batch_limit))
+    point = at_batch(r, load, batch)
+    return (f"capacity ESTIMATE (datasheet figures, not a measurement): one replica at "
+            f"{batch} concurrent request(s) of {load.prompt_tokens} + {load.output_tokens} "
+            f"tokens carries about {point.requests_per_second:.2f} requests/s "
+            f"({point.output_tokens_per_second:,.0f} output tokens/s), "
+            f"{point.user_tokens_per_second:.0f} tokens/s and a first token in "
+            f"{_ms(point.ttft_s)} per user; for a fleet plan: tools/size.py "
+            "--requests-per-day N")

@@ -39,6 +39,7 @@ from rules.capacity import (
     CapacityPlan,
     Load,
     capacity_json,
+    engine_batch_limit,
     gpu_figures_missing,
     plan,
     render_capacity,
@@ -53,7 +54,6 @@ from rules.sizing import (
     SizingRequest,
     SizingResult,
     engine_profile,
-    is_large_gpu,
     render_sizing,
     size,
 )
@@ -224,10 +224,7 @@ def catalog_gpu(args: argparse.Namespace) -> GpuSpec:
 
 
 def capacity_plan(result: SizingResult, gpu: GpuSpec, load: Load) -> CapacityPlan:
-    req = result.request
-    batch_limit = req.max_num_seqs or req.engine.default_max_num_seqs(
-        is_large_gpu(req.gpu_memory_bytes, req.gpu_label))
-    return plan(replica_model(result, gpu, batch_limit), load)
+    return plan(replica_model(result, gpu, engine_batch_limit(result)), load)
 
 
 def _list_models() -> str:

@@ -15,15 +15,19 @@ import pytest
 
 from inventory.catalog import find_gpu, find_model
 from rules.capacity import (
+    DOCTOR_OUTPUT_TOKENS,
+    DOCTOR_PROMPT_TOKENS,
     Load,
     ReplicaModel,
     at_batch,
+    engine_batch_limit,
     estimate_replica,
     plan,
     replica_model,
+    replica_summary,
     validate_load,
 )
-from rules.sizing import KvDtype, SizingRequest, engine_profile, size
+from rules.sizing import KvDtype, SizingRequest, SizingResult, engine_profile, size
 
 FACTOR = 1.5  # the estimate stays within 1.5x of every published figure below, either way
 
@@ -161,3 +165,31 @@ def test_bad_load_names_every_field() -> None:
 def test_catalog_gpus_carry_the_datasheet_figures(gpu_id: str) -> None:
     gpu = find_gpu(gpu_id)
     assert gpu.memory_bandwidth_gbs and gpu.dense_16bit_tflops and gpu.tdp_watts
+
+
+def _sizing(model: str, gpu_id: str, gpus: int, concurrency: int) -> SizingResult:
+    gpu = find_gpu(gpu_id)
+    return size(SizingRequest(
+        model=find_model(model), precision="fp8", gpu_memory_bytes=gpu.memory_bytes,
+        gpu_count=gpus, context=8192, concurrency=concurrency, gpu_label=gpu.id,
+        compute_capability=gpu.compute_capability))
+
+
+def test_the_doctors_line_is_the_estimate_at_the_sized_concurrency() -> None:
+    sizing = _sizing("deepseek-r1-distill-llama-70b", "h100-80gb", 2, concurrency=16)
+    line = replica_summary(sizing, find_gpu("h100-80gb"))
+    assert line is not None and line.startswith("capacity ESTIMATE")
+    # The same arithmetic as tools/size.py's estimate, at 16 requests of 1000 + 500 tokens.
+    point = at_batch(replica_model(sizing, find_gpu("h100-80gb"), engine_batch_limit(sizing)),
+                     Load(1.0, DOCTOR_PROMPT_TOKENS, DOCTOR_OUTPUT_TOKENS), 16)
+    assert "at 16 concurrent request(s)" in line
+    assert f"about {point.requests_per_second:.2f} requests/s" in line
+    assert f"({point.output_tokens_per_second:,.0f} output tokens/s)" in line
+
+
+def test_no_capacity_line_when_it_does_not_fit_or_the_catalog_lacks_figures() -> None:
+    too_big = _sizing("deepseek-r1", "h100-80gb", 8, concurrency=8)
+    assert not too_big.fits and replica_summary(too_big, find_gpu("h100-80gb")) is None
+    fits = _sizing("deepseek-r1-distill-llama-8b", "h100-80gb", 1, concurrency=4)
+    no_figures = find_gpu("h100-80gb").model_copy(update={"memory_bandwidth_gbs": None})
+    assert replica_summary(fits, no_figures) is None
