@@ -195,6 +195,8 @@ def test_the_doctor_reports_and_changes_nothing(hosts: list[str], tmp_path: Path
     assert "Sizing" in small.output or "per GPU" in small.output
     assert f"gpufleet doctor for @docker/{A100}" in fits.output
     assert "2 x NVIDIA A100-PCIE-40GB" in fits.output
+    # The GPU nvidia-smi names is found in the catalog: what one replica carries, estimated.
+    assert "capacity ESTIMATE (datasheet figures, not a measurement): one replica" in fits.output
     # the doctor adds no operation at all
     for run in (small, fits):
         assert run.results is not None and run.results["operations"] == [], run.output
