@@ -37,8 +37,9 @@ rehearse: venv host-tools sim-up
 
 ## All the tests: unit tests, then the simulator end-to-end tests.
 # Two workers, a whole test file each: every e2e module runs on its own copies of the hosts.
+# Files go out longest first (tests/conftest.py), not xdist's most-tests-first.
 test: venv host-tools validators
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 unit: venv validators
 	$(BIN)/pytest tests/unit
