@@ -37,19 +37,24 @@ from rules.manifest import (
 from rules.monitoring import is_monitor
 
 logger = logging.getLogger("gpufleet")
-RESULTS: dict[str, list[Drift]] = {}
-REPORTS: list[Path] = []
 
 
-def report() -> None:
+def report(results: dict[str, list[Drift]], path: Path) -> None:
     """At exit: the fleet's table, and the JSON beside the host manifests."""
-    if not RESULTS:
-        return
-    print("\n--> Drift audit\n" + render_audit_table(RESULTS))
-    for path in REPORTS[:1]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(audit_json(RESULTS))
-        print(f"    (JSON: {path})")
+    print("\n--> Drift audit\n" + render_audit_table(results))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(audit_json(results))
+    print(f"    (JSON: {path})")
+
+
+def fleet_results(state_dir: Path) -> dict[str, list[Drift]]:
+    """Every host's drift, one table for the run. Kept on pyinfra's State: pyinfra runs this
+    file once per host, each time with fresh module globals."""
+    results: dict[str, list[Drift]] | None = host.state.__dict__.get("gpufleet_audit")
+    if results is None:
+        results = host.state.__dict__.setdefault("gpufleet_audit", {})
+        atexit.register(report, results, state_dir / "audit.json")
+    return results
 
 
 spec = host_spec()
@@ -60,10 +65,7 @@ else:
     state, weights = probe.state, probe.weights
 found = drift(parse_manifest(state.content(MANIFEST_PATH)), state, weights,
               pins_digest(spec.pins), spec.pin_set_name)
-if not RESULTS:
-    atexit.register(report)
-    REPORTS.append(spec.state_dir / "audit.json")
-RESULTS[spec.name] = found
+fleet_results(spec.state_dir)[spec.name] = found
 if found:
     refuse_host(name="Drift: the host is not what its last converge made it",
                 message="\n".join(f"{d.area}: {d.what}" + (f" (since {d.since})" if d.since

@@ -11,6 +11,7 @@ finishes it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -108,6 +109,14 @@ def test_a_pin_change_rolls_through_in_batches_without_a_failed_request(
         assert sh.dpkg_versions(host, ["cuda-toolkit-12-1"]) == {"cuda-toolkit-12-1": NEW[1]}
     gateway = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
     assert all(f"server {host}:8000" in gateway for host in GPUS)  # everyone back
+
+    # The drift audit of the rolled fleet: one table and one JSON for all five hosts.
+    audit = sh.deploy(rollout.tree, rollout.fleet, script="deploys/audit.py", timeout=300)
+    assert audit.rc == 0, audit.output[-4000:]
+    assert audit.output.count("--> Drift audit") == 1
+    assert "no drift on 5 host(s)" in audit.output
+    report = json.loads((rollout.fleet.parent / "fleet-state" / "sim" / "audit.json").read_text())
+    assert sorted(report) == sorted([*GPUS, MONITOR]) and not any(report.values())
 
 
 def test_a_failed_batch_stops_the_rollout_and_says_who_is_on_which_pins(
