@@ -13,6 +13,9 @@ of the group). For each batch, in the fleet file's order:
      reboots happen together;
   3. put it back into the gateway.
 
+Once every batch is back, the fleet's other hosts (the monitoring host with the gateway) are
+converged too, so that the whole fleet records the new pins and the drift audit finds none.
+
 The first batch that fails stops the rollout: it stays drained, and every host's pins are
 listed from its manifest (fleet-state/<fleet>/<host>.json). `--behind-only` skips hosts whose
 manifest already has the fleet file's pins (to resume a stopped rollout).
@@ -61,8 +64,7 @@ def manifest_of(spec: HostSpec) -> dict | None:
 def report(fleet: Fleet) -> None:
     print("--> Where each host stands (from its manifest):")
     for spec in fleet.hosts:
-        if spec.settings.role == "gpu":
-            print("    " + pin_state(spec, manifest_of(spec)).render())
+        print("    " + pin_state(spec, manifest_of(spec)).render())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +109,18 @@ def main(argv: list[str] | None = None) -> int:
         if gateways and pyinfra("deploys/drain.py", gateways, "drain="):
             print(f"rollout: batch {number} converged but could not be put back into the "
                   "gateway", file=sys.stderr)
+            return 1
+    # The monitoring host records the pin set too: converge it last, once the GPU hosts are
+    # back (a reload of Prometheus and nginx at most; nothing is drained).
+    others = [s for s in fleet.hosts if s.settings.role != "gpu"
+              and not (args.behind_only and pin_state(s, manifest_of(s)).current)]
+    if others:
+        names = [s.name for s in others]
+        print(f"==> the other hosts: {', '.join(names)}", flush=True)
+        if pyinfra("deploys/gpu_host.py", [pyinfra_host_name(s) for s in others]):
+            print(f"rollout: every batch is done, but converging {', '.join(names)} failed; "
+                  "run the rollout again with --behind-only", file=sys.stderr)
+            report(fleet)
             return 1
     print(f"==> rollout done: {len(plan)} batch(es) in {time.monotonic() - started:.0f} s")
     report(fleet)

@@ -103,6 +103,7 @@ def test_a_pin_change_rolls_through_in_batches_without_a_failed_request(
           f"{len(load.failures)} failed")
     assert load.failures == [] and len(load.results) > 100
     assert drained_batches(run.stdout) == [GPUS[:2], GPUS[2:]]  # never more than half out
+    assert f"==> the other hosts: {MONITOR}" in run.stdout  # then the monitoring host
     assert all(boot_id(host) != boots[host] for host in GPUS)  # each rebooted, in its batch
     for host in GPUS:
         assert f"{host}: r535-cuda121 (the fleet file's pins)" in run.stdout
