@@ -8,17 +8,30 @@
 2. an interrupted dpkg (a real `dpkg -i` killed while configuring: apt then refuses with
    "dpkg was interrupted"): detected by the probe and finished with `dpkg --configure -a`;
 3. one of three hosts does not answer (its container paused): the other two converge, the
-   fault summary names the lost host, the exit status is non-zero; the re-run converges it.
+   fault summary names the lost host, the exit status is non-zero; the re-run converges it;
+4. a reboot that never comes back (Docker told not to start the container again): with
+   driver.reboot_timeout_seconds = 60, tools/rollout.py (batches of one host) fails that
+   host naming the reboot and the wait, stops there (the next host is not changed or
+   rebooted), unholds nothing; the host started again, `--behind-only` finishes the rollout;
+5. the NVIDIA repository stops answering: one host's container toolkit source points at this
+   module's own copy of the stand-in repository (gpufleet-faults-repo, on the simulator's
+   network; the shared gpufleet-sim-repo serves other modules and is never stopped); stopped
+   during a pin change, that host fails with the URL and apt's error, holds and versions
+   unchanged, the other host takes the change; started again, the re-run converges.
 
-One converge serves all three faults, then a pin change with the lock held past the bound,
-then the re-run. Every wait is bounded: the user's package gives up its lock after 300 s
-whatever happens.
+One converge serves faults 1-3, then a pin change with the lock held past the bound, then the
+re-run; 4 and 5 use two of the hosts. Every wait is bounded: the user's package gives up its
+lock after 300 s whatever happens, a reboot is given up after 60 s, the repository copy must
+answer within 30 s.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,6 +51,8 @@ HOSTS = [A, B, C]
 DRIVER = ["cuda-drivers-535", "nvidia-driver-535", "nvidia-utils-535"]
 TOOLKIT = ["nvidia-container-toolkit", "libnvidia-container1"]
 OLD_TOOLKIT, NEW_TOOLKIT = "1.14.6-1", "1.15.0-1"
+OLD_PINS = ("535.161.08-1", "12.1.0-1", OLD_TOOLKIT)  # driver, CUDA, container toolkit
+FAULTS_REPO = "gpufleet-faults-repo"  # this module's own copy of the stand-in repository
 RELEASE = "/root/faults-release"
 
 # TEST STAND-IN for a user's package whose configuration takes a while (a real .deb, installed
@@ -90,8 +105,10 @@ def tree(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     sh.start_hosts(HOSTS, fresh=True)
     for host in HOSTS:
         ok(host, SLEEPER)
+    start_repo_copy()
     yield sh.product_copy(tmp_path_factory.mktemp("faults") / "tree")
     subprocess.run(["docker", "unpause", C], capture_output=True)
+    subprocess.run(["docker", "rm", "-f", FAULTS_REPO], capture_output=True)
     simctl.remove_hosts(HOSTS)  # the machine is left as it was found
 
 
@@ -191,3 +208,137 @@ def test_a_lock_held_past_the_bound_fails_the_host_naming_the_holder_and_a_rerun
     assert sh.dpkg_versions(A, TOOLKIT) == dict.fromkeys(TOOLKIT, NEW_TOOLKIT)
     assert set(DRIVER + TOOLKIT) <= set(ok(A, "apt-mark showhold").split())
     assert sh.dpkg_versions(A, ["faults-sleeper"]) == {"faults-sleeper": "1.0"}
+
+
+def start_repo_copy() -> None:
+    """This module's own copy of the stand-in repository (the shared gpufleet-sim-repo serves
+    other modules at the same time and is never stopped), on the simulator's network."""
+    image = simctl.ensure_shared()["repo"]
+    subprocess.run(["docker", "rm", "-f", FAULTS_REPO], capture_output=True)
+    subprocess.run(["docker", "run", "-d", "--name", FAULTS_REPO, "--hostname", FAULTS_REPO,
+                    "--network", simctl.NETWORK, "--label", f"{simctl.LABEL}=repo", image],
+                   check=True, capture_output=True)
+    repo_up()
+
+
+def fleet_of_two(tmp: Path) -> Path:
+    """A and B (tests 4 and 5): reboots given up after 60 s, the smallest allowed; A's
+    container toolkit source on the module's repository copy (B's on the shared one)."""
+    url = f"http://{FAULTS_REPO}/libnvidia-container/stable/deb/{{arch}}"
+    short = {"reboot_timeout_seconds": 60}
+    return sh.write_fleet(tmp, [A, B], settings={
+        A: {"driver": short, "repos": {"container_toolkit": {"url": url}}},
+        B: {"driver": short}})
+
+
+def pid1_start(host: str) -> str:
+    """When the host's init started: a simulated host shares the kernel (its boot_id does not
+    change on a reboot), its PID 1 does (as tests/e2e/test_rollout.py reads it)."""
+    return ok(host, "cut -d' ' -f22 /proc/1/stat").strip()
+
+
+def rollout(tree: Path, fleet_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if not (tree / "tools" / "rollout.py").exists():
+        (tree / "tools").mkdir(exist_ok=True)
+        shutil.copy2(sh.REPO / "tools" / "rollout.py", tree / "tools" / "rollout.py")
+    env = {**os.environ, "GPUFLEET_FLEET": str(fleet_file), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(tree / "tools" / "rollout.py"), *args],
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_a_reboot_that_does_not_come_back_fails_the_host_and_stops_the_rollout(
+        tree: Path, tmp_path: Path) -> None:
+    # A's simulated reboot does not return: `systemctl reboot` stops PID 1 and Docker, told
+    # not to restart it, leaves the container stopped (a host hanging at shutdown or boot).
+    subprocess.run(["docker", "unpause", C], capture_output=True)
+    sh.set_pins(tree, *OLD_PINS)  # a driver pin change: a reboot per host
+    two = fleet_of_two(tmp_path)
+    holds_before = ok(A, "apt-mark showhold | sort")
+    b_boot, b_versions = pid1_start(B), sh.dpkg_versions(B, DRIVER)
+    subprocess.run(["docker", "update", "--restart=no", A], check=True, capture_output=True)
+    try:
+        started = time.monotonic()
+        run = rollout(tree, two)  # settings.rollout.batch = 1: A, then B
+        took = time.monotonic() - started
+        out = run.stdout + run.stderr
+        assert run.returncode == 1, out[-5000:]
+        assert f"rollout: batch 1 ({A}) failed" in out and "stopped here" in out, out[-5000:]
+        assert "==> batch 2/2" not in out
+        summary = summary_of(out)
+        assert summary.startswith(" 1 of 1 host(s) failed\n"), summary
+        assert f"    @docker/{A}\n      step:  NVIDIA driver | Reboot" in summary, summary
+        assert ("      cause: the host did not come back within 60 s after the reboot"
+                in summary), summary
+        assert "settings.driver.reboot_timeout_seconds sets the wait" in summary
+        assert 60 <= took < 240, took
+        # the rollout stopped there: B was not touched, not rebooted
+        assert pid1_start(B) == b_boot
+        assert sh.dpkg_versions(B, DRIVER) == b_versions
+        print(f"reboot that does not return: rollout stopped after {took:.0f} s\n{summary}")
+    finally:
+        subprocess.run(["docker", "start", A], check=True, capture_output=True)
+        subprocess.run(["docker", "update", "--restart=always", A], check=True,
+                       capture_output=True)
+    simctl.wait_for_systemd(A)
+    # nothing held was unheld: the driver went in held, as before
+    assert ok(A, "apt-mark showhold | sort") == holds_before
+    assert sh.dpkg_versions(A, DRIVER) == dict.fromkeys(DRIVER, OLD_PINS[0])
+
+    resumed = rollout(tree, two, "--behind-only")
+    out = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, out[-5000:]
+    assert "gpufleet fault summary" not in out
+    for host in (A, B):
+        assert sh.dpkg_versions(host, DRIVER) == dict.fromkeys(DRIVER, OLD_PINS[0])
+        assert ok(host, "cat /sys/module/nvidia/version").strip() == OLD_PINS[0].split("-")[0]
+    assert pid1_start(B) != b_boot  # B's turn came: it rebooted into the pinned driver
+
+
+def test_a_repository_that_stops_answering_fails_the_host_with_the_url_and_apt_error(
+        tree: Path, tmp_path: Path) -> None:
+    two = fleet_of_two(tmp_path)
+    if FAULTS_REPO not in ok(A, "cat /etc/apt/sources.list.d/*"):  # (the test run alone)
+        converged = sh.deploy(tree, two, timeout=900)
+        assert converged.rc == 0, converged.output[-5000:]
+    assert FAULTS_REPO in ok(A, "cat /etc/apt/sources.list.d/*")
+
+    subprocess.run(["docker", "stop", FAULTS_REPO], check=True, capture_output=True)
+    sh.set_pins(tree, OLD_PINS[0], OLD_PINS[1], NEW_TOOLKIT)
+    # apt keeps the .debs it fetched (1.15.0's are still there from the earlier run): without
+    # them, as on a host whose cache was cleaned, the install has to reach the repository.
+    ok(A, "apt-get clean")
+    before = holds_and_versions(A)
+    started = time.monotonic()
+    run = sh.deploy(tree, two, timeout=900)
+    took = time.monotonic() - started
+    assert run.rc != 0, run.output[-5000:]
+    summary = summary_of(run.output)
+    assert summary.startswith(" 1 of 2 host(s) failed; the others were not affected\n")
+    assert f"    @docker/{A}\n      step:  " in summary, summary
+    assert re.search(rf"      cause: apt could not fetch http://{FAULTS_REPO}/\S+: \S", summary), \
+        summary
+    assert f"      do:    check that the host reaches {FAULTS_REPO} " in summary, summary
+    # nothing held was unheld, nothing moved on A; B took the change
+    assert holds_and_versions(A) == before
+    assert sh.dpkg_versions(B, TOOLKIT) == dict.fromkeys(TOOLKIT, NEW_TOOLKIT)
+    assert set(DRIVER + TOOLKIT) <= set(ok(B, "apt-mark showhold").split())
+    print(f"repository down: {took:.0f} s\n{summary}")
+
+    subprocess.run(["docker", "start", FAULTS_REPO], check=True, capture_output=True)
+    repo_up()
+    rerun = sh.deploy(tree, two, timeout=900)
+    assert rerun.rc == 0, rerun.output[-5000:]
+    assert "gpufleet fault summary" not in rerun.output
+    assert sh.dpkg_versions(A, TOOLKIT) == dict.fromkeys(TOOLKIT, NEW_TOOLKIT)
+    assert set(DRIVER + TOOLKIT) <= set(ok(A, "apt-mark showhold").split())
+
+
+def repo_up() -> None:
+    """Wait (30 s at most) until the module's repository copy serves its key."""
+    for _ in range(60):
+        if subprocess.run(["docker", "exec", FAULTS_REPO, "curl", "-fsS", "-o", "/dev/null",
+                           "http://localhost/keys/gpufleet-sim-test.asc"],
+                          capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{FAULTS_REPO} does not serve its files after 30 s")
