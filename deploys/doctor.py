@@ -26,6 +26,7 @@ from operations.checks import refuse_host
 from rules.assessment import assess, effective_context, model_needs, render
 from rules.capacity import replica_summary
 from rules.driver_state import FABRICMANAGER_SERVICE, PERSISTENCED_SERVICE
+from rules.gpu_inventory import GpuView
 from rules.sizing import SizingResult, render_sizing
 
 # `--data` keys the doctor understands when no fleet file describes the host.
@@ -113,12 +114,13 @@ def _fabric(probe: HostProbe) -> str:
     return f"{switches} NVSwitch(es); {FABRICMANAGER_SERVICE} {manager}"
 
 
-def _capacity(probe: HostProbe, sizing: SizingResult) -> str | None:
-    """What one replica carries, when the catalog knows this GPU's bandwidth and compute."""
-    if not probe.gpus.gpus:
+def _capacity(gpus: list[GpuView], sizing: SizingResult) -> str | None:
+    """What one replica carries, when the catalog knows this GPU's bandwidth and compute.
+    The GPU as preflight identified it: by nvidia-smi, or on the PCI bus before a driver."""
+    if not gpus:
         return None
     try:
-        gpu = find_gpu(probe.gpus.gpus[0].name)
+        gpu = find_gpu(gpus[0].name)
     except CatalogError:
         return None
     return replica_summary(sizing, gpu)
@@ -135,7 +137,7 @@ def doctor() -> None:
     log_report(installed_report(probe))
     if assessment.sizing is not None:
         log_report(render_sizing(assessment.sizing))
-        capacity = _capacity(probe, assessment.sizing)
+        capacity = _capacity(assessment.gpus, assessment.sizing)
         if capacity:
             log_report(f"  {capacity}")
     else:  # no GPU (a laptop, a VM), or none that can be sized: show what the model needs
