@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             print(f"rollout: batch {number} ({', '.join(names)}) failed (pyinfra exit {rc}); "
                   "stopped here" + (": the batch stays drained from the gateway" if gateways
-                                    else ""), file=sys.stderr)
+                                    else "") + ". Fix what the fault summary above says, then "
+                  "resume with: tools/rollout.py --behind-only", file=sys.stderr)
             report(fleet)
             return 1
         if gateways and pyinfra("deploys/drain.py", gateways, "drain="):

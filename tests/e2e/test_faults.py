@@ -263,6 +263,7 @@ def test_a_reboot_that_does_not_come_back_fails_the_host_and_stops_the_rollout(
         out = run.stdout + run.stderr
         assert run.returncode == 1, out[-5000:]
         assert f"rollout: batch 1 ({A}) failed" in out and "stopped here" in out, out[-5000:]
+        assert "resume with: tools/rollout.py --behind-only" in out
         assert "==> batch 2/2" not in out
         summary = summary_of(out)
         assert summary.startswith(" 1 of 1 host(s) failed\n"), summary
