@@ -31,7 +31,6 @@ from rules.render import render_apt_preferences
 logger = logging.getLogger("gpufleet")
 
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "a"}
-LOCK_TIMEOUT = APT_LOCK_TIMEOUT_SECONDS
 
 
 def apt_install(lock_timeout: int) -> str:
@@ -103,7 +102,7 @@ def apt_preferences(
 
 @operation()
 def exact_versions(packages: Mapping[str, str | None], env_file: str | None = None,
-                   lock_timeout: int = LOCK_TIMEOUT):
+                   lock_timeout: int = APT_LOCK_TIMEOUT_SECONDS):
     """
     Ensure packages are installed at exactly these versions (None: any version, installed).
 
@@ -150,7 +149,8 @@ def exact_versions(packages: Mapping[str, str | None], env_file: str | None = No
 
 
 @operation()
-def apt_hold(packages: Sequence[str], hold: bool = True, lock_timeout: int = LOCK_TIMEOUT):
+def apt_hold(packages: Sequence[str], hold: bool = True,
+             lock_timeout: int = APT_LOCK_TIMEOUT_SECONDS):
     """
     Ensure packages are on hold (or not), so `apt-get upgrade` and unattended upgrades leave
     them alone.
@@ -178,7 +178,7 @@ def apt_hold(packages: Sequence[str], hold: bool = True, lock_timeout: int = LOC
 
 
 @operation()
-def dpkg_run_finished(lock_timeout: int = LOCK_TIMEOUT):
+def dpkg_run_finished(lock_timeout: int = APT_LOCK_TIMEOUT_SECONDS):
     """
     Ensure no dpkg run is left half done: an interrupted one is finished with
     `dpkg --configure -a`, the command apt and dpkg themselves ask for ("dpkg was interrupted,
@@ -231,7 +231,7 @@ def without_service_starts(script: str) -> str:
 @operation()
 def packages_present(packages: Sequence[str], env_file: str | None = None,
                      start_services: bool = True, record: bool = True,
-                     lock_timeout: int = LOCK_TIMEOUT):
+                     lock_timeout: int = APT_LOCK_TIMEOUT_SECONDS):
     """
     Ensure packages are installed, at whatever version the distribution offers.
 
@@ -270,7 +270,7 @@ def packages_present(packages: Sequence[str], env_file: str | None = None,
 
 @operation()
 def installed_if_offered(package: str, why: str, env_file: str | None = None,
-                         lock_timeout: int = LOCK_TIMEOUT):
+                         lock_timeout: int = APT_LOCK_TIMEOUT_SECONDS):
     """
     Ensure a package is installed when the repositories offer it; warn when they do not.
 

@@ -11,8 +11,9 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 
 from facts._shell import quote
 from facts.host_state import KEYRING_DIR, host_state, require_watched
+from inventory.schema import APT_LOCK_TIMEOUT_SECONDS
 from operations.apt_lock import after_apt_lock, apt_get
-from operations.apt_pins import APT_ENV, LOCK_TIMEOUT, with_env_file
+from operations.apt_pins import APT_ENV, with_env_file
 from operations.desired import desired
 from operations.host_files import write_file_command
 from operations.messages import tell
@@ -91,7 +92,7 @@ def apt_lists_refreshed(
     max_age_seconds: int,
     installs_pending: bool,
     env_file: str | None = None,
-    lock_timeout: int = LOCK_TIMEOUT,
+    lock_timeout: int = APT_LOCK_TIMEOUT_SECONDS,
 ):
     """
     Ensure apt's package lists answer for the current sources and pins.

@@ -30,6 +30,7 @@ from rules.cost import (
     EXAMPLE_HOST_PRICE_USD,
     EXAMPLE_HOST_WATTS,
     EXAMPLE_KWH_PRICE_USD,
+    HOURS_PER_YEAR,
     BreakEven,
     CloudPrice,
     Fleet,
@@ -193,8 +194,9 @@ def render(fleet: Fleet, per_day: float, even: BreakEven, cur: str, money_notes:
         f"server(s); hardware {n * fleet.gpus_per_replica} x {fleet.gpu_price:,.0f} + {hosts} x "
         f"{fleet.host_price:,.0f} paid in year 1",
         f"  power: ({n * fleet.gpus_per_replica} x {fleet.gpu_watts:,.0f} W + {hosts} x "
-        f"{fleet.host_watts:,.0f} W) x utilisation {u:.0%} x PUE {fleet.pue:g} x 8,760 h x "
-        f"{fleet.price_per_kwh:g}/kWh = {rows[0].power:,.0f} a year (idle draw not counted)",
+        f"{fleet.host_watts:,.0f} W) x utilisation {u:.0%} x PUE {fleet.pue:g} x "
+        f"{HOURS_PER_YEAR:,} h x {fleet.price_per_kwh:g}/kWh = {rows[0].power:,.0f} a year "
+        "(idle draw not counted)",
         f"  cloud: {fleet.cloud.describe()}",
         *[f"  {note}" for note in money_notes],
         "",
