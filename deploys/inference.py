@@ -19,6 +19,7 @@ from pyinfra.operations import server
 
 from facts.engine_answers import EngineAnswers
 from facts.host_state import host_state
+from facts.replica_node import ReplicaNodeJoined
 from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec
 from operations.checks import check, refuse_host
@@ -50,6 +51,8 @@ from rules.serving import (
     COMPOSE_PATH,
     COMPOSE_PROJECT,
     HEALTH_PATH,
+    MULTINODE_LAUNCHER,
+    NODE_CONTAINER,
     UNIT_NAME,
     UNIT_PATH,
     DcgmExporter,
@@ -58,6 +61,7 @@ from rules.serving import (
     engine_findings,
     render_api_key_env,
     render_compose,
+    render_multinode_launcher,
     render_unit,
     smoke_request,
 )
@@ -125,6 +129,29 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
         )
 
 
+def node_check(plan: EnginePlan) -> None:
+    """At execution, on a node of a replica spanning hosts that is not its head: the node
+    joined the replica (the head's own check is the completion it serves)."""
+    span = plan.span
+    assert span is not None
+    container = NODE_CONTAINER if plan.engine == "vllm" else plan.replicas[0].container
+    head = span.nodes[0][0]
+
+    def verdict() -> tuple[str | None, str]:
+        seen = host.get_fact(ReplicaNodeJoined, container=container, engine=plan.engine,
+                             rendezvous=span.rendezvous, address=span.address,
+                             wait_seconds=span.join_timeout)
+        if seen.joined:
+            return None, f"this node ({span.address}) is part of the replica headed by {head}"
+        return (f"this node ({span.address}) did not join the replica headed by {head} "
+                f"({span.rendezvous}) within {span.join_timeout} s; what it saw:\n"
+                f"{seen.detail}\nits log ({container}):\n{seen.log}\n"
+                f"check that {head} runs gpufleet-inference and that {span.rendezvous} is "
+                f"reachable over {span.interface}"), ""
+
+    check(name=f"Ensure this node joined the replica headed by {head}", verdict=verdict)
+
+
 def engine_check(plan: EnginePlan) -> None:
     """At execution: every replica healthy, listing the model, answering a completion."""
     spec_json = json.dumps({
@@ -185,6 +212,13 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
         content=render_api_key_env(engine.engine, spec.controller_path(
             cfg.api_key_file).read_text()) if cfg.api_key_file else None,
     )
+    if engine.span is not None and engine.engine == "vllm":
+        managed_file(
+            name="Ensure the launcher of the replica's head is up to date" if
+            engine.span.is_head else "Ensure no head launcher is left (a worker node)",
+            path=MULTINODE_LAUNCHER, mode="644",
+            content=render_multinode_launcher() if engine.span.is_head else None,
+        )
     compose_text = render_compose(engine, exporter)
     validated_file(
         name=f"Ensure the compose file serves {engine.served_name} (validated by Compose)",
@@ -212,4 +246,7 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
         project=COMPOSE_PROJECT, compose_path=COMPOSE_PATH, stamp=APPLIED_PATH,
         digest=compose_digest(compose_text),
     )
-    engine_check(engine)
+    if engine.serves_api:
+        engine_check(engine)
+    else:
+        node_check(engine)

@@ -9,9 +9,11 @@ before execution, so the preview (pyinfra without -y) shows it.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
-from pyinfra import host
+from pyinfra import host, inventory
+from pyinfra.api import Host
 
 from facts.host_state import remember_host_state
 from facts.probe import GpuHostProbe, HostProbe
@@ -22,15 +24,88 @@ from rules.assessment import Assessment, assess, render
 from rules.findings import Finding
 from rules.host_plan import HostPlan
 from rules.monitoring import fleet_replicas
+from rules.multinode import (
+    manifest_digest,
+    node_check,
+    node_network_findings,
+    peer_findings,
+    weights_agreement_findings,
+)
 
 logger = logging.getLogger("gpufleet")
 
 
+def _probe(target: Host, spec: HostSpec) -> HostProbe:
+    check = node_check(spec)
+    return target.get_fact(GpuHostProbe, weights_path=spec.settings.weights_path,
+                           node=check.spec() if check else "")
+
+
+def _probes(current: Host) -> dict[str, tuple[HostProbe | None, float]]:
+    # Every probe of this run by pyinfra host name, with when it was read: a replica's other
+    # nodes are read during one node's pass and that reading serves their own pass. On
+    # pyinfra's State, so a new run starts empty.
+    probes: dict[str, tuple[HostProbe | None, float]] = current.state.__dict__.setdefault(
+        "gpufleet_probes", {})
+    return probes
+
+
 def read_host(spec: HostSpec) -> HostProbe:
-    """The one probe of the host; its state reading serves the operations' change detection."""
-    probe = host.get_fact(GpuHostProbe, weights_path=spec.settings.weights_path)
+    """The one probe of the host; its state reading serves the operations' change detection.
+    A node of a replica spanning hosts may have been read already, by another node's pass."""
+    probes = _probes(host)
+    known, taken = probes.get(host.name, (None, 0.0))
+    if known is not None:
+        remember_host_state(known.state, taken)
+        return known
+    probe = _probe(host, spec)
+    probes[host.name] = (probe, time.monotonic())
     remember_host_state(probe.state)
     return probe
+
+
+def replica_findings(spec: HostSpec, probe: HostProbe) -> list[Finding]:
+    """A node of a replica spanning hosts is refused with the replica: when another node
+    cannot take part (its own network checks), cannot be read, or (weights found in place,
+    settings.weights.source = "present") holds other weights. The other nodes are read once
+    per run: their own pass then uses that reading."""
+    span = spec.replica
+    if span is None:
+        return []
+    manifests: dict[str, str | None] = {span.me.name: manifest_digest(probe.weights.manifest)}
+    unread, refused = [], {}
+    for node in span.nodes:
+        if node.name == spec.name:
+            continue
+        peer = _read_peer(node.host)
+        if peer is None:
+            unread.append(node.name)
+            continue
+        peer_spec, peer_probe = peer
+        manifests[node.name] = manifest_digest(peer_probe.weights.manifest)
+        refused[node.name] = node_network_findings(peer_spec, peer_probe.node_network)
+    found = peer_findings(span, refused, unread)
+    if spec.settings.weights.source == "present":
+        found += weights_agreement_findings(span, manifests)
+    return found
+
+
+def _read_peer(name: str) -> tuple[HostSpec, HostProbe] | None:
+    target = inventory.get_host(name, None)
+    if target is None:
+        return None
+    peer_spec = HostSpec.model_validate(target.data.gpufleet)
+    probes = _probes(target)
+    known, _ = probes.get(name, (None, 0.0))
+    if known is not None:
+        return peer_spec, known
+    try:
+        probe = _probe(target, peer_spec)
+    except Exception as exc:  # an unreachable node is a finding of the replica, not a crash
+        logger.warning("gpufleet: could not read %s: %s", name, exc)
+        return None
+    probes[name] = (probe, time.monotonic())
+    return peer_spec, probe
 
 
 def measured_read_speed(spec: HostSpec) -> int | None:
@@ -57,6 +132,7 @@ def preflight(spec: HostSpec, probe: HostProbe,
     ``extra``: findings of the later steps' own questions (the Python environment's).
     Runs while pyinfra collects operations, i.e. before any operation executes on any host.
     """
+    extra = [*extra, *replica_findings(spec, probe)]
     assessment: Assessment = assess(spec, probe, measured_read_speed(spec), extra)
     log_report(render(assessment))
     if not assessment.refused and assessment.plan is not None:
@@ -78,7 +154,8 @@ def replicas_agree(spec: HostSpec, plan: HostPlan) -> bool:
     """In a monitored fleet: the replicas the host will run are those the monitoring host
     scrapes and the gateway routes to (the fleet file's count). Refuses the host if not."""
     wanted = fleet_replicas(spec)
-    planned = len(plan.engine.replicas) if plan.engine is not None else 0
+    engine = plan.engine
+    planned = len(engine.replicas) if engine is not None and engine.serves_api else 0
     if not spec.settings.inference.enabled or wanted == planned:
         return True
     refuse_host(

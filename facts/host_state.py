@@ -442,7 +442,8 @@ def host_state() -> HostStateResult:
     return result
 
 
-def remember_host_state(result: HostStateResult) -> None:
-    """Use a reading taken in this phase (by the probe) as the current one."""
+def remember_host_state(result: HostStateResult, taken: float | None = None) -> None:
+    """Use a reading taken in this phase (by the probe) as the current one. ``taken``: when
+    it was read (time.monotonic()), if not just now."""
     _memo(host)[host.name] = _Reading(bool(host.state.is_executing), _changes_so_far(host),
-                                      time.monotonic(), result)
+                                      time.monotonic() if taken is None else taken, result)

@@ -20,6 +20,7 @@ from typing import TypeVar
 from pyinfra.api import FactBase
 
 from facts import docker as docker_facts
+from facts import node_network as node_facts
 from facts import nvidia as nvidia_facts
 from facts import storage as storage_facts
 from facts import system as system_facts
@@ -47,6 +48,8 @@ class HostProbe:
     container_toolkit: docker_facts.ContainerToolkitResult
     weights: weights_facts.WeightsListing
     state: HostStateResult  # what the operations compare against (facts.host_state)
+    # The inter-node network, on the nodes of a replica spanning hosts (else None).
+    node_network: node_facts.NodeNetworkResult | None = None
 
 
 # name -> (script builder taking the weights path, parser). Order is the run order.
@@ -71,11 +74,13 @@ SECTIONS: dict[str, _Section] = {
 }
 
 
-def probe_script(weights_path: str) -> str:
-    """The whole probe as one POSIX sh script."""
-    return "\n".join(
-        section_script(name, build(weights_path)) for name, (build, _) in SECTIONS.items()
-    )
+def probe_script(weights_path: str, node: str = "") -> str:
+    """The whole probe as one POSIX sh script. ``node``: the NodeNetwork spec (JSON) on the
+    nodes of a replica spanning hosts, else empty."""
+    sections = [section_script(name, build(weights_path)) for name, (build, _) in SECTIONS.items()]
+    if node:
+        sections.append(section_script("node_network", node_facts.node_network_script(node)))
+    return "\n".join(sections)
 
 
 # An absent section (output cut short) parses as empty text: every parser answers "unknown" for
@@ -106,6 +111,8 @@ def parse_host_probe(lines: list[str]) -> HostProbe:
         container_toolkit=run("nvidia_ctk", docker_facts.parse_nvidia_ctk_version),
         weights=run("weights", weights_facts.parse_weights),
         state=state,
+        node_network=(run("node_network", node_facts.parse_node_network)
+                      if "node_network" in sections else None),
     )
 
 
@@ -113,6 +120,8 @@ class GpuHostProbe(FactBase[HostProbe]):
     """All read-only GPU host probes in one round trip (see ``HostProbe``).
 
     + weights_path: where the model weights live or will live (storage kind and free space)
+    + node: on a node of a replica spanning hosts, the inter-node network to read (JSON, see
+      ``facts.node_network``); empty elsewhere
 
     .. code:: python
 
@@ -125,8 +134,8 @@ class GpuHostProbe(FactBase[HostProbe]):
                   container_toolkit=ContainerToolkitResult(...))
     """
 
-    def command(self, weights_path: str) -> str:
-        return probe_script(weights_path)
+    def command(self, weights_path: str, node: str = "") -> str:
+        return probe_script(weights_path, node)
 
     @staticmethod
     def default() -> HostProbe:

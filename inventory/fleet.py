@@ -96,6 +96,44 @@ class FleetError(Exception):
         self.lines = lines
 
 
+class ReplicaNode(BaseModel):
+    """One host of a replica that spans hosts: its fleet name and inter-node address."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    host: str  # pyinfra's name for it (pyinfra_host_name)
+    address: str | None  # settings.multinode.address (None: missing, reported by the checks)
+
+
+class ReplicaSpan(BaseModel):
+    """Where a host sits in a replica that spans hosts (settings.multinode.nodes > 1)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    group: str
+    index: int  # the replica's number within its group
+    rank: int  # this host's place: 0 is the head
+    nodes: tuple[ReplicaNode, ...]
+
+    @property
+    def head(self) -> ReplicaNode:
+        return self.nodes[0]
+
+    @property
+    def is_head(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def me(self) -> ReplicaNode:
+        return self.nodes[self.rank]
+
+    @property
+    def label(self) -> str:
+        names = ", ".join(n.name for n in self.nodes)
+        return f"replica {self.index} of group {self.group} ({names})"
+
+
 class HostSpec(BaseModel):
     """One validated host: where it is, what it should become, and the versions to use.
 
@@ -118,6 +156,8 @@ class HostSpec(BaseModel):
     ssh_port: int | None = None
     ssh_key: str | None = None
     sudo: bool = False
+    # Set when the host is one node of a replica spanning hosts (settings.multinode.nodes > 1).
+    replica: ReplicaSpan | None = None
 
     @property
     def where(self) -> str:
@@ -428,12 +468,40 @@ def load_fleet(
         seen_targets[target_key] = host_name
         fleet.hosts.append(spec)
 
+    fleet.hosts = with_replica_spans(fleet.hosts)
     if checks is not None:
         problems.extend(checks(fleet))
     if problems:
         unique = list(dict.fromkeys(problem.render(source) for problem in problems))
         raise FleetError(unique)
     return fleet
+
+
+def with_replica_spans(hosts: list[HostSpec]) -> list[HostSpec]:
+    """Each group's hosts with settings.multinode.nodes = N > 1, in the order the file lists
+    them, taken N at a time: one replica each, its first host the head. Groups whose hosts
+    disagree on N, or whose count is not a multiple of N, are left unassigned (the fleet checks
+    report them)."""
+    by_group: dict[str, list[HostSpec]] = {}
+    for spec in hosts:
+        by_group.setdefault(spec.group, []).append(spec)
+    spans: dict[str, ReplicaSpan] = {}
+    for group, members in by_group.items():
+        counts = {m.settings.multinode.nodes for m in members}
+        if len(counts) != 1:
+            continue
+        size = counts.pop()
+        if size < 2 or len(members) % size:
+            continue
+        for index in range(len(members) // size):
+            chunk = members[index * size:(index + 1) * size]
+            nodes = tuple(ReplicaNode(name=m.name, host=pyinfra_host_name(m),
+                                      address=m.settings.multinode.address) for m in chunk)
+            for rank, member in enumerate(chunk):
+                spans[member.name] = ReplicaSpan(group=group, index=index, rank=rank,
+                                                 nodes=nodes)
+    return [spec.model_copy(update={"replica": spans[spec.name]}) if spec.name in spans
+            else spec for spec in hosts]
 
 
 def _host_spec(

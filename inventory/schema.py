@@ -494,6 +494,56 @@ class InferenceSettings(Strict):
     variant: Literal["stable", "canary"] = "stable"
 
 
+# --- a replica across hosts ------------------------------------------------------------------
+_INTERFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")  # Linux: at most 15 bytes
+
+
+def _interface(value: str) -> str:
+    if not _INTERFACE.fullmatch(value):
+        raise ValueError("must be a network interface name as `ip link` shows it (at most 15 "
+                         "letters, digits, '_', '.', '-', ':' or '@'), e.g. eth1, ens5f0, ib0")
+    return value
+
+
+def _private_ipv4(value: str) -> str:
+    if not _IPV4.fullmatch(value) or _ipv4_problem(value):
+        raise ValueError(_ipv4_problem(value) if _IPV4.fullmatch(value) else
+                         "must be an IPv4 address (the node's address on settings.multinode."
+                         "interface)")
+    address = ipaddress.ip_address(value)
+    if not address.is_private or address.is_loopback or address.is_unspecified:
+        # Ray's and torch.distributed's inter-node traffic is unauthenticated.
+        raise ValueError("must be an address on a private network (10/8, 172.16/12, "
+                         "192.168/16, 100.64/10): the engines' inter-node traffic is "
+                         "unauthenticated and must not cross a public network")
+    return value
+
+
+InterfaceName = Annotated[str, AfterValidator(_interface)]
+PrivateIpv4 = Annotated[str, AfterValidator(_private_ipv4)]
+
+
+class MultiNodeSettings(Strict):
+    # Hosts per replica. 1: every host serves on its own. N > 1: a group's hosts, in the order
+    # the fleet file lists them, form replicas of N hosts each; the first of each is the head
+    # (Ray's head for vLLM, rank 0 for SGLang), the only one that serves the API.
+    nodes: int = Field(default=1, ge=1, le=64)
+    # The private interface the nodes talk over (NCCL_SOCKET_IFNAME, GLOO_SOCKET_IFNAME).
+    interface: InterfaceName | None = None
+    # This host's IPv4 address on that interface (VLLM_HOST_IP, Ray's --node-ip-address):
+    # set per host.
+    address: PrivateIpv4 | None = None
+    # The head's rendezvous port: Ray's GCS port (vLLM), --dist-init-addr's port (SGLang).
+    # Unset: 6379 for vLLM, 5000 for SGLang (their documentation's).
+    port: int | None = Field(default=None, ge=1024, le=65000)
+    # How long the head waits for every node to join before it gives up, naming the missing.
+    join_timeout_seconds: int = Field(default=600, ge=30, le=7200)
+    # InfiniBand HCAs NCCL may use (NCCL_IB_HCA, e.g. "mlx5"). Set: /dev/infiniband must exist
+    # on every node and the containers get it, IPC_LOCK and unlimited memlock. Unset: NCCL
+    # picks its transport itself (sockets over the interface when there is no InfiniBand).
+    infiniband_hca: str | None = Field(default=None, pattern=r"^\^?=?[A-Za-z0-9_,:]{1,64}$")
+
+
 # --- monitoring, the gateway and the canary -------------------------------------------------
 _DURATION = re.compile(r"[1-9][0-9]{0,4}[smhdw]")
 
@@ -639,6 +689,7 @@ class Settings(Strict):
     sampling: SamplingSettings = SamplingSettings()
     weights: WeightsSettings = WeightsSettings()
     inference: InferenceSettings = InferenceSettings()
+    multinode: MultiNodeSettings = MultiNodeSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     gateway: GatewaySettings = GatewaySettings()
     canary: CanarySettings = CanarySettings()

@@ -33,6 +33,7 @@ from rules.gpu_inventory import (
     render_gpus,
 )
 from rules.host_plan import HostPlan, plan_host
+from rules.multinode import node_network_findings, replica_layout
 from rules.serving import EnginePlan, plan_engine
 from rules.sizing import (
     DEFAULT_ENGINE,
@@ -97,15 +98,20 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
             "tensor_parallel = 1 per MIG device, or MIG off",
             "disable MIG (`nvidia-smi -i <gpu> -mig 0`, then reset), or set tensor_parallel = 1",
         )]
+    gpu_count, tp, pp = len(devices), settings.tensor_parallel, settings.pipeline_parallel
+    if spec.replica is not None:
+        # One replica over every node's GPUs (the nodes agree on gpus.count and model).
+        layout = replica_layout(spec, len(devices))
+        gpu_count, tp, pp = layout.total, layout.tp, layout.pp
     request = SizingRequest(
         model=spec.model,
         precision=settings.precision,
         gpu_memory_bytes=min(d.memory_bytes for d in devices),
-        gpu_count=len(devices),
+        gpu_count=gpu_count,
         context=context,
         concurrency=settings.concurrency,
-        tp=1 if mig else settings.tensor_parallel,
-        pp=settings.pipeline_parallel,
+        tp=1 if mig else tp,
+        pp=pp,
         gpu_memory_utilization=settings.gpu_memory_utilization,
         gpu_label=min(devices, key=lambda d: d.memory_bytes).name,
         engine=sizing_engine(spec),
@@ -121,10 +127,13 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
         return None, [Finding("error", "sizing-input", str(exc), "", "",
                               "correct tensor_parallel / pipeline_parallel / context_length "
                               "in the fleet file")]
+    across = (f" x pipeline parallel {result.pp} over {settings.multinode.nodes} nodes of "
+              f"{len(devices)} GPU(s)" if spec.replica is not None else "")
     if result.fits:
         return result, [Finding(
             "info", "model-fits",
-            f"{spec.model.id} at {settings.precision} fits with tensor parallel {result.tp}",
+            f"{spec.model.id} at {settings.precision} fits with tensor parallel {result.tp}"
+            + across,
             f"{result.needed_per_gpu / GIB:.1f} GiB needed per GPU",
             f"{result.usable_per_gpu / GIB:.1f} GiB usable per GPU",
             f"up to {result.max_concurrency} concurrent sequences at {context} tokens",
@@ -136,7 +145,7 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
     return result, [Finding(
         "error", "model-does-not-fit",
         f"{spec.model.id} at {settings.precision} does not fit on "
-        f"{len(devices)} x {request.gpu_label}",
+        f"{gpu_count} x {request.gpu_label}" + across,
         f"{result.needed_per_gpu / GIB:.1f} GiB needed per GPU "
         f"(short by {result.shortfall_per_gpu / GIB:.1f} GiB)",
         f"{result.usable_per_gpu / GIB:.1f} GiB usable per GPU "
@@ -256,6 +265,7 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
     findings.extend(compat.check_sampling(settings.sampling.temperature,
                                           settings.sampling.top_p, spec.model))
     findings.extend(_storage(spec, probe, read_bytes_per_s))
+    findings.extend(node_network_findings(spec, probe.node_network))
 
     # What the stack would run into on this host, before any of it is installed.
     planned = plan_host(spec, probe)
@@ -324,7 +334,8 @@ def _engine(spec: HostSpec, probe: HostProbe, gpus: list[GpuView], sizing: Sizin
     speed = read_bytes_per_s or compat.TYPICAL_READ_BYTES_PER_S.get(
         storage_class(probe.weights_location), (0, 0))[0]
     load = compat.estimated_load_seconds(spec.model.weights_bytes, speed) if speed else None
-    engine = plan_engine(spec, len(gpus), tp, context, max(1, seqs), load)
+    pp = sizing.pp if sizing else settings.pipeline_parallel
+    engine = plan_engine(spec, len(gpus), tp, context, max(1, seqs), load, pp=pp)
     if isinstance(engine, list):
         return None, found + engine
     return engine, found

@@ -17,6 +17,7 @@ from typing import Any
 from inventory.fleet import MISSING, Fleet, HostSpec, Problem
 from rules.findings import CODES
 from rules.monitoring import monitoring_problems
+from rules.multinode import multinode_problems
 from rules.sizing import tensor_parallel_sizes, tp_candidates
 
 DOWNGRADE_ALL = "all"
@@ -32,6 +33,7 @@ def fleet_problems(fleet: Fleet) -> list[Problem]:
     for where, layer in fleet.setting_layers:
         problems += _downgrade_codes(where, layer)
     problems += monitoring_problems(fleet.hosts)
+    problems += multinode_problems(fleet.hosts)
     return problems
 
 
@@ -72,6 +74,8 @@ def _parallelism(spec: HostSpec) -> list[Problem]:
                 + f"; allowed: {_join(sizes)} (usual: {_join(usual)}; or leave it unset to "
                 "use the smallest that fits)",
             ))
+    if spec.settings.multinode.nodes > 1:
+        count = None  # a replica spans hosts: rules.multinode checks its GPUs
     if count is not None and (tp or 1) * pp > count:
         if tp is None:
             problems.append(Problem(

@@ -112,6 +112,8 @@ def fleet_replicas(spec: HostSpec) -> int | None:
     `settings.inference.replicas`, or `gpus.count` with `tensor_parallel`. The GPU host's
     preflight checks that its own plan agrees (``replicas_mismatch``)."""
     settings = spec.settings
+    if spec.replica is not None:
+        return 1 if spec.replica.is_head else 0  # only the head of a replica across hosts serves
     if settings.inference.replicas is not None:
         return settings.inference.replicas
     if settings.gpus.count is not None and settings.tensor_parallel is not None:

@@ -23,7 +23,13 @@ from inventory.fleet import HostSpec
 from inventory.pins import EngineImage
 from rules.container_runtime import Compose
 from rules.findings import Finding, explaining_lines
-from rules.render import render
+from rules.multinode import (
+    VLLM_EXECUTOR_BACKEND_FLAG,
+    VLLM_ONLINE_PP,
+    SpanPlan,
+    span_plan,
+)
+from rules.render import TEMPLATES_DIR, render
 
 INFERENCE_DIR = "/etc/gpufleet/inference"
 COMPOSE_PATH = f"{INFERENCE_DIR}/docker-compose.yml"
@@ -32,6 +38,12 @@ APPLIED_PATH = f"{INFERENCE_DIR}/applied.digest"  # the compose file last brough
 UNIT_NAME = "gpufleet-inference"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}.service"
 COMPOSE_PROJECT = "gpufleet-inference"
+# A replica spanning hosts: the vLLM head's launcher (Ray's head, then the server once every
+# node joined), and the Ray worker the other nodes run.
+MULTINODE_LAUNCHER = f"{INFERENCE_DIR}/multinode-launch.py"
+LAUNCHER_MOUNT = "/gpufleet/multinode-launch.py"
+NODE_SERVICE = "ray-node"
+NODE_CONTAINER = f"{COMPOSE_PROJECT}-ray-node"
 MODELS_MOUNT = "/models"
 # Where each engine listens inside its container, and its health path.
 ENGINE_PORT = {"vllm": 8000, "sglang": 30000}
@@ -42,8 +54,6 @@ ENTRYPOINT = {
 }
 # The environment variable the engine reads its API key from.
 API_KEY_VARIABLE = {"vllm": "VLLM_API_KEY", "sglang": "SGLANG_API_KEY"}
-# vLLM's OpenAI server runs pipeline parallelism from 0.5.1 (vllm-project/vllm#6054).
-VLLM_ONLINE_PP = Version("0.5.1")
 # --disable-log-requests: vLLM 0.4 to 0.10; later request logging is off by default and the
 # flag is gone (vllm-project/vllm PR #21739).
 VLLM_DISABLE_LOG_REQUESTS = (Version("0.4.0"), Version("0.11.0"))
@@ -92,6 +102,13 @@ class EnginePlan:
     api_key: bool = False
     temperature: float = 0.6
     top_p: float = 0.95
+    # Set on the nodes of a replica spanning hosts (settings.multinode).
+    span: SpanPlan | None = None
+
+    @property
+    def serves_api(self) -> bool:
+        """Only a replica's head serves the API; the other nodes lend it their GPUs."""
+        return self.span is None or self.span.is_head
 
     @property
     def mount(self) -> str:
@@ -155,10 +172,13 @@ def plan_engine(
     max_model_len: int,
     max_num_seqs: int,
     load_seconds: float | None,
+    pp: int | None = None,
 ) -> EnginePlan | list[Finding]:
-    """The engine a host runs, from its spec and the sizing. Pure."""
+    """The engine a host runs, from its spec and the sizing. Pure. ``pp``: the pipeline
+    parallel size when it is not the fleet file's (a replica spanning hosts)."""
     settings = spec.settings
     cfg = settings.inference
+    span = span_plan(spec)
     pinned = spec.pins.inference.engine(cfg.engine)
     if pinned is None:
         return [Finding(
@@ -168,7 +188,7 @@ def plan_engine(
             "add one, pick another pin set, or set settings.inference.engine = 'vllm'",
         )]
     found: list[Finding] = []
-    pp = settings.pipeline_parallel
+    pp = settings.pipeline_parallel if pp is None else pp
     if cfg.engine == "vllm" and pp > 1 and Version(pinned.version) < VLLM_ONLINE_PP:
         found.append(Finding(
             "error", "engine-parallel",
@@ -189,13 +209,20 @@ def plan_engine(
             "point weights_path at an AWQ/GPTQ checkpoint and name its method, or serve at "
             "bf16/fp8",
         ))
-    replicas = plan_replicas(gpu_count, tp, pp, cfg.replicas, cfg.port)
+    if span is not None:
+        # One replica across the nodes: each lends all of its GPUs to it.
+        replicas: tuple[Replica, ...] | list[Finding] = (
+            Replica(0, tuple(range(gpu_count)), cfg.port),)
+    else:
+        replicas = plan_replicas(gpu_count, tp, pp, cfg.replicas, cfg.port)
     if isinstance(replicas, list):
         found += replicas
     if found:
         return found
     assert isinstance(replicas, tuple)
     start = cfg.start_seconds or max(300, int(2 * (load_seconds or 0)) + 60)
+    if span is not None:
+        start += span.join_timeout  # the head first waits for every node to join
     return EnginePlan(
         engine=cfg.engine, version=pinned.version, image=image_reference(pinned, cfg.image),
         cuda=pinned.cuda, model_id=spec.model.id, model_dir=settings.weights_path,
@@ -204,16 +231,21 @@ def plan_engine(
         max_num_seqs=cfg.max_num_seqs or max_num_seqs, dtype=dtype, quantization=quantization,
         bind=cfg.bind, replicas=replicas, start_seconds=start, ulimits=dict(cfg.ulimits),
         api_key=cfg.api_key_file is not None, temperature=settings.sampling.temperature,
-        top_p=settings.sampling.top_p,
+        top_p=settings.sampling.top_p, span=span,
     )
 
 
 def engine_args(plan: EnginePlan) -> list[str]:
     """The engine's command line: every value that matters set explicitly."""
-    port = str(ENGINE_PORT[plan.engine])
+    # In its own network namespace the engine listens everywhere and Docker publishes the port
+    # on plan.bind; a node of a replica spanning hosts is on the host's network and listens on
+    # plan.bind itself, on the replica's port.
+    host, port = "0.0.0.0", str(ENGINE_PORT[plan.engine])
+    if plan.span is not None:
+        host, port = plan.bind, str(plan.replicas[0].port)
     if plan.engine == "sglang":
         args = ["--model-path", plan.mount, "--served-model-name", plan.served_name,
-                "--host", "0.0.0.0", "--port", port, "--tp", str(plan.tp),
+                "--host", host, "--port", port, "--tp", str(plan.tp),
                 "--context-length", str(plan.max_model_len),
                 "--mem-fraction-static", str(plan.gpu_memory_utilization),
                 "--max-running-requests", str(plan.max_num_seqs), "--enable-metrics"]
@@ -221,9 +253,12 @@ def engine_args(plan: EnginePlan) -> list[str]:
             args += ["--dtype", plan.dtype]
         if plan.quantization:
             args += ["--quantization", plan.quantization]
+        if plan.span is not None:
+            args += ["--nnodes", str(len(plan.span.nodes)), "--node-rank", str(plan.span.rank),
+                     "--dist-init-addr", plan.span.rendezvous]
         return args
     args = ["--model", plan.mount, "--served-model-name", plan.served_name,
-            "--host", "0.0.0.0", "--port", port,
+            "--host", host, "--port", port,
             "--tensor-parallel-size", str(plan.tp),
             "--max-model-len", str(plan.max_model_len),
             "--gpu-memory-utilization", str(plan.gpu_memory_utilization),
@@ -237,12 +272,88 @@ def engine_args(plan: EnginePlan) -> list[str]:
     low, high = VLLM_DISABLE_LOG_REQUESTS
     if low <= Version(plan.version) < high:
         args.append("--disable-log-requests")
+    if plan.span is not None:
+        args += (["--distributed-executor-backend", "ray"]
+                 if Version(plan.version) >= VLLM_EXECUTOR_BACKEND_FLAG else ["--worker-use-ray"])
     return args
 
 
 def _port_binding(bind: str, host_port: int, container_port: int) -> str:
     host = f"[{bind}]" if ipaddress.ip_address(bind).version == 6 else bind
     return f"{host}:{host_port}:{container_port}"
+
+
+def _health_test(url: str) -> list[str]:
+    return ["CMD", "python3", "-c",
+            f"import urllib.request; urllib.request.urlopen('{url}', timeout=5)"]
+
+
+def _gpu_devices(gpus: tuple[int, ...]) -> dict[str, Any]:
+    return {"resources": {"reservations": {"devices": [{
+        "driver": "nvidia", "device_ids": [str(g) for g in gpus], "capabilities": ["gpu"]}]}}}
+
+
+def node_service(plan: EnginePlan) -> dict[str, Any]:
+    """A node of a replica spanning hosts: on the host's network (the engines' runtimes open
+    ports of their own between the nodes), told which interface and address are the
+    inter-node ones, and holding all of the node's GPUs and the same weights at the same path.
+    """
+    span = plan.span
+    assert span is not None
+    replica = plan.replicas[0]
+    environment = {
+        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        # NCCL and Gloo pick the first interface they like otherwise (vllm-project/vllm#6803).
+        "NCCL_SOCKET_IFNAME": span.interface, "GLOO_SOCKET_IFNAME": span.interface,
+    }
+    if plan.engine == "vllm":
+        environment["VLLM_HOST_IP"] = span.address  # one of several addresses (#7815)
+    service: dict[str, Any] = {
+        "image": plan.image,
+        "network_mode": "host",
+        "ipc": "host",
+        "volumes": [f"{plan.model_dir}:{plan.mount}:ro"],
+        "environment": environment,
+        "restart": "unless-stopped",
+        "deploy": _gpu_devices(replica.gpus),
+        "labels": {"org.gpufleet.model": plan.model_id, "org.gpufleet.replica": "0",
+                   "org.gpufleet.gpus": ",".join(str(g) for g in replica.gpus),
+                   "org.gpufleet.node-rank": str(span.rank)},
+    }
+    if span.infiniband_hca is not None:
+        environment["NCCL_IB_HCA"] = span.infiniband_hca
+        service["devices"] = ["/dev/infiniband:/dev/infiniband"]
+        service["cap_add"] = ["IPC_LOCK"]  # RDMA registers (pins) memory
+    health_url = f"http://{plan.query_address}:{replica.port}{HEALTH_PATH[plan.engine]}"
+    if plan.engine == "sglang" or span.is_head:
+        service["container_name"] = replica.container
+        server = [*ENTRYPOINT[plan.engine], *engine_args(plan)]
+        if plan.engine == "vllm":
+            # Ray's head, then the API server once every node joined (templates/inference).
+            service["volumes"].append(f"{MULTINODE_LAUNCHER}:{LAUNCHER_MOUNT}:ro")
+            nodes = [f"--node={name}={address}" for name, address in span.nodes]
+            service["entrypoint"] = ["python3", LAUNCHER_MOUNT]
+            service["command"] = [
+                f"--address={span.address}", f"--port={span.port}",
+                f"--gpus={len(replica.gpus)}", f"--timeout={span.join_timeout}",
+                *nodes, "--", *server]
+        else:
+            service["entrypoint"] = server[:len(ENTRYPOINT[plan.engine])]
+            service["command"] = server[len(ENTRYPOINT[plan.engine]):]
+    else:
+        service["container_name"] = NODE_CONTAINER
+        service["entrypoint"] = ["ray", "start", "--block", f"--address={span.rendezvous}",
+                                 f"--node-ip-address={span.address}",
+                                 f"--num-gpus={len(replica.gpus)}", "--disable-usage-stats"]
+    if span.is_head:
+        service["healthcheck"] = {"test": _health_test(health_url), "interval": "30s",
+                                  "timeout": "10s", "retries": 3,
+                                  "start_period": f"{plan.start_seconds}s"}
+    if plan.ulimits:
+        service["ulimits"] = dict(plan.ulimits)
+    if plan.api_key and span.is_head:
+        service["env_file"] = [API_KEY_PATH]
+    return service
 
 
 def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> dict[str, Any]:
@@ -252,7 +363,11 @@ def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> 
     health = (f"import urllib.request; urllib.request.urlopen("
               f"'http://127.0.0.1:{port}{HEALTH_PATH[plan.engine]}', timeout=5)")
     services: dict[str, Any] = {}
-    for replica in plan.replicas:
+    if plan.span is not None:
+        name = plan.replicas[0].service if plan.serves_api or plan.engine == "sglang" \
+            else NODE_SERVICE
+        services[name] = node_service(plan)
+    for replica in plan.replicas if plan.span is None else ():
         service: dict[str, Any] = {
             "image": plan.image,
             "container_name": replica.container,
@@ -317,6 +432,11 @@ def render_unit(plan: EnginePlan, compose: Compose) -> str:
     return render("inference/gpufleet-inference.service.j2", plan=plan, compose=compose.path,
                   compose_v2=compose.kind == "v2", project=COMPOSE_PROJECT,
                   compose_path=COMPOSE_PATH, timeout=plan.start_seconds + 300)
+
+
+def render_multinode_launcher() -> str:
+    """The vLLM head's launcher (static: its arguments come from the compose file)."""
+    return (TEMPLATES_DIR / "inference" / "multinode-launch.py").read_text()
 
 
 def render_api_key_env(engine: str, key: str) -> str:

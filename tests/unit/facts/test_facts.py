@@ -6,6 +6,8 @@ controller: every one is read-only.
 
 from __future__ import annotations
 
+import json
+
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -155,7 +157,23 @@ def test_probe_with_no_output_is_unknown_everywhere() -> None:
             assert empty.state.kernel_module.status == "unknown"
             assert empty.state.docker.status == "unknown"
             continue
+        if name == "node_network":  # asked only on the nodes of a replica across hosts
+            assert empty.node_network is None
+            continue
         assert getattr(empty, name).status == "unknown", name
+
+
+def test_the_probe_reads_the_inter_node_network_on_a_node(tmp_path: Path) -> None:
+    """On this machine: loopback as the 'interface', a closed port on it as the head's."""
+    spec = json.dumps({"interface": "lo", "head": "127.0.0.1", "port": 1,
+                       "infiniband": True})
+    done = _sh(probe.probe_script(str(tmp_path), node=spec))
+    assert done.returncode == 0, done.stderr
+    seen = probe.GpuHostProbe().process(done.stdout.splitlines()).node_network
+    assert seen is not None and seen.interface_exists is True
+    assert "127.0.0.1" in seen.addresses and "lo" in seen.interfaces
+    assert (seen.route_device, seen.head) == ("lo", "refused")
+    assert seen.infiniband is Path("/dev/infiniband").exists()
 
 
 def test_probe_runs_on_this_machine_in_one_command(tmp_path: Path) -> None:
@@ -170,8 +188,9 @@ def test_probe_runs_on_this_machine_in_one_command(tmp_path: Path) -> None:
     assert result.weights_location.resolved_path == str(tmp_path)
     assert result.weights_location.path_exists is False
     assert result.weights_free_space.status == "ok"
+    assert result.node_network is None  # not a node of a replica across hosts
     for name in probe.HostProbe.__dataclass_fields__:
-        if name != "state":
+        if name not in ("state", "node_network"):
             assert "parser error" not in getattr(result, name).reason, name
     assert result.state.installed and result.state.now  # the state read ran here too
 

@@ -1,0 +1,342 @@
+"""A replica spanning hosts (settings.multinode): the fleet file's checks, the layout across the
+nodes, the sizing through preflight, what each node renders (validated by the real
+`docker-compose config`), and what a node's probe reads of the network between the nodes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facts.node_network import node_network_script, parse_node_network
+from facts.replica_node import parse_replica_node
+from inventory.fleet import FleetError, HostSpec, load_fleet
+from rules.assessment import assess
+from rules.fleet_checks import fleet_problems
+from rules.monitoring import fleet_replicas
+from rules.multinode import (
+    node_check,
+    node_network_findings,
+    peer_findings,
+    replica_layout,
+    weights_agreement_findings,
+)
+from rules.serving import EnginePlan, compose_document, engine_args, plan_engine, render_compose
+from tests.unit.test_preflight import bare_host
+
+A100 = '{ count = 2, model = "A100-PCIE-40GB", memory_gib = 39 }'
+
+
+def fleet_text(group: str = "", hosts: int = 2, addresses: tuple[str | None, ...] = (),
+               head: str = "") -> str:
+    lines = [textwrap.dedent(f"""
+        [settings]
+        weights_path = "/srv/models/deepseek-r1-distill-qwen-7b"
+        {head}
+        [groups.v3.settings]
+        gpus = {A100}
+        multinode = {{ nodes = 2, interface = "eth1" }}
+        {group}
+    """)]
+    for i in range(hosts):
+        address = addresses[i] if i < len(addresses) else f"10.0.0.{i + 1}"
+        lines.append(f"[groups.v3.hosts.node-{i}]\ntarget = \"@docker/node-{i}\"")
+        if address is not None:
+            lines.append(f'settings = {{ multinode = {{ address = "{address}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def load(tmp_path: Path, text: str) -> list[HostSpec]:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    return load_fleet(path, checks=fleet_problems).hosts
+
+
+def problems(tmp_path: Path, text: str) -> str:
+    with pytest.raises(FleetError) as caught:
+        load(tmp_path, text)
+    return "\n".join(caught.value.lines)
+
+
+# --- the fleet file ------------------------------------------------------------------------------
+def test_a_group_is_cut_into_replicas_in_the_order_listed(tmp_path: Path) -> None:
+    specs = load(tmp_path, fleet_text(hosts=4))
+    spans = [s.replica for s in specs]
+    assert all(span is not None for span in spans)
+    assert [(s.index, s.rank, s.head.name) for s in spans if s] == [
+        (0, 0, "node-0"), (0, 1, "node-0"), (1, 0, "node-2"), (1, 1, "node-2")]
+    # only the heads serve: the monitoring host scrapes and the gateway routes to them
+    assert [fleet_replicas(s) for s in specs] == [1, 0, 1, 0]
+
+
+def test_a_single_host_group_has_no_span(tmp_path: Path) -> None:
+    spec = load(tmp_path, fleet_text().replace("nodes = 2", "nodes = 1"))[0]
+    assert spec.replica is None
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (fleet_text(hosts=3),
+     "group v3: settings.multinode.nodes = 2: the group lists 3 host(s); each replica takes 2"),
+    (fleet_text(addresses=("10.0.0.1", None)),
+     "host node-1 (group v3): settings.multinode.address = (missing): required on every node"),
+    (fleet_text(addresses=("10.0.0.1", "10.0.0.1")),
+     "settings.multinode.address = '10.0.0.1': also the address of node-0"),
+    (fleet_text().replace('{ multinode = { address = "10.0.0.2" } }',
+                          '{ model = "deepseek-r1-distill-qwen-1.5b", multinode = '
+                          '{ address = "10.0.0.2" } }'),
+     "host node-1 (group v3): settings.model = 'deepseek-r1-distill-qwen-1.5b': differs from "
+     "the head node-0's 'deepseek-r1-distill-qwen-7b'"),
+    (fleet_text(group="inference = { replicas = 2 }"),
+     "settings.inference.replicas = 2: a replica spans 2 hosts"),
+    (fleet_text(group="tensor_parallel = 2"),
+     "tensor_parallel x pipeline_parallel = 2 x 1 = 2, but the replica has 2 x 2 = 4 GPUs"),
+    (fleet_text().replace(f"gpus = {A100}", ""),
+     "settings.gpus.count = (missing): required with settings.multinode.nodes = 2"),
+    (fleet_text(addresses=("8.8.8.8", "10.0.0.2")),
+     "settings.multinode.address = '8.8.8.8': must be an address on a private network"),
+    (fleet_text().replace('interface = "eth1"', 'interface = "eth 1"'),
+     "settings.multinode.interface = 'eth 1': must be a network interface name"),
+])
+def test_the_file_alone_shows_what_cannot_span_hosts(tmp_path: Path, text: str,
+                                                     expected: str) -> None:
+    assert expected in problems(tmp_path, text)
+
+
+def test_an_interface_is_required(tmp_path: Path) -> None:
+    text = fleet_text().replace(', interface = "eth1"', "")
+    assert ("settings.multinode.interface = (missing): required with settings.multinode.nodes"
+            in problems(tmp_path, text))
+
+
+# --- the layout ----------------------------------------------------------------------------------
+def test_vllm_0_4_puts_tensor_parallel_over_every_gpu(tmp_path: Path) -> None:
+    layout = replica_layout(load(tmp_path, fleet_text())[0], 2)
+    assert (layout.tp, layout.pp, layout.total) == (4, 1, 4)
+
+
+def test_vllm_with_online_pipeline_parallel_splits_by_node(tmp_path: Path) -> None:
+    spec = load(tmp_path, fleet_text(head='pin_set = "r535-fwdcompat"'))[0]
+    layout = replica_layout(spec, 2)
+    assert (layout.tp, layout.pp) == (2, 2)  # tensor parallel within a node, pipeline across
+
+
+def test_sglang_runs_tensor_parallel_across_nodes(tmp_path: Path) -> None:
+    spec = load(tmp_path, fleet_text(group='inference = { engine = "sglang" }',
+                                     head='pin_set = "r535-fwdcompat"'))[0]
+    assert replica_layout(spec, 2).tp == 4
+
+
+# --- sizing through preflight ----------------------------------------------------------------------
+R1 = """
+    pin_set = "r535-fwdcompat"
+    model = "deepseek-r1"
+    precision = "fp8"
+    context_length = 8192
+    concurrency = 8
+"""
+
+
+def r1_fleet(nodes: int) -> str:
+    lines = [textwrap.dedent(f"""
+        [settings]
+        weights_path = "/srv/models/deepseek-r1"
+        {textwrap.dedent(R1)}
+        [groups.hgx.settings]
+        gpus = {{ count = 8, model = "H100 80GB HBM3", memory_gib = 79 }}
+        multinode = {{ nodes = {nodes}, interface = "ib0" }}
+    """)]
+    for i in range(nodes):
+        lines.append(f'[groups.hgx.hosts.gpu-{i}]\ntarget = "10.0.40.{i + 1}"\n'
+                     f'settings = {{ multinode = {{ address = "10.0.50.{i + 1}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def test_r1_fp8_needs_two_h100_nodes_and_fits_on_them(tmp_path: Path) -> None:
+    one = load(tmp_path, r1_fleet(1))[0]
+    fits_one = {f.code for f in assess(one, bare_host()).findings}
+    assert "model-does-not-fit" in fits_one
+    two = load(tmp_path, r1_fleet(2))[0]
+    assessment = assess(two, bare_host())
+    fit = [f for f in assessment.findings if f.code == "model-fits"]
+    assert fit, [f.what for f in assessment.findings]
+    assert "tensor parallel 8 x pipeline parallel 2 over 2 nodes of 8 GPU(s)" in fit[0].what
+    assert assessment.sizing is not None
+    sizing = assessment.sizing
+    assert (sizing.request.gpu_count, sizing.tp, sizing.pp) == (16, 8, 2)
+    # tools/size.py states 896,352 tokens for 2x(8xh100-80gb) when it models the default pin
+    # set's vLLM 0.4.2 (tests/unit/test_size_cli.py); this fleet pins 0.6.6.post1, whose
+    # chunked prefill profiles a smaller batch and leaves 224 more blocks to the KV cache.
+    assert (sizing.kv_tokens, sizing.max_concurrency) == (899_936, 109)
+    engine = assessment.plan.engine if assessment.plan else None
+    assert engine is not None and engine.span is not None and engine.span.is_head
+    args = engine_args(engine)
+    assert args[args.index("--tensor-parallel-size") + 1] == "8"
+    assert args[args.index("--pipeline-parallel-size") + 1] == "2"
+    assert args[-2:] == ["--distributed-executor-backend", "ray"]
+
+
+# --- what each node renders ----------------------------------------------------------------------
+def node_plans(tmp_path: Path, text: str) -> list[EnginePlan]:
+    plans = []
+    for spec in load(tmp_path, text):
+        layout = replica_layout(spec, 2)
+        plan = plan_engine(spec, 2, layout.tp, 32768, 8, 60.0, pp=layout.pp)
+        assert isinstance(plan, EnginePlan), plan
+        plans.append(plan)
+    return plans
+
+
+def test_vllm_head_runs_ray_then_the_server_and_the_worker_joins_it(tmp_path: Path) -> None:
+    head, worker = node_plans(tmp_path, fleet_text())
+    head_doc = compose_document(head)["services"]
+    worker_doc = compose_document(worker)["services"]
+    assert list(head_doc) == ["engine-0"] and list(worker_doc) == ["ray-node"]
+    service = head_doc["engine-0"]
+    assert service["network_mode"] == "host" and service["ipc"] == "host"
+    assert "ports" not in service  # on the host's network, the server binds the address itself
+    assert service["environment"]["NCCL_SOCKET_IFNAME"] == "eth1"
+    assert service["environment"]["GLOO_SOCKET_IFNAME"] == "eth1"
+    assert service["environment"]["VLLM_HOST_IP"] == "10.0.0.1"
+    command = service["command"]
+    assert service["entrypoint"] == ["python3", "/gpufleet/multinode-launch.py"]
+    assert command[:command.index("--")] == [
+        "--address=10.0.0.1", "--port=6379", "--gpus=2", "--timeout=600",
+        "--node=node-0=10.0.0.1", "--node=node-1=10.0.0.2"]
+    server = command[command.index("--") + 1:]
+    assert server[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert server[server.index("--host") + 1] == "127.0.0.1"  # loopback unless opened
+    assert server[server.index("--tensor-parallel-size") + 1] == "4"
+    assert server[-1] == "--worker-use-ray"  # vLLM 0.4.2's flag
+    assert int(service["healthcheck"]["start_period"].rstrip("s")) >= 600
+    ray = worker_doc["ray-node"]
+    assert ray["entrypoint"] == ["ray", "start", "--block", "--address=10.0.0.1:6379",
+                                 "--node-ip-address=10.0.0.2", "--num-gpus=2",
+                                 "--disable-usage-stats"]
+    assert ray["environment"]["VLLM_HOST_IP"] == "10.0.0.2"
+    assert "healthcheck" not in ray and "env_file" not in ray
+    assert ray["volumes"] == ["/srv/models/deepseek-r1-distill-qwen-7b:"
+                              "/models/deepseek-r1-distill-qwen-7b:ro"]  # the same path
+
+
+def test_sglang_runs_the_same_command_on_every_node(tmp_path: Path) -> None:
+    text = fleet_text(group='inference = { engine = "sglang" }')
+    head, worker = (compose_document(p)["services"]["engine-0"]
+                    for p in node_plans(tmp_path, text))
+    assert head["command"][-6:] == ["--nnodes", "2", "--node-rank", "0",
+                                    "--dist-init-addr", "10.0.0.1:5000"]
+    assert worker["command"][-6:] == ["--nnodes", "2", "--node-rank", "1",
+                                      "--dist-init-addr", "10.0.0.1:5000"]
+    rank = head["command"].index("--node-rank") + 1  # the only difference between the nodes
+    assert (head["command"][:rank] + head["command"][rank + 1:]
+            == worker["command"][:rank] + worker["command"][rank + 1:])
+    assert "healthcheck" in head and "healthcheck" not in worker
+    assert "VLLM_HOST_IP" not in head["environment"]
+
+
+def test_infiniband_hands_the_devices_and_memory_locking_to_the_nodes(tmp_path: Path) -> None:
+    text = fleet_text().replace('interface = "eth1" }',
+                                'interface = "ib0", infiniband_hca = "mlx5" }')
+    head, _ = node_plans(tmp_path, text)
+    service = compose_document(head)["services"]["engine-0"]
+    assert service["environment"]["NCCL_IB_HCA"] == "mlx5"
+    assert service["devices"] == ["/dev/infiniband:/dev/infiniband"]
+    assert service["cap_add"] == ["IPC_LOCK"] and service["ulimits"]["memlock"] == -1
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose")
+@pytest.mark.parametrize("group", ["", 'inference = { engine = "sglang" }'])
+def test_docker_compose_accepts_every_node_file(tmp_path: Path, group: str) -> None:
+    for i, plan in enumerate(node_plans(tmp_path, fleet_text(group=group))):
+        path = tmp_path / f"node-{i}.yml"
+        path.write_text(render_compose(plan))
+        proc = subprocess.run(["docker-compose", "--file", str(path), "config"],
+                              capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        service = next(iter(yaml.safe_load(proc.stdout)["services"].values()))
+        assert service["network_mode"] == "host"
+
+
+# --- what a node reads of the network --------------------------------------------------------------
+# Real iproute2 output (Debian 12's ip, in a simulated host on this machine's Docker engine),
+# as the probe's parts frame it.
+LINK = ("2713: eth0@if2714: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue state UP "
+        "mode DEFAULT group default \\    link/ether 02:42:ac:11:00:03 brd ff:ff:ff:ff:ff:ff "
+        "link-netnsid 0")
+ADDR = ("2713: eth0    inet 172.17.0.3/16 brd 172.17.255.255 scope global eth0\\       "
+        "valid_lft forever preferred_lft forever")
+ROUTE = "172.17.0.1 dev eth0 src 172.17.0.3 uid 0 \\    cache "
+
+
+def framed(**parts: tuple[str, int]) -> str:
+    return "\n".join(f"__gpufleet_part={name}\n{text}\n__gpufleet_part_rc={rc}"
+                     for name, (text, rc) in parts.items())
+
+
+def worker_spec(tmp_path: Path, interface: str = "eth0", address: str = "172.17.0.3") -> HostSpec:
+    text = fleet_text(addresses=("172.17.0.1", address)).replace('"eth1"', f'"{interface}"')
+    return load(tmp_path, text)[1]
+
+
+def test_a_worker_that_sees_its_interface_and_reaches_the_head_passes(tmp_path: Path) -> None:
+    seen = parse_node_network(framed(interfaces=("eth0\nlo", 0), link=(LINK, 0),
+                                     addr=(ADDR, 0), route=(ROUTE, 0),
+                                     connect=("bash: connect: Connection refused", 1)), 0)
+    assert seen.interface_exists and seen.addresses == ("172.17.0.3",)
+    assert (seen.route_device, seen.head) == ("eth0", "refused")
+    assert node_network_findings(worker_spec(tmp_path), seen) == []
+
+
+def test_a_worker_without_the_interface_is_refused_naming_what_it_has(tmp_path: Path) -> None:
+    seen = parse_node_network(framed(interfaces=("eth0\nlo", 0),
+                                     link=('Device "eth1" does not exist.', 1),
+                                     addr=('Device "eth1" does not exist.', 1),
+                                     route=(ROUTE, 0), connect=("", 124)), 0)
+    found = node_network_findings(worker_spec(tmp_path, interface="eth1"), seen)
+    assert [f.code for f in found] == ["multinode-interface-missing"]
+    assert found[0].what == "the inter-node interface eth1 does not exist on node-1"
+    assert found[0].measured == "interfaces: eth0, lo"
+
+
+def test_a_wrong_address_a_wrong_route_and_a_silent_head_are_each_named(tmp_path: Path) -> None:
+    seen = parse_node_network(framed(interfaces=("eth0\neth1\nlo", 0), link=(LINK, 0),
+                                     addr=(ADDR, 0), route=(ROUTE.replace("eth0", "eth1"), 0),
+                                     connect=("", 124)), 0)
+    found = node_network_findings(worker_spec(tmp_path, address="172.17.0.9"), seen)
+    assert [f.code for f in found] == ["multinode-address-missing", "multinode-route",
+                                       "multinode-head-unreachable"]
+    assert found[2].measured == "TCP connect: timeout"
+
+
+def test_the_head_is_not_asked_to_reach_itself(tmp_path: Path) -> None:
+    head = load(tmp_path, fleet_text())[0]
+    check = node_check(head)
+    assert check is not None and check.head is None
+    script = node_network_script(check.spec())
+    assert "/dev/tcp" not in script and "ip -o link show dev eth1" in script
+
+
+def test_another_nodes_refusal_refuses_the_replica_and_other_weights_too(tmp_path: Path) -> None:
+    head = load(tmp_path, fleet_text())[0]
+    assert head.replica is not None
+    worker_seen = parse_node_network(framed(interfaces=("eth0", 0), link=("", 1), addr=("", 1)),
+                                     0)
+    refused = {"node-1": node_network_findings(load(tmp_path, fleet_text())[1], worker_seen)}
+    found = peer_findings(head.replica, refused, unread=[])
+    assert [f.code for f in found] == ["multinode-node-refused"]
+    assert "[multinode-interface-missing]" in found[0].measured
+    assert [f.code for f in peer_findings(head.replica, {}, unread=["node-1"])] == [
+        "multinode-node-unread"]
+    assert weights_agreement_findings(head.replica, {"node-0": "a", "node-1": None}) == []
+    differ = weights_agreement_findings(head.replica, {"node-0": "a", "node-1": "b"})
+    assert [f.measured for f in differ] == ["manifest differs on node-1"]
+
+
+def test_the_join_check_reads_its_verdict_and_the_log() -> None:
+    seen = parse_replica_node(["__gpufleet_node=missing", "Node status", "@log",
+                               "ConnectionError: Unable to connect to GCS at 10.0.0.1:6379."])
+    assert not seen.joined and "Unable to connect to GCS" in seen.log
+    assert parse_replica_node(["__gpufleet_node=joined", "10.0.0.2"]).joined
