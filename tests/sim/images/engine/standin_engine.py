@@ -6,27 +6,40 @@ real ones), refuses to start the way they do — no config.json in the model fol
 than tensor x pipeline parallel, more memory asked for than the GPUs it sees have — and then
 serves /health, /v1/models, /v1/chat/completions and /v1/completions (streaming too) and
 /metrics with vLLM 0.4's metric names and histogram buckets. It sees only the GPUs the
-container was given (the stand-in NVIDIA hook writes them to /etc/gpufleet-sim/hardware.json).
-No model runs: answers are a fixed text cut to max_tokens words.
+container was given (the stand-in NVIDIA hook writes them to /etc/gpufleet-sim/hardware.json;
+GPUFLEET_SIM_HARDWARE points at another file). No model runs: answers are a fixed text cut to
+max_tokens words.
 
     python3 -m vllm.entrypoints.openai.api_server --model /models/m ...   (vLLM's entrypoint)
     python3 -m sglang.launch_server --model-path /models/m ...            (SGLang's)
+
+Multi-node: vLLM with --distributed-executor-backend ray (or 0.4's --worker-use-ray) and more
+GPUs than this node has joins the Ray cluster (the stand-in ray package), checks the cluster's
+GPUs and the model folder on every node, and exits 1 when a node of its placement dies. SGLang
+with --nnodes N --node-rank R --dist-init-addr HOST:PORT meets its other nodes at HOST:PORT
+(rank 0 listens there, checks that every rank runs the same tp, nnodes, version and weights, and
+serves HTTP once all joined); a lost node ends the others with exit 1, as NCCL's watchdog does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import os
 import random
+import re
+import socket
 import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NoReturn
 
-HARDWARE = "/etc/gpufleet-sim/hardware.json"
+from ray import _standin as standin
+
 # Knobs a test turns on a running engine (docker exec ... to write it): JSON with
 # "ttft_seconds" (wait before the first token), "tpot_seconds" (per further token) and
 # "error_rate" (share of requests answered with a 500). Read at every request.
@@ -48,9 +61,21 @@ def log(message: str) -> None:
     print(f"INFO {time.strftime('%m-%d %H:%M:%S')} {message}", flush=True)
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     print(message, file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def die(message: str) -> NoReturn:
+    """fail() from a thread other than the main one: the whole server ends, exit status 1."""
+    print(message, file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """(0, 6, 6) for "0.6.6.post1"."""
+    return tuple(int(m.group()) if (m := re.match(r"\d+", part)) else 0
+                 for part in version.split(".")[:3])
 
 
 def knobs() -> dict[str, float]:
@@ -62,9 +87,12 @@ def knobs() -> dict[str, float]:
 
 
 # --- command lines -----------------------------------------------------------------------------
-def vllm_parser() -> argparse.ArgumentParser:
+def vllm_parser(version: str = "0.4.2") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="api_server.py",
                                 description="vLLM OpenAI-Compatible RESTful API server.")
+    p.add_argument("--worker-use-ray", action="store_true")
+    if version_tuple(version) >= (0, 5):  # 0.4.x knows only --worker-use-ray
+        p.add_argument("--distributed-executor-backend", choices=["ray", "mp"])
     p.add_argument("--model", default="facebook/opt-125m")
     p.add_argument("--served-model-name", nargs="+")
     p.add_argument("--host")
@@ -105,24 +133,29 @@ def sglang_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--enable-metrics", action="store_true")
+    p.add_argument("--nnodes", type=int, default=1)
+    p.add_argument("--node-rank", type=int, default=0)
+    p.add_argument("--dist-init-addr", "--nccl-init-addr", dest="dist_init_addr")
     return p
 
 
 # --- the checks a real engine makes before it serves ----------------------------------------------
 def visible_gpus() -> list[dict[str, Any]]:
-    try:
-        with open(HARDWARE) as fh:
-            gpus: list[dict[str, Any]] = json.load(fh)["gpus"]
-    except OSError:
+    gpus = standin.local_gpus()
+    if gpus is None:
         fail("RuntimeError: No CUDA GPUs are available")
     return gpus
+
+
+def no_config(model_dir: str) -> str:
+    return (f"{model_dir} does not appear to have a file named config.json. Checkout "
+            f"'https://huggingface.co/{model_dir}/None' for available files.")
 
 
 def load_config(model_dir: str) -> dict[str, Any]:
     path = os.path.join(model_dir, "config.json")
     if not os.path.isfile(path):
-        fail(f"OSError: {model_dir} does not appear to have a file named config.json. Checkout "
-             f"'https://huggingface.co/{model_dir}/None' for available files.")
+        fail(f"OSError: {no_config(model_dir)}")
     with open(path) as fh:
         config: dict[str, Any] = json.load(fh)
     return config
@@ -157,15 +190,20 @@ class Engine:
     def __init__(self, kind: str, argv: list[str]) -> None:
         self.kind = kind
         self.version = os.environ.get(f"GPUFLEET_SIM_{kind.upper()}_VERSION") or "0.4.2"
+        self.ray_backend = False  # vLLM: workers through Ray (may span nodes)
+        self.nnodes, self.node_rank, self.dist_init_addr = 1, 0, ""  # SGLang's multi-node flags
+        self.placement: list[dict[str, Any]] = []  # vLLM on Ray: the nodes its workers are on
         if kind == "vllm":
-            a = vllm_parser().parse_args(argv)
+            a = vllm_parser(self.version).parse_args(argv)
             self.model_dir, self.port, self.host = a.model, a.port, a.host or "0.0.0.0"
             self.names = a.served_model_name or [a.model]
             self.tp, self.pp = a.tensor_parallel_size, a.pipeline_parallel_size
             self.max_len, self.util, self.max_seqs = a.max_model_len, a.gpu_memory_utilization, \
                 a.max_num_seqs
             self.api_key = a.api_key or os.environ.get("VLLM_API_KEY")
-            if self.pp > 1 and tuple(int(x) for x in self.version.split(".")[:2]) < (0, 5):
+            self.ray_backend = a.worker_use_ray or getattr(
+                a, "distributed_executor_backend", None) == "ray"
+            if self.pp > 1 and version_tuple(self.version) < (0, 5, 1):
                 fail("NotImplementedError: Pipeline parallelism is not supported yet.")
         else:
             a = sglang_parser().parse_args(argv)
@@ -175,6 +213,10 @@ class Engine:
             self.max_len, self.util = a.context_length, a.mem_fraction_static
             self.max_seqs = a.max_running_requests or 256
             self.api_key = a.api_key or os.environ.get("SGLANG_API_KEY")
+            self.nnodes, self.node_rank = a.nnodes, a.node_rank
+            self.dist_init_addr = a.dist_init_addr or ""
+            if self.nnodes > 1 and not self.dist_init_addr:
+                fail("ValueError: --dist-init-addr is required when --nnodes is more than 1")
         self.lock = threading.Lock()
         self.metrics: dict[str, float] = {"running": 0, "prompt_tokens": 0,
                                           "generation_tokens": 0, "success": 0}
@@ -189,7 +231,11 @@ class Engine:
             + ", ".join(f"{g['index']}:{g['uuid']}" for g in gpus)
             + (f" ({gpus[0]['name']})" if gpus else ""))
         need = self.tp * self.pp
-        if len(gpus) < need:
+        if self.nnodes > 1:
+            need = self.gpus_per_sglang_node(len(gpus))
+        elif self.ray_backend and len(gpus) < need:
+            self.placement = place_on_ray(self, need)
+        elif len(gpus) < need:
             fail(f"ValueError: The number of required GPUs exceeds the total number of available "
                  f"GPUs in the cluster (required {need}, available {len(gpus)}).")
         model_max = int(config.get("max_position_embeddings", 2048))
@@ -212,6 +258,17 @@ class Engine:
                  "initializing the engine.")
         log(f"Maximum concurrency for {self.max_len} tokens per request: "
             f"{tokens / self.max_len:.2f}x")
+
+    def gpus_per_sglang_node(self, local: int) -> int:
+        """SGLang splits tp evenly over the nodes; each node needs its share locally."""
+        if self.tp % self.nnodes:
+            fail("AssertionError: tp_size must be divisible by number of nodes "
+                 f"(tp_size {self.tp}, nnodes {self.nnodes})")
+        per_node = self.tp // self.nnodes
+        if per_node > local:
+            fail(f"RuntimeError: CUDA error: invalid device ordinal (stand-in: tp_size {self.tp} "
+                 f"over {self.nnodes} nodes needs {per_node} GPUs on each, this node has {local})")
+        return per_node
 
     # --- answers ---------------------------------------------------------------------------
     def answer(self, max_tokens: int) -> list[str]:
@@ -257,6 +314,207 @@ class Engine:
         histogram("e2e_request_latency_seconds", E2E_BUCKETS, e2e)
         histogram("time_per_output_token_seconds", TPOT_BUCKETS, tpot)
         return "\n".join(lines) + "\n"
+
+
+# --- multi-node ------------------------------------------------------------------------------------
+def weights_digest(model_dir: str) -> str:
+    """What every node's copy of the model folder must agree on: the files of gpufleet's weights
+    manifest (.gpufleet/manifest.json; its "files" only, so that how each host came by the
+    weights does not count), else the sorted names and sizes of the files. Runs on every node
+    (through Ray on vLLM's nodes), so the config.json check is the node's own."""
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise OSError(no_config(model_dir))
+    try:
+        with open(os.path.join(model_dir, ".gpufleet", "manifest.json"), "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        listing = []
+        for root, dirs, names in os.walk(model_dir):
+            dirs[:] = sorted(d for d in dirs if not (root == model_dir and d == ".gpufleet"))
+            for name in sorted(names):
+                path = os.path.join(root, name)
+                listing.append([os.path.relpath(path, model_dir), os.path.getsize(path)])
+        return "files " + hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    with contextlib.suppress(ValueError, KeyError, TypeError):  # else: the bytes as they are
+        raw = json.dumps(json.loads(raw)["files"], sort_keys=True).encode()
+    return "manifest " + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def ray_worker_prefix(answer: dict[str, Any]) -> str:
+    """How Ray prefixes what a worker on another node printed."""
+    return f"(RayWorkerWrapper pid={answer.get('pid', 0)}, ip={answer.get('ip', '?')})"
+
+
+def place_on_ray(engine: Engine, need: int) -> list[dict[str, Any]]:
+    """vLLM's Ray executor: find `need` GPUs among the cluster's alive nodes (the driver's node
+    first), then have every node of that placement look at the model folder: the same path,
+    with the same weights, on every node. Returns the placement's nodes."""
+    import ray
+
+    bad_interface = standin.socket_ifname_error()
+    if bad_interface:
+        fail(bad_interface)
+    try:
+        ray.init(ignore_reinit_error=True)
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+    except (ConnectionError, RuntimeError) as exc:
+        fail(f"{type(exc).__name__}: {exc}")
+    total = sum(int(n["Resources"].get("GPU", 0)) for n in nodes)
+    if total < need:
+        fail("ValueError: The number of required GPUs exceeds the total number of available GPUs "
+             f"in the placement group (required {need}, available {total} on {len(nodes)} "
+             "Ray nodes).")
+    # The driver's node: VLLM_HOST_IP's (as vLLM finds its own address), else the head's.
+    driver_ip = os.environ.get("VLLM_HOST_IP")
+    nodes.sort(key=lambda n: not (n["NodeManagerAddress"] == driver_ip if driver_ip
+                                  else "node:__internal_head__" in n["Resources"]))
+    placement, placed = [], 0
+    for node in nodes:
+        if placed < need and node["Resources"].get("GPU", 0):
+            placement.append(node)
+            placed += int(node["Resources"]["GPU"])
+    here = weights_digest(engine.model_dir)
+    for node in placement:
+        answer = ray._run_on_node(node["NodeID"], "standin_engine:weights_digest",
+                                  engine.model_dir)
+        node["worker_pid"] = answer.get("pid", 0)
+        if "error" in answer:
+            fail(f"{ray_worker_prefix(answer)} {answer['error']}")
+        if answer["result"] != here:
+            fail(f"{ray_worker_prefix(answer)} RuntimeError: the model weights in "
+                 f"{engine.model_dir} on node {node['NodeManagerAddress']} differ from the "
+                 f"driver's ({answer['result']} there, {here} here): every node needs the same "
+                 "weights at the same path")
+    log("Ray placement: " + ", ".join(f"{n['NodeManagerAddress']} "
+                                      f"({int(n['Resources']['GPU'])} GPUs)" for n in placement)
+        + f"; weights {here} on every node")
+    return placement
+
+
+def watch_placement(placement: list[dict[str, Any]]) -> None:
+    """While serving: a dead node of the placement ends the server (its Ray workers died with
+    it), as does losing the GCS; Docker's restart policy then starts it again."""
+    import ray
+
+    while True:
+        time.sleep(0.5)
+        try:
+            alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        except (ConnectionError, RuntimeError, OSError):
+            die(standin.gcs_lost(ray.find_address(None)))
+        for node in placement:
+            if node["NodeID"] not in alive:
+                die("ray.exceptions.RayActorError: The actor died unexpectedly before finishing "
+                    "this task.\n\tclass_name: RayWorkerWrapper\n"
+                    f"\tactor_id: {uuid.uuid4().hex[:32]}\n\tpid: {node.get('worker_pid', 0)}\n"
+                    f"\tip: {node['NodeManagerAddress']}\nThe actor is dead because its node has "
+                    f"died. Node Id: {node['NodeID']} (ip={node['NodeManagerAddress']})")
+
+
+def nccl_lost(engine: Engine, peer: str) -> str:
+    """What NCCL's watchdog says when another node of the process group went away."""
+    rank = engine.node_rank * (engine.tp // engine.nnodes)
+    return (f"[rank{rank}]:[E ProcessGroupNCCL.cpp:1316] [PG 0 Rank {rank}] Process group watchdog "
+            "thread terminated with exception: NCCL error: remote process exited or there was a "
+            "network error, NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a "
+            "network error or a remote process exiting prematurely.\nLast error:\n"
+            f"socketProgress: Connection closed by remote peer {peer}")
+
+
+def sglang_hello(engine: Engine) -> dict[str, Any]:
+    """What every SGLang rank must agree on (and its rank)."""
+    return {"op": "join", "rank": engine.node_rank, "tp": engine.tp, "nnodes": engine.nnodes,
+            "version": engine.version, "weights": weights_digest(engine.model_dir)}
+
+
+def sglang_refusal(engine: Engine, mine: dict[str, Any], theirs: dict[str, Any]) -> str | None:
+    rank = theirs.get("rank")
+    if not isinstance(rank, int) or not 0 < rank < engine.nnodes:
+        return f"node rank {rank} is not in 1..{engine.nnodes - 1} (nnodes {engine.nnodes})"
+    for key, what in (("nnodes", "nnodes"), ("tp", "tp_size"), ("version", "SGLang version"),
+                      ("weights", f"model weights in {engine.model_dir}")):
+        if theirs.get(key) != mine[key]:
+            return f"its {what} ({theirs.get(key)}) differs from rank 0's ({mine[key]})"
+    return None
+
+
+def sglang_rank0(engine: Engine) -> list[standin.Conn]:
+    """Rank 0 listens on --dist-init-addr (that address exactly) until every rank has joined."""
+    host, port = standin.split_address(engine.dist_init_addr)
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        server.bind((host, port))
+    except OSError as exc:
+        fail(f"torch.distributed.DistNetworkError: The server socket has failed to bind to "
+             f"{host}:{port} (errno: {exc.errno} - {exc.strerror}).")
+    server.listen(16)
+    mine = sglang_hello(engine)
+    log(f"node rank 0: waiting on {host}:{port} for {engine.nnodes - 1} more node(s)")
+    # torch's store waits 600 s for its clients; the stand-in 60 s.
+    timeout = standin.connect_timeout(60)
+    deadline = time.monotonic() + timeout
+    joined: dict[int, standin.Conn] = {}
+    while len(joined) < engine.nnodes - 1:
+        server.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            sock, _ = server.accept()
+        except TimeoutError:
+            fail(f"torch.distributed.DistStoreError: Timed out after {timeout:.0f} seconds waiting "
+                 f"for clients. {len(joined) + 1}/{engine.nnodes} clients joined.")
+        conn = standin.Conn(sock)
+        hello = conn.recv(timeout=10)
+        if hello is None or hello.get("op") != "join":
+            conn.close()
+            continue
+        refusal = sglang_refusal(engine, mine, hello)
+        if refusal:
+            log(f"refused node rank {hello.get('rank')} at {conn.peer}: {refusal}")
+            conn.send({"ok": False, "error": refusal})
+            conn.close()
+            continue
+        old = joined.pop(hello["rank"], None)
+        if old is not None:  # that rank restarted: the new process replaces the old one
+            old.close()
+        joined[hello["rank"]] = conn
+        conn.send({"ok": True})
+        log(f"node rank {hello['rank']} joined from {conn.peer}")
+    server.close()
+    for conn in joined.values():
+        conn.send({"op": "start"})
+        conn.keep_alive()
+    log(f"all {engine.nnodes} nodes joined (tp_size {engine.tp}, weights {mine['weights']})")
+    return list(joined.values())
+
+
+def sglang_join(engine: Engine) -> standin.Conn:
+    """A rank > 0 joins rank 0 at --dist-init-addr and waits until every rank has."""
+    host, port = standin.split_address(engine.dist_init_addr)
+    # torch's client waits 600 s (600000ms) for the store; the stand-in gives up after 60 s.
+    timeout = standin.connect_timeout(60)
+    sock = standin.connect_retry(host, port, timeout)
+    if sock is None:
+        fail("torch.distributed.DistNetworkError: The client socket has timed out after "
+             f"{timeout * 1000:.0f}ms while trying to connect to ({host}, {port}).")
+    conn = standin.Conn(sock)
+    conn.send(sglang_hello(engine))
+    reply = conn.recv(timeout=30)
+    if reply is not None and not reply.get("ok"):
+        fail(f"RuntimeError: node rank 0 at {host}:{port} refused node rank {engine.node_rank}: "
+             f"{reply.get('error')}")
+    log(f"node rank {engine.node_rank}: joined node rank 0 at {host}:{port}, waiting for the "
+        "other nodes")
+    if reply is None or conn.recv(timeout=None) is None:
+        fail(nccl_lost(engine, f"{host}<{port}>"))
+    conn.keep_alive()
+    return conn
+
+
+def lost_on_close(engine: Engine, conn: standin.Conn) -> NoReturn:
+    """Block until the other node's connection closes (or goes silent), then end with exit 1."""
+    while conn.recv() is not None:
+        pass
+    die(nccl_lost(engine, conn.peer))
 
 
 def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
@@ -390,10 +648,23 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
 
 def main(kind: str, argv: list[str]) -> None:
     engine = Engine(kind, argv)
+    if engine.nnodes > 1 and (bad_interface := standin.socket_ifname_error()):
+        fail(bad_interface)
     engine.check()
+    peers: list[standin.Conn] = []
+    if engine.nnodes > 1 and engine.node_rank > 0:
+        rank0 = sglang_join(engine)
+        log(f"node rank {engine.node_rank}: all nodes joined; node rank 0 serves HTTP")
+        lost_on_close(engine, rank0)
+    if engine.nnodes > 1:
+        peers = sglang_rank0(engine)
     load = float(os.environ.get("GPUFLEET_SIM_LOAD_SECONDS", "2"))
     log(f"Loading weights from {engine.model_dir} (stand-in: {load:.0f} s)")
     time.sleep(load)
+    for conn in peers:
+        threading.Thread(target=lost_on_close, args=(engine, conn), daemon=True).start()
+    if engine.placement:
+        threading.Thread(target=watch_placement, args=(engine.placement,), daemon=True).start()
     server = ThreadingHTTPServer((engine.host, engine.port), handler(engine))
     log(f"Uvicorn running on http://{engine.host}:{engine.port} (Press CTRL+C to quit)")
     server.serve_forever()

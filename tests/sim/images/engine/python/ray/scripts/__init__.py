@@ -1,0 +1,1 @@
+"""TEST STAND-IN package (gpufleet simulator): the `ray` CLI, see scripts.py."""
