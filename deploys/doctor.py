@@ -15,9 +15,9 @@ from pathlib import Path
 from pydantic import ValidationError
 from pyinfra import host
 
-from deploys.preflight import log_report, measured_read_speed
+from deploys.preflight import log_report, measured_read_speed, read_host, replica_findings
 from deploys.spec import host_spec
-from facts.probe import GpuHostProbe, HostProbe
+from facts.probe import HostProbe
 from inventory.catalog import CatalogError, find_gpu, find_model
 from inventory.fleet import HostSpec
 from inventory.pins import load_pins
@@ -131,8 +131,9 @@ def doctor() -> None:
     if isinstance(spec, str):
         refuse_host(name="Doctor: the input is not usable", message=spec)
         return
-    probe = host.get_fact(GpuHostProbe, weights_path=spec.settings.weights_path)
-    assessment = assess(spec, probe, measured_read_speed(spec))
+    probe = read_host(spec)
+    # a node of a replica across hosts: also what its other nodes show (read once per run)
+    assessment = assess(spec, probe, measured_read_speed(spec), replica_findings(spec, probe))
     log_report(render(assessment).replace("gpufleet preflight", "gpufleet doctor", 1))
     log_report(installed_report(probe))
     if assessment.sizing is not None:

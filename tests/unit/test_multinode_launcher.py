@@ -1,0 +1,64 @@
+"""The vLLM head's launcher (templates/inference/multinode-launch.py) against the simulator's
+stand-in Ray, as processes on loopback (see tests/unit/test_standin_distributed.py): it becomes
+the server only once every node joined, and names the node that never did."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rules.render import TEMPLATES_DIR
+from tests.unit.test_standin_distributed import (
+    HEAD_IP,
+    WORKER_IP,
+    Cluster,
+    free_port,
+    wait_for,
+)
+
+LAUNCHER = TEMPLATES_DIR / "inference" / "multinode-launch.py"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    # `ray` on PATH, as in the serving image: the stand-in's CLI.
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "ray").write_text('#!/bin/sh\nexec python3 -m ray.scripts.scripts "$@"\n')
+    (shim / "ray").chmod(0o755)
+    c.env["PATH"] = f"{shim}:{c.env['PATH']}"
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def launcher(port: int, timeout: int) -> list[str]:
+    return [str(LAUNCHER), f"--address={HEAD_IP}", f"--port={port}", "--gpus=2",
+            f"--timeout={timeout}", f"--node=gpu-a={HEAD_IP}", f"--node=gpu-b={WORKER_IP}",
+            "--", "python3", "-c", "import os; print('SERVER STARTED', os.environ['RAY_ADDRESS'])"]
+
+
+def test_the_server_starts_only_once_every_node_joined(cluster: Cluster) -> None:
+    port = free_port(HEAD_IP)
+    head = cluster.start("head", launcher(port, timeout=60))
+    wait_for(lambda: "waiting for gpu-b" in head.output, 20, "the launcher waits")
+    assert "SERVER STARTED" not in head.output
+    assert f"waiting for gpu-b ({WORKER_IP}) to join the Ray cluster at {HEAD_IP}:{port} " \
+           "(1 of 2 joined" in head.output
+    cluster.worker(port)
+    assert head.wait(30) == 0, head.output
+    out = head.output
+    assert out.index("all 2 nodes joined") < out.index(f"SERVER STARTED {HEAD_IP}:{port}")
+
+
+def test_a_node_that_never_joins_is_named(cluster: Cluster) -> None:
+    port = free_port(HEAD_IP)
+    code, out = cluster.run("head", launcher(port, timeout=3), seconds=30)
+    assert code == 1, out
+    assert (f"node(s) gpu-b ({WORKER_IP}) did not join the Ray cluster at {HEAD_IP}:{port} "
+            "within 3 s (settings.multinode.join_timeout_seconds)") in out
+    assert "SERVER STARTED" not in out
