@@ -27,7 +27,8 @@ def batch_size(setting: int | str, group_size: int) -> int:
 
 def batches(specs: list[HostSpec]) -> list[list[HostSpec]]:
     """The GPU hosts, group by group in the fleet file's order, cut by each group's
-    settings.rollout.batch (the first host's, as a group sets it)."""
+    settings.rollout.batch (the first host's, as a group sets it). The nodes of a replica
+    across hosts stay in one batch: a batch is rounded up to whole replicas."""
     groups: dict[str, list[HostSpec]] = {}
     for spec in specs:
         if spec.settings.role == "gpu":
@@ -35,6 +36,8 @@ def batches(specs: list[HostSpec]) -> list[list[HostSpec]]:
     cut: list[list[HostSpec]] = []
     for members in groups.values():
         size = batch_size(members[0].settings.rollout.batch, len(members))
+        nodes = members[0].settings.multinode.nodes if members[0].replica else 1
+        size = -(-size // nodes) * nodes  # the replicas are the group's hosts N at a time
         cut += [members[i:i + size] for i in range(0, len(members), size)]
     return cut
 

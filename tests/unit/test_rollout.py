@@ -12,6 +12,7 @@ from rules.gateway import parse_drained, render_drained, render_gateway, routing
 from rules.manifest import pins_digest
 from rules.monitoring import is_monitor
 from rules.rollout import batch_size, batches, pin_state
+from tests.unit.test_multinode import fleet_text, load
 
 FLEET = """
 [settings]
@@ -85,3 +86,11 @@ def test_pin_state_comes_from_the_manifest(tmp_path: Path) -> None:
     old = {"pin_set": "r535-cuda121", "pins_sha256": "0" * 64}
     assert pin_state(spec, old).render() == "a1: r535-cuda121 (older pins)"
     assert "no manifest" in pin_state(spec, None).render()
+
+
+def test_the_nodes_of_a_replica_across_hosts_stay_in_one_batch(tmp_path: Path) -> None:
+    specs = load(tmp_path, fleet_text(hosts=6, group="rollout = { batch = 1 }"))
+    assert [[s.name for s in batch] for batch in batches(specs)] == [
+        ["node-0", "node-1"], ["node-2", "node-3"], ["node-4", "node-5"]]
+    specs = load(tmp_path, fleet_text(hosts=6, group='rollout = { batch = "50%" }'))
+    assert [len(batch) for batch in batches(specs)] == [4, 2]
