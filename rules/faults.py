@@ -81,6 +81,17 @@ def _reboot(m: re.Match[str]) -> Cause:
                  "settings.driver.reboot_timeout_seconds sets the wait")
 
 
+def _disk_space(m: re.Match[str]) -> Cause:
+    # rules/disk_space.py: shortage() before writing, no_space_left() when the disk filled anyway
+    return Cause(m["cause"], f"free space on that filesystem (df -h, du -sh), or set "
+                             f"{m['setting']} to one with room, {RERUN}")
+
+
+def _disk_full(m: re.Match[str]) -> Cause:
+    return Cause(f"a disk of the host is full: {m['line'].strip()}",
+                 f"free space on that filesystem (df -h on the host says which is full), {RERUN}")
+
+
 def _refused(_: re.Match[str]) -> Cause:
     return Cause("preflight refused the host; nothing was changed",
                  "read the host's report above and fix what it names (or accept it with "
@@ -89,12 +100,18 @@ def _refused(_: re.Match[str]) -> Cause:
 
 # Most specific first: the first pattern found in a host's lines decides.
 _KNOWN: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], Cause]], ...] = (
+    (re.compile(r"gpufleet: (?P<cause>(?:not enough disk space|no space left on device) .+?)\. "
+                r"Free space there, or set (?P<setting>\S+) to a filesystem with room"),
+     _disk_space),
     (re.compile(r"gpufleet: gave up after (?P<seconds>\d+) s waiting for the apt/dpkg lock, "
                 r"held by (?P<holder>.+?)\.?$"), _gave_up),
     (re.compile(r"Could not get lock (?P<path>\S+?)\.? It is held by process (?P<pid>\d+) "
                 r"\((?P<name>[^)]*)\)"), _lock_holder),
     (re.compile(r"gpufleet: dpkg --configure -a failed"), _configure_failed),
     (re.compile(r"dpkg was interrupted, you must manually run"), _interrupted),
+    # strerror(ENOSPC) from any other step (apt's "Write error - write (28: No space left on
+    # device)", also after "Failed to fetch URL", dpkg, Docker's daemon in Go's lower case)
+    (re.compile(r"(?P<line>.*no space left on device.*)", re.I), _disk_full),
     (re.compile(r"Failed to fetch (?P<url>https?://\S+)\s+(?P<error>.+)$"), _fetch),
     (re.compile(r"did not come back within (?P<seconds>\d+) s after the reboot"), _reboot),
     (re.compile(r"preflight refused this host; nothing was changed"), _refused),

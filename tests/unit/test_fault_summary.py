@@ -92,6 +92,35 @@ def test_a_host_that_cannot_be_reached() -> None:
                           "denied for x"
 
 
+def test_a_full_disk_is_a_full_disk_not_a_lost_host() -> None:
+    # test_faults' weights push into a full volume: Docker 20.10's daemon refuses `docker cp`
+    # (which would read as a host that does not answer), then gpufleet's own line (rules/
+    # disk_space.py) says where, how much, and what to do
+    cause = cause_of([
+        "[@docker/b] Command IO error: Error response from daemon: Error processing tar "
+        "file(exit status 1): write /srv/small/m/x.safetensors.gpufleet-partial: no space left "
+        "on device",
+        "[@docker/b] gpufleet: no space left on device while writing the weights on @docker/b: "
+        "/srv/small/m is on tmpfs (mounted on /srv/small), 8.4 MB free now (the check before "
+        "writing expected 11.5 MB: the files to push); the partial files were removed, the "
+        "previous weights are untouched. Free space there, or set settings.weights_path to a "
+        "filesystem with room",
+    ])
+    assert cause.what == (
+        "no space left on device while writing the weights on @docker/b: /srv/small/m is on "
+        "tmpfs (mounted on /srv/small), 8.4 MB free now (the check before writing expected "
+        "11.5 MB: the files to push); the partial files were removed, the previous weights are "
+        "untouched")
+    assert cause.todo.startswith("free space on that filesystem (df -h, du -sh), or set "
+                                 "settings.weights_path to one with room")
+    # any other step on a full disk: apt 2.6 (apt-pkg/contrib/fileutl.cc), also behind a
+    # "Failed to fetch" (its advice would be about the network)
+    apt = cause_of(["E: Failed to fetch http://deb.debian.org/x.deb  Write error - write (28: "
+                    "No space left on device)"])
+    assert apt.what.startswith("a disk of the host is full: E: Failed to fetch")
+    assert "df -h" in apt.todo
+
+
 def test_an_unknown_failure_keeps_the_most_telling_line() -> None:
     cause = cause_of(["[h] some tool: warming up", "[h] gpufleet: the GPU test container "
                       "failed: load library failed: libnvidia-ml.so.1", "[h] Error: executed "
