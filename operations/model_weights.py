@@ -7,6 +7,7 @@ What to push, download or hash again is decided by the deploy from the probe's l
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -22,11 +23,12 @@ from pyinfra.api import (
 from pyinfra.api.host import Host
 
 from facts._shell import quote
-from facts.weights_files import MANIFEST_DIR, MANIFEST_NAME
+from facts.weights_files import MANIFEST_DIR
 from operations.apt_pins import with_env_file
-from operations.host_files import write_file_command
+from operations.disk_space import guarded, space_checked
 from operations.messages import tell
-from rules.checkpoint import TOOL
+from rules.checkpoint import PARTIAL, TOOL, manifest_path
+from rules.disk_space import SpaceNeed
 
 _EOF = "GPUFLEET_WEIGHTS_TOOL"
 
@@ -103,16 +105,26 @@ def _progress(state: State, host: Host, done: int, total: int, started: list[flo
                              f"{rate / 1e6:.0f} MB/s, about {left:.0f} s left", color="green")
 
 
+def _space(folder: str, need: int, how: str, partials: tuple[str, ...] = ()) -> SpaceNeed:
+    return SpaceNeed(path=folder, what="the weights", setting="settings.weights_path",
+                     need=need, how=how, partials=partials)
+
+
 @operation(is_idempotent=False)
 def weights_pushed(src: str, folder: str, files: Mapping[str, int], manifest: str):
     """
-    Push weights files from a folder on the controller, each to a temporary name first and
-    renamed when complete (an interrupted push starts again at the first incomplete file),
-    then write their manifest beside them.
+    Push weights files from a folder on the controller, each to a temporary name, then move
+    them all into place (and the new manifest last) once every one is complete and matches the
+    manifest's sha256: a push that fails leaves the previous files and manifest as they were.
+
+    Before writing, the filesystem that holds ``folder`` must have room for the files (the old
+    ones stay until the end); a disk that fills anyway (ENOSPC) fails the host with the same
+    kind of message, the partial files removed.
 
     + src: the folder on the controller
     + folder: the weights folder on the host
-    + files: name -> size of the files to push (the deploy picks the missing or different)
+    + files: name -> size of the files to push (the deploy picks the missing or different;
+      a complete NAME.gpufleet-partial left by an interrupted push is not pushed again)
     + manifest: the manifest of the whole folder (names, sizes, sha256)
 
     **Example:**
@@ -123,21 +135,32 @@ def weights_pushed(src: str, folder: str, files: Mapping[str, int], manifest: st
                        files={"config.json": 680}, manifest='{"files": {...}}')
     """
     _absolute(folder)
+    for name in files:
+        if name.startswith("/") or ".." in PurePosixPath(name).parts:
+            raise OperationValueError(f"not a file inside the folder: {name!r}")
     total = sum(files.values())
+    staged = {name: f"{folder}/{name}{PARTIAL}" for name in sorted(files)}
+    staged_manifest = f"{manifest_path(folder)}{PARTIAL}"
+    need = _space(folder, total + len(manifest.encode()), "the files to push",
+                  (*staged.values(), staged_manifest))
+    # A full disk removes the partial files; another failure keeps them for the next run,
+    # which does not push a complete one again (rules.checkpoint.to_push).
+    cleanup = "rm -f " + " ".join(quote(p) for p in (*staged.values(), staged_manifest))
+    yield space_checked(need)
     started: list[float] = []
     yield FunctionCommand(_progress, (0, total, started, "start"), {})
     done = 0
     for name, size in sorted(files.items()):
-        if name.startswith("/") or ".." in PurePosixPath(name).parts:
-            raise OperationValueError(f"not a file inside the folder: {name!r}")
-        target = f"{folder}/{name}"
-        partial = f"{target}.gpufleet-partial"
-        yield StringCommand(f"install -d -m 0755 {quote(str(PurePosixPath(target).parent))}")
-        yield FileUploadCommand(str(Path(src) / name), partial)
-        yield StringCommand(f"mv -f {quote(partial)} {quote(target)}")
+        parent = quote(str(PurePosixPath(staged[name]).parent))
+        yield guarded(StringCommand(f"install -d -m 0755 {parent}"), need, cleanup)
+        yield guarded(FileUploadCommand(str(Path(src) / name), staged[name]), need, cleanup)
         done += size
         yield FunctionCommand(_progress, (done, total, started, name), {})
-    yield write_file_command(f"{folder}/{MANIFEST_DIR}/{MANIFEST_NAME}", manifest)
+    yield guarded(StringCommand(f"install -d -m 0755 {quote(f'{folder}/{MANIFEST_DIR}')}"),
+                  need, cleanup)
+    yield guarded(FileUploadCommand(io.BytesIO(manifest.encode()), staged_manifest), need,
+                  cleanup)
+    yield guarded(tool_command("commit", folder), need, cleanup)
 
 
 @operation(is_idempotent=False)
@@ -166,5 +189,7 @@ def weights_downloaded(folder: str, endpoint: str, repo: str, revision: str,
     _absolute(folder)
     args = ["hub", folder, endpoint, repo, revision, *([token_path] if token_path else [])]
     command = tool_command(*args)
-    yield StringCommand(f"install -d -m 0755 {quote(folder)} && "
-                        + with_env_file(command.get_raw_value(), env_file))
+    # The tool checks the space once it has the hub's listing, and says what it needed.
+    yield guarded(StringCommand(f"install -d -m 0755 {quote(folder)} && "
+                                + with_env_file(command.get_raw_value(), env_file)),
+                  _space(folder, 0, "the files to download"))

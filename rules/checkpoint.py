@@ -19,6 +19,9 @@ from inventory.catalog import ModelSpec
 from rules.findings import Finding
 
 TOOL = Path(__file__).resolve().parent.parent / "templates" / "weights" / "weights_tool.py"
+# New files are written under NAME + PARTIAL and moved over NAME once the whole change is
+# complete and verified (templates/weights/weights_tool.py: commit, hub).
+PARTIAL = ".gpufleet-partial"
 # config.json field -> the catalog's name for it
 CONFIG_FIELDS = {"num_hidden_layers": "layers", "hidden_size": "hidden_size",
                  "num_attention_heads": "attention_heads", "num_key_value_heads": "kv_heads"}
@@ -131,12 +134,28 @@ def same_weights(recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> boo
 
 
 def to_push(manifest: dict[str, Any], listing: WeightsListing) -> list[str]:
-    """Files the host lacks, has at another size (an interrupted push resumes here), or has
-    changed since they were last verified (the controller's copy is the truth: pushed again)."""
+    """Files the host lacks, has at another size, has changed since they were last verified
+    (the controller's copy is the truth: pushed again), or whose sha256 in the host's manifest
+    is not the controller's (a new version of the same size).
+
+    A file an interrupted push left complete under its partial name is not pushed again: the
+    push's commit checks its sha256 before moving it into place (and removes it, to be pushed
+    on the next run, when it differs); that commit runs only when the manifest changes, so
+    with an unchanged one everything is pushed."""
     have = listing.files
+    resume = not same_weights(listing.manifest, manifest)
+    recorded = (listing.manifest or {}).get("files")
+    recorded = recorded if isinstance(recorded, dict) else {}
+
+    def stale(name: str, want: dict[str, Any]) -> bool:
+        on_host = recorded.get(name)
+        return (have.get(name, (None,))[0] != want["size"]
+                or (name in listing.verified and listing.verified[name] != have[name])
+                or (isinstance(on_host, dict) and on_host.get("sha256") != want["sha256"]))
+
     return [name for name, want in sorted(manifest["files"].items())
-            if have.get(name, (None,))[0] != want["size"]
-            or (name in listing.verified and listing.verified[name] != have[name])]
+            if stale(name, want)
+            and not (resume and have.get(name + PARTIAL, (None,))[0] == want["size"])]
 
 
 def render_manifest(manifest: dict[str, Any]) -> str:

@@ -20,13 +20,16 @@ import pytest
 from facts.weights_files import WeightsListing, parse_weights, weights_script
 from inventory.catalog import find_model
 from rules.checkpoint import (
+    PARTIAL,
     TOOL,
     config_findings,
     controller_manifest,
+    render_manifest,
     same_weights,
     to_push,
     weights_check,
 )
+from rules.disk_space import needed_mark
 from tests.sim.weights import config_json, write_weights
 
 MODEL = "deepseek-r1-distill-qwen-1.5b"
@@ -117,6 +120,7 @@ class HubStandIn(http.server.BaseHTTPRequestHandler):
 
     files: ClassVar[dict[str, bytes]] = {}
     token = "hf_test_token"
+    inflate: ClassVar[int] = 0  # added to the sizes the listing claims for the shards
 
     def log_message(self, *args: object) -> None:
         pass
@@ -126,7 +130,8 @@ class HubStandIn(http.server.BaseHTTPRequestHandler):
             self.send_error(401)
             return
         if "/api/models/org/model/tree/" in self.path:
-            body = json.dumps([{"type": "file", "path": name, "size": len(data),
+            body = json.dumps([{"type": "file", "path": name, "size": len(data) + (
+                                    self.inflate if name.endswith(".safetensors") else 0),
                                 **({"lfs": {"oid": hashlib.sha256(data).hexdigest()}}
                                    if name.endswith(".safetensors") else {})}
                                for name, data in self.files.items()]).encode()
@@ -145,6 +150,7 @@ class HubStandIn(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def hub(weights: Path) -> Iterator[str]:
     HubStandIn.files = {p.name: p.read_bytes() for p in weights.iterdir() if p.is_file()}
+    HubStandIn.inflate = 0
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubStandIn)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -195,3 +201,91 @@ def test_the_same_weights_from_another_checkout_are_the_same_weights(tmp_path: P
     (tmp_path / "b" / "model.safetensors").write_bytes(b"x" * 64)
     assert not same_weights(first, controller_manifest(tmp_path / "b", "m"))
     assert not same_weights(None, first)
+
+
+# --- a change arrives whole or not at all -------------------------------------------------------
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "verified.txt"}
+
+
+def stage_push(weights: Path, host: Path, manifest: dict[str, object], names: list[str]) -> None:
+    """What operations.model_weights.weights_pushed uploads before its commit."""
+    for name in names:
+        (host / f"{name}{PARTIAL}").write_bytes((weights / name).read_bytes())
+    (host / ".gpufleet" / f"manifest.json{PARTIAL}").write_text(render_manifest(manifest))
+
+
+def test_a_push_is_moved_into_place_only_once_every_file_matches(
+        weights: Path, tmp_path: Path) -> None:
+    host = tmp_path / "host"
+    subprocess.run(["cp", "-a", str(weights), str(host)], check=True)
+    assert tool("record", str(host), MODEL).returncode == 0
+    before = snapshot(host)
+    shard = "model-00002-of-00002.safetensors"
+    first = "model-00001-of-00002.safetensors"
+    # a new version of the same size: the host's manifest says it differs
+    (weights / first).write_bytes(bytes(reversed((weights / first).read_bytes())))
+    assert to_push(controller_manifest(weights, MODEL), listing(host)) == [first]
+    (weights / first).write_bytes((host / first).read_bytes())
+    (weights / shard).write_bytes(b"n" * 70000)  # a new version of one shard, and an extra file
+    (weights / "extra.safetensors").write_bytes(b"e" * 5000)
+    manifest = controller_manifest(weights, MODEL)
+    push = to_push(manifest, listing(host))
+    assert push == ["extra.safetensors", shard]
+
+    # one file arrived damaged: nothing moves, the damaged one goes, the good one stays
+    stage_push(weights, host, manifest, push)
+    (host / f"{shard}{PARTIAL}").write_bytes(b"n" * 69999 + b"X")
+    failed = tool("commit", str(host))
+    assert failed.returncode == 1
+    assert f"weights file {shard} arrived with sha256" in failed.stdout
+    assert "the previous weights in" in failed.stdout and "are untouched" in failed.stdout
+    assert {k: v for k, v in snapshot(host).items() if PARTIAL not in k} == before
+    assert not (host / f"{shard}{PARTIAL}").exists()
+    assert (host / f"extra.safetensors{PARTIAL}").exists()  # complete: kept for the next run
+    # the next run pushes only what is missing (the complete partial is not pushed again)
+    assert to_push(manifest, listing(host)) == [shard]
+
+    stage_push(weights, host, manifest, [shard])
+    done = tool("commit", str(host))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (host / shard).read_bytes() == b"n" * 70000
+    assert (host / "extra.safetensors").read_bytes() == b"e" * 5000
+    assert json.loads((host / ".gpufleet" / "manifest.json").read_text()) == manifest
+    assert not list(host.rglob(f"*{PARTIAL}"))
+    assert tool("verify", str(host)).returncode == 0
+
+
+def test_a_hub_download_that_does_not_fit_writes_nothing(hub: str, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(HubStandIn.token)
+    HubStandIn.inflate = 10**18
+    dest = tmp_path / "dest"
+    short = tool("hub", str(dest), hub, "org/model", "0" * 40, str(token))
+    assert short.returncode == 1, short.stdout + short.stderr
+    every = sum(len(data) for data in HubStandIn.files.values())
+    assert needed_mark(short.stdout) == (2 * 10**18 + every, True)
+    assert "nothing was written" in short.stdout
+    assert not dest.exists()
+
+
+def test_a_hub_download_that_fills_the_disk_leaves_the_previous_weights(
+        hub: str, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text(HubStandIn.token)
+    dest = tmp_path / "dest"
+    assert tool("hub", str(dest), hub, "org/model", "0" * 40, str(token)).returncode == 0
+    before = snapshot(dest)
+    shard = "model-00002-of-00002.safetensors"
+    first = "model-00001-of-00002.safetensors"
+    HubStandIn.files = {**HubStandIn.files, first: b"1" * 65536, shard: b"2" * 65536}
+    # the first shard arrives; the second is written onto /dev/full (ENOSPC on every write)
+    (dest / f"{shard}{PARTIAL}").symlink_to("/dev/full")
+    full = tool("hub", str(dest), hub, "org/model", "0" * 40, str(token))
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "No space left on device" in full.stdout and needed_mark(full.stdout) == (
+        2 * 65536, False)
+    assert "the partial files were removed, the previous weights are untouched" in full.stdout
+    assert snapshot(dest) == before
+    assert not (dest / f"{first}{PARTIAL}").exists()
