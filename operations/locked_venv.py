@@ -21,6 +21,8 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, operation
 
 from facts.venv_state import MARKER_NAME, VERIFY_SCRIPT, PythonEnvState, WheelhouseFiles
+from operations.disk_space import guarded, space_checked
+from rules.disk_space import venv_need
 from rules.python_env_plan import InstallSource, summary
 from rules.render import render
 
@@ -64,6 +66,10 @@ def locked_venv(
     --no-deps --only-binary :all:`` and ignores the host's pip configuration. The old venv
     stays live until the new one imports and verifies; the one before it is removed.
 
+    Before writing anything, the filesystem of ``new`` must have room for it (rules.disk_space
+    .venv_need: the wheels' sizes with a wheelhouse, else the live venv's size); a disk that
+    fills anyway fails the host with the same kind of message, the half-built venv removed.
+
     **Example:**
 
     .. code:: python
@@ -86,27 +92,41 @@ def locked_venv(
     parent = str(PurePosixPath(path).parent)
     q = shlex.quote
 
-    yield StringCommand("mkdir", "-p", q(parent))
-
+    push: list[Path] = []
+    wheelhouse = None
     if source.wheels is not None:
         wheelhouse = source.host_wheelhouse
         if not wheelhouse:
             raise OperationValueError("a wheelhouse install needs host_wheelhouse")
-        yield StringCommand("mkdir", "-p", q(wheelhouse))
         # What an earlier (maybe interrupted) push left there; pip re-checks every hash.
         present = host.get_fact(WheelhouseFiles, path=wheelhouse)
-        for wheel in source.wheels:
-            if present.get(wheel.name) != wheel.stat().st_size:
-                yield FileUploadCommand(str(wheel), f"{wheelhouse}/{wheel.name}")
+        push = [wheel for wheel in source.wheels
+                if present.get(wheel.name) != wheel.stat().st_size]
+    # Nothing is written before the new venv (and the wheels to push) fit beside the live one.
+    need = venv_need(path, new, None if source.wheels is None else
+                     [wheel.stat().st_size for wheel in source.wheels],
+                     [wheel.stat().st_size for wheel in push])
+    yield space_checked(need)
+
+    yield StringCommand("mkdir", "-p", q(parent))
+    if source.wheels is not None and wheelhouse:
+        yield StringCommand("mkdir", "-p", q(wheelhouse))
+        for wheel in push:
+            # A wheel cut short by a full disk is removed (its size would not match anyway).
+            target = f"{wheelhouse}/{wheel.name}"
+            yield guarded(FileUploadCommand(str(wheel), target), need, f"rm -f {q(target)}")
 
     requirements = f"{new}.requirements.txt"
     marker_path = f"{new}.marker.json"
     verify_path = f"{new}.verify.py"
-    yield FileUploadCommand(str(lock_file), requirements)
-    yield FileUploadCommand(io.BytesIO(json.dumps(marker, sort_keys=True).encode()), marker_path)
-    yield FileUploadCommand(str(VERIFY_SCRIPT), verify_path)
+    cleanup = f"rm -f {q(requirements)} {q(marker_path)} {q(verify_path)}"
+    yield guarded(FileUploadCommand(str(lock_file), requirements), need, cleanup)
+    yield guarded(FileUploadCommand(io.BytesIO(json.dumps(marker, sort_keys=True).encode()),
+                                    marker_path), need, cleanup)
+    yield guarded(FileUploadCommand(str(VERIFY_SCRIPT), verify_path), need, cleanup)
 
-    yield StringCommand(render(TEMPLATE, **{
+    # The script removes the half-built venv itself when anything fails (a full disk too).
+    yield guarded(StringCommand(render(TEMPLATE, **{
         "path": q(path),
         "new": q(new),
         "requirements": q(requirements),
@@ -118,7 +138,7 @@ def locked_venv(
         "wheelhouse": q(source.host_wheelhouse or "") if source.wheels is not None else "",
         "lock_label": lock_label,
         "marker_name": MARKER_NAME,
-    }))
+    })), need)
 
 
 @operation(is_idempotent=False)
