@@ -1,0 +1,175 @@
+"""End-to-end: one replica across two simulated hosts (settings.multinode), on vLLM's Ray
+runtime as the stand-in engine plays it: the head starts Ray's head and waits for the other
+node to join over a real TCP connection between the two hosts, and serves only then.
+
+The two hosts are this module's own copies of the A100 host (2 GPUs each: tensor parallel 4
+across them), joined by a private Docker network of their own (their eth1: the inter-node
+interface, static addresses), besides the network they reach the repository on (eth0).
+
+One story, in order: the worker's inter-node interface is named otherwise (ens9) ->
+preflight refuses the replica on both hosts before anything changes -> with the name back,
+both converge and the head serves a completion once both joined -> a second run changes
+nothing -> the worker's unit stopped, the head stops serving and says which node it waits
+for; started again, the worker rejoins and the head serves again.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import stack_helpers as sh
+from tests.e2e.hosts import ok
+from tests.e2e.hosts import sh as run_on
+from tests.sim import simctl
+
+pytestmark = pytest.mark.sim
+
+HEAD = sh.copy_name("mnode0", "gpufleet-sim-a100x2")
+WORKER = sh.copy_name("mnode1", "gpufleet-sim-a100x2")
+# The inter-node network (the hosts' eth1). Docker numbers a container's interfaces by the
+# names of its networks when it starts again (a simulated host's reboot): this name sorts
+# after the simulator's own network (gpufleet-sim, eth0), so it stays eth1.
+NETWORK = "gpufleet-sim-mnode"
+SUBNET = "10.213.7.0/24"
+ADDRESS = {HEAD: "10.213.7.11", WORKER: "10.213.7.12"}
+MODEL = "deepseek-r1-distill-qwen-7b"
+HEAD_CONTAINER = "gpufleet-inference-engine-0"
+NODE_CONTAINER = "gpufleet-inference-ray-node"
+
+
+def connect(host: str) -> None:
+    subprocess.run(["docker", "network", "connect", "--ip", ADDRESS[host], NETWORK, host],
+                   check=True, capture_output=True)
+
+
+def rename_link(host: str, old: str, new: str) -> None:
+    """As a NIC named otherwise on one node (ens5f0 here, ens5f1 there); the address stays.
+    Taking the link down drops the routes Docker set on it (its default route may be one of
+    them): they are put back, under the new name."""
+    routes = ok(host, f"ip route show dev {old}").splitlines()
+    ok(host, f"ip link set dev {old} down && ip link set dev {old} name {new} && "
+             f"ip link set dev {new} up")
+    for route in routes:
+        ok(host, f"ip route replace {route.strip()} dev {new}")
+
+
+def fleet(tmp: Path) -> Path:
+    return sh.write_fleet(
+        tmp, [HEAD, WORKER], inference=True,
+        settings={h: {"multinode": {"address": ADDRESS[h]},
+                      "inference": {"bind": "127.0.0.1"}} for h in (HEAD, WORKER)},
+        extra_toml='[settings.multinode]\nnodes = 2\ninterface = "eth1"\n'
+                   "join_timeout_seconds = 180\n")
+
+
+def completion() -> dict[str, object]:
+    body = json.dumps({"model": MODEL, "max_tokens": 5, "temperature": 0.6, "top_p": 0.95,
+                       "messages": [{"role": "user", "content": "hi"}]})
+    out = ok(HEAD, f"curl -fsS -H 'Content-Type: application/json' -d '{body}' "
+                   "http://127.0.0.1:8000/v1/chat/completions")
+    answer: dict[str, object] = json.loads(out)
+    return answer
+
+
+def serving() -> bool:
+    return run_on(HEAD, "curl -fsS -o /dev/null --max-time 5 http://127.0.0.1:8000/health"
+                  ).returncode == 0
+
+
+def wait_for(condition: str, seconds: float, check: object) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(2)
+    pytest.fail(f"not {condition} within {seconds:.0f} s")
+
+
+def head_log(since: int | None = None) -> str:
+    """The head container's log, every run of it (or those since a time on the host)."""
+    after = f"--since {since} " if since is not None else ""
+    return run_on(HEAD, f"docker logs {after}{HEAD_CONTAINER} 2>&1").stdout
+
+
+@pytest.fixture(scope="module")
+def story(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    tmp = tmp_path_factory.mktemp("mnode")
+    sh.start_hosts([HEAD, WORKER], fresh=True)
+    subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True)
+    subprocess.run(["docker", "network", "create", "--subnet", SUBNET, NETWORK], check=True,
+                   capture_output=True)
+    for host in (HEAD, WORKER):
+        connect(host)
+    # The weights are pushed from the controller to each node (the rehearsal fleet's
+    # settings.weights): the same files at the same path on every node, as the engines need.
+    yield tmp
+    simctl.remove_hosts([HEAD, WORKER])  # the machine is left as it was found
+    subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True)
+
+
+def test_a_worker_without_the_interface_refuses_the_replica_before_anything_changes(
+        story: Path) -> None:
+    rename_link(WORKER, "eth1", "ens9")
+    try:
+        before = {h: sh.snapshot(h) for h in (HEAD, WORKER)}
+        run = sh.deploy(sh.REPO, fleet(story))
+        assert run.rc != 0
+        assert (f"[multinode-interface-missing] the inter-node interface eth1 does not exist "
+                f"on {WORKER}") in run.output, run.output[-6000:]
+        assert "found:    interfaces: ens9, eth0, lo" in run.output
+        assert (f"[multinode-node-refused] node {WORKER} of replica 0 of group pcie"
+                in run.output), run.output[-6000:]
+        assert {h: sh.snapshot(h) for h in (HEAD, WORKER)} == before
+    finally:
+        rename_link(WORKER, "ens9", "eth1")
+
+
+def test_both_converge_and_the_head_serves_once_both_joined(story: Path) -> None:
+    started = time.monotonic()
+    run = sh.deploy(sh.REPO, fleet(story))
+    (story / "converge.log").write_text(run.output)  # the whole of it, for a failure
+    assert run.rc == 0, f"{story / 'converge.log'}:\n{run.output[-8000:]}"
+    print(f"\ntwo bare hosts to a replica across them serving: {time.monotonic() - started:.1f} s")
+    # the worker's own check ran (and passed: the run's exit status): Ray lists it alive
+    assert f"Ensure this node joined the replica headed by {HEAD}" in run.output
+    log = head_log()
+    joined = log.index("all 2 nodes joined the Ray cluster at 10.213.7.11:6379")
+    # the server (the stand-in's startup lines) comes after the join, never before
+    assert "GPUs visible" not in log[:joined], log
+    status = ok(WORKER, f"docker exec {NODE_CONTAINER} ray status --address 10.213.7.11:6379")
+    assert ADDRESS[HEAD] in status and ADDRESS[WORKER] in status
+    # the engine is on the host's network, told which interface and address are inter-node
+    env = ok(WORKER, f"docker inspect --format '{{{{json .Config.Env}}}}' {NODE_CONTAINER}")
+    assert "NCCL_SOCKET_IFNAME=eth1" in env and f"VLLM_HOST_IP={ADDRESS[WORKER]}" in env
+    assert completion()["usage"]["completion_tokens"] == 5  # type: ignore[index]
+    # the API stays on the head's loopback
+    assert run_on(WORKER, f"curl -fsS --max-time 5 http://{ADDRESS[HEAD]}:8000/health"
+                  ).returncode != 0
+
+
+def test_a_second_run_changes_nothing(story: Path) -> None:
+    run = sh.deploy(sh.REPO, fleet(story))
+    assert run.rc == 0 and run.changed_ops == [], run.output[-6000:]
+
+
+def test_the_head_waits_for_a_stopped_worker_which_rejoins_when_started(story: Path) -> None:
+    restarts = int(ok(HEAD, f"docker inspect -f '{{{{.RestartCount}}}}' {HEAD_CONTAINER}"))
+    since = sh.host_clock(HEAD)
+    ok(WORKER, "systemctl stop gpufleet-inference")
+    # the head's server loses its worker node, exits, and Docker starts the head again: it
+    # waits for the node, naming it
+    waiting = f"waiting for {WORKER} ({ADDRESS[WORKER]}) to join"
+    wait_for("waiting for the worker", 120,
+             lambda: not serving() and waiting in head_log(since))
+    ok(WORKER, "systemctl start gpufleet-inference")
+    wait_for("serving again", 180, serving)
+    assert int(ok(HEAD, f"docker inspect -f '{{{{.RestartCount}}}}' {HEAD_CONTAINER}")) > restarts
+    status = ok(WORKER, f"docker exec {NODE_CONTAINER} ray status --address 10.213.7.11:6379")
+    assert ADDRESS[WORKER] in status
+    assert completion()["choices"]
