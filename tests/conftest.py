@@ -20,6 +20,7 @@ LONGEST_FIRST = (
     "tests/e2e/test_python_env.py",  # 4: the real torch lock on the HGX copy
     "tests/e2e/test_inference.py",
     "tests/e2e/test_gpu_host.py",  # 2.7
+    "tests/e2e/test_multinode.py",  # 1.8: two hosts, one replica across them
     "tests/e2e/test_nvidia_stack.py",
 )
 
