@@ -140,15 +140,31 @@ def cause_of(lines: Sequence[str], quiet: Sequence[str] = ()) -> Cause:
     cleaned = [clean(part) for line in lines for part in line.splitlines()]
     searched = cleaned + [clean(part) for line in quiet for part in line.splitlines()]
     for pattern, build in _KNOWN:
-        for line in searched:
+        for i, line in enumerate(searched):
             found = pattern.search(line)
             if found:
-                return build(found)
+                cause = build(found)
+                if build is _refused and i + 1 < len(searched) and searched[i + 1]:
+                    # the refusal's first reason follows it ("  [code] what")
+                    cause = Cause(f"preflight refused the host, nothing was changed: "
+                                  f"{_clip(searched[i + 1])}", cause.todo)
+                return cause
     specific = [line for line in cleaned if line and not _GENERIC.match(line)]
+    # A failed check's finding: its "ERROR [code] what" line, with what it found.
+    for i, line in enumerate(specific):
+        if line.startswith("ERROR ["):
+            seen = next((f.removeprefix("found:").strip() for f in specific[i + 1:i + 3]
+                         if f.startswith("found:")), "")
+            return Cause(_clip(line.removeprefix("ERROR ") + (f" ({seen})" if seen else "")),
+                         f"read the lines above for this host, fix what they name, {RERUN}")
     gpufleet = [line for line in specific if line.startswith("gpufleet:")]
     last = (gpufleet or specific or ["no error line was printed"])[-1]
     return Cause(last.removeprefix("gpufleet:").strip(),
                  f"read the lines above for this host, fix what they name, {RERUN}")
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def lost_before_any_step(lines: Sequence[str], quiet: Sequence[str] = ()) -> Cause:

@@ -154,3 +154,32 @@ def test_a_host_lost_at_the_probe_is_judged_by_the_lines_before_it_failed() -> N
     paused = lost_before_any_step(["[c] Error response from daemon: Container c is paused", *lines])
     assert paused.what == "the host did not answer: Error response from daemon: Container c is " \
                           "paused"
+
+
+def test_a_refusal_names_its_first_reason() -> None:
+    # deploys/preflight.py's refusal message, as pyinfra prints the failed step's lines
+    cause = cause_of([
+        "[@docker/a] preflight refused this host; nothing was changed:",
+        "[@docker/a]   [multinode-node-refused] node b of replica 0 of group r1 (a, b) cannot "
+        "take part: the replica is refused",
+        "[@docker/a] See the report above; settings.preflight.downgrade_errors accepts them.",
+    ])
+    assert cause.what == ("preflight refused the host, nothing was changed: "
+                          "[multinode-node-refused] node b of replica 0 of group r1 (a, b) "
+                          "cannot take part: the replica is refused")
+    assert "downgrade_errors" in cause.todo
+
+
+def test_a_failed_check_gives_its_finding_and_what_it_found() -> None:
+    # deploys/inference.py's engine check (rules.findings.refusal_message)
+    cause = cause_of([
+        "[@docker/a] deepseek-r1-distill-qwen-7b is not served:",
+        "[@docker/a]   ERROR [engine-not-serving] replica 0 (gpufleet-inference-engine-0, port "
+        "8000) does not serve deepseek-r1-distill-qwen-7b",
+        "[@docker/a]       found:    not healthy after 480 s (URLError: Connection refused)",
+        "[@docker/a]       fix:      docker logs gpufleet-inference-engine-0",
+        "[@docker/a] Error: executed 0 commands",
+    ])
+    assert cause.what == ("[engine-not-serving] replica 0 (gpufleet-inference-engine-0, port "
+                          "8000) does not serve deepseek-r1-distill-qwen-7b (not healthy after "
+                          "480 s (URLError: Connection refused))")
