@@ -39,6 +39,8 @@ def spec_from_data() -> HostSpec | str:
     """A spec from `--data key=value` (or defaults), or a message saying what is wrong."""
     values = {key: host.data.get(key) for key in DATA_KEYS if host.data.get(key) is not None}
     values.setdefault("weights_path", DEFAULT_WEIGHTS_PATH)
+    if host.data.get("nodes") is not None:  # size one replica over N hosts like this one
+        values["multinode"] = {"nodes": host.data.get("nodes")}
     try:
         # Values from --data are strings: the lax mode turns "8192" into a number here only.
         settings = Settings.model_validate(values, strict=False)

@@ -99,8 +99,9 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
             "disable MIG (`nvidia-smi -i <gpu> -mig 0`, then reset), or set tensor_parallel = 1",
         )]
     gpu_count, tp, pp = len(devices), settings.tensor_parallel, settings.pipeline_parallel
-    if spec.replica is not None:
-        # One replica over every node's GPUs (the nodes agree on gpus.count and model).
+    if settings.multinode.nodes > 1:
+        # One replica over every node's GPUs (the nodes agree on gpus.count and model; the
+        # doctor's `--data nodes=N` sizes N nodes like this one).
         layout = replica_layout(spec, len(devices))
         gpu_count, tp, pp = layout.total, layout.tp, layout.pp
     request = SizingRequest(
@@ -128,7 +129,7 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
                               "correct tensor_parallel / pipeline_parallel / context_length "
                               "in the fleet file")]
     across = (f" x pipeline parallel {result.pp} over {settings.multinode.nodes} nodes of "
-              f"{len(devices)} GPU(s)" if spec.replica is not None else "")
+              f"{len(devices)} GPU(s)" if settings.multinode.nodes > 1 else "")
     if result.fits:
         return result, [Finding(
             "info", "model-fits",
@@ -327,6 +328,8 @@ def _engine(spec: HostSpec, probe: HostProbe, gpus: list[GpuView], sizing: Sizin
             "disable MIG (`nvidia-smi -i <gpu> -mig 0`, then reset the GPU or reboot), or set "
             "settings.inference.enabled = false to provision without serving",
         )]
+    if settings.multinode.nodes > 1 and spec.replica is None:
+        return None, found  # the doctor sizing nodes it is not part of: nothing to serve here
     tp = sizing.tp if sizing else (settings.tensor_parallel or 1)
     # The concurrency the sizing checked the KV cache holds: stable from one run to the next
     # (the KV-derived maximum moves when nvidia-smi replaces the catalog's memory figure).

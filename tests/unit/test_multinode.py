@@ -179,6 +179,17 @@ def test_r1_fp8_needs_two_h100_nodes_and_fits_on_them(tmp_path: Path) -> None:
     assert args[-2:] == ["--distributed-executor-backend", "ray"]
 
 
+def test_the_doctor_sizes_nodes_like_this_one_without_a_fleet(tmp_path: Path) -> None:
+    # `pyinfra @local deploys/doctor.py --data nodes=2 ...`: no fleet file, no replica
+    path = tmp_path / "fleet.toml"
+    path.write_text(r1_fleet(1).replace("nodes = 1", "nodes = 2"))
+    spec = load_fleet(path).hosts[0]  # the doctor's spec: no fleet checks, no replica
+    assert spec.replica is None
+    assessment = assess(spec, bare_host())
+    assert "model-fits" in {f.code for f in assessment.findings}
+    assert assessment.sizing is not None and assessment.sizing.request.gpu_count == 16
+
+
 # --- what each node renders ----------------------------------------------------------------------
 def node_plans(tmp_path: Path, text: str) -> list[EnginePlan]:
     plans = []
