@@ -21,7 +21,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationValueError, StringCommand, operation
 
 from facts.venv_state import MARKER_NAME, VERIFY_SCRIPT, PythonEnvState, WheelhouseFiles
-from operations.disk_space import guarded, space_checked
+from operations.disk_guard import guarded, space_checked
 from rules.disk_space import venv_need
 from rules.python_env_plan import InstallSource, summary
 from rules.render import render

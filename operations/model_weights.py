@@ -25,7 +25,7 @@ from pyinfra.api.host import Host
 from facts._shell import quote
 from facts.weights_files import MANIFEST_DIR
 from operations.apt_pins import with_env_file
-from operations.disk_space import guarded, space_checked
+from operations.disk_guard import guarded, space_checked
 from operations.messages import tell
 from rules.checkpoint import PARTIAL, TOOL, manifest_path
 from rules.disk_space import SpaceNeed

@@ -2,7 +2,7 @@
 needs, what the filesystem that will hold it has free, and the one-line messages for a shortage
 found before writing and for a disk that filled anyway (ENOSPC) while writing.
 
-Pure: operations/disk_space.py runs ``free_space_script`` on the host at execution (never in
+Pure: operations/disk_guard.py runs ``free_space_script`` on the host at execution (never in
 the preview), parses it here, and fails the host with these messages; rules/faults.py turns them
 into the fault summary's cause and action.
 

@@ -14,7 +14,7 @@ import pytest
 from pyinfra.api import Config, FileUploadCommand, Inventory, State, StringCommand
 from pyinfra.api.host import Host
 
-from operations.disk_space import _check_space, _run_guarded
+from operations.disk_guard import _check_space, _run_guarded
 from rules.disk_space import (
     EMPTY_VENV_BYTES,
     FreeSpace,
@@ -70,7 +70,8 @@ def test_dfs_line_with_a_mount_point_holding_spaces() -> None:
     assert space == FreeSpace(folder="/mnt/my disk/m", device="/dev/sdb1", mount="/mnt/my disk",
                               free=600 * 1024, inodes_free=0)
     # btrfs has no inode limit (0 in every column): not "no free inodes"
-    assert parse_free_space("df=/dev/x 1 1 1 1% /\ndfi=/dev/x 0 0 0 - /\n").inodes_free is None
+    btrfs = parse_free_space("df=/dev/x 1 1 1 1% /\ndfi=/dev/x 0 0 0 - /\n")
+    assert btrfs is not None and btrfs.inodes_free is None
     assert parse_free_space("df: /srv: No such file or directory\n") is None
 
 
@@ -163,7 +164,7 @@ def local() -> Iterator[tuple[State, Host, list[str]]]:
         said.append(message)
         original(message, **kwargs)  # type: ignore[arg-type]
 
-    host.log_styled = log_styled  # type: ignore[method-assign]
+    host.log_styled = log_styled  # type: ignore[method-assign, assignment]
     yield state, host, said
 
 

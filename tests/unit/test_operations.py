@@ -144,9 +144,9 @@ def describe(command: Any) -> str:
     if isinstance(command, FileUploadCommand):
         return f"upload {command.src} -> {command.dest}"
     if isinstance(command, FunctionCommand) and command.function.__name__ == "_run_guarded":
-        return "guarded " + describe(command.args[0])  # operations.disk_space.guarded
+        return "guarded " + describe(command.args[0])  # operations.disk_guard.guarded
     if isinstance(command, FunctionCommand) and command.function.__name__ == "_check_space":
-        need = command.args[0]  # operations.disk_space.space_checked
+        need = command.args[0]  # operations.disk_guard.space_checked
         return f"space check: {need.need} bytes under {need.path} ({need.how})"
     if isinstance(command, FunctionCommand):
         return f"function {command.function.__name__}"
