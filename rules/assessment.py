@@ -210,7 +210,10 @@ def _storage(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None) -> 
                                       read_bytes_per_s)
     free = probe.weights_free_space.available_bytes
     if free is not None:
-        found += compat.check_free_space(free, weights, settings.free_space_margin)
+        # Weights already in place count as room: they are replaced file by file, and a
+        # converged host must not be refused for the space its own weights take.
+        present = sum(size for size, _ in probe.weights.files.values())
+        found += compat.check_free_space(free + present, weights, settings.free_space_margin)
     return found
 
 

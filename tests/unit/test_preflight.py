@@ -197,6 +197,17 @@ def test_free_space_short(tmp_path: Path) -> None:
     assert "disk-space-short" in codes(tmp_path, probe)
 
 
+def test_weights_already_in_place_count_as_room(tmp_path: Path) -> None:
+    # a converged host: the model's weights on the disk, a third of their size free besides
+    size = spec(tmp_path).model.weights_bytes
+    shards = {f"model-0000{i}-of-00002.safetensors": (size // 2, "1.0") for i in (1, 2)}
+    present = replace(bare_host().weights, files={"config.json": (700, "1.0"), **shards})
+    free = FreeSpaceResult("ok", "/srv/models/m", "/srv", size // 3)
+    assert "disk-space-short" not in codes(tmp_path, bare_host(weights=present,
+                                                               weights_free_space=free))
+    assert "disk-space-short" in codes(tmp_path, bare_host(weights_free_space=free))
+
+
 def test_blackwell_is_refused_for_torch_210(tmp_path: Path) -> None:
     probe = bare_host(gpus=smi("NVIDIA B200", 183359, (10, 0), count=8), pci=h100_pci(0, 0))
     assert "gpu-arch-unsupported-by-torch" in codes(tmp_path, probe)

@@ -7,7 +7,6 @@ controller: every one is read-only.
 from __future__ import annotations
 
 import json
-
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
