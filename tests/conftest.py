@@ -14,8 +14,8 @@ import pytest
 # End-to-end files, longest first (minutes on the 2-core machine, one worker each).
 LONGEST_FIRST = (
     "tests/e2e/test_rollout.py",  # 7.5: five hosts, two rollouts under load
+    "tests/e2e/test_faults.py",  # 6.5: locks, dpkg, lost hosts, reboots, mirror, disks
     "tests/e2e/test_fleet_state.py",  # 5: converge, drift, rebuild from bare
-    "tests/e2e/test_faults.py",  # 5: locks, dpkg, lost hosts, reboots, dead mirror
     "tests/e2e/test_monitoring.py",  # 4: monitoring host, gateway, canary
     "tests/e2e/test_python_env.py",  # 4: the real torch lock on the HGX copy
     "tests/e2e/test_inference.py",
