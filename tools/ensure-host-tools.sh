@@ -1,6 +1,6 @@
 #!/bin/sh
 # Make sure this controller has what the simulator needs: a running Docker engine,
-# debootstrap (to build the base image without a registry) and docker-compose.
+# debootstrap (to build the base image without a registry), docker-compose and ip.
 # On Debian/Ubuntu as root it installs and starts them; elsewhere it says what is missing.
 # It also raises the kernel's inotify instance limit, which many simulated hosts outgrow.
 set -eu
@@ -10,6 +10,8 @@ command -v docker >/dev/null 2>&1 || missing="$missing docker.io"
 command -v dockerd >/dev/null 2>&1 || missing="$missing docker.io"
 command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
+# ip: the unit tests run the probe's inter-node network reading on this machine
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
 missing=$(echo "$missing" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/^ *//; s/ *$//')
 
 if [ -n "$missing" ]; then
