@@ -36,6 +36,7 @@ from operations.model_weights import (
 from operations.services import service
 from rules.checkpoint import (
     controller_manifest,
+    hub_download_needed,
     render_manifest,
     same_weights,
     to_push,
@@ -92,7 +93,7 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
     elif cfg.source == "hub":
         assert cfg.hub_endpoint is not None and cfg.revision is not None
         checked = weights_check(listing, verify_all)
-        if listing.manifest is None or checked.corrupt:
+        if hub_download_needed(listing, spec.model.hub_repo, cfg.revision, checked):
             if cfg.token_file:
                 managed_file(name="Ensure the hub token is on the host (root-only)",
                              path=HUB_TOKEN_PATH,

@@ -84,6 +84,15 @@ def weights_check(listing: WeightsListing, full: bool) -> WeightsCheck:
     return WeightsCheck(False, tuple(sorted(changed)), tuple(corrupt))
 
 
+def hub_download_needed(listing: WeightsListing, repo: str, revision: str,
+                        check: WeightsCheck) -> bool:
+    """Hub weights: download when none are recorded, a file is damaged, or the recorded ones
+    are another repository or revision (templates/weights/weights_tool.py records
+    "hub REPO@REVISION" as the manifest's source). Pure."""
+    recorded = (listing.manifest or {}).get("source")
+    return listing.manifest is None or bool(check.corrupt) or recorded != f"hub {repo}@{revision}"
+
+
 # --- weights pushed from the controller ----------------------------------------------------------
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()

@@ -24,6 +24,7 @@ from rules.checkpoint import (
     TOOL,
     config_findings,
     controller_manifest,
+    hub_download_needed,
     render_manifest,
     same_weights,
     to_push,
@@ -289,3 +290,16 @@ def test_a_hub_download_that_fills_the_disk_leaves_the_previous_weights(
     assert "the partial files were removed, the previous weights are untouched" in full.stdout
     assert snapshot(dest) == before
     assert not (dest / f"{first}{PARTIAL}").exists()
+
+
+def test_a_new_hub_revision_is_downloaded() -> None:
+    repo, old, new = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "a" * 40, "b" * 40
+    files = {"config.json": {"size": 700, "sha256": "0" * 64}}
+    listing = WeightsListing("ok", files={"config.json": (700, "1.0")},
+                             manifest={"model": repo, "source": f"hub {repo}@{old}",
+                                       "files": files})
+    check = weights_check(listing, full=False)
+    assert not hub_download_needed(listing, repo, old, check)
+    assert hub_download_needed(listing, repo, new, check)  # the fleet moved the revision
+    assert hub_download_needed(WeightsListing("absent"), repo, old,
+                               weights_check(WeightsListing("absent"), full=False))
