@@ -293,6 +293,12 @@ def _gpu_devices(gpus: tuple[int, ...]) -> dict[str, Any]:
         "driver": "nvidia", "device_ids": [str(g) for g in gpus], "capabilities": ["gpu"]}]}}}
 
 
+def runs_server(plan: EnginePlan) -> bool:
+    """Across hosts, SGLang runs its server on every node (rank 0 serves HTTP); vLLM only on
+    the head, the other nodes being Ray workers."""
+    return plan.engine == "sglang" or plan.serves_api
+
+
 def node_service(plan: EnginePlan) -> dict[str, Any]:
     """A node of a replica spanning hosts: on the host's network (the engines' runtimes open
     ports of their own between the nodes), told which interface and address are the
@@ -325,7 +331,7 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
         service["devices"] = ["/dev/infiniband:/dev/infiniband"]
         service["cap_add"] = ["IPC_LOCK"]  # RDMA registers (pins) memory
     health_url = f"http://{plan.query_address}:{replica.port}{HEALTH_PATH[plan.engine]}"
-    if plan.engine == "sglang" or span.is_head:
+    if runs_server(plan):
         service["container_name"] = replica.container
         server = [*ENTRYPOINT[plan.engine], *engine_args(plan)]
         if plan.engine == "vllm":
@@ -360,46 +366,41 @@ def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> 
     """The Compose file as data: one service per replica, each on its own GPUs and port, and
     the DCGM exporter when the fleet is monitored."""
     port = ENGINE_PORT[plan.engine]
-    health = (f"import urllib.request; urllib.request.urlopen("
-              f"'http://127.0.0.1:{port}{HEALTH_PATH[plan.engine]}', timeout=5)")
     services: dict[str, Any] = {}
     if plan.span is not None:
-        name = plan.replicas[0].service if plan.serves_api or plan.engine == "sglang" \
-            else NODE_SERVICE
+        name = plan.replicas[0].service if runs_server(plan) else NODE_SERVICE
         services[name] = node_service(plan)
-    for replica in plan.replicas if plan.span is None else ():
-        service: dict[str, Any] = {
-            "image": plan.image,
-            "container_name": replica.container,
-            "entrypoint": ENTRYPOINT[plan.engine],
-            "command": engine_args(plan),
-            "ports": [_port_binding(plan.bind, replica.port, port)],
-            "volumes": [f"{plan.model_dir}:{plan.mount}:ro"],
-            # The engine never reaches a hub: the weights are all there, verified.
-            "environment": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
-            # Tensor parallel workers share tensors through /dev/shm.
-            "ipc": "host",
-            "restart": "unless-stopped",
-            "healthcheck": {
-                "test": ["CMD", "python3", "-c", health],
-                "interval": "30s", "timeout": "10s", "retries": 3,
-                "start_period": f"{plan.start_seconds}s",
-            },
-            "deploy": {"resources": {"reservations": {"devices": [{
-                "driver": "nvidia", "device_ids": [str(g) for g in replica.gpus],
-                "capabilities": ["gpu"],
-            }]}}},
-            "labels": {
-                "org.gpufleet.model": plan.model_id,
-                "org.gpufleet.replica": str(replica.index),
-                "org.gpufleet.gpus": ",".join(str(g) for g in replica.gpus),
-            },
-        }
-        if plan.ulimits:
-            service["ulimits"] = dict(plan.ulimits)
-        if plan.api_key:
-            service["env_file"] = [API_KEY_PATH]
-        services[replica.service] = service
+    else:
+        for replica in plan.replicas:
+            service: dict[str, Any] = {
+                "image": plan.image,
+                "container_name": replica.container,
+                "entrypoint": ENTRYPOINT[plan.engine],
+                "command": engine_args(plan),
+                "ports": [_port_binding(plan.bind, replica.port, port)],
+                "volumes": [f"{plan.model_dir}:{plan.mount}:ro"],
+                # The engine never reaches a hub: the weights are all there, verified.
+                "environment": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+                # Tensor parallel workers share tensors through /dev/shm.
+                "ipc": "host",
+                "restart": "unless-stopped",
+                "healthcheck": {
+                    "test": _health_test(f"http://127.0.0.1:{port}{HEALTH_PATH[plan.engine]}"),
+                    "interval": "30s", "timeout": "10s", "retries": 3,
+                    "start_period": f"{plan.start_seconds}s",
+                },
+                "deploy": _gpu_devices(replica.gpus),
+                "labels": {
+                    "org.gpufleet.model": plan.model_id,
+                    "org.gpufleet.replica": str(replica.index),
+                    "org.gpufleet.gpus": ",".join(str(g) for g in replica.gpus),
+                },
+            }
+            if plan.ulimits:
+                service["ulimits"] = dict(plan.ulimits)
+            if plan.api_key:
+                service["env_file"] = [API_KEY_PATH]
+            services[replica.service] = service
     if exporter is not None:
         services[exporter.service] = {
             "image": exporter.image,
