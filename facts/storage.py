@@ -364,6 +364,7 @@ class FreeSpaceResult:
     available_bytes: int | None = None
     total_bytes: int | None = None
     mount_point: str | None = None
+    device: str | None = None  # df's Filesystem column: /dev/nvme0n1p2, tmpfs, overlay
     reason: str = ""
     raw: str = ""
 
@@ -397,6 +398,7 @@ def parse_df(text: str, exit_code: int | None = None) -> FreeSpaceResult:
             available_bytes=int(fields[pct - 1]) * unit,
             total_bytes=int(fields[pct - 3]) * unit,
             mount_point=" ".join(fields[pct + 1 :]) or None,
+            device=" ".join(fields[: pct - 3]) or None,
             raw=raw,
         )
     except Exception as exc:

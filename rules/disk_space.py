@@ -20,6 +20,8 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from facts import storage
+
 # The second sentence of both messages; rules/faults.py reads the setting from it.
 TODO = "Free space there, or set {setting} to a filesystem with room"
 # A command that finds the space it needs only as it runs (a hub download: the sizes come with
@@ -102,16 +104,14 @@ class FreeSpace:
 
 
 def free_space_script(need: SpaceNeed) -> str:
-    """A POSIX shell script (df, du, stat: coreutils) printing what ``parse_free_space`` reads.
-    It only reads."""
+    """A POSIX shell script printing what ``parse_free_space`` reads: the probe's df of the
+    path's nearest existing folder (facts.storage), then the inodes there, the partial files
+    and the live venv's size (df, du, stat: coreutils). It only reads."""
     q = shlex.quote
     lines = [
         "LC_ALL=C; export LC_ALL",
-        f"p={q(need.path)}",
-        'while [ ! -d "$p" ] && [ "$p" != / ]; do p=$(dirname "$p"); done',
-        'echo "folder=$p"',
-        'df -Pk "$p" | tail -n 1 | sed "s/^/df=/"',
-        'df -Pi "$p" 2>/dev/null | tail -n 1 | sed "s/^/dfi=/"',
+        storage.free_space_script(need.path),  # sets $r, the nearest existing folder
+        'df -Pi "$r" 2>/dev/null | tail -n 1 | sed "s/^/dfi=/"',
     ]
     for partial in need.partials:
         lines.append(f"[ -f {q(partial)} ] && stat -c 'partial=%s' {q(partial)}")
@@ -124,29 +124,25 @@ def free_space_script(need: SpaceNeed) -> str:
 
 def parse_free_space(text: str) -> FreeSpace | None:
     """``free_space_script``'s output; None when df printed nothing usable."""
-    folder, df, dfi = "", None, None
-    partial, live = 0, None
+    df = storage.parse_df(text)
+    if df.available_bytes is None or df.device is None or df.mount_point is None:
+        return None
+    dfi, partial, live = None, 0, None
     for line in text.splitlines():
         key, _, value = line.partition("=")
-        if key == "folder":
-            folder = value.strip()
-        elif key == "df":
-            df = value.split()
-        elif key == "dfi":
+        if key == "dfi":
             dfi = value.split()
         elif key == "partial" and value.strip().isdigit():
             partial += int(value)
         elif key == "live" and value.split()[:1] and value.split()[0].isdigit():
             live = int(value.split()[0]) * 1024
-    # Filesystem 1024-blocks Used Available Capacity Mounted-on (the mount may hold spaces)
-    if not df or len(df) < 6 or not df[3].isdigit():
-        return None
+    # Filesystem Inodes IUsed IFree IUse% Mounted-on
     inodes = None
     if dfi and len(dfi) >= 6 and dfi[1].isdigit() and dfi[3].isdigit() and int(dfi[1]) > 0:
         inodes = int(dfi[3])
-    return FreeSpace(folder=folder or df[5], device=df[0], mount=" ".join(df[5:]),
-                     free=int(df[3]) * 1024, inodes_free=inodes, partial_bytes=partial,
-                     live_bytes=live)
+    return FreeSpace(folder=df.resolved_path or df.mount_point, device=df.device,
+                     mount=df.mount_point, free=df.available_bytes, inodes_free=inodes,
+                     partial_bytes=partial, live_bytes=live)
 
 
 def needed(need: SpaceNeed, space: FreeSpace) -> tuple[int, str]:

@@ -64,13 +64,15 @@ def test_the_script_reads_the_nearest_existing_folder_partials_and_the_live_venv
 
 
 def test_dfs_line_with_a_mount_point_holding_spaces() -> None:
-    space = parse_free_space("folder=/mnt/my disk/m\n"
-                             "df=/dev/sdb1 1000 400 600 40% /mnt/my disk\n"
+    space = parse_free_space("requested=/mnt/my disk/m/new\nresolved=/mnt/my disk/m\n"
+                             "Filesystem     1024-blocks  Used Available Capacity Mounted on\n"
+                             "/dev/sdb1 1000 400 600 40% /mnt/my disk\n"
                              "dfi=/dev/sdb1 64 10 0 100% /mnt/my disk\n")
     assert space == FreeSpace(folder="/mnt/my disk/m", device="/dev/sdb1", mount="/mnt/my disk",
                               free=600 * 1024, inodes_free=0)
     # btrfs has no inode limit (0 in every column): not "no free inodes"
-    btrfs = parse_free_space("df=/dev/x 1 1 1 1% /\ndfi=/dev/x 0 0 0 - /\n")
+    btrfs = parse_free_space("resolved=/\nFilesystem 1024-blocks Used Available Capacity "
+                             "Mounted on\n/dev/x 1 1 1 1% /\ndfi=/dev/x 0 0 0 - /\n")
     assert btrfs is not None and btrfs.inodes_free is None
     assert parse_free_space("df: /srv: No such file or directory\n") is None
 
