@@ -1,10 +1,10 @@
-"""``NodeNetwork``: what one node of a replica spanning hosts sees of the network between them.
+"""What one node of a replica spanning hosts sees of the network between them.
 
-Read by the probe (one section, no extra command) on the hosts of settings.multinode: the
-inter-node interface and its IPv4 addresses, and on a worker the route to the head and a TCP
-connect to the head's rendezvous port (refused is fine: nothing listens there before the head
-runs; a timeout is a firewall or a wrong address), and /dev/infiniband when InfiniBand is
-configured. Read-only: the connect sends no byte.
+A section of the probe (facts.probe: no command of its own) on the hosts of
+settings.multinode: the inter-node interface and its IPv4 addresses; on a worker, the route to
+the head and a TCP connect to the head's rendezvous port (refused is fine: nothing listens
+there before the head runs; a timeout is a firewall or a wrong address); /dev/infiniband when
+InfiniBand is configured. Read-only: the connect sends no byte.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-
-from pyinfra.api import FactBase
 
 from facts._shell import quote
 
@@ -124,22 +122,3 @@ def parse_node_network(text: str, exit_code: int | None) -> NodeNetworkResult:
     return NodeNetworkResult(interface_exists=exists, addresses=addresses,
                              interfaces=interfaces, route_device=route_device, head=head,
                              infiniband=infiniband, raw=raw)
-
-
-class NodeNetwork(FactBase[NodeNetworkResult]):
-    """The inter-node network as one node sees it (the probe carries the same section).
-
-    + spec: JSON {"interface": "eth1", "head": "10.0.0.1" or null, "port": 6379,
-      "infiniband": false}
-
-    .. code:: python
-
-        NodeNetworkResult(interface_exists=True, addresses=("10.0.0.2",),
-                          route_device="eth1", head="refused", infiniband=None)
-    """
-
-    def command(self, spec: str) -> str:
-        return node_network_script(spec)
-
-    def process(self, output: list[str]) -> NodeNetworkResult:
-        return parse_node_network("\n".join(output), 0)
