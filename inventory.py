@@ -13,16 +13,28 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from inventory.fleet import Fleet, FleetError, fleet_path_from_env, load_fleet
+from inventory.fleet import (
+    Fleet,
+    FleetError,
+    fleet_path_from_env,
+    load_fleet,
+    unedited_example_problem,
+)
 from rules.fleet_checks import fleet_problems
 
 
 def _load(path: Path | None = None) -> Fleet:
-    """The validated fleet; on any problem, print one line each and exit 2."""
+    """The validated fleet; on any problem, print one line each and exit 2. A fleet of
+    documentation addresses (the shipped example, unedited) is refused too: the command on the
+    design card must never reach a machine nobody named."""
     try:
-        return load_fleet(path or fleet_path_from_env(), checks=fleet_problems)
+        fleet = load_fleet(path or fleet_path_from_env(), checks=fleet_problems)
     except FleetError as error:
         _report(error)
+    example = unedited_example_problem(fleet)
+    if example:
+        _report(FleetError([example]))
+    return fleet
 
 
 def _report(error: FleetError) -> NoReturn:

@@ -196,6 +196,42 @@ class Fleet:
         return groups
 
 
+# Reserved for documentation: RFC 5737 and RFC 3849 addresses, RFC 2606 names. No real machine
+# has them, so a run whose hosts are all of this kind is an example that nobody edited.
+_DOCUMENTATION_NETWORKS = tuple(ipaddress.ip_network(net) for net in (
+    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
+_DOCUMENTATION_DOMAINS = ("example", "example.com", "example.net", "example.org", "invalid")
+
+
+def is_documentation_target(target: str) -> bool:
+    """True for an address or name reserved for examples: it can never be a real host."""
+    if target.startswith("@"):
+        return False
+    try:
+        address = ipaddress.ip_address(target)
+    except ValueError:
+        name = target.lower().rstrip(".")
+        return any(name == domain or name.endswith("." + domain)
+                   for domain in _DOCUMENTATION_DOMAINS)
+    return any(address in network for network in _DOCUMENTATION_NETWORKS)
+
+
+def unedited_example_problem(fleet: Fleet) -> str | None:
+    """One line when the fleet's hosts are documentation targets: nothing would answer, and a
+    half-edited example must not go on to reach the hosts that were edited."""
+    examples = [spec for spec in fleet.hosts if is_documentation_target(spec.target)]
+    if not examples:
+        return None
+    shown = ", ".join(f"{spec.name} ({spec.target})" for spec in examples[:4])
+    more = f" and {len(examples) - 4} more" if len(examples) > 4 else ""
+    what = ("is the unedited example: its hosts" if len(examples) == len(fleet.hosts)
+            else "still has example hosts:")
+    return (f"{fleet.source} {what} {shown}{more} have documentation addresses that no real "
+            "machine has, so no host was contacted. To try gpufleet, run `make rehearse` (the "
+            "simulated fleet); for real servers, copy the example, set each target, and run "
+            f"with {FLEET_ENV}=your-fleet.toml")
+
+
 def pyinfra_host_name(spec: HostSpec) -> str:
     # Connectors (@docker/NAME, @local) are how pyinfra picks them; SSH hosts keep the fleet's
     # name in output and connect to ssh_hostname.

@@ -22,6 +22,7 @@ from inventory.fleet import (
     HostSpec,
     Problem,
     fleet_path_from_env,
+    is_documentation_target,
     load_fleet,
     pyinfra_host_data,
     pyinfra_host_name,
@@ -991,11 +992,54 @@ def run_inventory(
                           capture_output=True, text=True, timeout=60)
 
 
-def test_script_validates_the_default_fleet(tmp_path: Path) -> None:
+def test_script_refuses_the_unedited_example_and_says_how_to_start(tmp_path: Path) -> None:
+    """With no fleet named, the shipped example is read: its documentation addresses are
+    refused in one line that points at the simulated fleet, before anything is contacted."""
     result = run_inventory(tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ("gpufleet: inventory/fleet.toml is valid: 2 group(s), 3 host(s) "
-                             "(no host was contacted)\n")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "the fleet file has 1 problem(s); no host was contacted:" in result.stderr
+    assert ("inventory/fleet.toml is the unedited example: its hosts gpu-01 (gpu-01.example), "
+            "gpu-02 (192.0.2.12), ws-01 (ws-01.example) have documentation addresses"
+            in result.stderr)
+    assert "run `make rehearse`" in result.stderr and "GPUFLEET_FLEET=" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_half_edited_example_is_refused_naming_the_example_hosts(tmp_path: Path) -> None:
+    text = (REPO / "inventory" / "fleet.toml").read_text()
+    edited = text.replace('target = "gpu-01.example"', 'target = "10.1.2.3"')
+    assert edited != text
+    result = run_inventory(tmp_path, fleet=write(tmp_path, edited))
+    assert result.returncode == 2
+    assert "still has example hosts: gpu-02 (192.0.2.12), ws-01 (ws-01.example)" in result.stderr
+    assert "gpu-01" not in result.stderr
+
+
+@pytest.mark.parametrize("target, documentation", [
+    ("192.0.2.1", True), ("198.51.100.7", True), ("203.0.113.255", True), ("2001:db8::1", True),
+    ("gpu.example", True), ("GPU.Example.COM.", True), ("h.example.org", True), ("x.invalid", True),
+    ("10.0.40.12", False), ("192.0.3.1", False), ("example.internal", False),
+    ("myexample.com", False), ("gpu-01.corp.local", False), ("@docker/sim-1", False),
+])
+def test_documentation_targets(target: str, documentation: bool) -> None:
+    assert is_documentation_target(target) is documentation
+
+
+def test_pyinfra_with_no_fleet_named_contacts_nothing() -> None:
+    """The design card's command on a fresh clone: refused while loading the inventory."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("pyinfra")), "inventory.py", "deploys/gpu_host.py"],
+        cwd=REPO, env={"PATH": "/usr/bin:/bin"}, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "is the unedited example" in result.stderr
+    assert "Connecting" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_script_validates_a_named_fleet(tmp_path: Path) -> None:
     other = write(tmp_path, GOOD)
     named = run_inventory(tmp_path, str(other))
     assert named.returncode == 0, named.stderr
@@ -1027,10 +1071,16 @@ def test_script_usage(tmp_path: Path) -> None:
     assert empty.returncode == 2 and "the fleet file argument is empty" in empty.stderr
 
 
-def test_pyinfra_still_gets_the_groups_as_module_globals(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pyinfra_still_gets_the_groups_as_module_globals(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """pyinfra executes inventory.py with its own globals (no __name__ of "__main__")."""
     monkeypatch.chdir(REPO)
-    monkeypatch.delenv(FLEET_ENV, raising=False)
+    text = (REPO / "inventory" / "fleet.toml").read_text()
+    for example, edited in [("gpu-01.example", "gpu-01.corp.local"),
+                            ("192.0.2.12", "10.0.40.12"), ("ws-01.example", "ws-01.corp.local")]:
+        text = text.replace(f'target = "{example}"', f'target = "{edited}"')
+    monkeypatch.setenv(FLEET_ENV, str(write(tmp_path, text)))
     namespace: dict[str, object] = {"__file__": str(REPO / "inventory.py")}
     exec(compile((REPO / "inventory.py").read_text(), "inventory.py", "exec"), namespace)
     groups = {key: value for key, value in namespace.items()
