@@ -24,6 +24,7 @@ from deploys.preflight import read_host
 from deploys.spec import host_spec
 from facts.host_state import host_state
 from facts.weights_files import WeightsListing
+from inventory.controller_files import write_atomically
 from operations.checks import refuse_host
 from rules.manifest import (
     MANIFEST_PATH,
@@ -42,8 +43,7 @@ logger = logging.getLogger("gpufleet")
 def report(results: dict[str, list[Drift]], path: Path) -> None:
     """At exit: the fleet's table, and the JSON beside the host manifests."""
     print("\n--> Drift audit\n" + render_audit_table(results))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(audit_json(results))
+    write_atomically(path, audit_json(results))
     print(f"    (JSON: {path})")
 
 

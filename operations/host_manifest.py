@@ -10,6 +10,7 @@ from pyinfra import host
 from pyinfra.api import operation
 
 from facts.host_state import host_state
+from inventory.controller_files import write_atomically
 from operations.desired import desired
 from operations.host_files import write_file_command
 from rules.manifest import MANIFEST_PATH, comparable, parse_manifest, render_manifest
@@ -69,5 +70,4 @@ def _keep_copy(path: str, content: str) -> None:
     target = Path(path)
     if target.exists() and target.read_text() == content:
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(content)
+    write_atomically(target, content)

@@ -8,6 +8,7 @@ the model: checked against the catalog before anything starts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 from facts.weights_files import MANIFEST_DIR, MANIFEST_NAME, WeightsListing
 from inventory.catalog import ModelSpec
+from inventory.controller_files import write_atomically
 from rules.findings import Finding
 
 TOOL = Path(__file__).resolve().parent.parent / "templates" / "weights" / "weights_tool.py"
@@ -126,11 +128,9 @@ def controller_manifest(folder: Path, model_id: str) -> dict[str, Any]:
         files[name] = {"size": stat.st_size, "sha256": digest}
         fresh[name] = {"key": key, "sha256": digest}
     if fresh != cache:
-        try:
-            cache_path.parent.mkdir(exist_ok=True)
-            cache_path.write_text(json.dumps(fresh))
-        except OSError:
-            pass  # a read-only folder: hashed again next time, nothing lost
+        # A read-only folder: hashed again next time, nothing lost.
+        with contextlib.suppress(OSError):
+            write_atomically(cache_path, json.dumps(fresh))
     return {"model": model_id, "source": f"controller {folder}", "files": files}
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from inventory.controller_files import write_atomically  # noqa: E402
 from inventory.pins import PINS_FILE, PythonPins, load_pins  # noqa: E402
 from inventory.python_locks import (  # noqa: E402
     LOCK_TARGETS,
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as scratch:
             work = Path(scratch) / lock
             shutil.copytree(folder, work)
-            (work / "pinned.in").write_text(pinned_in(pins))
+            write_atomically(work / "pinned.in", pinned_in(pins))
             for machine in LOCK_TARGETS:
                 for python in LOCK_PYTHONS:
                     name = lock_file_name(python, machine)
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.check:
                     print(f"{lock}/{generated}: out of date", file=sys.stderr)
                 else:
-                    old_path.write_text(new)
+                    write_atomically(old_path, new)
                     print(f"{lock}/{generated}: written")
     return 1 if (stale and args.check) else 0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from inventory.controller_files import write_atomically  # noqa: E402
 from inventory.pins import PINS_FILE, load_pins  # noqa: E402
 
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         text = set_digest(text, pin_set, table, digest)
         print(f"{pin_set} {name}: {image} -> {digest}")
-    PINS_FILE.write_text(text)
+    write_atomically(PINS_FILE, text)
     return 1 if failed else 0
 
 

@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 sys.path.insert(0, str(REPO))
 
+from inventory.controller_files import write_atomically  # noqa: E402
 from inventory.pins import PINS_FILE, load_pins  # noqa: E402
 from inventory.python_locks import (  # noqa: E402
     LOCKS_DIR,
@@ -87,7 +88,8 @@ def fetch(lock: LockFile, root: Path, index_url: str | None = None) -> tuple[Pat
         del files[name]
     manifest = {"lock": lock.lock, "file": lock.path.name, "digest": lock.digest,
                 "files": files}
-    (folder / WHEELHOUSE_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    write_atomically(folder / WHEELHOUSE_MANIFEST,
+                     json.dumps(manifest, indent=1, sort_keys=True))
     wheelhouse_wheels(lock, root)  # raises when a package has no wheel
     downloaded = sum(
         p.stat().st_size for p in folder.glob("*.whl") if before.get(p.name) != p.stat().st_size
