@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -36,9 +37,22 @@ from tests.sim.weights import config_json, write_weights
 MODEL = "deepseek-r1-distill-qwen-1.5b"
 
 
-def tool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-", *args], input=TOOL.read_text(),
+def tool(*args: str, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-", *args], input=prelude + TOOL.read_text(),
                           capture_output=True, text=True, timeout=120)
+
+
+def full_disk_for(name: str) -> str:
+    """A prelude to the tool (fault injection): writing NAME's partial file writes /dev/full,
+    so every write fails with ENOSPC, as on a full disk."""
+    return f"""import os as _os
+_open = _os.open
+def _full(path, flags, *rest):
+    if str(path).endswith({name + PARTIAL!r}) and flags & _os.O_WRONLY:
+        return _open("/dev/full", _os.O_WRONLY)
+    return _open(path, flags, *rest)
+_os.open = _full
+"""
 
 
 def listing(folder: Path) -> WeightsListing:
@@ -115,48 +129,95 @@ def test_the_controller_manifest_and_what_to_push(weights: Path, tmp_path: Path)
         "model.safetensors.index.json", "tokenizer.json"]
 
 
+def blob_id(data: bytes) -> str:
+    """A file's git blob id, as a hub lists it for files kept outside LFS."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
 class HubStandIn(http.server.BaseHTTPRequestHandler):
-    """TEST STAND-IN for a model hub's API (file listing with LFS sha256, and downloads with
-    HTTP ranges), on loopback only."""
+    """TEST STAND-IN for a model hub's API, on loopback only: the file listing (LFS files with
+    their sha256, the rest with their git blob id; `page` entries a page, with Link rel=next as
+    the hub paginates), and downloads with HTTP ranges. With `cdn` set, LFS files are redirected
+    there, as the hub sends them to its CDN; the CDN answers without a token and notes any it
+    was sent. It never accepts more than a hub: a request without the token gets 401."""
 
     files: ClassVar[dict[str, bytes]] = {}
     token = "hf_test_token"
     inflate: ClassVar[int] = 0  # added to the sizes the listing claims for the shards
+    page: ClassVar[int] = 1000
+    extra: ClassVar[list[dict[str, object]]] = []  # entries listed as they are
+    served: ClassVar[dict[str, bytes]] = {}  # name -> other bytes than the listing's
+    cdn: ClassVar[str] = ""
+    cdn_address: ClassVar[str] = ""  # the second stand-in server, another port: another host
+    tokens_seen_by_cdn: ClassVar[list[str]] = []
 
     def log_message(self, *args: object) -> None:
         pass
 
+    def entries(self) -> list[dict[str, object]]:
+        listed: list[dict[str, object]] = []
+        for name, data in self.files.items():
+            if name.endswith(".safetensors"):
+                size = len(data) + self.inflate
+                listed.append({"type": "file", "path": name, "size": size, "oid": "f" * 40,
+                               "lfs": {"oid": hashlib.sha256(data).hexdigest(), "size": size,
+                                       "pointerSize": 134}})
+            else:
+                listed.append({"type": "file", "path": name, "size": len(data),
+                               "oid": blob_id(data)})
+        return [{"type": "directory", "path": "d", "oid": "e" * 40}, *listed, *self.extra]
+
+    def send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_GET(self) -> None:
+        if self.path.startswith("/cdn/"):
+            if self.headers.get("Authorization"):
+                self.tokens_seen_by_cdn.append(self.headers["Authorization"])
+            self.body(urllib.parse.unquote(self.path[5:]))
+            return
         if self.headers.get("Authorization") != f"Bearer {self.token}":
             self.send_error(401)
             return
         if "/api/models/org/model/tree/" in self.path:
-            body = json.dumps([{"type": "file", "path": name, "size": len(data) + (
-                                    self.inflate if name.endswith(".safetensors") else 0),
-                                **({"lfs": {"oid": hashlib.sha256(data).hexdigest()}}
-                                   if name.endswith(".safetensors") else {})}
-                               for name, data in self.files.items()]).encode()
-            self.send_response(200)
-        else:
-            name = self.path.split("/resolve/", 1)[1].split("/", 1)[1]
-            body = self.files[name]
-            start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
-            self.send_response(206 if start else 200)
-            body = body[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            start = int(query.get("cursor", ["0"])[0])
+            entries = self.entries()
+            headers = {}
+            if start + self.page < len(entries):
+                following = f"{self.path.split('?')[0]}?recursive=true&cursor={start + self.page}"
+                headers["Link"] = f'<{following}>; rel="next"'
+            self.send(200, json.dumps(entries[start:start + self.page]).encode(), headers)
+            return
+        name = urllib.parse.unquote(self.path.split("/resolve/", 1)[1].split("/", 1)[1])
+        if self.cdn and name.endswith(".safetensors"):
+            self.send(302, b"", {"Location": f"{self.cdn}/cdn/{urllib.parse.quote(name)}"})
+            return
+        self.body(name)
+
+    def body(self, name: str) -> None:
+        body = self.served.get(name, self.files.get(name, b"hostile"))
+        start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-") or 0)
+        self.send(206 if start else 200, body[start:])
 
 
 @pytest.fixture
 def hub(weights: Path) -> Iterator[str]:
     HubStandIn.files = {p.name: p.read_bytes() for p in weights.iterdir() if p.is_file()}
-    HubStandIn.inflate = 0
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubStandIn)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    HubStandIn.inflate, HubStandIn.page, HubStandIn.cdn = 0, 1000, ""
+    HubStandIn.extra, HubStandIn.served, HubStandIn.tokens_seen_by_cdn = [], {}, []
+    servers = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubStandIn) for _ in (1, 2)]
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    HubStandIn.cdn_address = f"http://127.0.0.1:{servers[1].server_address[1]}"
+    yield f"http://127.0.0.1:{servers[0].server_address[1]}"
+    for server in servers:
+        server.shutdown()
 
 
 def test_a_hub_download_resumes_checks_hashes_and_records(hub: str, tmp_path: Path) -> None:
@@ -282,8 +343,8 @@ def test_a_hub_download_that_fills_the_disk_leaves_the_previous_weights(
     first = "model-00001-of-00002.safetensors"
     HubStandIn.files = {**HubStandIn.files, first: b"1" * 65536, shard: b"2" * 65536}
     # the first shard arrives; the second is written onto /dev/full (ENOSPC on every write)
-    (dest / f"{shard}{PARTIAL}").symlink_to("/dev/full")
-    full = tool("hub", str(dest), hub, "org/model", "0" * 40, str(token))
+    full = tool("hub", str(dest), hub, "org/model", "0" * 40, str(token),
+                prelude=full_disk_for(shard))
     assert full.returncode == 1, full.stdout + full.stderr
     assert "No space left on device" in full.stdout and needed_mark(full.stdout) == (
         2 * 65536, False)
