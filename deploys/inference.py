@@ -79,7 +79,9 @@ def _refused(folder: str, checked: WeightsCheck) -> bool:
             name="Refuse: the weights folder holds files no manifest vouches for (the engine "
                  "was not restarted)",
             message=f"the weights folder {folder} holds:\n  " + "\n  ".join(checked.refused)
-                    + "\nremove them (or point weights_path at a folder of the model's files)",
+                    + "\nremove them, or point weights_path at a folder of the model's files "
+                      "(weights that are there on purpose: delete the folder's "
+                      ".gpufleet/manifest.json to record it again)",
         )
     return bool(checked.refused)
 

@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import pytest
 
+from facts.storage import read_speed_script
 from facts.weights_files import WeightsListing, parse_weights, weights_script
 from inventory.catalog import find_model
 from rules.checkpoint import (
@@ -534,6 +535,17 @@ def test_a_hub_cache_snapshot_is_refused_on_the_first_run_and_a_linked_folder_wo
     assert tool("record", str(linked), MODEL).returncode == 0
     again = weights_check(listing(linked), full=False)
     assert not again.record and again.changed == () and again.corrupt == () == again.refused
+
+
+def test_the_read_speed_probe_reads_a_linked_weights_folder_as_the_tool_does(
+        tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "model.safetensors").write_bytes(b"w" * (2 * 2**20))
+    (tmp_path / "linked").symlink_to(real)
+    out = subprocess.run(["sh", "-c", read_speed_script(str(tmp_path / "linked"), 1, 1)],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert f"file={tmp_path}/linked/model.safetensors" in out.splitlines(), out
 
 
 def test_files_the_manifest_does_not_name_are_reported(weights: Path) -> None:
