@@ -100,6 +100,11 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
             refuse_host(name="Refuse: the weights folder on the controller cannot be pushed",
                         message=f"settings.weights.controller_path: {exc}")
             return
+        checked = weights_check(WeightsListing(
+            "ok", files=listing.files, manifest=manifest, verified=listing.verified,
+            links=listing.links), verify_all)
+        if _refused(folder, checked):  # before the push: an upload never goes through a link
+            return
         push = to_push(manifest, listing)
         if push or not same_weights(listing.manifest, manifest):
             weights_pushed(
@@ -108,11 +113,6 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
                 files={n: manifest["files"][n]["size"] for n in push},
                 manifest=render_manifest(manifest),
             )
-        checked = weights_check(WeightsListing(
-            "ok", files=listing.files, manifest=manifest, verified=listing.verified,
-            links=listing.links), verify_all)
-        if _refused(folder, checked):
-            return
         names = sorted(set(push) | set(checked.changed))
     elif cfg.source == "hub":
         assert cfg.hub_endpoint is not None and cfg.revision is not None
