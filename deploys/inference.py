@@ -35,6 +35,8 @@ from operations.model_weights import (
 )
 from operations.services import service
 from rules.checkpoint import (
+    WeightsCheck,
+    WeightsSourceError,
     controller_manifest,
     hub_download_needed,
     render_manifest,
@@ -70,6 +72,20 @@ from rules.serving import (
 HUB_TOKEN_PATH = "/etc/gpufleet/hub-token"
 
 
+def _refused(folder: str, checked: WeightsCheck) -> bool:
+    """Refuse the host when its weights folder holds a link or an extra weights file."""
+    if checked.refused:
+        refuse_host(
+            name="Refuse: the weights folder holds files no manifest vouches for (the engine "
+                 "was not restarted)",
+            message=f"the weights folder {folder} holds:\n  " + "\n  ".join(checked.refused)
+                    + "\nremove them, or point weights_path at a folder of the model's files "
+                      "(weights that are there on purpose: delete the folder's "
+                      ".gpufleet/manifest.json to record it again)",
+        )
+    return bool(checked.refused)
+
+
 def weights(spec: HostSpec, listing: WeightsListing) -> None:
     """The weights at weights_path, from their source, checked against their manifest."""
     cfg = spec.settings.weights
@@ -78,7 +94,17 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
     if cfg.source == "controller":
         assert cfg.controller_path is not None  # checked with the fleet file
         src = spec.controller_path(cfg.controller_path)
-        manifest = controller_manifest(src, spec.model.id)
+        try:
+            manifest = controller_manifest(src, spec.model.id)
+        except WeightsSourceError as exc:
+            refuse_host(name="Refuse: the weights folder on the controller cannot be pushed",
+                        message=f"settings.weights.controller_path: {exc}")
+            return
+        checked = weights_check(WeightsListing(
+            "ok", files=listing.files, manifest=manifest, verified=listing.verified,
+            links=listing.links), verify_all)
+        if _refused(folder, checked):  # before the push: an upload never goes through a link
+            return
         push = to_push(manifest, listing)
         if push or not same_weights(listing.manifest, manifest):
             weights_pushed(
@@ -87,12 +113,12 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
                 files={n: manifest["files"][n]["size"] for n in push},
                 manifest=render_manifest(manifest),
             )
-        checked = weights_check(WeightsListing(
-            "ok", files=listing.files, manifest=manifest, verified=listing.verified), verify_all)
         names = sorted(set(push) | set(checked.changed))
     elif cfg.source == "hub":
         assert cfg.hub_endpoint is not None and cfg.revision is not None
         checked = weights_check(listing, verify_all)
+        if _refused(folder, checked):
+            return
         if hub_download_needed(listing, spec.model.hub_repo, cfg.revision, checked):
             if cfg.token_file:
                 managed_file(name="Ensure the hub token is on the host (root-only)",
@@ -112,6 +138,8 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
         if checked.record:
             weights_recorded(name=f"Record a manifest of the weights in {folder} (first use)",
                              folder=folder, model_id=spec.model.id)
+            return
+        if _refused(folder, checked):
             return
         if checked.corrupt:
             refuse_host(

@@ -449,8 +449,10 @@ def read_speed_script(path: str, seconds: int = 10, max_mib: int = 4096) -> str:
         [
             f"p={quote(path)}; s={seconds}; m={max_mib}",
             "if [ ! -e \"$p\" ]; then echo 'status=path_missing'; exit 0; fi",
-            f'f=$(find "$p" -xdev -type f \\( {names} \\) -size +1M {largest})',
-            f'[ -n "$f" ] || f=$(find "$p" -xdev -type f -size +1M {largest})',
+            # -H: the weights folder may be a link, links inside it are not followed (the
+            # weights tool's policy, facts.weights_files)
+            f'f=$(find -H "$p" -xdev -type f \\( {names} \\) -size +1M {largest})',
+            f'[ -n "$f" ] || f=$(find -H "$p" -xdev -type f -size +1M {largest})',
             "if [ -z \"$f\" ]; then echo 'status=no_file'; exit 0; fi",
             'b=$(stat -c %s "$f"); printf \'file=%s\\nfile_bytes=%s\\n\' "$f" "$b"',
             "z=$((b < m * 1048576 ? b : m * 1048576)); z=$((z / 1048576 * 1048576))",

@@ -1,5 +1,7 @@
-"""Model weights at a path: every file with its size and mtime, the checkpoint's config.json,
-and gpufleet's manifest and verification record kept beside them (``.gpufleet/``).
+"""Model weights at a path: every file with its size, mtime and ctime, the checkpoint's
+config.json, and gpufleet's manifest and verification record kept beside them (``.gpufleet/``).
+Symbolic links in the folder are listed apart: a weights folder holds regular files only
+(templates/weights/weights_tool.py refuses links the same way; the folder itself may be one).
 
 No file is read whole except those small JSON files: hashing gigabytes is the verification
 operation's job, at execution, and only for files whose size or mtime moved since the last
@@ -29,8 +31,11 @@ def weights_script(path: str) -> str:
     return "\n".join([
         f"[ -d {p} ] || {{ echo '@absent'; exit 0; }}",
         "echo '@files'",
-        f"find {p} -type f ! -path {quote(f'{path}/{MANIFEST_DIR}/*')} -printf '%s %T@ %P\\n'"
-        " | sort -k3",
+        f"find -H {p} -type f ! -path {quote(f'{path}/{MANIFEST_DIR}/*')}"
+        " -printf '%s %T@,%C@ %P\\n' | sort -k3",
+        "echo '@links'",
+        f"find -H {p} -mindepth 1 -type l ! -path {quote(f'{path}/{MANIFEST_DIR}/*')}"
+        " -printf '%P\\n' | sort",
         f"echo '@config'; cat {p}/config.json 2>/dev/null; echo",
         f"echo '@manifest'; cat {meta}/{MANIFEST_NAME} 2>/dev/null; echo",
         f"echo '@verified'; cat {meta}/{VERIFIED_NAME} 2>/dev/null",
@@ -40,19 +45,21 @@ def weights_script(path: str) -> str:
 
 @dataclass(frozen=True)
 class WeightsListing:
-    """``files``: relative name -> (size, mtime as find printed it)."""
+    """``files``: relative name -> (size, "mtime,ctime" as find printed them); ``links``: the
+    symbolic links in the folder (refused: rules.checkpoint)."""
 
     status: WeightsStatus
     files: dict[str, tuple[int, str]] = field(default_factory=dict)
     config: dict[str, Any] | None = None
     manifest: dict[str, Any] | None = None
     verified: dict[str, tuple[int, str]] = field(default_factory=dict)
+    links: tuple[str, ...] = ()
     reason: str = ""
     raw: str = ""
 
 
 def parse_listing_lines(text: str) -> dict[str, tuple[int, str]]:
-    """`size mtime name` lines (find -printf '%s %T@ %P')."""
+    """`size times name` lines (find -printf '%s %T@,%C@ %P')."""
     files = {}
     for line in text.splitlines():
         parts = line.split(" ", 2)
@@ -75,8 +82,8 @@ def parse_weights(text: str, exit_code: int | None = None) -> WeightsListing:
     parts: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in text.splitlines():
-        if line.startswith("@") and line[1:] in ("absent", "files", "config", "manifest",
-                                                  "verified", "end"):
+        if line.startswith("@") and line[1:] in ("absent", "files", "links", "config",
+                                                  "manifest", "verified", "end"):
             current = parts.setdefault(line[1:], [])
             continue
         if current is not None:
@@ -93,6 +100,7 @@ def parse_weights(text: str, exit_code: int | None = None) -> WeightsListing:
         config=_json(config_text) if config_text else None,
         manifest=_json(manifest_text) if manifest_text else None,
         verified=parse_listing_lines("\n".join(parts.get("verified", []))),
+        links=tuple(line for line in parts.get("links", []) if line),
         raw=raw,
     )
 

@@ -426,7 +426,11 @@ class WeightsSettings(Strict):
     controller_path: str | None = None
     # source = hub: the hub's address (the public hub or your mirror), a commit id, and a file
     # on the controller holding the token (copied to the host 0600, never printed).
+    # https:// only, unless allow_plain_http = true (a mirror on a trusted network: the token
+    # and the weights then cross it readable; preflight warns, weights-plain-http). Checked
+    # against each other once the layers are merged (rules.fleet_checks).
     hub_endpoint: HttpUrlText | None = None
+    allow_plain_http: bool = False
     revision: Revision | None = None
     token_file: str | None = None
     # quick: every file's size and mtime against the last full check (sha256 again only for

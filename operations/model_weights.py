@@ -27,7 +27,7 @@ from facts.weights_files import MANIFEST_DIR
 from operations.apt_pins import with_env_file
 from operations.disk_guard import guarded, space_checked
 from operations.messages import tell
-from rules.checkpoint import PARTIAL, TOOL, manifest_path
+from rules.checkpoint import PARTIAL, TOOL, manifest_path, name_problem
 from rules.disk_space import SpaceNeed
 
 _EOF = "GPUFLEET_WEIGHTS_TOOL"
@@ -136,8 +136,9 @@ def weights_pushed(src: str, folder: str, files: Mapping[str, int], manifest: st
     """
     _absolute(folder)
     for name in files:
-        if name.startswith("/") or ".." in PurePosixPath(name).parts:
-            raise OperationValueError(f"not a file inside the folder: {name!r}")
+        problem = name_problem(name)
+        if problem:
+            raise OperationValueError(f"not a file inside the folder: {name!r} {problem}")
     total = sum(files.values())
     staged = {name: f"{folder}/{name}{PARTIAL}" for name in sorted(files)}
     staged_manifest = f"{manifest_path(folder)}{PARTIAL}"
@@ -152,7 +153,9 @@ def weights_pushed(src: str, folder: str, files: Mapping[str, int], manifest: st
     done = 0
     for name, size in sorted(files.items()):
         parent = quote(str(PurePosixPath(staged[name]).parent))
-        yield guarded(StringCommand(f"install -d -m 0755 {parent}"), need, cleanup)
+        # rm: the upload must not write through a link planted at the partial name.
+        yield guarded(StringCommand(f"install -d -m 0755 {parent} && rm -f "
+                                    f"{quote(staged[name])}"), need, cleanup)
         yield guarded(FileUploadCommand(str(Path(src) / name), staged[name]), need, cleanup)
         done += size
         yield FunctionCommand(_progress, (done, total, started, name), {})

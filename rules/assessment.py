@@ -369,6 +369,14 @@ def _weights(spec: HostSpec, probe: HostProbe) -> list[Finding]:
             config = None
         return config_findings(config if isinstance(config, dict) else None, spec.model,
                                f"{folder} (on this machine)")
+    endpoint = cfg.hub_endpoint
+    if cfg.source == "hub" and endpoint is not None and endpoint.scheme != "https":
+        return [Finding(  # allowed by settings.weights.allow_plain_http (rules.fleet_checks)
+            "warning", "weights-plain-http",
+            f"the weights and the hub token travel over plain http from {endpoint}",
+            "settings.weights.allow_plain_http = true", "an https:// hub_endpoint",
+            "serve the mirror over https, then drop allow_plain_http",
+        )]
     return []  # hub: checked by the download against the hub's own hashes
 
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from facts.weights_files import MANIFEST_DIR, MANIFEST_NAME, WeightsListing
@@ -21,6 +24,29 @@ from inventory.controller_files import write_atomically
 from rules.findings import Finding
 
 TOOL = Path(__file__).resolve().parent.parent / "templates" / "weights" / "weights_tool.py"
+
+
+def _tool_module() -> ModuleType:
+    """The weights tool as a module: its name rule is the controller's too (one rule)."""
+    spec = importlib.util.spec_from_file_location("gpufleet_weights_tool", TOOL)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_TOOL = _tool_module()
+# Files an engine loads by their suffix: one in the folder that the manifest does not name is
+# refused before the engine starts.
+WEIGHT_SUFFIXES: tuple[str, ...] = _TOOL.WEIGHT_SUFFIXES
+LINK_HINT: str = _TOOL.LINK_HINT
+
+
+def name_problem(name: object) -> str | None:
+    """Why NAME cannot be a file of a weights folder (absolute, a `..`, `.` or empty part, a
+    NUL or line break, gpufleet's own names), or None: the weights tool's own rule."""
+    problem: str | None = _TOOL.name_problem(name)
+    return problem
 # New files are written under NAME + PARTIAL and moved over NAME once the whole change is
 # complete and verified (templates/weights/weights_tool.py: commit, hub).
 PARTIAL = ".gpufleet-partial"
@@ -67,6 +93,9 @@ class WeightsCheck:
     record: bool  # no manifest yet (source present): record one, trusting what is there
     changed: tuple[str, ...]  # files to hash again: new, or size/mtime moved since verified
     corrupt: tuple[str, ...]  # known bad already: missing, or another size than the manifest
+    # never loaded, whatever the source: a symbolic link in the folder, or a weights file the
+    # manifest does not name (an engine loads every *.safetensors there)
+    refused: tuple[str, ...] = ()
 
 
 def weights_check(listing: WeightsListing, full: bool) -> WeightsCheck:
@@ -74,6 +103,10 @@ def weights_check(listing: WeightsListing, full: bool) -> WeightsCheck:
     manifest = (listing.manifest or {}).get("files")
     if not isinstance(manifest, dict):
         return WeightsCheck(True, (), ())
+    refused = [f"{name} (a symbolic link; {LINK_HINT})" for name in listing.links]
+    refused += [f"{name} (not in the manifest: an engine would load it too)"
+                for name in sorted(set(listing.files) - set(manifest))
+                if name.endswith(WEIGHT_SUFFIXES)]
     corrupt = []
     for name, want in sorted(manifest.items()):
         have = listing.files.get(name)
@@ -83,7 +116,7 @@ def weights_check(listing: WeightsListing, full: bool) -> WeightsCheck:
             corrupt.append(f"{name} ({have[0]} bytes, manifest: {want.get('size')})")
     names = [n for n in listing.files if n in manifest]
     changed = names if full else [n for n in names if listing.verified.get(n) != listing.files[n]]
-    return WeightsCheck(False, tuple(sorted(changed)), tuple(corrupt))
+    return WeightsCheck(False, tuple(sorted(changed)), tuple(corrupt), tuple(refused))
 
 
 def hub_download_needed(listing: WeightsListing, repo: str, revision: str,
@@ -104,6 +137,38 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class WeightsSourceError(ValueError):
+    """A controller folder gpufleet will not push from: one line, naming the file."""
+
+
+def controller_files(folder: Path) -> list[Path]:
+    """Every file to push from FOLDER on the controller (not .gpufleet/), sorted. A symbolic
+    link is followed only when it stays inside FOLDER: one that leaves it (to a cache's blobs,
+    or to /etc) or links a folder is refused, as is a name the host's tool would refuse."""
+    root = folder.resolve()
+    found = []
+    for where, dirs, names in os.walk(folder):
+        here = Path(where)
+        dirs[:] = sorted(d for d in dirs if not (here == folder and d == MANIFEST_DIR))
+        for name in dirs:
+            if (here / name).is_symlink():
+                raise WeightsSourceError(f"{here / name} is a link to a folder; push from a "
+                                         "folder of real files")
+        for name in sorted(names):
+            path = here / name
+            rel = str(path.relative_to(folder))
+            problem = name_problem(rel)
+            if problem:
+                raise WeightsSourceError(f"{path}: the name {rel!r} {problem}")
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                raise WeightsSourceError(
+                    f"{path} links to {path.resolve()}, outside {folder}; push from a folder "
+                    "of real files")
+            if path.is_file():
+                found.append(path)
+    return sorted(found)
+
+
 def controller_manifest(folder: Path, model_id: str) -> dict[str, Any]:
     """The manifest of a folder on the controller: every file's size and sha256.
 
@@ -117,10 +182,8 @@ def controller_manifest(folder: Path, model_id: str) -> dict[str, Any]:
         cache = {}
     files: dict[str, Any] = {}
     fresh: dict[str, Any] = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in controller_files(folder):
         name = str(path.relative_to(folder))
-        if name.startswith(MANIFEST_DIR + "/"):
-            continue
         stat = path.stat()
         key = [stat.st_size, stat.st_mtime_ns]
         cached = cache.get(name)

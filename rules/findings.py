@@ -109,6 +109,7 @@ CODES: dict[str, str] = {
     "weights-corrupt": "a weights file differs from its manifest",
     "weights-load-time": "the estimated weights load time",
     "weights-missing": "the weights are not where the fleet file says",
+    "weights-plain-http": "the weights come from a hub over plain http",
 }
 _ORDER: dict[Severity, int] = {"error": 0, "warning": 1, "info": 2}
 

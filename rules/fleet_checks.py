@@ -41,11 +41,19 @@ def _weights_source(spec: HostSpec) -> list[Problem]:
     """Each weights source names what it needs."""
     weights = spec.settings.weights
     needs = {"controller": ("controller_path",), "hub": ("hub_endpoint", "revision")}
-    return [
+    problems = [
         Problem(spec.where, f"settings.weights.{name}", MISSING,
                 f"required with settings.weights.source = {weights.source!r}")
         for name in needs.get(weights.source, ()) if getattr(weights, name) is None
     ]
+    endpoint = weights.hub_endpoint
+    if endpoint is not None and endpoint.scheme != "https" and not weights.allow_plain_http:
+        problems.append(Problem(
+            spec.where, "settings.weights.hub_endpoint", str(endpoint),
+            "must be an https:// URL (over plain http:// the hub token and the weights cross "
+            "the network readable and changeable); for a mirror on a trusted network set "
+            "settings.weights.allow_plain_http = true"))
+    return problems
 
 
 def _join(numbers: list[int]) -> str:

@@ -255,3 +255,35 @@ def test_the_fleet_file_names_what_each_weights_source_needs(tmp_path: Path) -> 
         "host h2 (group g): settings.weights.controller_path = 'no-such-folder': no such folder",
     ]:
         assert line in proc.stderr, proc.stderr
+
+
+def test_a_hub_endpoint_is_https_unless_plain_http_is_asked_for(tmp_path: Path) -> None:
+    """Over plain http the hub token and the weights cross the network readable: refused
+    offline, per host once the layers are merged, unless allow_plain_http says so (warned)."""
+    hub = 'source = "hub", revision = "' + "0" * 40 + '"'
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(textwrap.dedent(f"""
+        [settings]
+        weights_path = "/srv/m"
+        weights = {{ {hub}, hub_endpoint = "http://mirror.internal:8080" }}
+        [groups.g.hosts.plain]
+        [groups.g.hosts.allowed.settings]
+        weights = {{ allow_plain_http = true }}
+        [groups.g.hosts.tls.settings]
+        weights = {{ hub_endpoint = "https://mirror.internal" }}
+    """))
+    proc = subprocess.run([sys.executable, "inventory.py", str(fleet)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2
+    problems = [line for line in proc.stderr.splitlines() if line.startswith("  - ")]
+    assert problems == [
+        f"  - {fleet}: host plain (group g): settings.weights.hub_endpoint = "
+        "'http://mirror.internal:8080/': must be an https:// URL (over plain http:// the hub "
+        "token and the weights cross the network readable and changeable); for a mirror on a "
+        "trusted network set settings.weights.allow_plain_http = true"], proc.stderr
+    allowed = spec(tmp_path, f"weights = {{ {hub}, hub_endpoint = \"http://m.internal\", "
+                             "allow_plain_http = true }\n")
+    warnings = assess(allowed, bare_host()).findings.warnings
+    assert [f.code for f in warnings if f.code == "weights-plain-http"] == ["weights-plain-http"]
+    tls = spec(tmp_path, f"weights = {{ {hub}, hub_endpoint = \"https://m.internal\" }}\n")
+    assert "weights-plain-http" not in assess(tls, bare_host()).findings.codes()
