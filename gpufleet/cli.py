@@ -107,7 +107,8 @@ def _limits(fleet: Path | None, names: Sequence[str]) -> list[str]:
         _fail(f"the fleet file has {len(error.lines)} problem(s); no host was contacted:",
               error.lines)
     hosts = {spec.name: pyinfra_host_name(spec) for spec in loaded.hosts}
-    known = set(hosts.values()) | {spec.group for spec in loaded.hosts}
+    groups = sorted({spec.group for spec in loaded.hosts})
+    known = set(hosts.values()) | set(groups)
     out = []
     for name in names:
         if name in hosts:
@@ -116,7 +117,7 @@ def _limits(fleet: Path | None, names: Sequence[str]) -> list[str]:
             out.append(name)
         else:
             _fail(f"--limit {name}: not a host or group of {loaded.source}; hosts: "
-                  f"{', '.join(hosts)}; groups: {', '.join(sorted({s.group for s in loaded.hosts}))}")
+                  f"{', '.join(hosts)}; groups: {', '.join(groups)}")
     return out
 
 
@@ -240,7 +241,7 @@ SUMMARY = {
     "check": "validate the fleet file offline (no host contacted)",
     "plan": "preview what apply would change (changes nothing)",
     "apply": "converge the fleet (asks first unless --yes)",
-    "doctor": "what each host has, what its model needs, whether it fits (read-only)",
+    "doctor": "does each host fit its model: what it has, what it needs (read-only)",
     "audit": "drift audit against the manifests and the fleet file (read-only)",
     "rollout": "roll the fleet's pins through a batch at a time",
     "canary": "canary start | promote | rollback | status",
