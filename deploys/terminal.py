@@ -112,6 +112,7 @@ def install_terminal() -> None:
     logger = logging.getLogger(GPUFLEET_LOGGER)
     if not any(isinstance(h, _StderrLines) for h in logger.handlers):
         logger.addHandler(_StderrLines())
+        logger.propagate = False  # printed here only (pyinfra --debug-all adds a root handler)
     if os.environ.get("NO_COLOR"):
         _click_without_colour()
     cli = sys.modules.get("pyinfra_cli.cli")  # only when pyinfra's command line is running
