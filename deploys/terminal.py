@@ -62,8 +62,8 @@ class _StderrLines(logging.Handler):
 def closed_stdin_message(question: str, executing: bool) -> str:
     return (f"gpufleet: pyinfra asks \"{question.strip()}\" but stdin is closed, so nobody "
             f"can answer: stopped here{'' if executing else ', nothing was executed'}. "
-            "Add -y to execute without asking (gpufleet apply --yes), or --dry for the "
-            "preview alone (gpufleet plan)")
+            "Add -y (gpufleet: --yes) to execute without asking, or --dry for the preview "
+            "alone (gpufleet plan)")
 
 
 def guard_confirm(confirm: Callable[[str], bool],

@@ -281,7 +281,7 @@ def test_a_closed_stdin_gets_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in out and "EOFError" not in out
     assert ('gpufleet: pyinfra asks "Detected changes displayed above, skip this step with -y" '
             "but stdin is closed, so nobody can answer: stopped here, nothing was executed. "
-            "Add -y to execute without asking (gpufleet apply --yes), or --dry for the preview "
+            "Add -y (gpufleet: --yes) to execute without asking, or --dry for the preview "
             "alone (gpufleet plan)") in out
     assert not (tmp_path / "pyinfra-debug.log").exists()
 
