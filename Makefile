@@ -10,14 +10,18 @@ SIM_FLEET := $(if $(HOSTS),tests/sim/build/scale-fleet.toml,inventory/sim.toml)
 .PHONY: rehearse test unit sim-up sim-down sim-status lint host-tools validators venv clean \
         python-locks python-locks-check wheelhouse bench check-fleet
 
-# Controller tooling, installed from the hash-locked requirements file.
-$(VENV)/.installed: requirements/controller.lock
+# Controller tooling, installed from the hash-locked requirements file; then gpufleet itself,
+# editable (the `gpufleet` command runs this checkout's deploys and tools), built by the locked
+# setuptools: no dependency and no build tool comes from outside the lock.
+$(VENV)/.installed: requirements/controller.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 	  { echo "gpufleet: Python >= 3.10 is needed (found $$($(PYTHON) --version 2>&1))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	@# A machine-wide pip constraint file must not change what the lock installs.
 	PIP_CONSTRAINT= $(BIN)/pip install --quiet --disable-pip-version-check \
 	  --require-hashes -r requirements/controller.lock
+	PIP_CONSTRAINT= $(BIN)/pip install --quiet --disable-pip-version-check \
+	  --no-deps --no-build-isolation --no-index -e .
 	touch $@
 
 venv: $(VENV)/.installed
@@ -55,7 +59,7 @@ sim-status: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy deploys facts inventory operations rules tools benchmarks tests
+	$(BIN)/mypy deploys facts gpufleet inventory operations rules tools benchmarks tests
 	$(BIN)/mypy inventory.py  # a script beside the package of the same name: checked alone
 
 ## Validate the fleet file offline, no host contacted ($GPUFLEET_FLEET, else inventory/fleet.toml).

@@ -92,8 +92,8 @@ def install_fault_summary(state: State) -> None:
     _installed = True
     lines = _HostLines()
     # pyinfra's logger has pyinfra's handler: one more changes nothing it prints. gpufleet's
-    # logger has none (Python's last-resort handler prints it): a handler there would silence
-    # it, so its lines are read by a filter, which lets every record through.
+    # lines are read by a filter on its logger (which lets every record through to its own
+    # handler, deploys/terminal.py).
     logging.getLogger("pyinfra").addHandler(lines)
     logging.getLogger("gpufleet").addFilter(lines.keep)
 

@@ -1,7 +1,10 @@
 """The structure the README promises, checked: each layer imports only the layers below it,
 and no two modules share a name across packages (a newcomer can tell where a decision lives).
 
-    deploys/ -> operations/ -> rules/ -> facts/ -> inventory/
+    gpufleet/ -> deploys/ -> operations/ -> rules/ -> facts/ -> inventory/
+
+gpufleet/ is the `gpufleet` command (the front door): it runs the deploys and tools/ as the
+commands they are, so it sits above everything and nothing imports it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LAYERS = ["inventory", "facts", "rules", "operations", "deploys"]  # bottom to top
+LAYERS = ["inventory", "facts", "rules", "operations", "deploys", "gpufleet"]  # bottom to top
 
 
 def imports_of(path: Path) -> set[str]:

@@ -1,0 +1,5 @@
+"""`python -m gpufleet`: the same as the installed `gpufleet` command."""
+
+from gpufleet.cli import main
+
+raise SystemExit(main())
