@@ -60,6 +60,7 @@ CODES: dict[str, str] = {
     "mig-tensor-parallel": "tensor parallelism across MIG devices was asked for",
     "model-does-not-fit": "the model does not fit the host's GPUs",
     "model-fits": "the model fits (the sizing)",
+    "precision-not-supported-on-gpu": "the engine has no kernels for the weights on the GPUs",
     "multinode-address-missing": "a node lacks its inter-node address on the interface",
     "multinode-head-unreachable": "a node cannot reach the replica's head on its port",
     "multinode-interface-missing": "the inter-node interface does not exist on a node",

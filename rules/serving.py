@@ -100,6 +100,7 @@ class EnginePlan:
     start_seconds: int
     ulimits: dict[str, int] = field(default_factory=dict)
     api_key: bool = False
+    trust_remote_code: bool = False  # settings.inference.trust_remote_code
     temperature: float = 0.6
     top_p: float = 0.95
     # Set on the nodes of a replica spanning hosts (settings.multinode).
@@ -230,7 +231,8 @@ def plan_engine(
         max_model_len=max_model_len, gpu_memory_utilization=settings.gpu_memory_utilization,
         max_num_seqs=cfg.max_num_seqs or max_num_seqs, dtype=dtype, quantization=quantization,
         bind=cfg.bind, replicas=replicas, start_seconds=start, ulimits=dict(cfg.ulimits),
-        api_key=cfg.api_key_file is not None, temperature=settings.sampling.temperature,
+        api_key=cfg.api_key_file is not None, trust_remote_code=cfg.trust_remote_code,
+        temperature=settings.sampling.temperature,
         top_p=settings.sampling.top_p, span=span,
     )
 
@@ -253,6 +255,8 @@ def engine_args(plan: EnginePlan) -> list[str]:
             args += ["--dtype", plan.dtype]
         if plan.quantization:
             args += ["--quantization", plan.quantization]
+        if plan.trust_remote_code:
+            args.append("--trust-remote-code")
         if plan.span is not None:
             args += ["--nnodes", str(len(plan.span.nodes)), "--node-rank", str(plan.span.rank),
                      "--dist-init-addr", plan.span.rendezvous]
@@ -269,6 +273,8 @@ def engine_args(plan: EnginePlan) -> list[str]:
         args += ["--dtype", plan.dtype]
     if plan.quantization:
         args += ["--quantization", plan.quantization]
+    if plan.trust_remote_code:
+        args.append("--trust-remote-code")
     low, high = VLLM_DISABLE_LOG_REQUESTS
     if low <= Version(plan.version) < high:
         args.append("--disable-log-requests")
