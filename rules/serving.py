@@ -26,7 +26,9 @@ from rules.findings import Finding, explaining_lines
 from rules.multinode import (
     VLLM_EXECUTOR_BACKEND_FLAG,
     VLLM_ONLINE_PP,
+    RayPorts,
     SpanPlan,
+    nccl_socket_ifname,
     span_plan,
 )
 from rules.render import TEMPLATES_DIR, render
@@ -316,7 +318,9 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
     environment = {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         # NCCL and Gloo pick the first interface they like otherwise (vllm-project/vllm#6803).
-        "NCCL_SOCKET_IFNAME": span.interface, "GLOO_SOCKET_IFNAME": span.interface,
+        # NCCL's is exact only with '=' (a bare eth1 also matches eth10); Gloo's is a name.
+        "NCCL_SOCKET_IFNAME": nccl_socket_ifname(span.interface),
+        "GLOO_SOCKET_IFNAME": span.interface,
     }
     if plan.engine == "vllm":
         environment["VLLM_HOST_IP"] = span.address  # one of several addresses (#7815)
@@ -345,10 +349,12 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
             service["volumes"].append(f"{MULTINODE_LAUNCHER}:{LAUNCHER_MOUNT}:ro")
             nodes = [f"--node={name}={address}" for name, address in span.nodes]
             service["entrypoint"] = ["python3", LAUNCHER_MOUNT]
+            ray = [f"--ray={flag}" for flag in RayPorts(span.port).start_flags(head=True)
+                   if not flag.startswith("--port=")]
             service["command"] = [
                 f"--address={span.address}", f"--port={span.port}",
                 f"--gpus={len(replica.gpus)}", f"--timeout={span.join_timeout}",
-                *nodes, "--", *server]
+                *ray, *nodes, "--", *server]
         else:
             service["entrypoint"] = server[:len(ENTRYPOINT[plan.engine])]
             service["command"] = server[len(ENTRYPOINT[plan.engine]):]
@@ -356,7 +362,8 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
         service["container_name"] = NODE_CONTAINER
         service["entrypoint"] = ["ray", "start", "--block", f"--address={span.rendezvous}",
                                  f"--node-ip-address={span.address}",
-                                 f"--num-gpus={len(replica.gpus)}", "--disable-usage-stats"]
+                                 f"--num-gpus={len(replica.gpus)}", "--disable-usage-stats",
+                                 *RayPorts(span.port).start_flags(head=False)]
     if span.is_head:
         service["healthcheck"] = {"test": _health_test(health_url), "interval": "30s",
                                   "timeout": "10s", "retries": 3,

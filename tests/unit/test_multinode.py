@@ -164,12 +164,17 @@ def r1_fleet(nodes: int, pin_set: str = "r535-fwdcompat-mla",
     return "\n".join(lines) + "\n"
 
 
-def r1_node(address: str, head: str | None, iface: str = "ib0", pci: NvidiaPci | None = None
-            ) -> HostProbe:
-    """A bare HGX H100 node holding R1's weights, its inter-node network as it should be."""
-    seen = NodeNetworkResult(True, (address,), ("lo", "eth0", iface),
-                             route_device=iface if head else None,
-                             head="refused" if head else None)
+def r1_node(spec: HostSpec, pci: NvidiaPci | None = None) -> HostProbe:
+    """A bare HGX H100 node holding R1's weights, its inter-node network as it should be: the
+    interface with the node's address, the routes to the other nodes through it and their
+    ports answering (refused: nothing listens before the engines start)."""
+    check = node_check(spec)
+    assert check is not None and spec.replica is not None
+    seen = NodeNetworkResult(
+        True, (str(spec.replica.me.address),), ("lo", "eth0", check.interface),
+        routes={address: check.interface for _, address, _ in check.peers},
+        connects={f"{address}:{port}": "refused"
+                  for _, address, ports in check.peers for _, port in ports})
     return bare_host(weights=WeightsListing("ok", files={"config.json": (700, "1.0")},
                                             config=config_json("deepseek-r1")),
                      node_network=seen, **({"pci": pci} if pci else {}))
@@ -238,7 +243,7 @@ def test_r1_block_fp8_is_refused_on_a100_with_the_alternatives(tmp_path: Path) -
         PciDevice(f"0000:{0x18 + i:02x}:00.0", "0302", "3D controller",
                   "NVIDIA Corporation GA100 [A100 SXM4 80GB]", "10de", "20b2", "a1")
         for i in range(8)))
-    assessment = assess(spec, r1_node("10.0.50.1", None, pci=pci))
+    assessment = assess(spec, r1_node(spec, pci=pci))
     refused = [f for f in assessment.findings.errors if f.code == "precision-not-supported-on-gpu"]
     assert refused, [f.what for f in assessment.findings]
     assert "vLLM 0.7.3 cannot run deepseek-r1's block-wise FP8 weights (128x128 blocks)" in \
@@ -290,12 +295,11 @@ def test_the_readme_two_node_r1_example_validates_and_passes_preflight(tmp_path:
     assert proc.returncode == 0, proc.stderr
     head, worker = load(tmp_path, readme_r1_example())
     assert head.pins.inference.vllm.version == "0.7.3"
-    for spec, probe in ((head, r1_node("10.0.50.1", None, "ens5f0")),
-                        (worker, r1_node("10.0.50.2", "10.0.50.1", "ens5f0"))):
-        assessment = assess(spec, probe)
+    for spec in (head, worker):
+        assessment = assess(spec, r1_node(spec))
         assert assessment.findings.errors == [], [f.what for f in assessment.findings.errors]
         assert assessment.plan is not None and assessment.plan.engine is not None
-    head_plan = assess(head, r1_node("10.0.50.1", None, "ens5f0")).plan
+    head_plan = assess(head, r1_node(head)).plan
     assert head_plan is not None and head_plan.engine is not None
     args = engine_args(head_plan.engine)
     # every flag is one vLLM 0.7.3's own parser defines (vllm/engine/arg_utils.py,
@@ -330,6 +334,15 @@ def node_plans(tmp_path: Path, text: str) -> list[EnginePlan]:
     return plans
 
 
+# Every port Ray opens on a node, fixed so a firewall between the nodes can be written (Ray
+# 2.40.0's `ray start` flags: the Ray vLLM 0.7.3 pins); the head adds its GCS (--port) and
+# client server ports.
+RAY_FIXED = ["--node-manager-port=6380", "--object-manager-port=6381",
+             "--min-worker-port=10002", "--max-worker-port=10999",
+             "--dashboard-agent-grpc-port=6382", "--dashboard-agent-listen-port=52365",
+             "--runtime-env-agent-port=6383", "--metrics-export-port=6384"]
+
+
 def test_vllm_head_runs_ray_then_the_server_and_the_worker_joins_it(tmp_path: Path) -> None:
     head, worker = node_plans(tmp_path, fleet_text())
     head_doc = compose_document(head)["services"]
@@ -338,13 +351,15 @@ def test_vllm_head_runs_ray_then_the_server_and_the_worker_joins_it(tmp_path: Pa
     service = head_doc["engine-0"]
     assert service["network_mode"] == "host" and service["ipc"] == "host"
     assert "ports" not in service  # on the host's network, the server binds the address itself
-    assert service["environment"]["NCCL_SOCKET_IFNAME"] == "eth1"
-    assert service["environment"]["GLOO_SOCKET_IFNAME"] == "eth1"
+    # NCCL matches a bare name as a prefix (eth1 would take eth10 too); '=' makes it exact.
+    assert service["environment"]["NCCL_SOCKET_IFNAME"] == "=eth1"
+    assert service["environment"]["GLOO_SOCKET_IFNAME"] == "eth1"  # Gloo takes a name
     assert service["environment"]["VLLM_HOST_IP"] == "10.0.0.1"
     command = service["command"]
     assert service["entrypoint"] == ["python3", "/gpufleet/multinode-launch.py"]
     assert command[:command.index("--")] == [
         "--address=10.0.0.1", "--port=6379", "--gpus=2", "--timeout=600",
+        *(f"--ray={flag}" for flag in ["--ray-client-server-port=10001", *RAY_FIXED]),
         "--node=node-0=10.0.0.1", "--node=node-1=10.0.0.2"]
     server = command[command.index("--") + 1:]
     assert server[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
@@ -355,7 +370,8 @@ def test_vllm_head_runs_ray_then_the_server_and_the_worker_joins_it(tmp_path: Pa
     ray = worker_doc["ray-node"]
     assert ray["entrypoint"] == ["ray", "start", "--block", "--address=10.0.0.1:6379",
                                  "--node-ip-address=10.0.0.2", "--num-gpus=2",
-                                 "--disable-usage-stats"]
+                                 "--disable-usage-stats", *RAY_FIXED]
+    assert ray["environment"]["NCCL_SOCKET_IFNAME"] == "=eth1"
     assert ray["environment"]["VLLM_HOST_IP"] == "10.0.0.2"
     assert "healthcheck" not in ray and "env_file" not in ray
     assert ray["volumes"] == ["/srv/models/deepseek-r1-distill-qwen-7b:"
@@ -421,20 +437,50 @@ def worker_spec(tmp_path: Path, interface: str = "eth0", address: str = "172.17.
     return load(tmp_path, text)[1]
 
 
+HEAD_PORTS = (6379, 10001, 6380, 6381, 10002, 10999)  # GCS, client, NM, OM, worker range ends
+
+
+def connects(address: str, ports: tuple[int, ...], rc: int = 1,
+             message: str = "Connection refused") -> tuple[str, int]:
+    return ("\n".join(f"__gpufleet_connect={address}:{p} {rc} bash: line 1: "
+                      f"/dev/tcp/{address}/{p}: {message}" for p in ports), 0)
+
+
 def test_a_worker_that_sees_its_interface_and_reaches_the_head_passes(tmp_path: Path) -> None:
-    seen = parse_node_network(framed(interfaces=("eth0\nlo", 0), link=(LINK, 0),
-                                     addr=(ADDR, 0), route=(ROUTE, 0),
-                                     connect=("bash: connect: Connection refused", 1)), 0)
+    seen = parse_node_network(framed(**{
+        "interfaces": ("eth0\nlo", 0), "link": (LINK, 0), "addr": (ADDR, 0),
+        "route 172.17.0.1": (ROUTE, 0), "connects": connects("172.17.0.1", HEAD_PORTS)}), 0)
     assert seen.interface_exists and seen.addresses == ("172.17.0.3",)
-    assert (seen.route_device, seen.head) == ("eth0", "refused")
+    assert seen.routes == {"172.17.0.1": "eth0"}
+    assert seen.connects == {f"172.17.0.1:{p}": "refused" for p in HEAD_PORTS}
     assert node_network_findings(worker_spec(tmp_path), seen) == []
 
 
+def test_a_worker_checks_every_ray_port_of_the_head(tmp_path: Path) -> None:
+    check = node_check(worker_spec(tmp_path))
+    assert check is not None
+    assert [(name, address, [p for _, p in ports]) for name, address, ports in check.peers] == [
+        ("node-0", "172.17.0.1", list(HEAD_PORTS))]
+    script = node_network_script(check.spec())
+    assert all(f"/dev/tcp/'172.17.0.1'/{p}'" in script for p in HEAD_PORTS)
+    # one port firewalled (its connect times out): named, with what it is
+    text = connects("172.17.0.1", HEAD_PORTS[:3])[0] + "\n" + connects(
+        "172.17.0.1", HEAD_PORTS[3:4], 124, "")[0] + "\n" + connects(
+        "172.17.0.1", HEAD_PORTS[4:])[0]
+    seen = parse_node_network(framed(**{
+        "interfaces": ("eth0\nlo", 0), "link": (LINK, 0), "addr": (ADDR, 0),
+        "route 172.17.0.1": (ROUTE, 0), "connects": (text, 0)}), 0)
+    found = node_network_findings(worker_spec(tmp_path), seen)
+    assert [f.code for f in found] == ["multinode-head-unreachable"]
+    assert found[0].what == ("node-1 cannot reach the head node-0 (172.17.0.1) on 6381 "
+                             "(object manager)")
+    assert found[0].measured == "TCP connect: 6381 timeout"
+
+
 def test_a_worker_without_the_interface_is_refused_naming_what_it_has(tmp_path: Path) -> None:
-    seen = parse_node_network(framed(interfaces=("eth0\nlo", 0),
-                                     link=('Device "eth1" does not exist.', 1),
-                                     addr=('Device "eth1" does not exist.', 1),
-                                     route=(ROUTE, 0), connect=("", 124)), 0)
+    seen = parse_node_network(framed(**{
+        "interfaces": ("eth0\nlo", 0), "link": ('Device "eth1" does not exist.', 1),
+        "addr": ('Device "eth1" does not exist.', 1), "route 172.17.0.1": (ROUTE, 0)}), 0)
     found = node_network_findings(worker_spec(tmp_path, interface="eth1"), seen)
     assert [f.code for f in found] == ["multinode-interface-missing"]
     assert found[0].what == "the inter-node interface eth1 does not exist on node-1"
@@ -442,21 +488,47 @@ def test_a_worker_without_the_interface_is_refused_naming_what_it_has(tmp_path: 
 
 
 def test_a_wrong_address_a_wrong_route_and_a_silent_head_are_each_named(tmp_path: Path) -> None:
-    seen = parse_node_network(framed(interfaces=("eth0\neth1\nlo", 0), link=(LINK, 0),
-                                     addr=(ADDR, 0), route=(ROUTE.replace("eth0", "eth1"), 0),
-                                     connect=("", 124)), 0)
+    seen = parse_node_network(framed(**{
+        "interfaces": ("eth0\neth1\nlo", 0), "link": (LINK, 0), "addr": (ADDR, 0),
+        "route 172.17.0.1": (ROUTE.replace("eth0", "eth1"), 0),
+        "connects": connects("172.17.0.1", HEAD_PORTS, 124, "")}), 0)
     found = node_network_findings(worker_spec(tmp_path, address="172.17.0.9"), seen)
     assert [f.code for f in found] == ["multinode-address-missing", "multinode-route",
                                        "multinode-head-unreachable"]
-    assert found[2].measured == "TCP connect: timeout"
+    assert found[2].measured.startswith("TCP connect: 6379 timeout, 10001 timeout")
 
 
-def test_the_head_is_not_asked_to_reach_itself(tmp_path: Path) -> None:
+def test_the_head_checks_the_workers_ray_ports_not_its_own(tmp_path: Path) -> None:
     head = load(tmp_path, fleet_text())[0]
     check = node_check(head)
-    assert check is not None and check.head is None
+    assert check is not None
+    assert [(name, address, [p for _, p in ports]) for name, address, ports in check.peers] == [
+        ("node-1", "10.0.0.2", [6380, 6381, 10002, 10999])]
     script = node_network_script(check.spec())
-    assert "/dev/tcp" not in script and "ip -o link show dev eth1" in script
+    assert "/dev/tcp/'10.0.0.1'" not in script and "ip -o link show dev eth1" in script
+    seen = NodeNetworkResult(True, ("10.0.0.1",), ("eth1",), routes={"10.0.0.2": "eth1"},
+                             connects={"10.0.0.2:6380": "refused", "10.0.0.2:6381": "refused",
+                                       "10.0.0.2:10002": "timeout",
+                                       "10.0.0.2:10999": "timeout"})
+    found = node_network_findings(head, seen)
+    assert [f.code for f in found] == ["multinode-peer-unreachable"]
+    assert found[0].what == ("node-0 cannot reach node-1 (10.0.0.2) on 10002 (lowest worker "
+                             "port), 10999 (highest worker port)")
+
+
+def test_sglang_nodes_check_only_the_heads_rendezvous(tmp_path: Path) -> None:
+    text = fleet_text(group='inference = { engine = "sglang" }')
+    head, worker = load(tmp_path, text)
+    check = node_check(head)
+    assert check is not None and check.peers == ()  # nobody connects to a worker's port
+    check = node_check(worker)
+    assert check is not None and check.peers == (("node-0", "10.0.0.1", (("rendezvous", 5000),)),)
+
+
+def test_the_gcs_port_may_not_be_one_of_rays_other_ports(tmp_path: Path) -> None:
+    text = fleet_text().replace('interface = "eth1"', 'interface = "eth1", port = 10500')
+    assert ("settings.multinode.port = 10500: is one of the other ports gpufleet gives Ray"
+            in problems(tmp_path, text))
 
 
 def test_another_nodes_refusal_refuses_the_replica_and_other_weights_too(tmp_path: Path) -> None:
