@@ -34,8 +34,9 @@ DEFAULT_PORT = {"vllm": 6379, "sglang": 5000}
 # the node manager's, object manager's and agents' ports at random otherwise, and its
 # workers anywhere in 10002-19999). The flags are those of `ray start` in the Ray the pinned
 # vLLM image carries (vllm 0.7.3 pins ray[adag]==2.40.0; ray/scripts/scripts.py of that
-# release defines every one below; --port and --ray-client-server-port on the head only,
-# --port being refused on a worker: "should only be specified when starting head node").
+# release defines every one below, and so does 2.9.0's, the floor `ray>=2.9` of vLLM 0.4.2
+# and 0.6.6.post1; --port and --ray-client-server-port on the head only, --port being
+# refused on a worker: "should only be specified when starting head node").
 RAY_NODE_MANAGER_PORT = 6380
 RAY_OBJECT_MANAGER_PORT = 6381
 RAY_DASHBOARD_AGENT_GRPC_PORT = 6382
