@@ -54,6 +54,9 @@ class ModelSpec(BaseModel):
     rope_scaling: str | None = None  # config.json rope_scaling type: "llama3", "yarn", ...
     min_transformers: str  # first transformers release that loads it natively
     ships_remote_code: bool = False  # the hub repo carries modeling code (auto_map)
+    # config.json quantization_config.weight_block_size: an FP8 checkpoint scaled per block
+    # (DeepSeek-V3/R1: [128, 128]), which only some engine releases run on some GPUs.
+    weight_block_size: tuple[int, int] | None = None
     recommended_temperature: float | None = Field(default=None, ge=0)
     recommended_top_p: float | None = Field(default=None, gt=0, le=1)
 

@@ -76,6 +76,9 @@ class EngineImage(ContainerImage):
 
     cuda: str = Field(pattern=r"^\d+\.\d+(\.\d+)?$")  # the CUDA runtime inside the image
     version: str  # the engine's release (PEP 440), e.g. "0.4.2"
+    # The transformers release inside the image (the lowest it can carry: the engine's own
+    # requirement), which is what loads the model's config there, not the host's venv.
+    transformers: str
 
 
 class InferencePins(_Strict):

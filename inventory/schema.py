@@ -479,6 +479,11 @@ class InferenceSettings(Strict):
     # Sequences a replica runs at once (--max-num-seqs). Unset: what the KV cache holds at the
     # context length (the sizing's concurrency).
     max_num_seqs: int | None = Field(default=None, ge=1, le=4096)
+    # Let the engine run the modeling code the model's repository ships (--trust-remote-code),
+    # for a model the image's transformers does not know natively (DeepSeek-V3/R1 before
+    # transformers 4.51). That code runs with the engine's rights: review it at the pinned
+    # settings.weights.revision before turning this on. Preflight says when it is needed.
+    trust_remote_code: bool = False
     # Quantization of pre-quantized weights (--quantization), e.g. "awq", "gptq", "fp8".
     quantization: Literal["awq", "gptq", "fp8", "awq_marlin", "gptq_marlin"] | None = None
     # Container ulimits. memlock -1 is what RDMA (NCCL over InfiniBand) needs; a host that

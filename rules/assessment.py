@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from facts.probe import HostProbe
 from facts.storage import StorageLocationResult
-from inventory.catalog import load_gpus
+from inventory.catalog import Precision, load_gpus
 from inventory.fleet import HostSpec
 from rules import compat
 from rules.checkpoint import config_findings
@@ -42,6 +42,8 @@ from rules.sizing import (
     SizingRequest,
     SizingResult,
     engine_profile,
+    kernel_problem,
+    kv_layout,
     render_model_needs,
     serving_configurations,
     size,
@@ -122,6 +124,9 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
                                key=lambda cc: tuple(int(p) for p in cc.split(".")),
                                default=None),
     )
+    kernels = _kernel_findings(spec, request)
+    if kernels:
+        return None, kernels
     try:
         result = _smallest_fitting_tp(request) if request.tp is None else size(request)
     except SizingInputError as exc:
@@ -137,7 +142,8 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
             + across,
             f"{result.needed_per_gpu / GIB:.1f} GiB needed per GPU",
             f"{result.usable_per_gpu / GIB:.1f} GiB usable per GPU",
-            f"up to {result.max_concurrency} concurrent sequences at {context} tokens",
+            f"up to {result.max_concurrency} concurrent sequences at {context} tokens "
+            f"({result.kv_tokens:,} KV tokens: {kv_layout(spec.model, request.engine)})",
         )]
     ways = "; ".join(alt.change for alt in result.alternatives[:4]) or "a larger GPU"
     if mig:
@@ -170,9 +176,40 @@ def model_needs(spec: HostSpec, context: int) -> str:
 
 
 def sizing_engine(spec: HostSpec) -> EngineProfile:
-    """How the pinned vLLM budgets memory (SGLang is sized as the pinned vLLM would be)."""
-    pinned = spec.pins.inference.engine("vllm")
-    return engine_profile(pinned.version) if pinned else DEFAULT_ENGINE
+    """How the pinned engine caches the model and budgets memory (SGLang's budget is sized
+    as the pinned vLLM's would be; its MLA cache and kernels are its own)."""
+    vllm = spec.pins.inference.engine("vllm")
+    engine = spec.settings.inference.engine
+    pinned = spec.pins.inference.engine(engine)
+    if engine != "vllm" and pinned is not None:
+        return engine_profile(pinned.version, engine, vllm.version if vllm else None)
+    return engine_profile(vllm.version) if vllm else DEFAULT_ENGINE
+
+
+def _kernel_findings(spec: HostSpec, request: SizingRequest) -> list[Finding]:
+    """The engine release must have kernels for the weights on these GPUs: a block-wise FP8
+    checkpoint (DeepSeek-V3/R1) needs FP8 tensor cores, with no Marlin fallback."""
+    engine, model, precision = request.engine, request.model, request.precision
+    capability = request.compute_capability
+    problem = kernel_problem(engine, model, precision, capability)
+    if problem is None:
+        return []
+    able = sorted({gpu.names[0] for gpu in load_gpus().values()
+                   if kernel_problem(engine, model, precision, gpu.compute_capability) is None})
+    ways = [f"GPUs it runs on ({', '.join(able)})"] if able else []
+    others: tuple[Precision, ...] = ("int4", "bf16")
+    for other in others:
+        if kernel_problem(engine, model, other, capability) is None:
+            checkpoint = ("an AWQ/GPTQ int4 checkpoint" if other == "int4" else
+                          "the checkpoint converted to bf16")
+            ways.append(f"precision = '{other}' ({checkpoint}; the sizing then says how many "
+                        "GPUs it needs)")
+    return [Finding(
+        "error", "precision-not-supported-on-gpu", f"{problem} ({request.gpu_label})",
+        f"settings.precision = '{precision}' on compute capability {capability}",
+        "an engine release with kernels for it on these GPUs",
+        "; or ".join(ways) or "another precision or GPU",
+    )]
 
 
 def _smallest_fitting_tp(request: SizingRequest) -> SizingResult:
@@ -256,7 +293,7 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
 
     # The pin set must be coherent before any of it is installed.
     findings.extend(compat.check_driver_for_cuda(pins.driver.upstream, pins.cuda.release))
-    findings.extend(compat.check_transformers_for_model(pins.python.transformers, spec.model))
+    findings.extend(_transformers(spec))
 
     os_release = probe.system.os
     if os_release and os_release.id and os_release.version_id:
@@ -293,6 +330,18 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
 
     return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors),
                       gpus, sizing, context, plan)
+
+
+def _transformers(spec: HostSpec) -> list[Finding]:
+    """The model loads with the transformers of the engine image that serves it; only a host
+    that serves nothing is judged by its tooling environment's."""
+    cfg = spec.settings.inference
+    pinned = spec.pins.inference.engine(cfg.engine) if cfg.enabled else None
+    if pinned is None:
+        return compat.check_transformers_for_model(spec.pins.python.transformers, spec.model)
+    return compat.check_transformers_for_model(
+        pinned.transformers, spec.model, cfg.trust_remote_code,
+        where=f"the {cfg.engine} {pinned.version} image {pinned.image}")
 
 
 def _forward_compatible(gpus: list[GpuView]) -> dict[str, bool | None]:

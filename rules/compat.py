@@ -391,10 +391,20 @@ def check_engine_for_model(engine: str, version: str, model: ModelSpec) -> list[
     return found
 
 
+# The fleet setting that lets an engine run the modeling code a model's repository ships.
+TRUST_REMOTE_CODE_SETTING = "settings.inference.trust_remote_code"
+
+
 def check_transformers_for_model(
-    transformers_version: str, model: ModelSpec, trust_remote_code: bool = False
+    transformers_version: str, model: ModelSpec, trust_remote_code: bool = False,
+    where: str | None = None,
 ) -> list[Finding]:
-    """transformers must know the model's architecture (and its RoPE scaling)."""
+    """transformers must know the model's architecture (and its RoPE scaling).
+
+    ``where``: whose transformers it is ("the image vllm/vllm-openai:v0.7.3"): that of a
+    serving engine's image, which is where the model loads, or (None) the host's tooling
+    environment. A model whose repository ships its modeling code loads through it where the
+    fleet accepts remote code (TRUST_REMOTE_CODE_SETTING)."""
     try:
         have = _v(transformers_version)
     except InvalidVersion:
@@ -415,27 +425,34 @@ def check_transformers_for_model(
         if model.rope_scaling in TRANSFORMERS_ROPE_MIN
         else ""
     )
+    whose = f"transformers {have}" + (f" (in {where})" if where else "")
     if model.ships_remote_code and trust_remote_code:
         return [
             Finding(
                 "warning",
                 "transformers-remote-code",
-                f"transformers {have} lacks native {reason}; {model.hub_repo} loads through the "
-                "modeling code shipped in the repo (trust_remote_code)",
-                f"transformers {have}",
+                f"{whose} lacks native {reason}; {model.hub_repo} loads through the "
+                f"modeling code shipped in the repo ({TRUST_REMOTE_CODE_SETTING} = true: "
+                "--trust-remote-code)",
+                whose,
                 f"transformers >= {need} for native support",
-                f"pin transformers >= {need}, or review and pin the repo revision whose code runs",
+                "review the repo's code at the pinned settings.weights.revision, which is "
+                "what runs",
             )
         ]
-    fix = f"pin transformers >= {need} in the tooling lock"
+    if where is None:
+        fix = f"pin transformers >= {need} in the tooling lock"
+    else:
+        fix = f"pin an engine image whose transformers is >= {need}"
     if model.ships_remote_code:
-        fix += f", or allow trust_remote_code for {model.hub_repo}"
+        fix += (f", or set {TRUST_REMOTE_CODE_SETTING} = true to run the modeling code "
+                f"{model.hub_repo} ships (off by default)")
     return [
         Finding(
             "error",
             "transformers-too-old-for-model",
-            f"transformers {have} cannot load {model.id}: {reason} needs transformers >= {need}",
-            f"transformers {have}",
+            f"{whose} cannot load {model.id}: {reason} needs transformers >= {need}",
+            whose,
             f"transformers >= {need}",
             fix,
         )

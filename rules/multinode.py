@@ -30,6 +30,21 @@ VLLM_ONLINE_PP = Version("0.5.1")
 VLLM_EXECUTOR_BACKEND_FLAG = Version("0.5.0")
 # The rendezvous port each engine's documentation uses: Ray's GCS, SGLang's dist-init-addr.
 DEFAULT_PORT = {"vllm": 6379, "sglang": 5000}
+# Ray's other ports, fixed so that a firewall between the nodes can be written (Ray picks
+# the node manager's, object manager's and agents' ports at random otherwise, and its
+# workers anywhere in 10002-19999). The flags are those of `ray start` in the Ray the pinned
+# vLLM image carries (vllm 0.7.3 pins ray[adag]==2.40.0; ray/scripts/scripts.py of that
+# release defines every one below, and so does 2.9.0's, the floor `ray>=2.9` of vLLM 0.4.2
+# and 0.6.6.post1; --port and --ray-client-server-port on the head only, --port being
+# refused on a worker: "should only be specified when starting head node").
+RAY_NODE_MANAGER_PORT = 6380
+RAY_OBJECT_MANAGER_PORT = 6381
+RAY_DASHBOARD_AGENT_GRPC_PORT = 6382
+RAY_RUNTIME_ENV_AGENT_PORT = 6383
+RAY_METRICS_EXPORT_PORT = 6384
+RAY_DASHBOARD_AGENT_LISTEN_PORT = 52365  # Ray's default, made explicit
+RAY_CLIENT_SERVER_PORT = 10001  # Ray's default, made explicit
+RAY_MIN_WORKER_PORT, RAY_MAX_WORKER_PORT = 10002, 10999  # one port per worker process
 # The settings every node of one replica must share: they run one engine together.
 AGREED = (
     "role", "pin_set", "model", "precision", "tensor_parallel", "pipeline_parallel",
@@ -79,6 +94,58 @@ def replica_layout(spec: HostSpec, per_node: int) -> Layout:
 
 def rendezvous_port(spec: HostSpec) -> int:
     return spec.settings.multinode.port or DEFAULT_PORT[spec.settings.inference.engine]
+
+
+@dataclass(frozen=True)
+class RayPorts:
+    """Every port Ray opens on a node, fixed. ``between_nodes``: the ones the other nodes
+    connect to (the rest are reached on the node itself, or by the monitoring host)."""
+
+    gcs: int
+
+    def head_only(self) -> dict[str, int]:
+        return {"--port": self.gcs, "--ray-client-server-port": RAY_CLIENT_SERVER_PORT}
+
+    def every_node(self) -> dict[str, int]:
+        return {
+            "--node-manager-port": RAY_NODE_MANAGER_PORT,
+            "--object-manager-port": RAY_OBJECT_MANAGER_PORT,
+            "--min-worker-port": RAY_MIN_WORKER_PORT,
+            "--max-worker-port": RAY_MAX_WORKER_PORT,
+            "--dashboard-agent-grpc-port": RAY_DASHBOARD_AGENT_GRPC_PORT,
+            "--dashboard-agent-listen-port": RAY_DASHBOARD_AGENT_LISTEN_PORT,
+            "--runtime-env-agent-port": RAY_RUNTIME_ENV_AGENT_PORT,
+            "--metrics-export-port": RAY_METRICS_EXPORT_PORT,
+        }
+
+    def start_flags(self, head: bool) -> list[str]:
+        """`ray start`'s port flags on the head or on another node."""
+        ports = {**(self.head_only() if head else {}), **self.every_node()}
+        return [f"{flag}={port}" for flag, port in ports.items()]
+
+    def between_nodes(self, head: bool) -> dict[str, int]:
+        """What the other nodes connect to on a node: name -> port. The worker range is
+        checked at both ends (a firewall rule is one range)."""
+        found = {"GCS": self.gcs, "Ray client server": RAY_CLIENT_SERVER_PORT} if head else {}
+        return {**found, "node manager": RAY_NODE_MANAGER_PORT,
+                "object manager": RAY_OBJECT_MANAGER_PORT,
+                "lowest worker port": RAY_MIN_WORKER_PORT,
+                "highest worker port": RAY_MAX_WORKER_PORT}
+
+    def taken_besides_gcs(self, port: int) -> bool:
+        """Whether a port is one of Ray's others (the worker range included)."""
+        others = {RAY_CLIENT_SERVER_PORT, *self.every_node().values()}
+        return port in others or RAY_MIN_WORKER_PORT <= port <= RAY_MAX_WORKER_PORT
+
+
+def ray_ports(spec: HostSpec) -> RayPorts:
+    return RayPorts(gcs=rendezvous_port(spec))
+
+
+def nccl_socket_ifname(interface: str) -> str:
+    """NCCL_SOCKET_IFNAME for exactly this interface: NCCL treats a bare name as a prefix
+    (eth1 also matches eth10); a leading '=' makes it exact (NCCL's environment docs)."""
+    return f"={interface}"
 
 
 # --- the fleet file ---------------------------------------------------------------------------
@@ -183,6 +250,12 @@ def _node_problems(spec: HostSpec, members: list[HostSpec]) -> list[Problem]:
             f"the layout across {nodes} x {count} GPUs is tensor parallel {layout.tp}, which "
             f"{spec.model.id}'s {spec.model.attention_heads} attention heads do not divide "
             "evenly; set tensor_parallel and pipeline_parallel"))
+    port = rendezvous_port(spec)
+    if settings.inference.engine == "vllm" and ray_ports(spec).taken_besides_gcs(port):
+        problems.append(Problem(
+            where, "settings.multinode.port", port,
+            "is one of the other ports gpufleet gives Ray (node manager, object manager, "
+            "agents, client server, workers: rules/multinode.py); pick another, e.g. 6379"))
     if settings.inference.engine == "sglang" and layout.pp > 1:
         problems.append(Problem(
             where, "settings.pipeline_parallel", layout.pp,
@@ -232,24 +305,38 @@ def span_plan(spec: HostSpec) -> SpanPlan | None:
 # --- what each node sees -------------------------------------------------------------------
 @dataclass(frozen=True)
 class NodeCheck:
-    """What a node's probe is asked to read of the network (facts.node_network's spec)."""
+    """What a node's probe is asked to read of the network (facts.node_network's spec): the
+    other nodes of the replica (the head first), each with the ports this node's engine
+    connects to there, by name."""
 
     interface: str
-    head: str | None  # the head's address; None on the head itself
-    port: int
+    peers: tuple[tuple[str, str, tuple[tuple[str, int], ...]], ...]  # (name, address, ports)
     infiniband: bool
 
     def spec(self) -> str:
-        return json.dumps({"interface": self.interface, "head": self.head, "port": self.port,
-                           "infiniband": self.infiniband}, sort_keys=True)
+        return json.dumps({"interface": self.interface, "infiniband": self.infiniband,
+                           "peers": [[address, [port for _, port in ports]]
+                                     for _, address, ports in self.peers]}, sort_keys=True)
+
+
+def peer_ports(spec: HostSpec, head: bool) -> tuple[tuple[str, int], ...]:
+    """The ports the other nodes connect to on a node: every Ray port between nodes for
+    vLLM; SGLang's rendezvous on its head only (torch.distributed's own ports are not fixed
+    by any flag of the pinned release)."""
+    if spec.settings.inference.engine == "vllm":
+        return tuple(ray_ports(spec).between_nodes(head).items())
+    return (("rendezvous", rendezvous_port(spec)),) if head else ()
 
 
 def node_check(spec: HostSpec) -> NodeCheck | None:
     span, cfg = spec.replica, spec.settings.multinode
     if span is None or cfg.interface is None:
         return None
-    return NodeCheck(interface=cfg.interface, head=None if span.is_head else span.head.address,
-                     port=rendezvous_port(spec), infiniband=cfg.infiniband_hca is not None)
+    peers = tuple((node.name, str(node.address), peer_ports(spec, node.name == span.head.name))
+                  for node in span.nodes
+                  if node.name != spec.name and node.address is not None)
+    return NodeCheck(interface=cfg.interface, peers=tuple(p for p in peers if p[2]),
+                     infiniband=cfg.infiniband_hca is not None)
 
 
 def node_network_findings(spec: HostSpec, seen: NodeNetworkResult | None) -> list[Finding]:
@@ -276,22 +363,29 @@ def node_network_findings(spec: HostSpec, seen: NodeNetworkResult | None) -> lis
             f"{iface} on {spec.name} does not have the address the fleet file gives it",
             f"{iface}: " + (", ".join(seen.addresses) or "no IPv4 address"), str(me),
             "correct settings.multinode.address for this host, or configure the address"))
-    if check.head is not None:
-        where = f"the head {span.head.name} ({check.head}:{check.port})"
-        if seen.route_device is not None and seen.route_device != iface:
+    for name, address, ports in check.peers:
+        role = "the head " if name == span.head.name else ""
+        device = seen.routes.get(address)
+        if device is not None and device != iface:
             found.append(Finding(
                 "error", "multinode-route",
-                f"traffic to {where} leaves {spec.name} through {seen.route_device}, not {iface}",
-                f"ip route get {check.head}: dev {seen.route_device}", f"dev {iface}",
-                "the head's address must be on the inter-node network: correct "
-                "settings.multinode.address of the head, or the routes"))
-        if seen.head not in ("open", "refused"):
+                f"traffic to {role}{name} ({address}) leaves {spec.name} through {device}, "
+                f"not {iface}",
+                f"ip route get {address}: dev {device}", f"dev {iface}",
+                f"{name}'s address must be on the inter-node network: correct its "
+                "settings.multinode.address, or the routes"))
+        closed = [(what, port, seen.connects.get(f"{address}:{port}", "not read"))
+                  for what, port in ports]
+        closed = [c for c in closed if c[2] not in ("open", "refused")]
+        if closed:
             found.append(Finding(
-                "error", "multinode-head-unreachable",
-                f"{spec.name} cannot reach {where}",
-                f"TCP connect: {seen.head}", "connected, or refused (nothing listening yet)",
-                "open the port between the nodes (only between them: the engines' traffic is "
-                "unauthenticated), or correct the head's address"))
+                "error", "multinode-head-unreachable" if role else "multinode-peer-unreachable",
+                f"{spec.name} cannot reach {role}{name} ({address}) on "
+                + ", ".join(f"{port} ({what})" for what, port, _ in closed),
+                "TCP connect: " + ", ".join(f"{port} {verdict}" for _, port, verdict in closed),
+                "connected, or refused (nothing listening yet)",
+                "open these ports between the nodes (only between them: the engines' traffic "
+                "is unauthenticated), or correct the address"))
     if check.infiniband and not seen.infiniband:
         found.append(Finding(
             "error", "multinode-no-infiniband",

@@ -26,7 +26,9 @@ from rules.findings import Finding, explaining_lines
 from rules.multinode import (
     VLLM_EXECUTOR_BACKEND_FLAG,
     VLLM_ONLINE_PP,
+    RayPorts,
     SpanPlan,
+    nccl_socket_ifname,
     span_plan,
 )
 from rules.render import TEMPLATES_DIR, render
@@ -100,6 +102,7 @@ class EnginePlan:
     start_seconds: int
     ulimits: dict[str, int] = field(default_factory=dict)
     api_key: bool = False
+    trust_remote_code: bool = False  # settings.inference.trust_remote_code
     temperature: float = 0.6
     top_p: float = 0.95
     # Set on the nodes of a replica spanning hosts (settings.multinode).
@@ -230,7 +233,8 @@ def plan_engine(
         max_model_len=max_model_len, gpu_memory_utilization=settings.gpu_memory_utilization,
         max_num_seqs=cfg.max_num_seqs or max_num_seqs, dtype=dtype, quantization=quantization,
         bind=cfg.bind, replicas=replicas, start_seconds=start, ulimits=dict(cfg.ulimits),
-        api_key=cfg.api_key_file is not None, temperature=settings.sampling.temperature,
+        api_key=cfg.api_key_file is not None, trust_remote_code=cfg.trust_remote_code,
+        temperature=settings.sampling.temperature,
         top_p=settings.sampling.top_p, span=span,
     )
 
@@ -253,6 +257,8 @@ def engine_args(plan: EnginePlan) -> list[str]:
             args += ["--dtype", plan.dtype]
         if plan.quantization:
             args += ["--quantization", plan.quantization]
+        if plan.trust_remote_code:
+            args.append("--trust-remote-code")
         if plan.span is not None:
             args += ["--nnodes", str(len(plan.span.nodes)), "--node-rank", str(plan.span.rank),
                      "--dist-init-addr", plan.span.rendezvous]
@@ -269,6 +275,8 @@ def engine_args(plan: EnginePlan) -> list[str]:
         args += ["--dtype", plan.dtype]
     if plan.quantization:
         args += ["--quantization", plan.quantization]
+    if plan.trust_remote_code:
+        args.append("--trust-remote-code")
     low, high = VLLM_DISABLE_LOG_REQUESTS
     if low <= Version(plan.version) < high:
         args.append("--disable-log-requests")
@@ -310,7 +318,9 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
     environment = {
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         # NCCL and Gloo pick the first interface they like otherwise (vllm-project/vllm#6803).
-        "NCCL_SOCKET_IFNAME": span.interface, "GLOO_SOCKET_IFNAME": span.interface,
+        # NCCL's is exact only with '=' (a bare eth1 also matches eth10); Gloo's is a name.
+        "NCCL_SOCKET_IFNAME": nccl_socket_ifname(span.interface),
+        "GLOO_SOCKET_IFNAME": span.interface,
     }
     if plan.engine == "vllm":
         environment["VLLM_HOST_IP"] = span.address  # one of several addresses (#7815)
@@ -339,10 +349,12 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
             service["volumes"].append(f"{MULTINODE_LAUNCHER}:{LAUNCHER_MOUNT}:ro")
             nodes = [f"--node={name}={address}" for name, address in span.nodes]
             service["entrypoint"] = ["python3", LAUNCHER_MOUNT]
+            ray = [f"--ray={flag}" for flag in RayPorts(span.port).start_flags(head=True)
+                   if not flag.startswith("--port=")]
             service["command"] = [
                 f"--address={span.address}", f"--port={span.port}",
                 f"--gpus={len(replica.gpus)}", f"--timeout={span.join_timeout}",
-                *nodes, "--", *server]
+                *ray, *nodes, "--", *server]
         else:
             service["entrypoint"] = server[:len(ENTRYPOINT[plan.engine])]
             service["command"] = server[len(ENTRYPOINT[plan.engine]):]
@@ -350,7 +362,8 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
         service["container_name"] = NODE_CONTAINER
         service["entrypoint"] = ["ray", "start", "--block", f"--address={span.rendezvous}",
                                  f"--node-ip-address={span.address}",
-                                 f"--num-gpus={len(replica.gpus)}", "--disable-usage-stats"]
+                                 f"--num-gpus={len(replica.gpus)}", "--disable-usage-stats",
+                                 *RayPorts(span.port).start_flags(head=False)]
     if span.is_head:
         service["healthcheck"] = {"test": _health_test(health_url), "interval": "30s",
                                   "timeout": "10s", "retries": 3,

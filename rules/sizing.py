@@ -108,48 +108,100 @@ def weights_bytes(model: ModelSpec, precision: Precision) -> int:
     )
 
 
-def kv_bytes_per_token(model: ModelSpec, kv_dtype: KvDtype = "auto") -> int:
+def caches_latent(model: ModelSpec, engine: EngineProfile | None) -> bool:
+    """Whether the engine caches an MLA model's latent (None: the model's own layout)."""
+    return model.attention == "mla" and (engine is None or engine.mla_latent)
+
+
+def kv_layout(model: ModelSpec, engine: EngineProfile | None = None) -> str:
+    """What one token of the KV cache is, in words (the sizing output says which)."""
+    if model.attention != "mla":
+        return "KV heads split by tp"
+    if caches_latent(model, engine):
+        return "MLA latent, replicated per tp rank"
+    assert engine is not None
+    return (f"no MLA in {engine.label}: full K and V of {model.attention_heads} heads "
+            f"x {engine.mla_fallback_head_size} (padded), split by tp")
+
+
+def kv_bytes_per_token(model: ModelSpec, kv_dtype: KvDtype = "auto",
+                       engine: EngineProfile | None = None) -> int:
     """KV cache bytes one token occupies across the whole model (no parallelism)."""
-    kv_bytes = 1 if kv_dtype == "fp8" else 2
-    if model.attention == "mla":
-        assert model.kv_lora_rank is not None and model.qk_rope_head_dim is not None
-        return (model.kv_lora_rank + model.qk_rope_head_dim) * model.layers * kv_bytes
-    return 2 * model.layers * model.kv_heads * model.head_dim * kv_bytes
+    return kv_bytes_per_token_per_gpu(model, 1, 1, kv_dtype, engine)
 
 
 def kv_bytes_per_token_per_gpu(
-    model: ModelSpec, tp: int, pp: int, kv_dtype: KvDtype = "auto"
+    model: ModelSpec, tp: int, pp: int, kv_dtype: KvDtype = "auto",
+    engine: EngineProfile | None = None,
 ) -> int:
-    """KV cache bytes one token occupies on the busiest GPU."""
+    """KV cache bytes one token occupies on the busiest GPU.
+
+    An MLA model where the engine caches the latent (vLLM >= 0.7.1, SGLang): one vector of
+    kv_lora_rank + qk_rope_head_dim per layer, the same on every tensor-parallel rank. Where
+    it does not (vLLM <= 0.7.0), the engine caches K and V of every attention head at its
+    padded head size, and tensor parallelism splits the heads like any multi-head attention.
+    """
     kv_bytes = 1 if kv_dtype == "fp8" else 2
     layers = math.ceil(model.layers / pp)
-    if model.attention == "mla":
+    if caches_latent(model, engine):
         assert model.kv_lora_rank is not None and model.qk_rope_head_dim is not None
         return (model.kv_lora_rank + model.qk_rope_head_dim) * layers * kv_bytes
+    if model.attention == "mla":
+        assert engine is not None
+        heads = math.ceil(model.attention_heads / tp)
+        return 2 * layers * heads * engine.mla_fallback_head_size * kv_bytes
     heads = math.ceil(model.kv_heads / tp)  # >= 1: replicated once tp > kv_heads
     return 2 * layers * heads * model.head_dim * kv_bytes
 
 
+# vLLM caches DeepSeek's MLA latent from 0.7.1: vllm/attention/backends/mla/ and
+# ModelConfig.use_mla (get_head_size = kv_lora_rank + qk_rope_head_dim, one KV head) first
+# ship in the 0.7.1 wheel; 0.7.0's and 0.6.6.post1's config.py pad the 192-wide heads to 256
+# for FlashAttention ("we need to pad head_size 192 to 256") and cache K and V of every head
+# (inventory/pins.toml, set r535-fwdcompat-mla, has the evidence).
+VLLM_MLA_CACHE = (0, 7, 1)
+MLA_FALLBACK_HEAD_SIZE = 256
+# Block-wise FP8 (config.json quantization_config.weight_block_size, DeepSeek-V3/R1's
+# 128x128) runs only on FP8 tensor cores (compute capability 8.9: Ada, Hopper) in every
+# release gpufleet pins: vLLM 0.6.6.post1, 0.7.1 and 0.7.3 fp8.py and SGLang 0.4.1.post7
+# fp8.py set use_marlin = False "Marlin doesn't support block-wise fp8" (vllm-project/vllm
+# #13885: R1's FP8 does not run on Ampere).
+BLOCK_FP8_MIN_COMPUTE_CAPABILITY = (8, 9)
+
+
 @dataclass(frozen=True)
 class EngineProfile:
-    """What sizing must know about one vLLM release: how it budgets memory at start-up (what
+    """What sizing must know about one engine release: how it budgets memory at start-up (what
     its profiling run pushes through the model, how much of the sampler's logits it holds at
-    the peak) and which GPUs its FP8 kernels run on."""
+    the peak), how it caches MLA and which GPUs its FP8 kernels run on. The budget is
+    vLLM's; SGLang is budgeted as the pin set's vLLM would be (engine_label names it)."""
 
     version: str
     v1: bool  # the V1 engine (0.8 and later): chunked prefill always on
     sampler_copies: int  # fp32 logit-sized buffers held at the sampler's peak
     auto_chunked_prefill: bool  # V0 turns chunked prefill on above LONG_CONTEXT
     fp8_min_compute_capability: tuple[int, int]  # Ada/Hopper; Ampere via Marlin from 0.5
+    mla_latent: bool = True  # caches an MLA model's latent (else full K/V, padded heads)
+    mla_fallback_head_size: int = MLA_FALLBACK_HEAD_SIZE
+    block_fp8_min_compute_capability: tuple[int, int] = BLOCK_FP8_MIN_COMPUTE_CAPABILITY
+    engine_label: str = ""  # "SGLang 0.4.1.post7" where another engine serves
 
-    def runs(self, precision: Precision, compute_capability: str | None) -> bool:
+    @property
+    def label(self) -> str:
+        return self.engine_label or f"vLLM {self.version}"
+
+    def runs(self, precision: Precision, compute_capability: str | None,
+             block_fp8: bool = False) -> bool:
         """Whether this release serves `precision` on a GPU of that compute capability:
-        bf16 needs Ampere (8.0), int8/int4 kernels Turing (7.5), fp8 per release."""
+        bf16 needs Ampere (8.0), int8/int4 kernels Turing (7.5), fp8 per release, and a
+        block-wise FP8 checkpoint (``block_fp8``) FP8 tensor cores."""
         if compute_capability is None:
             return True  # unknown GPU: not held against it
         major, minor = (int(part) for part in compute_capability.split(".")[:2])
+        fp8 = self.block_fp8_min_compute_capability if block_fp8 else \
+            self.fp8_min_compute_capability
         needed = {"bf16": (8, 0), "int8": (7, 5), "int4": (7, 5),
-                  "fp8": self.fp8_min_compute_capability}.get(precision, (7, 0))
+                  "fp8": fp8}.get(precision, (7, 0))
         return (major, minor) >= needed
 
     def profile_tokens(self, max_model_len: int, large_gpu: bool,
@@ -167,9 +219,15 @@ class EngineProfile:
         return 1024 if self.v1 and large_gpu else 256
 
 
-def engine_profile(version: str) -> EngineProfile:
+def engine_profile(version: str, engine: str = "vllm", vllm_version: str | None = None
+                   ) -> EngineProfile:
     """The profile of a vLLM release ("0.4.2", "v0.6.6.post1"); an unreadable version gets
-    the most conservative one (0.11's, with the largest sampler peak)."""
+    the most conservative one (0.11's, with the largest sampler peak). For SGLang
+    (``engine="sglang"``, ``version`` its release): the budget of ``vllm_version`` (the pin
+    set's vLLM), with SGLang's MLA cache (0.4.1's model_runner: MLATokenToKVPool)."""
+    if engine == "sglang":
+        base = engine_profile(vllm_version or "0.4.2")
+        return replace(base, mla_latent=True, engine_label=f"SGLang {version}")
     try:
         release = Version(version.lstrip("v")).release
     except InvalidVersion:
@@ -182,7 +240,31 @@ def engine_profile(version: str) -> EngineProfile:
         sampler_copies=8 if release >= (0, 11) else 1,
         auto_chunked_prefill=release >= (0, 5),
         fp8_min_compute_capability=(8, 0) if release >= (0, 5) else (8, 9),
+        mla_latent=release >= VLLM_MLA_CACHE,
     )
+
+
+def block_fp8(model: ModelSpec, precision: Precision) -> bool:
+    """The weights served are the checkpoint's own block-wise FP8."""
+    return precision == "fp8" and model.native_dtype == "fp8" and \
+        model.weight_block_size is not None
+
+
+def kernel_problem(engine: EngineProfile, model: ModelSpec, precision: Precision,
+                   compute_capability: str | None) -> str | None:
+    """Why the engine release cannot run these weights on that GPU (None: it can)."""
+    block = block_fp8(model, precision)
+    if engine.runs(precision, compute_capability, block):
+        return None
+    if block:
+        need = ".".join(str(p) for p in engine.block_fp8_min_compute_capability)
+        size = "x".join(str(n) for n in model.weight_block_size or ())
+        return (f"{engine.label} cannot run {model.id}'s block-wise FP8 weights ({size} "
+                f"blocks) on compute capability {compute_capability}: its FP8 layers have no "
+                "Marlin path for block-wise FP8 (fp8.py: \"Marlin doesn't support block-wise "
+                f"fp8\"); they need compute capability >= {need}")
+    return (f"{engine.label} has no {precision} kernels for compute capability "
+            f"{compute_capability}")
 
 
 DEFAULT_ENGINE = engine_profile("0.4.2")  # the default pin set's vLLM
@@ -291,6 +373,7 @@ class SizingResult:
     max_context: int = 0  # at the requested concurrency, capped by the model (size() fills it)
     smallest_tp: int | None = None  # when it fits: fewest GPUs per replica that still fit
     alternatives: list[Alternative] = field(default_factory=list)  # when it does not fit
+    unsupported: str | None = None  # the engine has no kernels for the weights on the GPU
 
     @property
     def overhead_per_gpu(self) -> int:
@@ -348,8 +431,8 @@ def _arithmetic(req: SizingRequest) -> SizingResult:
     seqs = req.max_num_seqs or req.engine.default_max_num_seqs(large)
     activation = activation_peak_bytes(req.model, tp, tokens, seqs, req.engine.sampler_copies)
     non_torch = non_torch_bytes(tp)
-    per_token = kv_bytes_per_token(req.model, req.kv_dtype)
-    per_token_gpu = kv_bytes_per_token_per_gpu(req.model, tp, pp, req.kv_dtype)
+    per_token = kv_bytes_per_token(req.model, req.kv_dtype, req.engine)
+    per_token_gpu = kv_bytes_per_token_per_gpu(req.model, tp, pp, req.kv_dtype, req.engine)
     block = BLOCK_SIZE * per_token_gpu
     kv = req.concurrency * _blocks(req.context) * block  # vLLM allocates whole blocks
     visible = cuda_visible_bytes(req.gpu_memory_bytes)
@@ -417,7 +500,8 @@ def _alternatives(req: SizingRequest, base: SizingResult) -> list[Alternative]:
     for precision in PRECISIONS:
         if BYTES_PER_PARAM[precision] >= here or (precision == "fp16" and req.precision == "bf16"):
             continue
-        if not req.engine.runs(precision, req.compute_capability):
+        if not req.engine.runs(precision, req.compute_capability,
+                               block_fp8(req.model, precision)):
             continue
         changed = replace(req, precision=precision)
         if _arithmetic(changed).fits:
@@ -449,9 +533,31 @@ def _alternatives(req: SizingRequest, base: SizingResult) -> list[Alternative]:
     return found
 
 
+def _kernel_alternatives(req: SizingRequest) -> list[Alternative]:
+    """Other precisions the engine runs on this GPU and that fit as requested."""
+    found = []
+    for precision in PRECISIONS:
+        if precision == req.precision or not req.engine.runs(
+                precision, req.compute_capability, block_fp8(req.model, precision)):
+            continue
+        result = _arithmetic(replace(req, precision=precision))
+        if result.fits:
+            checkpoint = (" (an AWQ/GPTQ checkpoint)" if precision in ("int8", "int4") else
+                          " (the checkpoint converted)")
+            found.append(Alternative("precision", f"--precision {precision}{checkpoint}",
+                                     result.needed_per_gpu, result.usable_per_gpu))
+    return found
+
+
 def size(req: SizingRequest) -> SizingResult:
-    """Size one request; raises SizingInputError when the request is impossible as stated."""
+    """Size one request; raises SizingInputError when the request is impossible as stated.
+    Weights the engine has no kernels for on the GPU do not fit, whatever the memory says."""
     _validate(req)
+    problem = kernel_problem(req.engine, req.model, req.precision, req.compute_capability)
+    if problem is not None:
+        base = _arithmetic(req)
+        return replace(base, fits=False, unsupported=problem,
+                       alternatives=_kernel_alternatives(req))
     base = replace(_arithmetic(req), max_context=_max_context(req))
     if not base.fits:
         return replace(base, alternatives=_alternatives(req, base))
@@ -474,7 +580,7 @@ def render_sizing(result: SizingResult) -> str:
     quant = ""
     if BYTES_PER_PARAM[req.precision] < 2 and req.precision != m.native_dtype:
         quant = "; embeddings+head kept 16-bit"
-    split = "MLA latent, replicated per tp rank" if m.attention == "mla" else "KV heads split by tp"
+    split = kv_layout(m, req.engine)
     large = is_large_gpu(req.gpu_memory_bytes, req.gpu_label)
     seqs = req.max_num_seqs or req.engine.default_max_num_seqs(large)
     copies = f" x {req.engine.sampler_copies}" if req.engine.sampler_copies > 1 else ""
@@ -494,7 +600,7 @@ def render_sizing(result: SizingResult) -> str:
         ),
         (
             "activation peak",
-            f"vLLM {req.engine.version} profiling pass: {result.profile_tokens} tokens + "
+            f"{req.engine.label} profiling pass: {result.profile_tokens} tokens + "
             f"sampler {seqs} seqs x {m.vocab_size} fp32{copies}",
             result.activation_per_gpu,
         ),
@@ -519,6 +625,14 @@ def render_sizing(result: SizingResult) -> str:
     for label, detail, value in rows:
         lines.append(f"  {label:<18}{_gib(value):>9}   {detail}")
     lines.append("")
+    if result.unsupported:
+        lines.append(f"Verdict: CANNOT RUN: {result.unsupported}.")
+        lines.append("  Other GPUs, or one of these precisions on these GPUs:"
+                     if result.alternatives else "  Use other GPUs.")
+        for alt in result.alternatives:
+            lines.append(f"    {alt.change:<40} needs {_gib(alt.needed_per_gpu)} of "
+                         f"{_gib(alt.usable_per_gpu)} GiB per GPU")
+        return "\n".join(lines)
     if result.fits:
         lines.append(f"Verdict: FITS, {_gib(result.headroom_per_gpu)} GiB per GPU to spare.")
         if result.smallest_tp is not None and result.smallest_tp < result.tp:
@@ -582,7 +696,7 @@ def serving_configurations(base: SizingRequest, gpus: Mapping[str, tuple[int, st
     first. GPUs that cannot run the precision, or that do not fit even max_gpus, are left out."""
     found = []
     for label, (memory, capability) in gpus.items():
-        if not base.engine.runs(base.precision, capability):
+        if not base.engine.runs(base.precision, capability, block_fp8(base.model, base.precision)):
             continue
         for tp in tp_candidates(base.model, limit=max_gpus):
             request = replace(base, gpu_memory_bytes=memory, gpu_count=tp * base.pp, tp=tp,
@@ -599,13 +713,13 @@ def render_model_needs(base: SizingRequest, configurations: list[Configuration])
     """What a model needs, without any GPU at hand: weights, KV cache per token, and the GPU
     configurations that would serve it."""
     m, req = base.model, base
-    per_token = kv_bytes_per_token(m, req.kv_dtype)
+    per_token = kv_bytes_per_token(m, req.kv_dtype, req.engine)
     lines = [
         f"What {m.id} needs at {req.precision}, context {req.context}, "
-        f"{req.concurrency} concurrent sequence(s) (vLLM {req.engine.version}):",
+        f"{req.concurrency} concurrent sequence(s) ({req.engine.label}):",
         f"  weights:          {weights_bytes(m, req.precision) / 1e9:,.1f} GB "
         f"({weights_bytes(m, req.precision) / GIB:,.1f} GiB) across all GPUs",
-        f"  KV cache:         {per_token / KIB:,.1f} KiB per token, "
+        f"  KV cache:         {per_token / KIB:,.1f} KiB per token ({kv_layout(m, req.engine)}), "
         f"{per_token * req.context * req.concurrency / GIB:,.2f} GiB for the requested sequences",
     ]
     if not configurations:

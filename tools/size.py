@@ -27,6 +27,7 @@ from packaging.version import InvalidVersion, Version
 from inventory.catalog import (
     CatalogError,
     GpuSpec,
+    ModelSpec,
     find_gpu,
     find_model,
     load_gpus,
@@ -46,6 +47,7 @@ from rules.capacity import (
     replica_model,
     validate_load,
 )
+from rules.compat import check_engine_for_model
 from rules.sizing import (
     DEFAULT_GPU_MEMORY_UTILIZATION,
     GIB,
@@ -76,10 +78,18 @@ _FLAG_FOR_FIELD = {
 }
 
 
-def _pinned_vllm() -> str:
-    """The vLLM release the default pin set serves: the sizing budgets memory as it does."""
-    pinned = load_pins().sets[Settings.model_fields["pin_set"].default].inference.engine("vllm")
-    return pinned.version if pinned else "0.4.2"
+def _pinned_vllm(model: ModelSpec | None = None) -> str:
+    """The vLLM release the default pin set serves: the sizing budgets memory (and caches the
+    KV) as it does. A model that release cannot load is sized as the newest vLLM of the pin
+    sets that serve it (DeepSeek-V3/R1: r535-fwdcompat-mla's, which caches the MLA latent)."""
+    sets = load_pins().sets
+    default = sets[Settings.model_fields["pin_set"].default].inference.engine("vllm")
+    version = default.version if default else "0.4.2"
+    if model is None or not check_engine_for_model("vllm", version, model):
+        return version
+    serving = [pins.version for pins in (s.inference.engine("vllm") for s in sets.values())
+               if pins is not None and not check_engine_for_model("vllm", pins.version, model)]
+    return max(serving, key=Version, default=version)
 
 
 
@@ -140,8 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (1)")
     p.add_argument("--kv-dtype", choices=("auto", "fp8"), default="auto", help="KV cache dtype")
     p.add_argument("--engine-version", default=None,
-                   help="vLLM release whose start-up memory profile to apply "
-                        "(default: the default pin set's)")
+                   help="vLLM release whose start-up memory profile and KV cache layout "
+                        "to apply (default: the default pin set's, or for a model it cannot "
+                        "load, the newest pinned vLLM that can)")
     p.add_argument("--max-num-seqs", type=int, default=None,
                    help="the engine's batch limit (default: the engine's own default)")
     p.add_argument(
@@ -247,9 +258,9 @@ def _list_gpus() -> str:
     return "\n".join(rows)
 
 
-def _engine_version(given: str | None) -> str:
+def _engine_version(given: str | None, model: ModelSpec | None = None) -> str:
     if given is None:
-        return _pinned_vllm()
+        return _pinned_vllm(model)
     try:
         Version(given.lstrip("v"))
     except InvalidVersion as exc:
@@ -310,7 +321,7 @@ def _request(args: argparse.Namespace) -> SizingRequest:
         gpu_memory_utilization=args.gpu_memory_utilization,
         kv_dtype=args.kv_dtype,
         gpu_label=label,
-        engine=engine_profile(_engine_version(args.engine_version)),
+        engine=engine_profile(_engine_version(args.engine_version, model)),
         max_num_seqs=args.max_num_seqs,
         compute_capability=capability,
     )

@@ -9,7 +9,10 @@
 # unit), it starts over: the worker nodes rejoin the new head by themselves.
 #
 #   multinode-launch.py --address=10.0.0.1 --port=6379 --gpus=8 --timeout=600 \
+#       --ray=--node-manager-port=6380 ... \
 #       --node=gpu-a=10.0.0.1 --node=gpu-b=10.0.0.2 -- python3 -m vllm.entrypoints... ARGS
+#
+# --ray: a further `ray start` flag for the head (its fixed ports), passed on as given.
 from __future__ import annotations
 
 import argparse
@@ -37,6 +40,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--timeout", type=int, required=True, help="seconds to wait for nodes")
     parser.add_argument("--node", action="append", default=[], metavar="NAME=ADDRESS",
                         help="every node of the replica, the head first")
+    parser.add_argument("--ray", action="append", default=[], metavar="--FLAG=VALUE",
+                        help="a further `ray start` flag for the head")
     args = parser.parse_args(argv[:cut])
     server = argv[cut + 1:]
     if not server:
@@ -56,6 +61,7 @@ def main(argv: list[str]) -> int:
     head = subprocess.run([
         "ray", "start", "--head", f"--node-ip-address={args.address}", f"--port={args.port}",
         f"--num-gpus={args.gpus}", "--include-dashboard=false", "--disable-usage-stats",
+        *args.ray,
     ])
     if head.returncode != 0:
         say(f"Ray's head did not start on {args.address}:{args.port} (exit {head.returncode})")

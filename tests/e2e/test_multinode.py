@@ -146,7 +146,7 @@ def test_both_converge_and_the_head_serves_once_both_joined(story: Path) -> None
     assert ADDRESS[HEAD] in status and ADDRESS[WORKER] in status
     # the engine is on the host's network, told which interface and address are inter-node
     env = ok(WORKER, f"docker inspect --format '{{{{json .Config.Env}}}}' {NODE_CONTAINER}")
-    assert "NCCL_SOCKET_IFNAME=eth1" in env and f"VLLM_HOST_IP={ADDRESS[WORKER]}" in env
+    assert "NCCL_SOCKET_IFNAME==eth1" in env and f"VLLM_HOST_IP={ADDRESS[WORKER]}" in env
     assert completion()["usage"]["completion_tokens"] == 5  # type: ignore[index]
     # the API stays on the head's loopback
     assert run_on(WORKER, f"curl -fsS --max-time 5 http://{ADDRESS[HEAD]}:8000/health"

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from rules.multinode import RayPorts
 from rules.render import TEMPLATES_DIR
 from tests.unit.test_standin_distributed import (
     HEAD_IP,
+    RAY,
     WORKER_IP,
     Cluster,
     free_port,
@@ -62,3 +64,25 @@ def test_a_node_that_never_joins_is_named(cluster: Cluster) -> None:
     assert (f"node(s) gpu-b ({WORKER_IP}) did not join the Ray cluster at {HEAD_IP}:{port} "
             "within 3 s (settings.multinode.join_timeout_seconds)") in out
     assert "SERVER STARTED" not in out
+
+
+def test_the_rendered_ray_ports_start_the_head_and_join_the_worker(cluster: Cluster) -> None:
+    """The fixed ports as the compose file renders them (rules.multinode.RayPorts): the head
+    through the launcher's --ray, the worker on `ray start`; a head-only flag on a worker is
+    refused as real Ray refuses it."""
+    port = free_port(HEAD_IP)
+    ports = RayPorts(port)
+    args = launcher(port, timeout=60)
+    cut = args.index("--")
+    head_flags = [f"--ray={f}" for f in ports.start_flags(head=True) if not f.startswith("--port=")]
+    head = cluster.start("head", [*args[:cut], *head_flags, *args[cut:]])
+    wait_for(lambda: "waiting for gpu-b" in head.output, 20, "the launcher waits")
+    code, out = cluster.run("worker", [*RAY, "start", f"--address={HEAD_IP}:{port}",
+                                       f"--node-ip-address={WORKER_IP}", "--block",
+                                       *ports.start_flags(head=True)], seconds=10)
+    assert code == 1 and "--port should only be specified when starting head node" in out
+    worker = cluster.start("worker", [*RAY, "start", f"--address={HEAD_IP}:{port}",
+                                      f"--node-ip-address={WORKER_IP}", "--block",
+                                      *ports.start_flags(head=False)])
+    assert head.wait(30) == 0, head.output + worker.output
+    assert "SERVER STARTED" in head.output

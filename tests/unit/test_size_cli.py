@@ -187,3 +187,24 @@ def test_r1_at_fp8_one_h200_node_fits_one_h100_node_does_not_two_do() -> None:
 def test_bad_multi_node_shapes_get_one_line(gpus: str, needle: str) -> None:
     proc = run("--model", "deepseek-r1", "--gpus", gpus)
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_r1_is_sized_as_the_pinned_vllm_that_serves_it_and_says_how_it_caches() -> None:
+    # The default pin set's vLLM 0.4.2 cannot load R1: the newest pinned vLLM that can (0.7.3)
+    # is the one sized, with its MLA latent cache; 0.6.6.post1 caches full K/V.
+    latent = run("--model", "deepseek-r1", "--precision", "fp8", "--gpus", "2x(8xh100-80gb)",
+                 "--context", "8192", "--concurrency", "8")
+    assert latent.returncode == 0, latent.stdout
+    assert "vLLM 0.7.3 profiling pass" in latent.stdout and "MLA latent" in latent.stdout
+    full = run("--model", "deepseek-r1", "--precision", "fp8", "--gpus", "2x(8xh100-80gb)",
+               "--context", "8192", "--concurrency", "8", "--engine-version", "0.6.6.post1")
+    assert full.returncode == 1
+    assert "no MLA in vLLM 0.6.6.post1: full K and V of 128 heads x 256" in full.stdout
+    assert "= 63,024 tokens" in full.stdout
+
+
+def test_r1_block_fp8_cannot_run_on_a100_and_the_tool_says_what_would() -> None:
+    p = run("--model", "deepseek-r1", "--precision", "fp8", "--gpus", "4x(8xa100-80gb)")
+    assert p.returncode == 1, p.stdout
+    assert "Verdict: CANNOT RUN: vLLM 0.7.3 cannot run deepseek-r1's block-wise FP8" in p.stdout
+    assert "--precision int4 (an AWQ/GPTQ checkpoint)" in p.stdout

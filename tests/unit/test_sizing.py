@@ -239,3 +239,46 @@ def test_render_shows_the_arithmetic_and_the_rule_of_thumb() -> None:
     assert f"{r.weights_per_gpu / GIB:,.2f}" in text
     miss = render_sizing(size(req("deepseek-r1", "fp8", "h100-80gb", 8)))
     assert "DOES NOT FIT" in miss and "--tp 16" in miss
+
+
+@pytest.mark.parametrize(("version", "per_gpu", "layout"), [
+    # no MLA cache: K and V of 128/8 = 16 heads at the padded head size 256, 61 layers, bf16
+    ("0.6.6.post1", 2 * 16 * 256 * 61 * 2, "no MLA in vLLM 0.6.6.post1"),
+    ("0.7.0", 2 * 16 * 256 * 61 * 2, "no MLA in vLLM 0.7.0"),
+    # the MLA latent: (kv_lora_rank 512 + qk_rope_head_dim 64) x 61 layers x 2 B, every rank
+    ("0.7.1", 576 * 61 * 2, "MLA latent"),
+    ("0.7.3", 576 * 61 * 2, "MLA latent"),
+])
+def test_the_r1_kv_cache_follows_the_engine_release(version: str, per_gpu: int,
+                                                    layout: str) -> None:
+    engine = engine_profile(version)
+    assert kv_bytes_per_token_per_gpu(R1, tp=8, pp=1, engine=engine) == per_gpu
+    result = size(req("deepseek-r1", "fp8", "h200", 8, engine=engine,
+                      compute_capability="9.0"))
+    assert result.kv_per_token_per_gpu == per_gpu
+    assert layout in render_sizing(result)
+
+
+def test_sglang_caches_the_latent_with_the_pinned_vllm_budget() -> None:
+    engine = engine_profile("0.4.1.post7", "sglang", vllm_version="0.6.6.post1")
+    assert engine.mla_latent and engine.label == "SGLang 0.4.1.post7"
+    assert kv_bytes_per_token_per_gpu(R1, tp=16, pp=1, engine=engine) == 576 * 61 * 2
+
+
+def test_block_fp8_cannot_run_on_ampere_whatever_the_memory() -> None:
+    engine = engine_profile("0.7.3")
+    a100 = req("deepseek-r1", "fp8", "a100-80gb", 32, engine=engine, compute_capability="8.0")
+    result = size(a100)
+    assert not result.fits and result.unsupported is not None
+    assert "no Marlin path for block-wise FP8" in result.unsupported
+    assert [a.change for a in result.alternatives] == [
+        "--precision bf16 (the checkpoint converted)", "--precision fp16 (the checkpoint "
+        "converted)", "--precision int8 (an AWQ/GPTQ checkpoint)",
+        "--precision int4 (an AWQ/GPTQ checkpoint)"]
+    assert "Verdict: CANNOT RUN: vLLM 0.7.3 cannot run deepseek-r1's block-wise FP8" in \
+        render_sizing(result)
+    # Hopper runs it; a non-block FP8 model on Ampere still goes through Marlin (0.5+).
+    assert size(replace(a100, compute_capability="9.0")).unsupported is None
+    l70 = req("deepseek-r1-distill-llama-70b", "fp8", "a100-80gb", 2, engine=engine,
+              compute_capability="8.0")
+    assert size(l70).unsupported is None

@@ -164,14 +164,15 @@ def test_probe_with_no_output_is_unknown_everywhere() -> None:
 
 def test_the_probe_reads_the_inter_node_network_on_a_node(tmp_path: Path) -> None:
     """On this machine: loopback as the 'interface', a closed port on it as the head's."""
-    spec = json.dumps({"interface": "lo", "head": "127.0.0.1", "port": 1,
+    spec = json.dumps({"interface": "lo", "peers": [["127.0.0.1", [1, 2]]],
                        "infiniband": True})
     done = _sh(probe.probe_script(str(tmp_path), node=spec))
     assert done.returncode == 0, done.stderr
     seen = probe.GpuHostProbe().process(done.stdout.splitlines()).node_network
     assert seen is not None and seen.interface_exists is True
     assert "127.0.0.1" in seen.addresses and "lo" in seen.interfaces
-    assert (seen.route_device, seen.head) == ("lo", "refused")
+    assert seen.routes == {"127.0.0.1": "lo"}
+    assert seen.connects == {"127.0.0.1:1": "refused", "127.0.0.1:2": "refused"}
     assert seen.infiniband is Path("/dev/infiniband").exists()
 
 

@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--head", action="store_true")
     start.add_argument("--address")
     start.add_argument("--node-ip-address")
-    start.add_argument("--port", type=int, default=6379)
+    start.add_argument("--port", type=int)  # real Ray: None, 6379 on a head
     start.add_argument("--num-gpus", type=int)
     start.add_argument("--num-cpus", type=int)
     start.add_argument("--block", action="store_true")
@@ -59,8 +59,9 @@ def parser() -> argparse.ArgumentParser:
         start.add_argument(flag)
     for flag in ("--dashboard-port", "--node-manager-port", "--object-manager-port",
                  "--min-worker-port", "--max-worker-port", "--ray-client-server-port",
-                 "--dashboard-agent-listen-port", "--metrics-export-port", "--memory",
-                 "--object-store-memory", "--runtime-env-agent-port"):
+                 "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                 "--metrics-export-port", "--memory", "--object-store-memory",
+                 "--runtime-env-agent-port"):
         start.add_argument(flag, type=int)
     status = sub.add_parser("status", help="Print cluster status.")
     status.add_argument("--address")
@@ -80,6 +81,13 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
         s.error("ray start: pass --head to start a new cluster, or --address=HEAD:PORT to join "
                 "one")
         return 1
+    if not args.head:
+        # Real Ray (2.40.0 ray/scripts/scripts.py, `start`): head-only flags on a worker.
+        for flag, value in (("--port", args.port), ("--include-dashboard", args.include_dashboard)):
+            if value is not None:
+                s.error(f"ValueError: {flag} should only be specified when starting head node "
+                        "with `--head`.")
+                return 1
     ifname = s.socket_ifname_error()
     if ifname:
         s.error(ifname)
@@ -99,7 +107,8 @@ def start(args: argparse.Namespace, argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if args.head:
-            return _node.start_head(ip, args.port, gpus, cpus, ready)
+            port = args.port if args.port is not None else 6379
+            return _node.start_head(ip, port, gpus, cpus, ready)
         return _node.start_worker(args.address, ip, gpus, cpus, ready)
     except KeyboardInterrupt:
         return 0
