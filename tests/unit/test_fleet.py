@@ -1016,6 +1016,18 @@ def test_a_half_edited_example_is_refused_naming_the_example_hosts(tmp_path: Pat
     assert "gpu-01" not in result.stderr
 
 
+def test_the_examples_commented_r1_group_validates_once_uncommented(tmp_path: Path) -> None:
+    """The commented DeepSeek-R1 group of the example is a working starting point."""
+    lines = (REPO / "inventory" / "fleet.toml").read_text().splitlines()
+    start = lines.index("# [groups.r1.settings]")
+    text = "\n".join(lines[:start] + [
+        line[2:] for line in lines[start:] if line.startswith("# ") and not line.startswith("# #")])
+    fleet = load_fleet(write(tmp_path, text), checks=fleet_problems)
+    r1 = [spec for spec in fleet.hosts if spec.group == "r1"]
+    assert [spec.name for spec in r1] == ["gpu-11", "gpu-12"]
+    assert r1[0].settings.pin_set == "r535-fwdcompat-mla"
+
+
 @pytest.mark.parametrize("target, documentation", [
     ("192.0.2.1", True), ("198.51.100.7", True), ("203.0.113.255", True), ("2001:db8::1", True),
     ("gpu.example", True), ("GPU.Example.COM.", True), ("h.example.org", True), ("x.invalid", True),
