@@ -250,6 +250,8 @@ def extract_arguments(pkg: Package, engine: str) -> dict[str, dict[str, Any]]:
                 "nargs": None if nargs_node is None else ast.literal_eval(nargs_node)
                 if isinstance(nargs_node, ast.Constant) else ast.unparse(nargs_node),
                 "default": default if known else None,
+                "required": isinstance(_keyword(node, "required"), ast.Constant)
+                and getattr(_keyword(node, "required"), "value", False) is True,
                 "source": f"{path}:{node.lineno}",
             }
             if choices_node is not None and choices is None:
