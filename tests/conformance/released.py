@@ -30,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -109,7 +110,9 @@ class Package:
 
     def tree(self, path: str) -> ast.Module:
         if path not in self._trees:
-            self._trees[path] = ast.parse(self.zip.read(path).decode(), path)
+            with warnings.catch_warnings():  # the release's own invalid escapes and the like
+                warnings.simplefilter("ignore")
+                self._trees[path] = ast.parse(self.zip.read(path).decode(), path)
         return self._trees[path]
 
     def python_files(self) -> Iterator[str]:

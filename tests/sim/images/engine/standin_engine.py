@@ -135,7 +135,9 @@ def engine_parser(kind: str, version: str) -> argparse.ArgumentParser:
     prefix matching included, as in the real one)."""
     p = argparse.ArgumentParser(prog=PROG[kind])
     for arg in released(kind, version)["arguments"].values():
-        kwargs: dict[str, Any] = {"dest": arg["dest"], "default": arg["default"]}
+        kwargs: dict[str, Any] = {"dest": arg["dest"]}
+        if arg["default"] is not None:
+            kwargs["default"] = arg["default"]
         action = arg["action"]
         if action in ("store_true", "store_false", "count", "append"):
             kwargs["action"] = action
