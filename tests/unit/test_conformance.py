@@ -305,3 +305,17 @@ def test_the_standin_exports_the_monitorings_names() -> None:
 def test_released_data_lives_where_the_standin_image_copies_it() -> None:
     assert RELEASED_DIR == ENGINE_DIR / "released"
     assert "COPY released/" in (ENGINE_DIR / "Dockerfile").read_text()
+
+
+def test_each_pin_sets_label_names_its_engines_images() -> None:
+    """pins.toml's descriptions say which engine release and image CUDA each set runs (the
+    default once said vLLM 0.4.3, whose image is CUDA 12.4, while it pinned v0.4.2)."""
+    label = {"vllm": "vLLM", "sglang": "SGLang"}
+    for name, pin_set in load_pins().sets.items():
+        for engine in ENGINES:
+            image = pin_set.inference.engine(engine)
+            if image is None:
+                continue
+            assert f":v{image.version}" in image.image, (name, image.image)
+            assert f"{label[engine]} {image.version} (CUDA {image.cuda} image" in \
+                pin_set.description, (name, pin_set.description)
