@@ -350,7 +350,9 @@ class Engine:
         lines = []
 
         def histogram(figure: str, values: list[float]) -> None:
-            name, buckets = self.metric[figure]["name"], self.metric[figure]["buckets"]
+            # Buckets the source computes at run time (vLLM 0.6.6's e2e) were not read: only
+            # +Inf then, rather than buckets the release may not have.
+            name, buckets = self.metric[figure]["name"], self.metric[figure]["buckets"] or []
             lines.append(f"# TYPE {name} histogram")
             for bound in buckets:
                 count = sum(1 for v in values if v <= bound)
