@@ -683,7 +683,9 @@ class Settings(Strict):
     context_length: int | None = Field(default=None, ge=256)
     # Concurrent sequences the KV cache must hold at full context.
     concurrency: int = Field(default=8, ge=1, le=4096)
-    gpu_memory_utilization: float = Field(default=0.9, gt=0.1, le=0.99)
+    # The share of each GPU's memory the engine takes for weights and KV cache. Unset: the
+    # engine's own default (vLLM 0.9; SGLang by tensor parallel size, 0.88 at 1 to 0.79 at 16).
+    gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
     weights_path: AbsolutePath
     gpus: ExpectedGpus = ExpectedGpus()
     storage: StorageSettings = StorageSettings()

@@ -10,7 +10,7 @@ the deploy, the doctor and the tests all read the same way. Every check comes fr
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from facts.probe import HostProbe
@@ -34,7 +34,7 @@ from rules.gpu_inventory import (
 )
 from rules.host_plan import HostPlan, plan_host
 from rules.multinode import node_network_findings, replica_layout
-from rules.serving import EnginePlan, plan_engine
+from rules.serving import EnginePlan, memory_fraction, plan_engine
 from rules.sizing import (
     DEFAULT_ENGINE,
     EngineProfile,
@@ -106,6 +106,9 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
         # doctor's `--data nodes=N` sizes N nodes like this one).
         layout = replica_layout(spec, len(devices))
         gpu_count, tp, pp = layout.total, layout.tp, layout.pp
+    def fraction(tp: int) -> float:
+        return memory_fraction(settings.inference.engine, tp, settings.gpu_memory_utilization)
+
     request = SizingRequest(
         model=spec.model,
         precision=settings.precision,
@@ -115,7 +118,7 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
         concurrency=settings.concurrency,
         tp=1 if mig else tp,
         pp=pp,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
+        gpu_memory_utilization=fraction(1 if mig else tp or 1),
         gpu_label=min(devices, key=lambda d: d.memory_bytes).name,
         engine=sizing_engine(spec),
         # what the serving plan passes as --max-num-seqs
@@ -128,7 +131,8 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
     if kernels:
         return None, kernels
     try:
-        result = _smallest_fitting_tp(request) if request.tp is None else size(request)
+        result = (_smallest_fitting_tp(request, fraction) if request.tp is None
+                  else size(request))
     except SizingInputError as exc:
         return None, [Finding("error", "sizing-input", str(exc), "", "",
                               "correct tensor_parallel / pipeline_parallel / context_length "
@@ -156,7 +160,7 @@ def _sizing(spec: HostSpec, gpus: list[GpuView], context: int) -> tuple[SizingRe
         f"{result.needed_per_gpu / GIB:.1f} GiB needed per GPU "
         f"(short by {result.shortfall_per_gpu / GIB:.1f} GiB)",
         f"{result.usable_per_gpu / GIB:.1f} GiB usable per GPU "
-        f"({settings.gpu_memory_utilization:.0%} of memory)",
+        f"({fraction(result.tp):.0%} of memory)",
         f"what would fit: {ways}",
     )]
 
@@ -167,7 +171,9 @@ def model_needs(spec: HostSpec, context: int) -> str:
     base = SizingRequest(
         model=spec.model, precision=settings.precision, gpu_memory_bytes=1, gpu_count=1,
         context=context, concurrency=settings.concurrency, pp=settings.pipeline_parallel,
-        gpu_memory_utilization=settings.gpu_memory_utilization, engine=sizing_engine(spec),
+        gpu_memory_utilization=memory_fraction(settings.inference.engine, 1,
+                                               settings.gpu_memory_utilization),
+        engine=sizing_engine(spec),
         max_num_seqs=settings.inference.max_num_seqs or settings.concurrency,
     )
     gpus = {gpu.names[0]: (gpu.memory_bytes, gpu.compute_capability)
@@ -212,17 +218,19 @@ def _kernel_findings(spec: HostSpec, request: SizingRequest) -> list[Finding]:
     )]
 
 
-def _smallest_fitting_tp(request: SizingRequest) -> SizingResult:
-    """Unset tensor_parallel: the fewest GPUs per replica that fit, else the most we have."""
+def _smallest_fitting_tp(request: SizingRequest,
+                         fraction: Callable[[int], float]) -> SizingResult:
+    """Unset tensor_parallel: the fewest GPUs per replica that fit, else the most we have.
+    ``fraction``: the engine's memory share at a tensor parallel size (SGLang's varies)."""
     usable = [tp for tp in tp_candidates(request.model)
               if tp * request.pp <= request.gpu_count]
     if not usable:
         return size(request)  # reports why no tensor-parallel size works
-    result = size(replace(request, tp=usable[0]))
+    result = size(replace(request, tp=usable[0], gpu_memory_utilization=fraction(usable[0])))
     for tp in usable[1:]:
         if result.fits:
             break
-        result = size(replace(request, tp=tp))
+        result = size(replace(request, tp=tp, gpu_memory_utilization=fraction(tp)))
     return result
 
 

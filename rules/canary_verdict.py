@@ -12,6 +12,7 @@ from typing import Literal
 
 from facts.canary_figures import CanaryFiguresResult, VariantFigures
 from inventory.schema import CanarySettings
+from rules.engine_metrics import any_engine
 
 Verdict = Literal["promote", "hold", "roll back"]
 
@@ -25,11 +26,10 @@ def canary_queries(model: str, window: str) -> dict[str, str]:
     where = f'{{model="{model}"}}'
     return {
         "ttft_p99": "histogram_quantile(0.99, sum by (le, variant) "
-                    f"(rate(vllm:time_to_first_token_seconds_bucket{where}[{window}])))",
+                    f"{any_engine('ttft', '_bucket', where, window)})",
         "tokens_per_second": (
-            f"sum by (variant) (rate(vllm:time_per_output_token_seconds_count{where}[{window}]))"
-            f" / sum by (variant) (rate(vllm:time_per_output_token_seconds_sum{where}"
-            f"[{window}]))"),
+            f"sum by (variant) {any_engine('tpot', '_count', where, window)}"
+            f" / sum by (variant) {any_engine('tpot', '_sum', where, window)}"),
     }
 
 

@@ -26,6 +26,8 @@ import yaml
 
 from inventory.fleet import MISSING, HostSpec, Problem
 from inventory.schema import AlertSettings, MonitoringSettings
+from rules.engine_metrics import any_engine
+from rules.serving import memory_fraction
 
 MONITORING_DIR = "/etc/gpufleet/monitoring"
 PROMETHEUS_CONFIG = f"{MONITORING_DIR}/prometheus.yml"
@@ -195,12 +197,14 @@ def monitoring_problems(specs: list[HostSpec]) -> list[Problem]:
                 "this host runs: set settings.inference.replicas, or settings.gpus.count "
                 "together with settings.tensor_parallel"))
         threshold = cfg.alerts.gpu_memory_percent
-        if cfg.enabled and spec.settings.gpu_memory_utilization * 100 >= threshold - 1:
+        # The most the engine takes at any tensor parallel size (SGLang's default: at tp 1).
+        taken = memory_fraction(inference.engine, 1, spec.settings.gpu_memory_utilization)
+        if cfg.enabled and taken * 100 >= threshold - 1:
             problems.append(Problem(
                 spec.where, "settings.monitoring.alerts.gpu_memory_percent", threshold,
-                f"the engine takes {spec.settings.gpu_memory_utilization:.0%} of each GPU by "
+                f"the engine takes {taken:.0%} of each GPU by "
                 "design, so this alert would always fire: set it above "
-                f"{spec.settings.gpu_memory_utilization * 100 + 1:.0f}, or lower "
+                f"{taken * 100 + 1:.0f}, or lower "
                 "gpu_memory_utilization"))
     return problems
 
@@ -287,10 +291,10 @@ GPU_MEMORY = "gpufleet:gpu_memory_used:ratio"
 _BY = "host, group, model, variant, replica"
 RECORDING = {
     TTFT_P99: f"histogram_quantile(0.99, sum by (le, {_BY}) "
-              "(rate(vllm:time_to_first_token_seconds_bucket[5m])))",
+              f"{any_engine('ttft', '_bucket', window='5m')})",
     E2E_P99: f"histogram_quantile(0.99, sum by (le, {_BY}) "
-             "(rate(vllm:e2e_request_latency_seconds_bucket[5m])))",
-    TOKENS_RATE: f"sum by ({_BY}) (rate(vllm:generation_tokens_total[5m]))",
+             f"{any_engine('e2e', '_bucket', window='5m')})",
+    TOKENS_RATE: f"sum by ({_BY}) {any_engine('generation_tokens', window='5m')}",
     GPU_MEMORY: "DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)",
 }
 
@@ -325,12 +329,14 @@ def alert_rules(alerts: AlertSettings) -> list[dict[str, Any]]:
              f"GPU memory above {alerts.gpu_memory_percent} %: something besides the engine "
              "(which takes gpu_memory_utilization by design) holds memory; `nvidia-smi` on "
              "the host lists the processes."),
-        rule("GpufleetKvCacheFull", f"vllm:gpu_cache_usage_perc * 100 > {alerts.kv_cache_percent}",
+        rule("GpufleetKvCacheFull",
+             f"{any_engine('kv_cache_usage')} * 100 > {alerts.kv_cache_percent}",
              alerts.kv_cache_for, "warning",
              "{{ $labels.host }}: KV cache {{ $value | printf \"%.0f\" }} % used",
              f"KV-cache usage above {alerts.kv_cache_percent} % for {alerts.kv_cache_for}: "
              "requests will queue or be preempted. Add replicas or lower context_length."),
-        rule("GpufleetRequestsWaiting", f"vllm:num_requests_waiting > {alerts.requests_waiting}",
+        rule("GpufleetRequestsWaiting",
+             f"{any_engine('requests_waiting')} > {alerts.requests_waiting}",
              alerts.requests_waiting_for, "warning",
              "{{ $labels.host }}: {{ $value }} requests waiting",
              f"More than {alerts.requests_waiting} requests waiting: the fleet is short of "
@@ -387,11 +393,11 @@ OVERVIEW = (
     Panel("GPU utilisation", 'avg by (host, gpu) (DCGM_FI_DEV_GPU_UTIL)', "percent",
           "{{host}} GPU {{gpu}}"),
     Panel("GPU memory used", f"{GPU_MEMORY}", "percentunit", "{{host}} GPU {{gpu}}"),
-    Panel("KV-cache usage", "vllm:gpu_cache_usage_perc", "percentunit",
+    Panel("KV-cache usage", any_engine("kv_cache_usage"), "percentunit",
           "{{host}}/{{replica}} {{variant}}"),
-    Panel("Requests running", "vllm:num_requests_running", "short",
+    Panel("Requests running", any_engine("requests_running"), "short",
           "{{host}}/{{replica}} {{variant}}"),
-    Panel("Requests waiting", "vllm:num_requests_waiting", "short",
+    Panel("Requests waiting", any_engine("requests_waiting"), "short",
           "{{host}}/{{replica}} {{variant}}"),
     Panel("Generated tokens/s", TOKENS_RATE, "short", "{{host}}/{{replica}} {{variant}}"),
     Panel("Time to first token P99", TTFT_P99, "s", "{{host}}/{{replica}} {{variant}}"),

@@ -54,8 +54,17 @@ ENTRYPOINT = {
     "vllm": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
     "sglang": ["python3", "-m", "sglang.launch_server"],
 }
-# The environment variable the engine reads its API key from.
-API_KEY_VARIABLE = {"vllm": "VLLM_API_KEY", "sglang": "SGLANG_API_KEY"}
+# The environment variable api-key.env sets. vLLM reads VLLM_API_KEY itself (vllm/envs.py).
+# SGLang 0.4.1.post7 reads its key from --api-key only (sglang/srt/server_args.py; no code
+# reads a variable), so its container's shell expands ours into that flag (sglang_key_wrapper).
+API_KEY_VARIABLE = {"vllm": "VLLM_API_KEY", "sglang": "GPUFLEET_API_KEY"}
+# The engines that read API_KEY_VARIABLE themselves (tests/conformance checks each version).
+ENGINE_READS_KEY_VARIABLE = {"vllm": True, "sglang": False}
+# The engines' own default share of each GPU's memory for weights and KV cache when the fleet
+# sets none: vLLM's --gpu-memory-utilization default, and SGLang's --mem-fraction-static by
+# tensor parallel size, [(tp at least, fraction)] (ServerArgs.__post_init__, 0.4.1.post7).
+VLLM_DEFAULT_MEMORY_FRACTION = 0.9
+SGLANG_MEMORY_FRACTION_BY_TP = ((16, 0.79), (8, 0.81), (4, 0.85), (2, 0.87), (0, 0.88))
 # --disable-log-requests: vLLM 0.4 to 0.10; later request logging is off by default and the
 # flag is gone (vllm-project/vllm PR #21739).
 VLLM_DISABLE_LOG_REQUESTS = (Version("0.4.0"), Version("0.11.0"))
@@ -125,6 +134,16 @@ class EnginePlan:
         if address.is_unspecified:
             return "127.0.0.1" if address.version == 4 else "::1"
         return self.bind
+
+
+def memory_fraction(engine: str, tp: int, setting: float | None) -> float:
+    """The share of each GPU's memory the engine takes: the fleet's gpu_memory_utilization,
+    else the engine's own default (SGLang's depends on the tensor parallel size)."""
+    if setting is not None:
+        return setting
+    if engine == "sglang":
+        return next(f for least, f in SGLANG_MEMORY_FRACTION_BY_TP if tp >= least)
+    return VLLM_DEFAULT_MEMORY_FRACTION
 
 
 def image_reference(pinned: EngineImage, override: str | None) -> str:
@@ -230,7 +249,8 @@ def plan_engine(
         engine=cfg.engine, version=pinned.version, image=image_reference(pinned, cfg.image),
         cuda=pinned.cuda, model_id=spec.model.id, model_dir=settings.weights_path,
         served_name=cfg.served_model_name or spec.model.id, tp=tp, pp=pp,
-        max_model_len=max_model_len, gpu_memory_utilization=settings.gpu_memory_utilization,
+        max_model_len=max_model_len,
+        gpu_memory_utilization=memory_fraction(cfg.engine, tp, settings.gpu_memory_utilization),
         max_num_seqs=cfg.max_num_seqs or max_num_seqs, dtype=dtype, quantization=quantization,
         bind=cfg.bind, replicas=replicas, start_seconds=start, ulimits=dict(cfg.ulimits),
         api_key=cfg.api_key_file is not None, trust_remote_code=cfg.trust_remote_code,
@@ -249,7 +269,7 @@ def engine_args(plan: EnginePlan) -> list[str]:
         host, port = plan.bind, str(plan.replicas[0].port)
     if plan.engine == "sglang":
         args = ["--model-path", plan.mount, "--served-model-name", plan.served_name,
-                "--host", host, "--port", port, "--tp", str(plan.tp),
+                "--host", host, "--port", port, "--tp-size", str(plan.tp),
                 "--context-length", str(plan.max_model_len),
                 "--mem-fraction-static", str(plan.gpu_memory_utilization),
                 "--max-running-requests", str(plan.max_num_seqs), "--enable-metrics"]
@@ -299,6 +319,23 @@ def _health_test(url: str) -> list[str]:
 def _gpu_devices(gpus: tuple[int, ...]) -> dict[str, Any]:
     return {"resources": {"reservations": {"devices": [{
         "driver": "nvidia", "device_ids": [str(g) for g in gpus], "capabilities": ["gpu"]}]}}}
+
+
+def sglang_key_wrapper(entrypoint: list[str]) -> list[str]:
+    """SGLang takes its key only as --api-key: the container's shell appends it from the
+    variable api-key.env sets (``$$``: Compose leaves a single ``$`` for the shell), then
+    execs the engine. The key stays out of the compose file, but is in the engine process's
+    arguments, which the host's process list shows (README: the API key)."""
+    variable = API_KEY_VARIABLE["sglang"]
+    return ["sh", "-c", f'exec "$$@" --api-key "$${variable}"', "sglang", *entrypoint]
+
+
+def server_entrypoint(plan: EnginePlan, with_key: bool) -> list[str]:
+    """The engine's entrypoint; for SGLang with a key, wrapped to pass it as --api-key."""
+    entrypoint = ENTRYPOINT[plan.engine]
+    if with_key and not ENGINE_READS_KEY_VARIABLE[plan.engine]:
+        return sglang_key_wrapper(entrypoint)
+    return list(entrypoint)
 
 
 def runs_server(plan: EnginePlan) -> bool:
@@ -356,7 +393,7 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
                 f"--gpus={len(replica.gpus)}", f"--timeout={span.join_timeout}",
                 *ray, *nodes, "--", *server]
         else:
-            service["entrypoint"] = server[:len(ENTRYPOINT[plan.engine])]
+            service["entrypoint"] = server_entrypoint(plan, plan.api_key and span.is_head)
             service["command"] = server[len(ENTRYPOINT[plan.engine]):]
     else:
         service["container_name"] = NODE_CONTAINER
@@ -388,7 +425,7 @@ def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> 
             service: dict[str, Any] = {
                 "image": plan.image,
                 "container_name": replica.container,
-                "entrypoint": ENTRYPOINT[plan.engine],
+                "entrypoint": server_entrypoint(plan, plan.api_key),
                 "command": engine_args(plan),
                 "ports": [_port_binding(plan.bind, replica.port, port)],
                 "volumes": [f"{plan.model_dir}:{plan.mount}:ro"],

@@ -157,13 +157,13 @@ RULE_LABELS = {"host": "gpu-01", "group": "hgx", "model": "m", "variant": "canar
                "replica": "0"}
 
 
-def ttft_series(bucket: str) -> list[dict[str, str]]:
+def ttft_series(bucket: str, engine: str = "vllm") -> list[dict[str, str]]:
     """TTFT histogram whose every observation (10 per minute) falls in ``bucket`` (or none
-    at all: "none")."""
+    at all: "none"), under ``engine``'s metric name (both have 0.25/0.5/0.75/1 buckets)."""
     series = []
     for le in ("0.25", "0.5", "0.75", "1", "+Inf"):
         grows = bucket != "none" and (le == "+Inf" or float(le) >= float(bucket))
-        series.append({"series": f'vllm:time_to_first_token_seconds_bucket{{le="{le}",{LABELS}}}',
+        series.append({"series": f'{engine}:time_to_first_token_seconds_bucket{{le="{le}",{LABELS}}}',
                        "values": "0+10x20" if grows else "0x20"})
     return series
 
@@ -213,6 +213,11 @@ CASES: dict[str, list[dict[str, Any]]] = {
         case("GpufleetTimeToFirstTokenHigh", ttft_series("0.75"), "2m", None),  # within `for`
         case("GpufleetTimeToFirstTokenHigh", ttft_series("0.25"), "15m", None),
         case("GpufleetTimeToFirstTokenHigh", ttft_series("none"), "15m", None),
+        # SGLang's own histogram feeds the same rule (rules/engine_metrics.py).
+        case("GpufleetTimeToFirstTokenHigh", ttft_series("0.75", "sglang"), "15m",
+             [sev("warning", **RULE_LABELS)],
+             "gpu-01 replica 0 (canary): P99 time to first token 747.5ms"),
+        case("GpufleetTimeToFirstTokenHigh", ttft_series("0.25", "sglang"), "15m", None),
     ],
     "GpufleetEngineDown": [
         case("GpufleetEngineDown", [{"series": f"up{{{ENGINE}}}", "values": "0x10"}], "5m",
@@ -245,6 +250,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
                                       "values": "0.5x20"}], "15m", None),
         case("GpufleetKvCacheFull", [{"series": f"vllm:gpu_cache_usage_perc{{{VLLM}}}",
                                       "values": "0x20"}], "15m", None),
+        case("GpufleetKvCacheFull", [{"series": f"sglang:token_usage{{{VLLM}}}",
+                                      "values": "0.95x20"}], "15m",
+             [sev("warning", **VLLM_LABELS)], "gpu-01: KV cache 95 % used"),
     ],
     "GpufleetRequestsWaiting": [
         case("GpufleetRequestsWaiting", [{"series": f"vllm:num_requests_waiting{{{VLLM}}}",
@@ -254,6 +262,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
                                           "values": "10x20"}], "10m", None),
         case("GpufleetRequestsWaiting", [{"series": f"vllm:num_requests_waiting{{{VLLM}}}",
                                           "values": "0x20"}], "10m", None),
+        case("GpufleetRequestsWaiting", [{"series": f"sglang:num_queue_reqs{{{VLLM}}}",
+                                          "values": "40x20"}], "10m",
+             [sev("warning", **VLLM_LABELS)], "gpu-01: 40 requests waiting"),
     ],
     "GpufleetXidError": [
         case("GpufleetXidError", [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{GPU}}}",

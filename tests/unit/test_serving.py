@@ -26,6 +26,7 @@ from rules.serving import (
     engine_findings,
     plan_engine,
     plan_replicas,
+    render_api_key_env,
     render_compose,
     render_unit,
 )
@@ -119,6 +120,38 @@ def test_an_api_key_travels_in_a_root_only_file_never_in_the_compose_file(
     assert "s3cr3t" not in text
     assert yaml.safe_load(text)["services"]["engine-0"]["env_file"] == [
         "/etc/gpufleet/inference/api-key.env"]
+
+
+def test_sglang_takes_its_key_as_api_key_through_the_container_shell(tmp_path: Path) -> None:
+    # SGLang 0.4.1.post7 reads no key variable (tests/conformance): the shell passes ours on.
+    key = tmp_path / "key"
+    key.write_text("s3cr3t-key\n")
+    engine_plan = plan(tmp_path, f'[settings.inference]\nengine = "sglang"\n'
+                                 f'api_key_file = "{key}"\n')
+    service = compose_document(engine_plan)["services"]["engine-0"]
+    assert service["entrypoint"] == [
+        "sh", "-c", 'exec "$$@" --api-key "$$GPUFLEET_API_KEY"', "sglang",
+        "python3", "-m", "sglang.launch_server"]
+    assert service["env_file"] == ["/etc/gpufleet/inference/api-key.env"]
+    assert render_api_key_env("sglang", "s3cr3t-key\n") == "GPUFLEET_API_KEY=s3cr3t-key\n"
+    assert "s3cr3t" not in render_compose(engine_plan)
+    # Without a key: the engine itself, no shell.
+    bare = compose_document(plan(tmp_path, '[settings.inference]\nengine = "sglang"\n'))
+    assert bare["services"]["engine-0"]["entrypoint"] == ["python3", "-m", "sglang.launch_server"]
+
+
+@pytest.mark.parametrize(("tp", "fraction"), [(1, "0.88"), (2, "0.87"), (4, "0.85"),
+                                              (8, "0.81"), (16, "0.79")])
+def test_sglang_memory_fraction_follows_its_own_per_tp_default(
+        tmp_path: Path, tp: int, fraction: str) -> None:
+    args = engine_args(plan(tmp_path, '[settings.inference]\nengine = "sglang"\n', gpus=16,
+                            tp=tp))
+    assert args[args.index("--mem-fraction-static") + 1] == fraction
+    assert args[args.index("--tp-size") + 1] == str(tp) and "--tp" not in args
+    # The fleet's own setting wins, for either engine.
+    mine = engine_args(plan(tmp_path, 'gpu_memory_utilization = 0.7\n'
+                                      '[settings.inference]\nengine = "sglang"\n', gpus=16, tp=tp))
+    assert mine[mine.index("--mem-fraction-static") + 1] == "0.7"
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose")

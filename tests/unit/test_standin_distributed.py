@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -334,8 +335,7 @@ def test_vllm_05_takes_the_backend_flag_and_pipeline_parallel(cluster: Cluster) 
     write_model(cluster.node_dir("worker") / MODEL)
     code, out = cluster.run("head", [*VLLM, "-tp", "2", "--distributed-executor-backend", "ray"])
     assert code == 2 and "unrecognized arguments: --distributed-executor-backend" in out  # 0.4.2
-    code, out = cluster.run("head", [*VLLM, "-pp", "2", "--worker-use-ray"],
-                            GPUFLEET_SIM_VLLM_VERSION="0.5.0")
+    code, out = cluster.run("head", [*VLLM, "-pp", "2", "--worker-use-ray"])  # 0.4.2
     assert code != 0 and "NotImplementedError: Pipeline parallelism is not supported yet." in out
 
     version = {"GPUFLEET_SIM_VLLM_VERSION": "0.6.6.post1"}
@@ -410,3 +410,49 @@ def test_sglang_tp_must_split_over_the_nodes(cluster: Cluster) -> None:
     assert code != 0 and "AssertionError: tp_size must be divisible by number of nodes" in out
     code, out = cluster.run("head", sglang(0, f"{HEAD_IP}:1", 0, tp=8))
     assert code != 0 and "RuntimeError: CUDA error: invalid device ordinal" in out
+
+
+# --- SGLang's key, as the compose file passes it ------------------------------------------------
+def test_sglang_run_as_rendered_refuses_a_request_without_the_key(cluster: Cluster,
+                                                                   tmp_path: Path) -> None:
+    """The compose entrypoint (its sh -c wrapper, with Compose's $$ -> $) hands the key from
+    api-key.env's variable to SGLang's --api-key: /v1/* then needs it, /health does not."""
+    from tests.unit.test_serving import plan as serving_plan
+
+    key = tmp_path / "key"
+    key.write_text("k3y\n")
+    engine_plan = serving_plan(tmp_path, f'[settings.inference]\nengine = "sglang"\n'
+                                         f'api_key_file = "{key}"\n')
+    from rules.serving import API_KEY_VARIABLE, compose_document
+
+    entrypoint = [w.replace("$$", "$") for w in
+                  compose_document(engine_plan)["services"]["engine-0"]["entrypoint"]]
+    entrypoint = [sys.executable if w == "python3" else w for w in entrypoint]
+    write_model(cluster.node_dir("head") / MODEL)
+    http = free_port(HEAD_IP)
+    log = cluster.node_dir("head") / "sglang.log"
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(
+            [*entrypoint, "--model-path", MODEL, "--context-length", "4096", "--host", HEAD_IP,
+             "--port", str(http)], cwd=cluster.node_dir("head"), stdout=out,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**cluster.env, API_KEY_VARIABLE["sglang"]: "k3y"})
+    proc = Proc(popen, log)
+    cluster.procs.append(proc)
+    wait_for(lambda: listening(HEAD_IP, http) or popen.poll() is not None, 15, "serving")
+    assert popen.poll() is None, proc.output
+
+    def status(path: str, token: str | None) -> int:
+        request = urllib.request.Request(f"http://{HEAD_IP}:{http}{path}")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    assert status("/v1/models", None) == 401
+    assert status("/v1/models", "wrong") == 401
+    assert status("/v1/models", "k3y") == 200
+    assert status("/health", None) == 200

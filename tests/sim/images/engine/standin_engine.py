@@ -1,11 +1,14 @@
 #!/usr/bin/python3
 """TEST STAND-IN for a serving engine (gpufleet simulator): vLLM's OpenAI server and SGLang.
 
-Accepts the engines' real command lines (an unknown flag is an error, as with argparse in the
-real ones), refuses to start the way they do — no config.json in the model folder, fewer GPUs
-than tensor x pipeline parallel, more memory asked for than the GPUs it sees have — and then
-serves /health, /v1/models, /v1/chat/completions and /v1/completions (streaming too) and
-/metrics with vLLM 0.4's metric names and histogram buckets. It sees only the GPUs the
+Accepts the engines' real command lines: its parser, the key variable it reads and its metric
+names come from the pinned release's own source (released/<engine>-<version>.json, written by
+tests/conformance/released.py), so an unknown flag or a value outside the choices is an error
+as with argparse in the real one, and a variable the release does not read is ignored. It
+refuses to start the way they do — no config.json in the model folder, fewer GPUs than tensor x
+pipeline parallel, more memory asked for than the GPUs it sees have — and then serves /health,
+/v1/models, /v1/chat/completions and /v1/completions (streaming too) and /metrics under that
+version's metric names and histogram buckets. It sees only the GPUs the
 container was given (the stand-in NVIDIA hook writes them to /etc/gpufleet-sim/hardware.json;
 GPUFLEET_SIM_HARDWARE points at another file). No model runs: answers are a fixed text cut to
 max_tokens words.
@@ -48,11 +51,6 @@ DEFAULT_KNOBS = {"ttft_seconds": 0.0, "tpot_seconds": 0.005, "error_rate": 0.0}
 MIB = 2**20
 GIB = 2**30
 BLOCK_TOKENS = 16
-# vLLM 0.4.x histogram buckets (vllm/engine/metrics.py of that release).
-TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
-                5.0, 7.5, 10.0]
-TPOT_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5]
-E2E_BUCKETS = [1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0]
 ANSWER = ("<think>\nThe user wants a greeting.\n</think>\n\nHello from the gpufleet stand-in "
           "engine, serving as if it were the real model. ")
 
@@ -86,57 +84,112 @@ def knobs() -> dict[str, float]:
         return dict(DEFAULT_KNOBS)
 
 
-# --- command lines -----------------------------------------------------------------------------
-def vllm_parser(version: str = "0.4.2") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="api_server.py",
-                                description="vLLM OpenAI-Compatible RESTful API server.")
-    p.add_argument("--worker-use-ray", action="store_true")
-    if version_tuple(version) >= (0, 5):  # 0.4.x knows only --worker-use-ray
-        p.add_argument("--distributed-executor-backend", choices=["ray", "mp"])
-    p.add_argument("--model", default="facebook/opt-125m")
-    p.add_argument("--served-model-name", nargs="+")
-    p.add_argument("--host")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
-    p.add_argument("--pipeline-parallel-size", "-pp", type=int, default=1)
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int)
-    p.add_argument("--dtype", default="auto",
-                   choices=["auto", "half", "float16", "bfloat16", "float", "float32"])
-    p.add_argument("--quantization", "-q",
-                   choices=["aqlm", "awq", "fp8", "gptq", "squeezellm", "gptq_marlin", "marlin",
-                            "awq_marlin"])
-    p.add_argument("--api-key")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--enforce-eager", action="store_true")
-    p.add_argument("--swap-space", type=float, default=4)
-    p.add_argument("--download-dir")
-    p.add_argument("--enable-prefix-caching", action="store_true")
-    p.add_argument("--disable-log-requests", action="store_true")
+# --- command lines, key variables and metric names: from the released engines ----------------
+# tests/conformance/released.py reads them from the pinned releases' source into released/
+# (copied beside this file in the image), so the stand-in accepts no flag, reads no variable
+# and exports no metric the real version lacks.
+RELEASED_DIR = os.environ.get("GPUFLEET_SIM_RELEASED") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "released")
+PROG = {"vllm": "api_server.py", "sglang": "launch_server.py"}
+# The variable each engine reads its API key from itself, used only where that version's source
+# reads it (SGLang 0.4.1.post7 reads none: --api-key only).
+KEY_VARIABLE = {"vllm": "VLLM_API_KEY"}
+# What the stand-in reports, under each engine's own metric names (the same figures as
+# rules/engine_metrics.py; tests/unit/test_standin_engine.py compares the two).
+METRIC_NAMES = {
+    "vllm": {"ttft": "vllm:time_to_first_token_seconds",
+             "tpot": "vllm:time_per_output_token_seconds",
+             "e2e": "vllm:e2e_request_latency_seconds",
+             "prompt_tokens": "vllm:prompt_tokens_total",
+             "generation_tokens": "vllm:generation_tokens_total",
+             "kv_cache_usage": "vllm:gpu_cache_usage_perc",
+             "requests_running": "vllm:num_requests_running",
+             "requests_waiting": "vllm:num_requests_waiting"},
+    "sglang": {"ttft": "sglang:time_to_first_token_seconds",
+               "tpot": "sglang:time_per_output_token_seconds",
+               "e2e": "sglang:e2e_request_latency_seconds",
+               "prompt_tokens": "sglang:prompt_tokens_total",
+               "generation_tokens": "sglang:generation_tokens_total",
+               "kv_cache_usage": "sglang:token_usage",
+               "requests_running": "sglang:num_running_reqs",
+               "requests_waiting": "sglang:num_queue_reqs"},
+}
+TYPES = {"int": int, "float": float}
+
+
+def released(kind: str, version: str) -> dict[str, Any]:
+    """The extracted data of that engine version; no data, no engine (as no such image)."""
+    path = os.path.join(RELEASED_DIR, f"{kind}-{version}.json")
+    try:
+        with open(path) as fh:
+            data: dict[str, Any] = json.load(fh)
+    except FileNotFoundError:
+        fail(f"stand-in: no released data for {kind} {version} ({path}): add the version to "
+             "tests/conformance/engines.lock and run python -m tests.conformance.released")
+    return data
+
+
+def engine_parser(kind: str, version: str) -> argparse.ArgumentParser:
+    """The engine's server parser as its release defines it: every option string, action,
+    value type, choices and default that version's add_argument calls give (argparse's own
+    prefix matching included, as in the real one)."""
+    p = argparse.ArgumentParser(prog=PROG[kind])
+    for arg in released(kind, version)["arguments"].values():
+        kwargs: dict[str, Any] = {"dest": arg["dest"]}
+        if arg["default"] is not None:
+            kwargs["default"] = arg["default"]
+        action = arg["action"]
+        if action in ("store_true", "store_false", "count", "append"):
+            kwargs["action"] = action
+        elif action.endswith("BooleanOptionalAction"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif not arg["takes_value"]:
+            kwargs["action"] = "store_true"  # store_const and the like: no value
+        if arg["takes_value"]:
+            convert = TYPES.get(arg["type"] or "", str)
+            if action != "append" or arg["type"] in TYPES:
+                kwargs["type"] = convert
+            if arg["nargs"] in ("?", "*", "+") or isinstance(arg["nargs"], int):
+                kwargs["nargs"] = arg["nargs"]
+            if arg["choices"] is not None:
+                kwargs["choices"] = [c for c in arg["choices"] if c is not None]
+        if arg.get("required"):
+            kwargs["required"] = True
+        p.add_argument(*arg["flags"], **kwargs)
     return p
 
 
-def sglang_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="launch_server.py")
-    p.add_argument("--model-path", required=True)
-    p.add_argument("--served-model-name")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=30000)
-    p.add_argument("--tp-size", "--tp", type=int, default=1, dest="tp")
-    p.add_argument("--context-length", type=int)
-    p.add_argument("--mem-fraction-static", type=float, default=0.88)
-    p.add_argument("--max-running-requests", type=int)
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--quantization")
-    p.add_argument("--api-key")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--enable-metrics", action="store_true")
-    p.add_argument("--nnodes", type=int, default=1)
-    p.add_argument("--node-rank", type=int, default=0)
-    p.add_argument("--dist-init-addr", "--nccl-init-addr", dest="dist_init_addr")
-    return p
+def parse_command_line(kind: str, version: str, argv: list[str]) -> argparse.Namespace:
+    """argv as that engine version parses it: exit status 2 and argparse's message on an
+    unknown flag or a value outside the choices."""
+    return engine_parser(kind, version).parse_args(argv)
+
+
+def api_key(kind: str, version: str, args: argparse.Namespace,
+            environ: dict[str, str]) -> str | None:
+    """The key the engine enforces: --api-key, or its own variable where that version reads it."""
+    variable = KEY_VARIABLE.get(kind)
+    reads = variable is not None and variable in released(kind, version)["env_vars"]
+    return args.api_key or (environ.get(variable) if reads and variable else None)
+
+
+def sglang_memory_fraction(version: str, tp: int) -> float:
+    """SGLang's --mem-fraction-static default for a tensor parallel size (its __post_init__)."""
+    for least, fraction in released("sglang", version)["mem_fraction_static_by_tp"]:
+        if tp >= least:
+            return float(fraction)
+    return 0.88
+
+
+def metric_names(kind: str, version: str) -> dict[str, dict[str, Any]]:
+    """The stand-in's figures under that version's names, each with its declaration (type,
+    buckets); a name the version does not declare stops the stand-in."""
+    declared = released(kind, version)["metrics"]
+    missing = sorted(n for n in METRIC_NAMES[kind].values() if n not in declared)
+    if missing:
+        fail(f"stand-in: {kind} {version} declares no {', '.join(missing)}")
+    return {figure: {"name": name, **declared[name]}
+            for figure, name in METRIC_NAMES[kind].items()}
 
 
 # --- the checks a real engine makes before it serves ----------------------------------------------
@@ -193,26 +246,30 @@ class Engine:
         self.ray_backend = False  # vLLM: workers through Ray (may span nodes)
         self.nnodes, self.node_rank, self.dist_init_addr = 1, 0, ""  # SGLang's multi-node flags
         self.placement: list[dict[str, Any]] = []  # vLLM on Ray: the nodes its workers are on
+        a = parse_command_line(kind, self.version, argv)
+        self.api_key = api_key(kind, self.version, a, dict(os.environ))
+        self.metric = metric_names(kind, self.version)
+        self.tp = a.tensor_parallel_size
         if kind == "vllm":
-            a = vllm_parser(self.version).parse_args(argv)
             self.model_dir, self.port, self.host = a.model, a.port, a.host or "0.0.0.0"
             self.names = a.served_model_name or [a.model]
-            self.tp, self.pp = a.tensor_parallel_size, a.pipeline_parallel_size
+            if isinstance(self.names, str):
+                self.names = [self.names]
+            self.pp = a.pipeline_parallel_size
             self.max_len, self.util, self.max_seqs = a.max_model_len, a.gpu_memory_utilization, \
                 a.max_num_seqs
-            self.api_key = a.api_key or os.environ.get("VLLM_API_KEY")
             self.ray_backend = a.worker_use_ray or getattr(
                 a, "distributed_executor_backend", None) == "ray"
             if self.pp > 1 and version_tuple(self.version) < (0, 5, 1):
                 fail("NotImplementedError: Pipeline parallelism is not supported yet.")
         else:
-            a = sglang_parser().parse_args(argv)
             self.model_dir, self.port, self.host = a.model_path, a.port, a.host
             self.names = [a.served_model_name or a.model_path]
-            self.tp, self.pp = a.tp, 1
-            self.max_len, self.util = a.context_length, a.mem_fraction_static
+            self.pp = 1
+            self.max_len = a.context_length
+            self.util = (a.mem_fraction_static if a.mem_fraction_static is not None
+                         else sglang_memory_fraction(self.version, self.tp))
             self.max_seqs = a.max_running_requests or 256
-            self.api_key = a.api_key or os.environ.get("SGLANG_API_KEY")
             self.nnodes, self.node_rank = a.nnodes, a.node_rank
             self.dist_init_addr = a.dist_init_addr or ""
             if self.nnodes > 1 and not self.dist_init_addr:
@@ -287,32 +344,37 @@ class Engine:
                              if generated > 1 else [])
 
     def prometheus(self) -> str:
-        name = self.names[0]
-        prefix = "vllm" if self.kind == "vllm" else "sglang"
-        label = f'model_name="{name}"'
+        """/metrics in the text format, under the engine version's own metric names and
+        histogram buckets (released/)."""
+        label = f'model_name="{self.names[0]}"'
         lines = []
 
-        def histogram(metric: str, buckets: list[float], values: list[float]) -> None:
-            lines.append(f"# TYPE {prefix}:{metric} histogram")
+        def histogram(figure: str, values: list[float]) -> None:
+            # Buckets the source computes at run time (vLLM 0.6.6's e2e) were not read: only
+            # +Inf then, rather than buckets the release may not have.
+            name, buckets = self.metric[figure]["name"], self.metric[figure]["buckets"] or []
+            lines.append(f"# TYPE {name} histogram")
             for bound in buckets:
                 count = sum(1 for v in values if v <= bound)
-                lines.append(f'{prefix}:{metric}_bucket{{le="{bound}",{label}}} {count}')
-            lines.append(f'{prefix}:{metric}_bucket{{le="+Inf",{label}}} {len(values)}')
-            lines.append(f"{prefix}:{metric}_sum{{{label}}} {sum(values)}")
-            lines.append(f"{prefix}:{metric}_count{{{label}}} {len(values)}")
+                lines.append(f'{name}_bucket{{le="{float(bound)}",{label}}} {count}')
+            lines.append(f'{name}_bucket{{le="+Inf",{label}}} {len(values)}')
+            lines.append(f"{name}_sum{{{label}}} {sum(values)}")
+            lines.append(f"{name}_count{{{label}}} {len(values)}")
 
         with self.lock:
             m = dict(self.metrics)
             ttft, e2e, tpot = list(self.ttft), list(self.e2e), list(self.tpot)
-        for metric, value in (("num_requests_running", m["running"]),
-                              ("num_requests_waiting", 0), ("gpu_cache_usage_perc", 0.0)):
-            lines += [f"# TYPE {prefix}:{metric} gauge", f"{prefix}:{metric}{{{label}}} {value}"]
-        for metric, key in (("prompt_tokens_total", "prompt_tokens"),
-                            ("generation_tokens_total", "generation_tokens")):
-            lines += [f"# TYPE {prefix}:{metric} counter", f"{prefix}:{metric}{{{label}}} {m[key]}"]
-        histogram("time_to_first_token_seconds", TTFT_BUCKETS, ttft)
-        histogram("e2e_request_latency_seconds", E2E_BUCKETS, e2e)
-        histogram("time_per_output_token_seconds", TPOT_BUCKETS, tpot)
+        for figure, value in (("requests_running", m["running"]), ("requests_waiting", 0),
+                              ("kv_cache_usage", 0.0)):
+            name = self.metric[figure]["name"]
+            lines += [f"# TYPE {name} gauge", f"{name}{{{label}}} {value}"]
+        for figure, key in (("prompt_tokens", "prompt_tokens"),
+                            ("generation_tokens", "generation_tokens")):
+            name = self.metric[figure]["name"]
+            lines += [f"# TYPE {name} counter", f"{name}{{{label}}} {m[key]}"]
+        histogram("ttft", ttft)
+        histogram("e2e", e2e)
+        histogram("tpot", tpot)
         return "\n".join(lines) + "\n"
 
 
