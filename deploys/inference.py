@@ -18,7 +18,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from facts.engine_answers import EngineAnswers
-from facts.host_state import host_state
+from facts.host_state import HUB_TOKEN_PATH, host_state
 from facts.replica_node import ReplicaNodeJoined
 from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec
@@ -66,8 +66,6 @@ from rules.serving import (
     render_unit,
     smoke_request,
 )
-
-HUB_TOKEN_PATH = "/etc/gpufleet/hub-token"
 
 
 def weights(spec: HostSpec, listing: WeightsListing) -> None:

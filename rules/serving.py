@@ -19,6 +19,7 @@ import yaml
 from packaging.version import Version
 
 from facts.engine_answers import EngineAnswersResult
+from facts.host_state import API_KEY_PATH as API_KEY_PATH  # a secret: the read keeps it
 from inventory.fleet import HostSpec
 from inventory.pins import EngineImage
 from rules.container_runtime import Compose
@@ -33,7 +34,6 @@ from rules.render import TEMPLATES_DIR, render
 
 INFERENCE_DIR = "/etc/gpufleet/inference"
 COMPOSE_PATH = f"{INFERENCE_DIR}/docker-compose.yml"
-API_KEY_PATH = f"{INFERENCE_DIR}/api-key.env"
 APPLIED_PATH = f"{INFERENCE_DIR}/applied.digest"  # the compose file last brought up
 UNIT_NAME = "gpufleet-inference"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}.service"
