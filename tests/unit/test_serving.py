@@ -114,7 +114,7 @@ def test_the_compose_file_keeps_the_engine_offline_and_the_api_on_loopback(
 def test_an_api_key_travels_in_a_root_only_file_never_in_the_compose_file(
         tmp_path: Path) -> None:
     key = tmp_path / "key"
-    key.write_text("s3cr3t-key\n")
+    key.write_text("s3cr3t-key-" + "0123456789abcdef" * 2 + "\n")
     text = render_compose(plan(tmp_path, f'[settings.inference]\napi_key_file = "{key}"\n'))
     assert "s3cr3t" not in text
     assert yaml.safe_load(text)["services"]["engine-0"]["env_file"] == [

@@ -1,0 +1,61 @@
+"""Credential files on the controller (the API key, the hub token): one rule to read them.
+
+A key file holds one key on one line: letters, digits and ``. _ ~ + / = -`` (what a bearer
+token may hold), at least ``API_KEY_MIN_LENGTH`` characters for the API key. Whitespace around
+it (a final newline) is ignored. Anything else is refused, with the reason and never the key:
+
+- an empty file would silently turn authentication off (the engine serves without a key);
+- a second line would reach the engine's environment file (``VLLM_API_KEY=...``) as another
+  variable, and a space, quote or ``#`` would change what Compose reads;
+- a short key can be guessed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+API_KEY_MIN_LENGTH = 32
+HUB_TOKEN_MIN_LENGTH = 8
+MAX_LENGTH = 4096
+_KEY = re.compile(r"[A-Za-z0-9._~+/=-]+")
+ALLOWED = "letters, digits and . _ ~ + / = -"
+MAKE_ONE = "e.g. `openssl rand -hex 32 > FILE`"
+
+
+class KeyFileError(ValueError):
+    """Why a key file is refused (one line; never the key)."""
+
+
+def key_problem(data: bytes, min_length: int) -> str | None:
+    """Why ``data`` (a key file's bytes) is not one acceptable key, or None."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"not UTF-8 text: the file must hold one key ({ALLOWED})"
+    key = text.strip()
+    if not key:
+        return (f"empty: an empty key would turn authentication off; put one key of at least "
+                f"{min_length} characters in it ({MAKE_ONE}), or leave the setting out")
+    if "\n" in key or "\r" in key:
+        return ("more than one line: the file holds exactly one key (a second line would add "
+                "variables to the engine's environment)")
+    if not _KEY.fullmatch(key):
+        return f"holds a character outside {ALLOWED} (spaces, quotes and '#' included)"
+    if len(key) < min_length:
+        return f"the key has {len(key)} characters; at least {min_length} ({MAKE_ONE})"
+    if len(key) > MAX_LENGTH:
+        return f"the key has {len(key)} characters; at most {MAX_LENGTH}"
+    return None
+
+
+def read_key_file(path: Path, min_length: int = API_KEY_MIN_LENGTH) -> str:
+    """The key in ``path``; KeyFileError when it cannot be read or is not one good key."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"cannot be read: {exc.strerror or exc}") from None
+    problem = key_problem(data, min_length)
+    if problem:
+        raise KeyFileError(problem)
+    return data.decode("utf-8").strip()
