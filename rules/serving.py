@@ -480,11 +480,16 @@ def engine_findings(plan: EnginePlan, answers: EngineAnswersResult) -> list[Find
             problem = ("a chat completion returned no tokens: "
                        + (answer.error or "empty answer") + "; its log: "
                        + explaining_lines(answer.log, limit=3))
+        elif plan.api_key and answer.unauthenticated != 401:
+            problem = ("an API key is set, but /v1/models without it answered "
+                       f"{answer.unauthenticated}, not 401: the key does not guard the API "
+                       f"(does the engine read {API_KEY_PATH}?)")
         else:
             continue
         found.append(Finding(
             "error", "engine-not-serving", f"{where} does not serve {plan.served_name}",
-            problem, "healthy, listing the model, answering a chat completion",
+            problem, "healthy, listing the model, answering a chat completion"
+            + (", refusing a request without the API key" if plan.api_key else ""),
             f"docker logs {replica.container}; journalctl -u {UNIT_NAME}",
         ))
     return found

@@ -4,16 +4,25 @@ verify`), plus what preflight refuses for serving before anything changes."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from facts.engine_answers import EngineAnswersResult, ReplicaAnswer, parse_engine_answers
+from facts.engine_answers import (
+    EngineAnswersResult,
+    ReplicaAnswer,
+    engine_probe_script,
+    parse_engine_answers,
+)
 from facts.nvidia import Gpu, GpuQuery
 from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec, load_fleet
@@ -26,8 +35,10 @@ from rules.serving import (
     engine_findings,
     plan_engine,
     plan_replicas,
+    render_api_key_env,
     render_compose,
     render_unit,
+    smoke_request,
 )
 from tests.unit.test_preflight import bare_host, h100_pci
 
@@ -255,3 +266,69 @@ def test_the_fleet_file_names_what_each_weights_source_needs(tmp_path: Path) -> 
         "host h2 (group g): settings.weights.controller_path = 'no-such-folder': no such folder",
     ]:
         assert line in proc.stderr, proc.stderr
+
+
+class _Engine(http.server.BaseHTTPRequestHandler):
+    """A stand-in API for the probe: health, models and one completion; ``guarded``: /v1/*
+    needs the key, as vLLM and SGLang do with one set."""
+
+    guarded = True
+    key = "k" * 40
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _answer(self) -> None:
+        if self.path == "/health":
+            return self._send(200, {})
+        if self.guarded and self.headers.get("Authorization") != f"Bearer {self.key}":
+            return self._send(401, {"error": "Unauthorized"})
+        if self.path == "/v1/models":
+            return self._send(200, {"data": [{"id": "deepseek-r1-distill-qwen-7b"}]})
+        self._send(200, {"choices": [{"message": {"content": "Hi"}}],
+                         "usage": {"completion_tokens": 2}})
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_with_a_key_the_check_shows_a_request_without_it_is_refused(
+        tmp_path: Path, guarded: bool) -> None:
+    # The engine check's probe, run for real against a stand-in API: with a key set, the
+    # check passes only when a request without the key gets 401.
+    key = tmp_path / "key"
+    key.write_text("k" * 40 + "\n")
+    one = plan(tmp_path, f'[settings.inference]\napi_key_file = "{key}"\n', gpus=1)
+    assert one.api_key
+    handler = type("Engine", (_Engine,), {"guarded": guarded})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env_file = tmp_path / "api-key.env"
+    env_file.write_text(render_api_key_env("vllm", "k" * 40))
+    port = server.server_address[1]
+    try:
+        spec = json.dumps({"address": "127.0.0.1", "replicas": [[port, "c0"]],
+                           "health_path": "/health", "request": smoke_request(one),
+                           "wait_seconds": 5, "key_file": str(env_file)})
+        out = subprocess.run(["sh", "-c", engine_probe_script(spec)], capture_output=True,
+                             text=True, timeout=60).stdout
+    finally:
+        server.shutdown()
+    found = parse_engine_answers(out.splitlines())
+    assert found.replicas and found.replicas[0].tokens == 2, out
+    answer = found.replicas[0]
+    assert answer.unauthenticated == (401 if guarded else 200)
+    moved = ReplicaAnswer(**{**answer.__dict__, "port": one.replicas[0].port})
+    problems = engine_findings(one, EngineAnswersResult(replicas=(moved,)))
+    if guarded:
+        assert problems == []
+    else:
+        (finding,) = problems
+        assert "without it answered 200, not 401" in finding.measured
