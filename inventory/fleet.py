@@ -18,6 +18,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inventory.catalog import CatalogError, ModelSpec, load_models
+from inventory.key_files import (
+    API_KEY_MIN_LENGTH,
+    HUB_TOKEN_MIN_LENGTH,
+    KeyFileError,
+    read_key_file,
+)
 from inventory.merge import deep_merge
 from inventory.pins import PINS_FILE, PinFile, PinFileError, PinSet, load_pins
 from inventory.schema import (
@@ -570,6 +576,11 @@ def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:
     problems = []
     for field_name, value, base in named:
         problem = _controller_file_problem(value, base)
+        if problem is None and field_name in _KEY_FILES:
+            try:
+                read_key_file(spec.controller_path(value), _KEY_FILES[field_name])
+            except KeyFileError as exc:
+                problem = str(exc)
         if problem:
             problems.append(Problem(where, field_name, value, problem))
     folder = spec.settings.weights.controller_path
@@ -578,6 +589,11 @@ def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:
         problems.append(Problem(where, "settings.weights.controller_path", folder,
                                 f"no such folder on this machine ({shown})"))
     return problems
+
+
+# Files holding a credential, read by one rule (inventory.key_files): the minimum length.
+_KEY_FILES = {"settings.inference.api_key_file": API_KEY_MIN_LENGTH,
+              "settings.weights.token_file": HUB_TOKEN_MIN_LENGTH}
 
 
 def _controller_file_problem(value: str, base: Path | None) -> str | None:
