@@ -22,6 +22,8 @@ from inventory.key_files import (
     API_KEY_MIN_LENGTH,
     HUB_TOKEN_MIN_LENGTH,
     KeyFileError,
+    ensure_key_file,
+    generated_key_path,
     read_key_file,
 )
 from inventory.merge import deep_merge
@@ -174,8 +176,7 @@ class HostSpec(BaseModel):
     def state_dir(self) -> Path:
         """Where the controller keeps this fleet's host manifests and audits: fleet-state/NAME
         beside the fleet file (keep it in git to diff a fleet's state over time)."""
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", self.fleet_name).strip(".-") or "fleet"
-        return self.fleet_dir / "fleet-state" / safe
+        return self.fleet_dir / "fleet-state" / safe_name(self.fleet_name)
 
     def controller_path(self, value: str) -> Path:
         """A path from the fleet file, relative paths taken from the fleet file's folder."""
@@ -545,6 +546,7 @@ def _host_spec(
     if pins is None or model is None:
         return None
 
+    settings = _with_api_key(settings, fleet_name, where, problems)
     fleet_dir = path.resolve().parent
     spec = HostSpec(
         name=host_name, group=group_name, target=target, settings=settings,
@@ -554,6 +556,33 @@ def _host_spec(
     )
     problems.extend(_controller_file_problems(spec, where))
     return spec
+
+
+def safe_name(fleet_name: str) -> str:
+    """A fleet's name as one file or folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", fleet_name).strip(".-") or "fleet"
+
+
+def _with_api_key(settings: Settings, fleet_name: str, where: str,
+                  problems: list[Problem]) -> Settings:
+    """An engine listening beyond loopback always has an API key: with no
+    inference.api_key_file, the fleet's generated key (created once, 0600 on the controller:
+    inventory.key_files), so that no fleet serves an open API by default."""
+    cfg = settings.inference
+    if (settings.role != "gpu" or not cfg.enabled or cfg.api_key_file is not None
+            or ipaddress.ip_address(cfg.bind).is_loopback):
+        return settings
+    path = generated_key_path(safe_name(fleet_name))
+    try:
+        ensure_key_file(path)
+    except OSError as exc:
+        problems.append(Problem(where, "settings.inference.api_key_file", MISSING,
+                                f"the engine listens on {cfg.bind}, beyond loopback, so it needs "
+                                f"an API key; generating one in {_cut(str(path))} failed "
+                                f"({exc.strerror or exc}): name a key file here"))
+        return settings
+    return settings.model_copy(update={"inference": cfg.model_copy(
+        update={"api_key_file": str(path)})})
 
 
 def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:

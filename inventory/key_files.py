@@ -8,11 +8,17 @@ it (a final newline) is ignored. Anything else is refused, with the reason and n
 - a second line would reach the engine's environment file (``VLLM_API_KEY=...``) as another
   variable, and a space, quote or ``#`` would change what Compose reads;
 - a short key can be guessed.
+
+An engine that listens beyond loopback with no ``inference.api_key_file`` gets a key generated
+once per fleet and kept 0600 on the controller (``generated_key_path``), so no fleet serves an
+open API by default.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import secrets
 from pathlib import Path
 
 API_KEY_MIN_LENGTH = 32
@@ -59,3 +65,33 @@ def read_key_file(path: Path, min_length: int = API_KEY_MIN_LENGTH) -> str:
     if problem:
         raise KeyFileError(problem)
     return data.decode("utf-8").strip()
+
+
+# Where generated keys are kept: $GPUFLEET_CONFIG_DIR, else $XDG_CONFIG_HOME/gpufleet, else
+# ~/.config/gpufleet; one file per fleet: keys/<fleet name>.api-key (folder 0700, file 0600).
+CONFIG_DIR_ENV = "GPUFLEET_CONFIG_DIR"
+
+
+def config_dir() -> Path:
+    value = os.environ.get(CONFIG_DIR_ENV, "").strip()
+    if value:
+        return Path(value).expanduser()
+    xdg = os.environ.get("XDG_CONFIG_HOME", "").strip()
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".config") / "gpufleet"
+
+
+def generated_key_path(fleet: str) -> Path:
+    """``fleet``: the fleet's name as a file name (inventory.fleet.safe_name)."""
+    return config_dir() / "keys" / f"{fleet}.api-key"
+
+
+def ensure_key_file(path: Path) -> None:
+    """Create ``path`` with a new random key (43 characters of A-Z a-z 0-9 _ -), 0600 in a
+    folder created 0700, unless it exists: a key is generated once and then kept."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32) + "\n")

@@ -273,6 +273,44 @@ def test_the_hub_token_is_one_line_too(tmp_path: Path) -> None:
         "line" in lines[0], lines
 
 
+def test_an_engine_beyond_loopback_gets_a_key_generated_once_and_kept_0600(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUFLEET_CONFIG_DIR", str(tmp_path / "config"))
+    text = textwrap.dedent("""
+        fleet = { name = "lab one" }
+        [settings]
+        weights_path = "/srv/m"
+        [groups.g.hosts.open]
+        settings = { inference = { bind = "0.0.0.0" } }
+        [groups.g.hosts.local]
+        [groups.g.hosts.off]
+        settings = { inference = { bind = "0.0.0.0", enabled = false } }
+        [groups.m.hosts.mon]
+        settings = { role = "monitor", inference = { bind = "0.0.0.0" } }
+    """)
+    hosts = {s.name: s for s in load_fleet(write(tmp_path, text)).hosts}
+    key_file = tmp_path / "config" / "keys" / "lab-one.api-key"
+    assert hosts["open"].settings.inference.api_key_file == str(key_file)
+    for name in ("local", "off", "mon"):  # loopback, no engine, no engine
+        assert hosts[name].settings.inference.api_key_file is None, name
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.parent.stat().st_mode & 0o777 == 0o700
+    key = read_key_file(key_file)
+    again = load_fleet(write(tmp_path, text)).hosts[0]
+    assert again.settings.inference.api_key_file == str(key_file)
+    assert read_key_file(key_file) == key  # kept, not generated again
+
+
+def test_a_key_that_cannot_be_generated_is_one_fleet_problem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config").write_text("a file where the folder would go")
+    monkeypatch.setenv("GPUFLEET_CONFIG_DIR", str(tmp_path / "config"))
+    lines = settings_problems(tmp_path, 'inference = { bind = "0.0.0.0" }')
+    assert len(lines) == 1 and "settings.inference.api_key_file = (missing): the engine " \
+        "listens on 0.0.0.0, beyond loopback, so it needs an API key; generating one in" \
+        in lines[0], lines
+
+
 def test_duplicate_targets_are_refused(tmp_path: Path) -> None:
     lines = problems(tmp_path, """
         [settings]

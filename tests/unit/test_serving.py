@@ -137,7 +137,13 @@ def test_an_api_key_travels_in_a_root_only_file_never_in_the_compose_file(
                                       '[settings.inference]\nengine = "sglang"\n'])
 def test_docker_compose_accepts_the_rendered_file(tmp_path: Path, settings: str) -> None:
     path = tmp_path / "docker-compose.yml"
-    path.write_text(render_compose(plan(tmp_path, settings, tp=2)))
+    text = render_compose(plan(tmp_path, settings, tp=2))
+    # Beyond loopback the engine gets a key (generated): Compose reads its env file, which the
+    # deploy writes before it validates the compose file; here a stand-in beside it.
+    assert ("env_file" in text) is ("::" in settings)
+    (tmp_path / "api-key.env").write_text("VLLM_API_KEY=x\n")
+    path.write_text(text.replace("/etc/gpufleet/inference/api-key.env",
+                                 str(tmp_path / "api-key.env")))
     proc = subprocess.run(["docker-compose", "--file", str(path), "config"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
