@@ -18,10 +18,11 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from facts.engine_answers import EngineAnswers
-from facts.host_state import host_state
+from facts.host_state import HUB_TOKEN_PATH, host_state
 from facts.replica_node import ReplicaNodeJoined
 from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec
+from inventory.key_files import HUB_TOKEN_MIN_LENGTH, read_key_file
 from operations.checks import check, refuse_host
 from operations.compose import compose_applied
 from operations.conditions import after_change
@@ -68,8 +69,6 @@ from rules.serving import (
     render_unit,
     smoke_request,
 )
-
-HUB_TOKEN_PATH = "/etc/gpufleet/hub-token"
 
 
 def _refused(folder: str, checked: WeightsCheck) -> bool:
@@ -123,7 +122,8 @@ def weights(spec: HostSpec, listing: WeightsListing) -> None:
             if cfg.token_file:
                 managed_file(name="Ensure the hub token is on the host (root-only)",
                              path=HUB_TOKEN_PATH,
-                             content=spec.controller_path(cfg.token_file).read_text(),
+                             content=read_key_file(spec.controller_path(cfg.token_file),
+                                                   HUB_TOKEN_MIN_LENGTH) + "\n",
                              mode="600", secret=True, record=False)  # only to download
             weights_downloaded(
                 name=f"Download {spec.model.hub_repo}@{cfg.revision[:12]} into {folder}",
@@ -238,8 +238,8 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
         name="Ensure the API key is on the host (root-only)" if cfg.api_key_file
         else "Ensure no API key file is left",
         path=API_KEY_PATH, mode="600", secret=True,
-        content=render_api_key_env(engine.engine, spec.controller_path(
-            cfg.api_key_file).read_text()) if cfg.api_key_file else None,
+        content=render_api_key_env(engine.engine, read_key_file(spec.controller_path(
+            cfg.api_key_file))) if cfg.api_key_file else None,
     )
     if engine.span is not None and engine.engine == "vllm":
         managed_file(

@@ -1,6 +1,7 @@
 """``EngineAnswers``: does each engine replica on the host answer? Health, the model list, and
 one small chat completion that must return tokens — the deep check, since /health can be green
-while the engine is hung or still loading.
+while the engine is hung or still loading. With an API key, also a request without it, which
+must be refused (401): a key the engine ignores guards nothing.
 
 Read at execution only (by a check, after the engine was (re)started): it waits, bounded, for
 the replicas to come up, and sends one request to each. It changes nothing on the host. The API
@@ -51,6 +52,15 @@ for port, container in spec["replicas"]:
             break
         time.sleep(2)
     result["waited"] = round(time.monotonic() - started, 1)
+    if result.get("health") == "ok" and key:
+        try:
+            bare = urllib.request.Request(base + "/v1/models")
+            with urllib.request.urlopen(bare, timeout=30) as response:
+                result["unauthenticated"] = response.status
+        except urllib.error.HTTPError as exc:
+            result["unauthenticated"] = exc.code
+        except Exception as exc:
+            result["unauthenticated"] = "%s: %s" % (type(exc).__name__, exc)
     if result.get("health") == "ok":
         try:
             _, body = call("/v1/models")
@@ -91,6 +101,9 @@ class ReplicaAnswer:
     seconds: float | None = None
     error: str = ""
     log: str = ""  # the container's last lines
+    # With an API key: the status of /v1/models asked without it (401 when the key guards the
+    # API), or why that request failed; None when not asked (no key).
+    unauthenticated: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,12 @@ class EngineAnswersResult:
     replicas: tuple[ReplicaAnswer, ...] = ()
     raw: str = ""
     errors: list[str] = field(default_factory=list)
+
+
+def _status(value: object) -> int | str | None:
+    if value is None or isinstance(value, int):
+        return value
+    return str(value)
 
 
 def parse_engine_answers(lines: list[str]) -> EngineAnswersResult:
@@ -123,6 +142,7 @@ def parse_engine_answers(lines: list[str]) -> EngineAnswersResult:
             models=tuple(str(m) for m in item.get("models", [])),
             content=str(item.get("content", "")), tokens=int(item.get("tokens", 0) or 0),
             seconds=item.get("seconds"), error=str(item.get("error", "")),
+            unauthenticated=_status(item.get("unauthenticated")),
             log="\n".join(logs.get(str(item.get("container", "")), [])),
         ))
     return EngineAnswersResult(tuple(replicas), clip(text))

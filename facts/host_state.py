@@ -1,12 +1,13 @@
 """What gpufleet manages on a host, read in one command: ``HostState``.
 
 Packages and holds, every file in the folders gpufleet writes to (content, sha256, mode, owner,
-mtime), systemd services, the loaded NVIDIA module, Docker and its images, the keys of apt
-keyrings, and the host's clock. Operations ask for it themselves through ``host_state()``: it
-reads the host once per phase (change detection, execution) and again only after an operation
-on that host changed something, because pyinfra does not cache facts and every read is a round
-trip. ``facts.probe.GpuHostProbe`` carries the same reading, so the change-detection pass costs
-no command of its own (``remember_host_state``), nor does an execution that follows promptly.
+mtime; a secret's content stays on the host, see ``SECRET_FILES``), systemd services, the
+loaded NVIDIA module, Docker and its images, the keys of apt keyrings, and the host's clock.
+Operations ask for it themselves through ``host_state()``: it reads the host once per phase
+(change detection, execution) and again only after an operation on that host changed something,
+because pyinfra does not cache facts and every read is a round trip.
+``facts.probe.GpuHostProbe`` carries the same reading, so the change-detection pass costs no
+command of its own (``remember_host_state``), nor does an execution that follows promptly.
 
 The fact takes no arguments: what it covers is ``WATCHED_DIRS``, ``WATCHED_FILES`` and
 ``WATCHED_SERVICES``. An operation asked to manage a file or service outside them refuses
@@ -73,6 +74,23 @@ KEYRING_DIR = "/etc/apt/keyrings"
 # Larger files are compared by sha256 only (a CA bundle need not travel on every run).
 CONTENT_LIMIT = 262144
 
+# Files whose content never leaves the host: the read ships their sha256 (computed on the host),
+# mode and owner only, so that no credential travels in a fact's output (-vv prints it) or
+# sits in the controller's memory. gpufleet's own secrets are named here, where the operations
+# that write them take their paths from; beside them, every file that is not world-readable,
+# and every file in /etc/docker but the daemon.json gpufleet merges (certificates, keys and
+# registry credentials live there). An operation writing a secret elsewhere is refused
+# (``require_secret``).
+API_KEY_PATH = "/etc/gpufleet/inference/api-key.env"
+HUB_TOKEN_PATH = "/etc/gpufleet/hub-token"
+PROXY_ENV_PATH = "/etc/gpufleet/proxy.env"
+APT_PROXY_PATH = "/etc/apt/apt.conf.d/90gpufleet-proxy"
+SECRET_FILES = (API_KEY_PATH, HUB_TOKEN_PATH, PROXY_ENV_PATH, APT_PROXY_PATH)
+DAEMON_JSON_PATH = "/etc/docker/daemon.json"
+SECRET_DIRS = ("/etc/docker",)  # but DAEMON_JSON_PATH
+# A secret's staging copy beside it while it is written (operations.host_files): secret too.
+SECRET_STAGING_PREFIX = ".gpufleet-secret."
+
 _PART = "__gpufleet_state="
 
 
@@ -89,6 +107,29 @@ def require_watched(path: str) -> None:
         )
 
 
+def is_secret(path: str, mode: str = "600") -> bool:
+    """Whether the read keeps ``path``'s content on the host (``mode``: as stat %a prints it).
+    The state script applies the same rule on the host (``_files_script``)."""
+    pure = PurePosixPath(path)
+    if path == DAEMON_JSON_PATH:  # merged, never overwritten: read whatever its mode
+        return False
+    if path in SECRET_FILES or pure.name.startswith(SECRET_STAGING_PREFIX):
+        return True
+    if str(pure.parent) in SECRET_DIRS:
+        return True
+    return not (mode and mode[-1] in "4567")  # not readable by others
+
+
+def require_secret(path: str) -> None:
+    """Raise (before any host is touched) when a secret would be written where the state read
+    ships contents."""
+    if path not in SECRET_FILES:
+        raise OperationValueError(
+            f"{path} would hold a secret but is not in facts.host_state.SECRET_FILES: add it "
+            "there so that the state read never ships its content"
+        )
+
+
 def require_watched_service(name: str) -> None:
     """Raise (before any host is touched) when ``name`` is outside what HostState reads."""
     if not any(fnmatch.fnmatchcase(name, pattern) for pattern in WATCHED_SERVICES):
@@ -100,7 +141,8 @@ def require_watched_service(name: str) -> None:
 
 @dataclass(frozen=True)
 class FileState:
-    """One regular file: ``content`` is None when larger than CONTENT_LIMIT."""
+    """One regular file: ``content`` is None when larger than CONTENT_LIMIT or secret
+    (``is_secret``: its sha256, mode and owner only)."""
 
     sha256: str
     mode: str  # octal permissions as stat %a prints them: "644", "600"
@@ -202,18 +244,30 @@ def sha256_text(text: str) -> str:
 
 
 # --- the command ---------------------------------------------------------------------------------
-def _files_script() -> str:
-    dirs = " ".join(quote(d) for d in WATCHED_DIRS)
-    files = " ".join(quote(f) for f in WATCHED_FILES)
-    # One header line per file, then its content in base64 on one line (empty when too big).
+def _files_script(dirs: tuple[str, ...] = WATCHED_DIRS, files: tuple[str, ...] = WATCHED_FILES,
+                  secrets: tuple[str, ...] = SECRET_FILES,
+                  secret_dirs: tuple[str, ...] = SECRET_DIRS,
+                  readable: tuple[str, ...] = (DAEMON_JSON_PATH,)) -> str:
+    """The files part; the arguments exist for tests (a folder of their own)."""
+    # One header line per file, then its content in base64 on one line (empty when too big or
+    # secret: ``is_secret``'s rule, decided on the host so that the content never leaves it).
+    listed = " ".join(quote(d) for d in dirs)
+    singles = " ".join(quote(f) for f in files)
+    kept = "|".join([quote(f) for f in secrets] + [f"*/{SECRET_STAGING_PREFIX}*"]
+                    + [f"{quote(d)}/*" for d in secret_dirs])
+    shown = "|".join(quote(f) for f in readable)
     return "\n".join([
-        f"{{ for d in {dirs}; do [ -d \"$d\" ] && find \"$d\" -maxdepth 1 -type f; done;",
-        f"  for f in {files}; do [ -f \"$f\" ] && echo \"$f\"; done; }} | sort |",
+        f"{{ for d in {listed}; do [ -d \"$d\" ] && find \"$d\" -maxdepth 1 -type f; done;",
+        f"  for f in {singles}; do [ -f \"$f\" ] && echo \"$f\"; done; }} | sort |",
         "while IFS= read -r f; do",
         "  s=$(stat -L -c '%a %U:%G %s %Y' \"$f\") || continue",
         "  h=$(sha256sum < \"$f\" | cut -c1-64)",
         "  printf 'file=%s %s %s\\n' \"$h\" \"$s\" \"$f\"",
-        f"  if [ \"$(stat -L -c %s \"$f\")\" -le {CONTENT_LIMIT} ]; then base64 -w0 < \"$f\"; fi",
+        "  case \"${s%% *}\" in *[4567]) private=0 ;; *) private=1 ;; esac",
+        f"  case \"$f\" in {shown}) private=0 ;; {kept}) private=1 ;; esac",
+        f"  if [ \"$private\" = 0 ] && [ \"$(stat -L -c %s \"$f\")\" -le {CONTENT_LIMIT} ]; then",
+        "    base64 -w0 < \"$f\"",
+        "  fi",
         "  echo",
         "done",
     ])
@@ -289,7 +343,8 @@ def parse_files(text: str) -> dict[str, FileState]:
             continue
         digest, mode, owner, size, mtime, path = parts
         payload = lines[index + 1] if index + 1 < len(lines) else ""
-        content = _decode(payload) if payload and int(size) <= CONTENT_LIMIT else None
+        shipped = payload and int(size) <= CONTENT_LIMIT and not is_secret(path, mode)
+        content = _decode(payload) if shipped else None
         if content is None and int(size) == 0:
             content = ""
         files[path] = FileState(digest, mode, owner, int(size), int(mtime), content)

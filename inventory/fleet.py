@@ -18,6 +18,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inventory.catalog import CatalogError, ModelSpec, load_models
+from inventory.key_files import (
+    API_KEY_MIN_LENGTH,
+    HUB_TOKEN_MIN_LENGTH,
+    KeyFileError,
+    ensure_key_file,
+    generated_key_path,
+    read_key_file,
+)
 from inventory.merge import deep_merge
 from inventory.pins import PINS_FILE, PinFile, PinFileError, PinSet, load_pins
 from inventory.schema import (
@@ -168,8 +176,7 @@ class HostSpec(BaseModel):
     def state_dir(self) -> Path:
         """Where the controller keeps this fleet's host manifests and audits: fleet-state/NAME
         beside the fleet file (keep it in git to diff a fleet's state over time)."""
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", self.fleet_name).strip(".-") or "fleet"
-        return self.fleet_dir / "fleet-state" / safe
+        return self.fleet_dir / "fleet-state" / safe_name(self.fleet_name)
 
     def controller_path(self, value: str) -> Path:
         """A path from the fleet file, relative paths taken from the fleet file's folder."""
@@ -575,6 +582,7 @@ def _host_spec(
     if pins is None or model is None:
         return None
 
+    settings = _with_api_key(settings, fleet_name, where, problems)
     fleet_dir = path.resolve().parent
     spec = HostSpec(
         name=host_name, group=group_name, target=target, settings=settings,
@@ -584,6 +592,33 @@ def _host_spec(
     )
     problems.extend(_controller_file_problems(spec, where))
     return spec
+
+
+def safe_name(fleet_name: str) -> str:
+    """A fleet's name as one file or folder name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", fleet_name).strip(".-") or "fleet"
+
+
+def _with_api_key(settings: Settings, fleet_name: str, where: str,
+                  problems: list[Problem]) -> Settings:
+    """An engine listening beyond loopback always has an API key: with no
+    inference.api_key_file, the fleet's generated key (created once, 0600 on the controller:
+    inventory.key_files), so that no fleet serves an open API by default."""
+    cfg = settings.inference
+    if (settings.role != "gpu" or not cfg.enabled or cfg.api_key_file is not None
+            or ipaddress.ip_address(cfg.bind).is_loopback):
+        return settings
+    path = generated_key_path(safe_name(fleet_name))
+    try:
+        ensure_key_file(path)
+    except OSError as exc:
+        problems.append(Problem(where, "settings.inference.api_key_file", MISSING,
+                                f"the engine listens on {cfg.bind}, beyond loopback, so it needs "
+                                f"an API key; generating one in {_cut(str(path))} failed "
+                                f"({exc.strerror or exc}): name a key file here"))
+        return settings
+    return settings.model_copy(update={"inference": cfg.model_copy(
+        update={"api_key_file": str(path)})})
 
 
 def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:
@@ -606,6 +641,11 @@ def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:
     problems = []
     for field_name, value, base in named:
         problem = _controller_file_problem(value, base)
+        if problem is None and field_name in _KEY_FILES:
+            try:
+                read_key_file(spec.controller_path(value), _KEY_FILES[field_name])
+            except KeyFileError as exc:
+                problem = str(exc)
         if problem:
             problems.append(Problem(where, field_name, value, problem))
     folder = spec.settings.weights.controller_path
@@ -614,6 +654,11 @@ def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:
         problems.append(Problem(where, "settings.weights.controller_path", folder,
                                 f"no such folder on this machine ({shown})"))
     return problems
+
+
+# Files holding a credential, read by one rule (inventory.key_files): the minimum length.
+_KEY_FILES = {"settings.inference.api_key_file": API_KEY_MIN_LENGTH,
+              "settings.weights.token_file": HUB_TOKEN_MIN_LENGTH}
 
 
 def _controller_file_problem(value: str, base: Path | None) -> str | None:

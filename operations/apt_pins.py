@@ -93,7 +93,7 @@ def apt_preferences(
     content = render_apt_preferences(component, pin_set, packages, priority)
     desired().file(path, sha256_text(content))
     commands = list(file_commands(path, host_state().file(path), sha256_text(content),
-                                  write_file_command(path, content), "644", "root:root"))
+                                  [write_file_command(path, content)], "644", "root:root"))
     if not commands:
         host.noop(f"{path} pins {len(packages)} packages")
         return

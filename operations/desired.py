@@ -2,10 +2,11 @@
 
 Every operation that manages something records it here when it runs (at change detection and
 again at execution): each file with its sha256, mode and owner (None: must not exist), each
-package with its exact version (None: any), each hold, each service that must run, each
-image, each keyring's fingerprint. The deploy's last step writes the record as the host's
-manifest (/etc/gpufleet/manifest.json, rules/manifest.py), which the drift audit compares
-with the host. Keyed by pyinfra host name; recording twice the same thing is harmless.
+package with its exact version (None: any), each hold, each service that must run, each image,
+each keyring's fingerprint (a secret file: its mode and owner only). The deploy's last step
+writes the record as the host's manifest (/etc/gpufleet/manifest.json, rules/manifest.py),
+which the drift audit compares with the host. Keyed by pyinfra host name; recording twice the
+same thing is harmless.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pyinfra import host
 
 @dataclass
 class DesiredState:
-    files: dict[str, dict[str, str] | None] = field(default_factory=dict)
+    files: dict[str, dict[str, str | bool] | None] = field(default_factory=dict)
     packages: dict[str, str | None] = field(default_factory=dict)
     held: set[str] = field(default_factory=set)
     services: set[str] = field(default_factory=set)
@@ -25,9 +26,15 @@ class DesiredState:
     keyrings: dict[str, str] = field(default_factory=dict)
 
     def file(self, path: str, sha256: str | None, mode: str = "644",
-             owner: str = "root:root") -> None:
-        self.files[path] = None if sha256 is None else {"sha256": sha256, "mode": mode,
-                                                         "owner": owner}
+             owner: str = "root:root", secret: bool = False) -> None:
+        """``secret``: recorded by mode and owner only. A sha256 of a key or password in the
+        manifest (0644 on the host, and copied to the controller) could be guessed offline."""
+        if sha256 is None:
+            self.files[path] = None
+        elif secret:
+            self.files[path] = {"secret": True, "mode": mode, "owner": owner}
+        else:
+            self.files[path] = {"sha256": sha256, "mode": mode, "owner": owner}
 
     def package(self, name: str, version: str | None) -> None:
         if version is not None or name not in self.packages:

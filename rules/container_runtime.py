@@ -9,11 +9,11 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from facts.host_state import DAEMON_JSON_PATH as DAEMON_JSON_PATH
 from inventory.schema import DockerSettings
 from rules.daemon_json import DaemonJsonWanted
 from rules.findings import Finding
 
-DAEMON_JSON_PATH = "/etc/docker/daemon.json"
 DAEMON_JSON_CLAIMS_PATH = "/etc/gpufleet/docker-daemon-json.claims.json"
 CDI_SPEC_PATH = "/etc/cdi/nvidia.yaml"
 DOCKER_SERVICE = "docker"

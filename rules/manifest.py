@@ -2,11 +2,12 @@
 
 The manifest (/etc/gpufleet/manifest.json, written by the last step of every converge and
 copied to the controller's fleet-state/<fleet>/<host>.json) says what the host was made to be:
-the pin set and a digest of its content, every managed package with its version and hold,
-every managed file's sha256, mode and owner, the services that must run, the images by name
-and id, the keyrings' fingerprints, the engine's command line, the Python lock's digest, the
-weights manifest's digest, and the gpufleet that wrote it. Two hosts converged from the same
-fleet file and pins have the same manifest, timestamps aside (``comparable``).
+the pin set and a digest of its content, every managed package with its version and hold, every
+managed file's sha256, mode and owner (a secret's mode and owner only: a digest of a key could
+be guessed offline), the services that must run, the images by name and id, the keyrings'
+fingerprints, the engine's command line, the Python lock's digest, the weights manifest's
+digest, and the gpufleet that wrote it. Two hosts converged from the same fleet file and pins
+have the same manifest, timestamps aside (``comparable``).
 
 The audit compares a host's manifest with the host as it is now (one state read) and with what
 the fleet file and pins say now, area by area.
@@ -109,7 +110,7 @@ def drift(manifest: dict[str, Any] | None, state: HostStateResult, weights: Weig
                                    _when(current.mtime)))
         elif current is None:
             found.append(Drift("files", f"{path} is missing"))
-        elif current.sha256 != want["sha256"]:
+        elif not want.get("secret") and current.sha256 != want.get("sha256"):
             found.append(Drift("files", f"{path} changed by hand", _when(current.mtime)))
         elif current.mode.lstrip("0") != want["mode"].lstrip("0") or current.owner != want["owner"]:
             found.append(Drift("files", f"{path} is {current.mode} {current.owner}, wanted "

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from facts.host_state import APT_PROXY_PATH as APT_PROXY_PATH
+from facts.host_state import PROXY_ENV_PATH
 from inventory.schema import NetworkSettings
 
-APT_PROXY_PATH = "/etc/apt/apt.conf.d/90gpufleet-proxy"
-PROXY_ENV_PATH = "/etc/gpufleet/proxy.env"
+# APT_PROXY_PATH and PROXY_ENV_PATH may hold credentials: facts.host_state names them.
 EXTRA_CA_PATH = "/usr/local/share/ca-certificates/gpufleet-extra-ca.crt"
 
 

@@ -19,6 +19,7 @@ import yaml
 from packaging.version import Version
 
 from facts.engine_answers import EngineAnswersResult
+from facts.host_state import API_KEY_PATH as API_KEY_PATH  # a secret: the read keeps it
 from inventory.fleet import HostSpec
 from inventory.pins import EngineImage
 from rules.container_runtime import Compose
@@ -35,7 +36,6 @@ from rules.render import TEMPLATES_DIR, render
 
 INFERENCE_DIR = "/etc/gpufleet/inference"
 COMPOSE_PATH = f"{INFERENCE_DIR}/docker-compose.yml"
-API_KEY_PATH = f"{INFERENCE_DIR}/api-key.env"
 APPLIED_PATH = f"{INFERENCE_DIR}/applied.digest"  # the compose file last brought up
 UNIT_NAME = "gpufleet-inference"
 UNIT_PATH = f"/etc/systemd/system/{UNIT_NAME}.service"
@@ -530,11 +530,16 @@ def engine_findings(plan: EnginePlan, answers: EngineAnswersResult) -> list[Find
             problem = ("a chat completion returned no tokens: "
                        + (answer.error or "empty answer") + "; its log: "
                        + explaining_lines(answer.log, limit=3))
+        elif plan.api_key and answer.unauthenticated != 401:
+            problem = ("an API key is set, but /v1/models without it answered "
+                       f"{answer.unauthenticated}, not 401: the key does not guard the API "
+                       f"(does the engine read {API_KEY_PATH}?)")
         else:
             continue
         found.append(Finding(
             "error", "engine-not-serving", f"{where} does not serve {plan.served_name}",
-            problem, "healthy, listing the model, answering a chat completion",
+            problem, "healthy, listing the model, answering a chat completion"
+            + (", refusing a request without the API key" if plan.api_key else ""),
             f"docker logs {replica.container}; journalctl -u {UNIT_NAME}",
         ))
     return found

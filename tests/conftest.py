@@ -9,7 +9,15 @@ machine (README, Performance). Files not listed keep their order, after these.
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Keys generated for fleets whose engines listen beyond loopback (inventory.key_files) go to a
+# folder of the test run, never the user's ~/.config/gpufleet; the deploys the end-to-end tests
+# run inherit it, so test and deploy see the same key.
+os.environ.setdefault("GPUFLEET_CONFIG_DIR", tempfile.mkdtemp(prefix="gpufleet-test-config-"))
 
 # End-to-end files, longest first (minutes on the 2-core machine, one worker each).
 LONGEST_FIRST = (

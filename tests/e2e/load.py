@@ -23,6 +23,7 @@ class Load:
     concurrency: int = 8
     seconds: float = 300
     model: str = MODEL
+    key: str | None = None  # the fleet's API key (the engines behind the gateway check it)
     # (when the request was sent, variant, HTTP status), in the order the answers came
     results: list[tuple[float, str, int]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -64,8 +65,10 @@ class Load:
             sent = time.monotonic()
             connection = http.client.HTTPConnection(host, int(port), timeout=30)
             try:
-                connection.request("POST", "/v1/chat/completions", body,
-                                   {"Content-Type": "application/json"})
+                headers = {"Content-Type": "application/json"}
+                if self.key:
+                    headers["Authorization"] = f"Bearer {self.key}"
+                connection.request("POST", "/v1/chat/completions", body, headers)
                 response = connection.getresponse()
                 response.read()
                 variant = response.getheader("X-Gpufleet-Variant", "")

@@ -16,7 +16,10 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -165,6 +168,41 @@ def deploy(tree: Path, fleet: Path, *extra: str, timeout: float = 1500,
         cwd=tree, env=env, capture_output=True, text=True, timeout=timeout,
     )
     return DeployRun(proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0)
+
+
+def api_key(fleet: Path) -> str | None:
+    """The API key the fleet's engines check (their key file, or the key generated for the
+    fleet when they listen beyond loopback), or None."""
+    from inventory.fleet import load_fleet
+    from inventory.key_files import read_key_file
+
+    for spec in load_fleet(fleet).hosts:
+        cfg = spec.settings.inference
+        if spec.settings.role == "gpu" and cfg.enabled and cfg.api_key_file:
+            return read_key_file(spec.controller_path(cfg.api_key_file))
+    return None
+
+
+@contextmanager
+def process_lists(hosts: list[str], every: float = 0.2) -> Iterator[list[str]]:
+    """Every process command line seen on ``hosts`` (`ps -eo args`, sampled) while the block
+    runs: what /proc/*/cmdline showed to any user of the host."""
+    seen: list[str] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            for host in hosts:
+                seen.extend(sh(host, "ps -eo args", timeout=30).stdout.splitlines())
+            done.wait(every)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join(60)
 
 
 def dpkg_versions(host: str, packages: list[str]) -> dict[str, str]:

@@ -436,8 +436,10 @@ def engines(host: str) -> str:
 def answers(host: str) -> None:
     body = json.dumps({"model": MODEL, "max_tokens": 3,
                        "messages": [{"role": "user", "content": "hi"}]})
+    # The key (generated: the engine listens beyond loopback) read on the host, from its file.
+    key = "$(sed -n 's/^VLLM_API_KEY=//p' /etc/gpufleet/inference/api-key.env)"
     out = ok(host, f"curl -fsS -m 20 -H 'Content-Type: application/json' -d '{body}' "
-                   "http://127.0.0.1:8000/v1/chat/completions")
+                   f"-H \"Authorization: Bearer {key}\" http://127.0.0.1:8000/v1/chat/completions")
     assert json.loads(out)["usage"]["completion_tokens"] == 3, out
 
 

@@ -15,6 +15,7 @@ it, with auto_rollback) -> every dashboard query returns data -> a corrupt canar
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
 import subprocess
@@ -61,6 +62,7 @@ class Stack:
     fleet: Path
     auto_fleet: Path
     gateway: str  # host:port from the controller
+    key: str | None  # the fleet's API key (generated: the engines listen beyond loopback)
 
     def canary(self, action: str, fleet: Path | None = None) -> sh.DeployRun:
         return sh.deploy(self.tree, fleet or self.fleet, "--data", f"action={action}",
@@ -73,9 +75,17 @@ def stack(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack
     sh.start_hosts([STABLE, CANARY, MONITOR])
     tree = sh.product_copy(tmp / "tree")
     fleet, auto = write_fleet(tmp), write_fleet(tmp, auto_rollback=True)
-    run = sh.deploy(tree, fleet)
+    with sh.process_lists([STABLE, CANARY]) as seen:
+        run = sh.deploy(tree, fleet, "-vvv")
     assert run.rc == 0, run.output[-6000:]
-    yield Stack(tree, fleet, auto, f"{address_of(MONITOR)}:8080")
+    # The engines listen beyond loopback: the fleet got a key, and the converge showed it
+    # nowhere: not in pyinfra's -vvv output, not on the hosts' command lines.
+    key = sh.api_key(fleet)
+    assert key is not None and len(key) >= 32
+    assert seen and key not in run.output and not any(key in line for line in seen)
+    env_b64 = base64.b64encode(f"VLLM_API_KEY={key}\n".encode()).decode()
+    assert env_b64 not in run.output and not any(env_b64 in line for line in seen)
+    yield Stack(tree, fleet, auto, f"{address_of(MONITOR)}:8080", key)
 
 
 def address_of(container: str) -> str:
@@ -164,7 +174,7 @@ def test_canary_start_sends_20_percent_to_the_canary(stack: Stack) -> None:
     assert run.rc == 0, run.output[-4000:]
     assert "Ensure every canary weights file matches its manifest" in run.output
     assert split(gateway_conf()) == ["20% canary;", "* stable;"]
-    load = Load(stack.gateway, count=2000, concurrency=8).start().wait()
+    load = Load(stack.gateway, key=stack.key, count=2000, concurrency=8).start().wait()
     assert load.failures == []
     assert len(load.results) == 2000
     share = load.share("canary")
@@ -183,7 +193,7 @@ def test_canary_start_sends_20_percent_to_the_canary(stack: Stack) -> None:
 @pytest.mark.parametrize("action,then", [("promote", "canary"), ("rollback", "stable")])
 def test_promote_and_rollback_under_load_drop_no_request(stack: Stack, action: str,
                                                           then: str) -> None:
-    load = Load(stack.gateway, count=100_000, concurrency=8, seconds=300).start()
+    load = Load(stack.gateway, key=stack.key, count=100_000, concurrency=8, seconds=300).start()
     try:
         wait_for("load under way", lambda: len(load.results) >= 200, 60, every=0.2)
         run = stack.canary(action)
@@ -205,7 +215,7 @@ def test_a_slow_canary_fires_the_latency_alert_and_status_rolls_it_back(stack: S
     assert run.rc == 0, run.output[-4000:]
     set_knobs(CANARY, {"ttft_seconds": 0.8})
     slowed = time.monotonic()
-    load = Load(stack.gateway, count=100000, concurrency=8, seconds=240).start()
+    load = Load(stack.gateway, key=stack.key, count=100000, concurrency=8, seconds=240).start()
     try:
         def firing() -> list[dict]:
             alerts = prometheus("/api/v1/alerts")["data"]["alerts"]

@@ -41,6 +41,7 @@ class Rollout:
     tree: Path
     fleet: Path
     gateway: str
+    key: str | None  # the fleet's API key (generated: the engines listen beyond loopback)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "GPUFLEET_FLEET": str(self.fleet), "PYTHONUNBUFFERED": "1"}
@@ -69,7 +70,7 @@ def rollout(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rol
         **{name: per_gpu for name in GPUS}, MONITOR: {"gateway": {"bind": "0.0.0.0"}}})
     run = sh.deploy(tree, fleet)
     assert run.rc == 0, run.output[-5000:]
-    yield Rollout(tree, fleet, f"{address_of(MONITOR)}:8080")
+    yield Rollout(tree, fleet, f"{address_of(MONITOR)}:8080", sh.api_key(fleet))
 
 
 def boot_id(host: str) -> str:
@@ -80,7 +81,7 @@ def boot_id(host: str) -> str:
 
 def under_load(rollout: Rollout, *args: str) -> tuple[subprocess.CompletedProcess[str], Load]:
     """The rollout, with a bounded load through the gateway for as long as it runs."""
-    load = Load(rollout.gateway, count=1_000_000, concurrency=4, seconds=900).start()
+    load = Load(rollout.gateway, key=rollout.key, count=1_000_000, concurrency=4, seconds=900).start()
     try:
         run = rollout.run(*args)
     finally:

@@ -48,7 +48,7 @@ from tests.conformance.released import (
 )
 
 ENGINE_DIR = Path(__file__).resolve().parents[1] / "sim" / "images" / "engine"
-KEY = "k3y-for-the-test"
+KEY = "k3y-for-the-test-0123456789abcdefghijklmnop"
 
 
 def pinned() -> list[tuple[str, str, str]]:

@@ -27,6 +27,7 @@ from inventory.fleet import (
     pyinfra_host_data,
     pyinfra_host_name,
 )
+from inventory.key_files import read_key_file
 from inventory.merge import deep_merge
 from inventory.schema import AptRepo, NetworkSettings, Settings, mask_url
 from rules.fleet_checks import fleet_problems
@@ -220,6 +221,95 @@ def test_controller_file_settings_never_crash(tmp_path: Path, value: str, expect
         lines = settings_problems(tmp_path, settings, host)
         assert len(lines) == 1 and expected in lines[0], lines
         assert len(lines[0]) < 700
+
+
+GOOD_KEY = "k3y-" + "0123456789abcdef" * 2  # 36 characters
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "empty: an empty key would turn authentication off"),
+        (b" \n\n", "empty: an empty key would turn authentication off"),
+        (GOOD_KEY.encode() + b"\nLD_PRELOAD=/tmp/x.so\n", "more than one line: the file holds "
+         "exactly one key (a second line would add variables to the engine's environment)"),
+        (b"short-key\n", "the key has 9 characters; at least 32"),
+        (GOOD_KEY.encode() + b" #x", "holds a character outside letters, digits and . _ ~ + / "
+         "= -"),
+        (b'"' + GOOD_KEY.encode() + b'"', "holds a character outside"),
+        (b"\xff" * 40, "not UTF-8 text"),
+    ],
+)
+def test_the_api_key_file_holds_one_good_key(tmp_path: Path, content: bytes,
+                                             expected: str) -> None:
+    # Read where the key is read (on the controller, with the fleet file): one line naming
+    # host, field and the file; never the key itself.
+    (tmp_path / "api.key").write_bytes(content)
+    lines = settings_problems(tmp_path, "", '[groups.g.hosts.h.settings.inference]\n'
+                                            'api_key_file = "api.key"\n')
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"{tmp_path / 'fleet.toml'}: host h (group g): "
+                               "settings.inference.api_key_file = 'api.key': "), lines[0]
+    assert expected in lines[0], lines[0]
+    assert "\n" not in lines[0] and "LD_PRELOAD" not in lines[0]
+    assert GOOD_KEY not in lines[0] and "short-key" not in lines[0]
+
+
+def test_a_good_key_file_is_read_as_its_one_key(tmp_path: Path) -> None:
+    (tmp_path / "api.key").write_text(f"  {GOOD_KEY}\n\n")  # whitespace around is ignored
+    fleet = load_fleet(write(tmp_path, '[settings]\nweights_path = "/srv/m"\n'
+                                       'inference = { api_key_file = "api.key" }\n'
+                                       '[groups.g.hosts.h]\ntarget = "10.0.0.1"\n'))
+    spec = fleet.hosts[0]
+    assert spec.settings.inference.api_key_file is not None
+    assert read_key_file(spec.controller_path(spec.settings.inference.api_key_file)) == GOOD_KEY
+
+
+def test_the_hub_token_is_one_line_too(tmp_path: Path) -> None:
+    (tmp_path / "hub.token").write_text("hf_abcdefgh\nX-Injected: 1\n")
+    lines = settings_problems(tmp_path, 'weights = { source = "hub", hub_endpoint = '
+                                        '"https://hub.internal", revision = "' + "a" * 40
+                                        + '", token_file = "hub.token" }')
+    assert len(lines) == 1 and "settings.weights.token_file = 'hub.token': more than one " \
+        "line" in lines[0], lines
+
+
+def test_an_engine_beyond_loopback_gets_a_key_generated_once_and_kept_0600(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPUFLEET_CONFIG_DIR", str(tmp_path / "config"))
+    text = textwrap.dedent("""
+        fleet = { name = "lab one" }
+        [settings]
+        weights_path = "/srv/m"
+        [groups.g.hosts.open]
+        settings = { inference = { bind = "0.0.0.0" } }
+        [groups.g.hosts.local]
+        [groups.g.hosts.off]
+        settings = { inference = { bind = "0.0.0.0", enabled = false } }
+        [groups.m.hosts.mon]
+        settings = { role = "monitor", inference = { bind = "0.0.0.0" } }
+    """)
+    hosts = {s.name: s for s in load_fleet(write(tmp_path, text)).hosts}
+    key_file = tmp_path / "config" / "keys" / "lab-one.api-key"
+    assert hosts["open"].settings.inference.api_key_file == str(key_file)
+    for name in ("local", "off", "mon"):  # loopback, no engine, no engine
+        assert hosts[name].settings.inference.api_key_file is None, name
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert key_file.parent.stat().st_mode & 0o777 == 0o700
+    key = read_key_file(key_file)
+    again = load_fleet(write(tmp_path, text)).hosts[0]
+    assert again.settings.inference.api_key_file == str(key_file)
+    assert read_key_file(key_file) == key  # kept, not generated again
+
+
+def test_a_key_that_cannot_be_generated_is_one_fleet_problem(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config").write_text("a file where the folder would go")
+    monkeypatch.setenv("GPUFLEET_CONFIG_DIR", str(tmp_path / "config"))
+    lines = settings_problems(tmp_path, 'inference = { bind = "0.0.0.0" }')
+    assert len(lines) == 1 and "settings.inference.api_key_file = (missing): the engine " \
+        "listens on 0.0.0.0, beyond loopback, so it needs an API key; generating one in" \
+        in lines[0], lines
 
 
 def test_duplicate_targets_are_refused(tmp_path: Path) -> None:

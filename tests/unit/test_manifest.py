@@ -147,3 +147,30 @@ def test_the_fleet_table_has_a_cell_per_host_and_area() -> None:
     assert lines[2].split()[3] == "drift(1)"
     assert "gpu-02: holds: cuda-drivers-535 is not held (apt may upgrade it)" in table
     assert lines[-1] == "1 of 2 host(s) drifted"
+
+
+def test_a_secret_file_is_recorded_by_mode_and_owner_never_by_a_digest() -> None:
+    # The manifest is 0644 on the host and copied to the controller: a sha256 of a key or a
+    # proxy password there could be guessed offline. The audit still checks mode and owner.
+    from facts.host_state import API_KEY_PATH
+    from operations.desired import desired
+    from operations.host_files import managed_file
+    from tests.unit.test_operations import Run
+
+    key = "VLLM_API_KEY=" + "k" * 40 + "\n"
+    run = Run({"HostState": {}}, executing=True)
+    run.commands(managed_file._inner, [], {"path": API_KEY_PATH, "content": key, "mode": "600",
+                                           "secret": True})
+    with run.context():
+        recorded = desired().files[API_KEY_PATH]
+    assert recorded == {"secret": True, "mode": "600", "owner": "root:root"}
+    text = render_manifest({"files": {API_KEY_PATH: recorded}})
+    assert sha(key) not in text and "kkkk" not in text
+    manifest = {**MANIFEST, "files": {**MANIFEST["files"], API_KEY_PATH: recorded}}
+    files = {"/etc/systemd/system/gpufleet-inference.service": {"content": UNIT}}
+    rotated = state(files={**files, API_KEY_PATH: {"content": "VLLM_API_KEY=other\n",
+                                                   "mode": "600"}})
+    assert audit(rotated, manifest) == []
+    opened = state(files={**files, API_KEY_PATH: {"content": key, "mode": "644"}})
+    assert audit(opened, manifest) == [("files", f"{API_KEY_PATH} is 644 root:root, wanted "
+                                                 "600 root:root")]

@@ -22,6 +22,9 @@ Case keys:
   refuses            a substring of the message a refusal prints
   says               a substring of what the operation tells the operator as it runs
   output_hides       strings that must not appear in the commands as pyinfra prints them
+  command_hides      strings that must not appear in any command as it runs on the host (its
+                     command line: /proc/*/cmdline, sudo's log), masked or not
+  uploads            destination -> the exact text an in-memory upload sends there
   raises             a substring of the argument error
   facts_after        the facts for the second run (required when commands change the host)
   second_run         "not idempotent: WHY" instead of facts_after
@@ -141,6 +144,8 @@ def describe(command: Any) -> str:
         env = command.connector_arguments.get("_env") or {}
         prefix = "".join(f"export {key}={value} && " for key, value in env.items())
         return prefix + command.get_raw_value()
+    if isinstance(command, FileUploadCommand) and command.remote_temp_filename:
+        return f"upload (memory) -> {command.dest} via {command.remote_temp_filename}"
     if isinstance(command, FileUploadCommand):
         return f"upload {command.src} -> {command.dest}"
     if isinstance(command, FunctionCommand) and command.function.__name__ == "_run_guarded":
@@ -213,6 +218,14 @@ def test_operation_case(op: str, case: str, data: dict[str, Any]) -> None:
         for hidden in data.get("output_hides", []):
             printed = [c.get_masked_value() for c in commands if isinstance(c, StringCommand)]
             assert not any(hidden in line for line in printed), f"{op}/{case}: shows {hidden}"
+        for hidden in data.get("command_hides", []):
+            ran = [c.get_raw_value() if isinstance(c, StringCommand) else describe(c)
+                   for c in commands]
+            assert not any(hidden in line for line in ran), f"{op}/{case}: runs with {hidden}"
+        for dest, text in data.get("uploads", {}).items():
+            sent = [c.src for c in commands if isinstance(c, FileUploadCommand) and c.dest == dest]
+            assert len(sent) == 1 and hasattr(sent[0], "getvalue"), f"{op}/{case}: {sent}"
+            assert sent[0].getvalue() == text.encode(), f"{op}/{case}: uploads {sent[0]!r}"
         if "says" in data:
             told = [m for c in commands if (m := message_of(c, "tell")) is not None]
             assert any(data["says"] in m for m in told), f"{op}/{case}: said {told}"

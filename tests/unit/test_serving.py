@@ -4,16 +4,25 @@ verify`), plus what preflight refuses for serving before anything changes."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from facts.engine_answers import EngineAnswersResult, ReplicaAnswer, parse_engine_answers
+from facts.engine_answers import (
+    EngineAnswersResult,
+    ReplicaAnswer,
+    engine_probe_script,
+    parse_engine_answers,
+)
 from facts.nvidia import Gpu, GpuQuery
 from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec, load_fleet
@@ -29,6 +38,7 @@ from rules.serving import (
     render_api_key_env,
     render_compose,
     render_unit,
+    smoke_request,
 )
 from tests.unit.test_preflight import bare_host, h100_pci
 
@@ -115,7 +125,7 @@ def test_the_compose_file_keeps_the_engine_offline_and_the_api_on_loopback(
 def test_an_api_key_travels_in_a_root_only_file_never_in_the_compose_file(
         tmp_path: Path) -> None:
     key = tmp_path / "key"
-    key.write_text("s3cr3t-key\n")
+    key.write_text("s3cr3t-key-0123456789abcdefghijklmnop-" + "0123456789abcdef" * 2 + "\n")
     text = render_compose(plan(tmp_path, f'[settings.inference]\napi_key_file = "{key}"\n'))
     assert "s3cr3t" not in text
     assert yaml.safe_load(text)["services"]["engine-0"]["env_file"] == [
@@ -125,7 +135,7 @@ def test_an_api_key_travels_in_a_root_only_file_never_in_the_compose_file(
 def test_sglang_takes_its_key_as_api_key_through_the_container_shell(tmp_path: Path) -> None:
     # SGLang 0.4.1.post7 reads no key variable (tests/conformance): the shell passes ours on.
     key = tmp_path / "key"
-    key.write_text("s3cr3t-key\n")
+    key.write_text("s3cr3t-key-0123456789abcdefghijklmnop\n")
     engine_plan = plan(tmp_path, f'[settings.inference]\nengine = "sglang"\n'
                                  f'api_key_file = "{key}"\n')
     service = compose_document(engine_plan)["services"]["engine-0"]
@@ -133,7 +143,7 @@ def test_sglang_takes_its_key_as_api_key_through_the_container_shell(tmp_path: P
         "sh", "-c", 'exec "$$@" --api-key "$$GPUFLEET_API_KEY"', "sglang",
         "python3", "-m", "sglang.launch_server"]
     assert service["env_file"] == ["/etc/gpufleet/inference/api-key.env"]
-    assert render_api_key_env("sglang", "s3cr3t-key\n") == "GPUFLEET_API_KEY=s3cr3t-key\n"
+    assert render_api_key_env("sglang", "s3cr3t-key-0123456789abcdefghijklmnop\n") == "GPUFLEET_API_KEY=s3cr3t-key-0123456789abcdefghijklmnop\n"
     assert "s3cr3t" not in render_compose(engine_plan)
     # Without a key: the engine itself, no shell.
     bare = compose_document(plan(tmp_path, '[settings.inference]\nengine = "sglang"\n'))
@@ -159,7 +169,13 @@ def test_sglang_memory_fraction_follows_its_own_per_tp_default(
                                       '[settings.inference]\nengine = "sglang"\n'])
 def test_docker_compose_accepts_the_rendered_file(tmp_path: Path, settings: str) -> None:
     path = tmp_path / "docker-compose.yml"
-    path.write_text(render_compose(plan(tmp_path, settings, tp=2)))
+    text = render_compose(plan(tmp_path, settings, tp=2))
+    # Beyond loopback the engine gets a key (generated): Compose reads its env file, which the
+    # deploy writes before it validates the compose file; here a stand-in beside it.
+    assert ("env_file" in text) is ("::" in settings)
+    (tmp_path / "api-key.env").write_text("VLLM_API_KEY=x\n")
+    path.write_text(text.replace("/etc/gpufleet/inference/api-key.env",
+                                 str(tmp_path / "api-key.env")))
     proc = subprocess.run(["docker-compose", "--file", str(path), "config"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
@@ -320,3 +336,69 @@ def test_a_hub_endpoint_is_https_unless_plain_http_is_asked_for(tmp_path: Path) 
     assert [f.code for f in warnings if f.code == "weights-plain-http"] == ["weights-plain-http"]
     tls = spec(tmp_path, f"weights = {{ {hub}, hub_endpoint = \"https://m.internal\" }}\n")
     assert "weights-plain-http" not in assess(tls, bare_host()).findings.codes()
+
+
+class _Engine(http.server.BaseHTTPRequestHandler):
+    """A stand-in API for the probe: health, models and one completion; ``guarded``: /v1/*
+    needs the key, as vLLM and SGLang do with one set."""
+
+    guarded = True
+    key = "k" * 40
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _answer(self) -> None:
+        if self.path == "/health":
+            return self._send(200, {})
+        if self.guarded and self.headers.get("Authorization") != f"Bearer {self.key}":
+            return self._send(401, {"error": "Unauthorized"})
+        if self.path == "/v1/models":
+            return self._send(200, {"data": [{"id": "deepseek-r1-distill-qwen-7b"}]})
+        self._send(200, {"choices": [{"message": {"content": "Hi"}}],
+                         "usage": {"completion_tokens": 2}})
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("guarded", [True, False])
+def test_with_a_key_the_check_shows_a_request_without_it_is_refused(
+        tmp_path: Path, guarded: bool) -> None:
+    # The engine check's probe, run for real against a stand-in API: with a key set, the
+    # check passes only when a request without the key gets 401.
+    key = tmp_path / "key"
+    key.write_text("k" * 40 + "\n")
+    one = plan(tmp_path, f'[settings.inference]\napi_key_file = "{key}"\n', gpus=1)
+    assert one.api_key
+    handler = type("Engine", (_Engine,), {"guarded": guarded})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env_file = tmp_path / "api-key.env"
+    env_file.write_text(render_api_key_env("vllm", "k" * 40))
+    port = server.server_address[1]
+    try:
+        spec = json.dumps({"address": "127.0.0.1", "replicas": [[port, "c0"]],
+                           "health_path": "/health", "request": smoke_request(one),
+                           "wait_seconds": 5, "key_file": str(env_file)})
+        out = subprocess.run(["sh", "-c", engine_probe_script(spec)], capture_output=True,
+                             text=True, timeout=60).stdout
+    finally:
+        server.shutdown()
+    found = parse_engine_answers(out.splitlines())
+    assert found.replicas and found.replicas[0].tokens == 2, out
+    answer = found.replicas[0]
+    assert answer.unauthenticated == (401 if guarded else 200)
+    moved = ReplicaAnswer(**{**answer.__dict__, "port": one.replicas[0].port})
+    problems = engine_findings(one, EngineAnswersResult(replicas=(moved,)))
+    if guarded:
+        assert problems == []
+    else:
+        (finding,) = problems
+        assert "without it answered 200, not 401" in finding.measured

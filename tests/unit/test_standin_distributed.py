@@ -420,7 +420,7 @@ def test_sglang_run_as_rendered_refuses_a_request_without_the_key(cluster: Clust
     from tests.unit.test_serving import plan as serving_plan
 
     key = tmp_path / "key"
-    key.write_text("k3y\n")
+    key.write_text("k3y-0123456789abcdefghijklmnopqrstuvwxyz\n")
     engine_plan = serving_plan(tmp_path, f'[settings.inference]\nengine = "sglang"\n'
                                          f'api_key_file = "{key}"\n')
     from rules.serving import API_KEY_VARIABLE, compose_document
@@ -436,7 +436,7 @@ def test_sglang_run_as_rendered_refuses_a_request_without_the_key(cluster: Clust
             [*entrypoint, "--model-path", MODEL, "--context-length", "4096", "--host", HEAD_IP,
              "--port", str(http)], cwd=cluster.node_dir("head"), stdout=out,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**cluster.env, API_KEY_VARIABLE["sglang"]: "k3y"})
+            env={**cluster.env, API_KEY_VARIABLE["sglang"]: "k3y-0123456789abcdefghijklmnopqrstuvwxyz"})
     proc = Proc(popen, log)
     cluster.procs.append(proc)
     wait_for(lambda: listening(HEAD_IP, http) or popen.poll() is not None, 15, "serving")
@@ -454,5 +454,5 @@ def test_sglang_run_as_rendered_refuses_a_request_without_the_key(cluster: Clust
 
     assert status("/v1/models", None) == 401
     assert status("/v1/models", "wrong") == 401
-    assert status("/v1/models", "k3y") == 200
+    assert status("/v1/models", "k3y-0123456789abcdefghijklmnopqrstuvwxyz") == 200
     assert status("/health", None) == 200

@@ -7,6 +7,7 @@ apt-mark, stat, sha256sum and base64 output, checked against what Python reads i
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -58,7 +59,8 @@ def test_the_script_run_here_reads_packages_and_watched_files_exactly() -> None:
         assert read.sha256 == hashlib.sha256(data).hexdigest(), path
         assert int(read.mode, 8) == os.stat(path).st_mode & 0o7777, path
         assert read.size == len(data) and read.mtime == int(os.stat(path).st_mtime), path
-        assert read.content == data.decode("utf-8", "replace"), path
+        secret = host_state_module.is_secret(path, read.mode)
+        assert read.content == (None if secret else data.decode("utf-8", "replace")), path
 
 
 def test_absent_parts_are_unknown_never_made_up() -> None:
@@ -85,6 +87,50 @@ def test_files_header_and_payload() -> None:
     assert files["/etc/gpufleet/empty file"].content == ""  # names may hold spaces
     big = files["/usr/local/share/ca-certificates/big.crt"]
     assert big.content is None and big.sha256 == "c" * 64  # compared by hash only
+
+
+def test_the_read_keeps_secret_contents_on_the_host(tmp_path: Path) -> None:
+    # The files part run for real over a folder of its own: gpufleet's named secrets, anything
+    # not world-readable, and /etc/docker's files but daemon.json travel as sha256/mode/owner
+    # only; the content never appears in the script's output.
+    etc, docker = tmp_path / "etc", tmp_path / "docker"
+    etc.mkdir()
+    docker.mkdir()
+    files = {etc / "api-key.env": ("644", "VLLM_API_KEY=SECRET-named"),
+             etc / "private.conf": ("640", "password=SECRET-mode"),
+             etc / ".gpufleet-secret.abc123": ("644", "SECRET-staging"),
+             docker / "key.json": ("644", "SECRET-docker"),
+             docker / "daemon.json": ("600", '{"runtimes": {}}'),  # merged: read
+             etc / "public.conf": ("644", "plain")}
+    for path, (mode, text) in files.items():
+        path.write_text(text)
+        path.chmod(int(mode, 8))
+    script = host_state_module._files_script(
+        dirs=(str(etc), str(docker)), files=(), secrets=(str(etc / "api-key.env"),),
+        secret_dirs=(str(docker),), readable=(str(docker / "daemon.json"),))
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    assert "SECRET" not in out and "U0VDUkVU" not in out  # nor its base64
+    read = host_state_module.parse_files(out)
+    for path, (mode, text) in files.items():
+        assert read[str(path)].sha256 == hashlib.sha256(text.encode()).hexdigest(), path
+        assert read[str(path)].mode == mode, path
+    assert [p for p, f in read.items() if f.content is not None] == [str(etc / "public.conf")]
+    lines = out.splitlines()  # daemon.json's content travels whatever its mode (it is merged)
+    header = next(i for i, line in enumerate(lines) if line.endswith("/docker/daemon.json"))
+    assert base64.b64decode(lines[header + 1]) == b'{"runtimes": {}}'
+    # The rule the script applies is the one is_secret states, for the real paths too.
+    assert host_state_module.is_secret("/etc/gpufleet/inference/api-key.env", "644")
+    assert host_state_module.is_secret("/etc/docker/key.json", "644")
+    assert not host_state_module.is_secret("/etc/docker/daemon.json", "600")
+    assert host_state_module.is_secret("/etc/default/anything", "600")
+
+
+def test_the_parser_drops_a_secret_payload_even_if_one_is_printed() -> None:
+    lines = ["file=" + "a" * 64 + " 600 root:root 5 1733040000 /etc/gpufleet/proxy.env",
+             "c2VjcmV0"]
+    assert host_state_module.parse_files("\n".join(lines))[
+        "/etc/gpufleet/proxy.env"].content is None
 
 
 def test_services_merge_unit_files_and_loaded_units() -> None:
