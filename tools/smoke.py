@@ -162,6 +162,10 @@ def url_endpoint(url: str, model: str | None, key: str | None) -> Endpoint:
         parts.port  # noqa: B018 - raises ValueError on a port out of range
     except ValueError:
         raise BadInput(f"--url {shown(url)}: {allowed}") from None
+    if "@" in parts.netloc:  # user:password@ would print with every result line
+        masked = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+        raise BadInput(f"--url {shown(masked)}: credentials in the URL are refused; give the "
+                       "API key with --api-key-file")
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
         raise BadInput(f"--url {shown(url)}: {allowed}")
     if not model:

@@ -123,7 +123,7 @@ BATTERY = [
     *_numeric_cases("smoke", {"--url": "http://127.0.0.1:9", "--model": "m"}, SMOKE_NUMBERS),
     *[Case("smoke", (f"--url={url}", "--model=m"), label=f"--url={url!r}") for url in (
         "abc", "", "127.0.0.1:8000", "file:///etc/passwd", "http://", "http://h:99999",
-        "http://[::1", "http://h/ x")],
+        "http://[::1", "http://h/ x", "http://user:s3cret@h:8000")],
     Case("smoke", ("--url=http://127.0.0.1:9",), label="--url without --model"),
     *_text_cases(),
 ]
@@ -170,9 +170,11 @@ def test_bad_input_is_one_line_and_exit_2(case: Case) -> None:
     (Case("size", _with(SIZE_BASE, "--gpus", "2xh\n100")), "--gpus 2xh\\n100"),
     (Case("cost", _with(COST_BASE, "--currency", "E\x1b]0;x\x07")), "E\\x1b]0;x\\x07"),
     (Case("smoke", ("--url=http://h\x1b[2J", "--model=m")), "http://h\\x1b[2J"),
+    (Case("smoke", ("--url=http://user:s3cret@h:8000", "--model=m")), "http://***@h:8000"),
 ])
 def test_the_offending_value_is_shown_escaped(case: Case, shown: str) -> None:
-    assert shown in assert_refused(run(case), case)
+    line = assert_refused(run(case), case)
+    assert shown in line and "s3cret" not in line
 
 
 # --- files: the smoke test's key file and fleet file --------------------------------------
