@@ -36,7 +36,7 @@ from deploys.inference import inference
 from deploys.monitoring_host import monitoring_host
 from deploys.nvidia_driver import nvidia_driver
 from deploys.nvidia_repositories import nvidia_repositories
-from deploys.preflight import preflight, read_host, replicas_agree
+from deploys.preflight import monitor_preflight, preflight, read_host, replicas_agree
 from deploys.python_env import python_env, python_env_plan
 from deploys.spec import fleet_specs, host_spec
 from deploys.verify_stack import verify_stack
@@ -49,6 +49,7 @@ spec = host_spec()
 fleet = fleet_specs()
 if is_monitor(spec):
     # A monitoring host needs no GPU: its own small stack, read from one state read.
+    monitor_preflight(spec, fleet)
     host_network(spec=spec)
     monitoring_host(spec=spec, fleet=fleet)
     host_record(spec=spec)

@@ -15,13 +15,15 @@ from collections.abc import Iterable
 from pyinfra import host, inventory
 from pyinfra.api import Host
 
+from deploys.spec import fleet_specs
 from facts.host_state import remember_host_state
 from facts.probe import GpuHostProbe, HostProbe
 from facts.storage import ReadSpeed
 from inventory.fleet import HostSpec
 from operations.checks import refuse_host
 from rules.assessment import Assessment, assess, render
-from rules.findings import Finding
+from rules.exposure import exposure_findings
+from rules.findings import Finding, Findings
 from rules.host_plan import HostPlan
 from rules.monitoring import fleet_replicas
 from rules.multinode import (
@@ -132,7 +134,7 @@ def preflight(spec: HostSpec, probe: HostProbe,
     ``extra``: findings of the later steps' own questions (the Python environment's).
     Runs while pyinfra collects operations, i.e. before any operation executes on any host.
     """
-    extra = [*extra, *replica_findings(spec, probe)]
+    extra = [*extra, *replica_findings(spec, probe), *exposure_findings(spec, fleet_specs())]
     assessment: Assessment = assess(spec, probe, measured_read_speed(spec), extra)
     log_report(render(assessment))
     if not assessment.refused and assessment.plan is not None:
@@ -148,6 +150,15 @@ def preflight(spec: HostSpec, probe: HostProbe,
         ),
     )
     return None
+
+
+def monitor_preflight(spec: HostSpec, fleet: list[HostSpec]) -> None:
+    """A monitoring host has nothing to refuse before its small stack; preflight only says
+    what it would leave reachable from other machines."""
+    found = Findings(exposure_findings(spec, fleet))
+    if len(found):
+        log_report("\n".join([f"gpufleet preflight for {spec.name}:",
+                              *("  " + line for line in found.render().splitlines())]))
 
 
 def replicas_agree(spec: HostSpec, plan: HostPlan) -> bool:

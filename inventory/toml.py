@@ -135,6 +135,13 @@ def _not_regular(mode: int) -> str | None:
     return "not a regular file; it was not read"
 
 
+def read_small_file(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a small regular file a person names (a key file, a fleet file), read
+    without hanging on a FIFO or a device and without reading past ``max_bytes``. Raises
+    TomlFileError, whose reason completes "PATH: ..."."""
+    return _read_bytes(path, max_bytes)
+
+
 def _read_bytes(path: Path, max_bytes: int) -> bytes:
     # The type is checked before opening: opening a FIFO blocks until a writer comes.
     try:

@@ -49,6 +49,12 @@ PREFILL_MFU = 0.5
 ALLREDUCE_SECONDS = 15e-6
 DEFAULT_HEADROOM = 0.25  # spare capacity: queues stay short, a replica can be drained
 SECONDS_PER_DAY = 86_400
+# Bounds of a load beyond any real one: they keep the arithmetic finite (1e308 requests/s
+# overflows to inf, then nan) and say so in the problem instead of a nonsense plan.
+MAX_REQUESTS_PER_SECOND = 1_000_000
+MAX_TOKENS = 10_000_000  # prompt or output tokens of one request
+MAX_TTFT_SECONDS = 3_600
+MAX_TOKENS_PER_SECOND = 100_000  # decode speed one user sees
 
 
 class CapacityInputError(ValueError):
@@ -85,16 +91,24 @@ def validate_load(load: Load) -> list[CapacityInputError]:
     if not load.requests_per_second > 0:
         problems.append(CapacityInputError("requests", load.requests_per_second,
                                            "a positive rate"))
-    if load.prompt_tokens < 1:
-        problems.append(CapacityInputError("prompt_tokens", load.prompt_tokens, "at least 1"))
-    if load.output_tokens < 1:
-        problems.append(CapacityInputError("output_tokens", load.output_tokens, "at least 1"))
-    if load.ttft_target_s is not None and not load.ttft_target_s > 0:
+    elif not load.requests_per_second <= MAX_REQUESTS_PER_SECOND:
+        problems.append(CapacityInputError(
+            "requests", load.requests_per_second,
+            f"at most {MAX_REQUESTS_PER_SECOND:,} requests/s at the busy hour"))
+    for name, tokens in (("prompt_tokens", load.prompt_tokens),
+                         ("output_tokens", load.output_tokens)):
+        if tokens < 1:
+            problems.append(CapacityInputError(name, tokens, "at least 1"))
+        elif tokens > MAX_TOKENS:
+            problems.append(CapacityInputError(name, tokens, f"at most {MAX_TOKENS:,}"))
+    if load.ttft_target_s is not None and not 0 < load.ttft_target_s <= MAX_TTFT_SECONDS:
         problems.append(CapacityInputError("ttft", load.ttft_target_s, "a positive number of "
-                                           "seconds"))
-    if load.tokens_per_second_target is not None and not load.tokens_per_second_target > 0:
+                                           f"seconds, at most {MAX_TTFT_SECONDS:,}"))
+    if load.tokens_per_second_target is not None and not (
+            0 < load.tokens_per_second_target <= MAX_TOKENS_PER_SECOND):
         problems.append(CapacityInputError("tokens_per_second", load.tokens_per_second_target,
-                                           "a positive number of tokens/s per user"))
+                                           "a positive number of tokens/s per user, at most "
+                                           f"{MAX_TOKENS_PER_SECOND:,}"))
     if not 0 <= load.headroom <= 10:
         problems.append(CapacityInputError("headroom", load.headroom,
                                            "a fraction from 0 to 10 (0.25 = 25 % spare)"))

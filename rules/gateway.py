@@ -71,8 +71,7 @@ def routing(gateway: HostSpec, specs: list[HostSpec], phase: Phase,
     (a rollout's batch). Hosts serving another name are not behind this gateway (one gateway
     routes one served model name)."""
     name = served_name(gateway)
-    behind = [s for s in specs if s.settings.role == "gpu" and s.settings.inference.enabled
-              and served_name(s) == name and s.name not in drained]
+    behind = [s for s in behind_gateway(gateway, specs) if s.name not in drained]
     pools: dict[str, tuple[str, ...]] = {"stable": (), "canary": ()}
     for spec in behind:
         pools[spec.settings.inference.variant] += replicas_of(spec)
@@ -80,6 +79,14 @@ def routing(gateway: HostSpec, specs: list[HostSpec], phase: Phase,
         phase = "off"
     return Routing(name, pools["stable"], pools["canary"], phase,
                    gateway.settings.canary.weight)
+
+
+def behind_gateway(gateway: HostSpec, specs: list[HostSpec]) -> list[HostSpec]:
+    """The GPU hosts serving the gateway's model name: those it routes to (one gateway routes
+    one served model name)."""
+    name = served_name(gateway)
+    return [s for s in specs if s.settings.role == "gpu" and s.settings.inference.enabled
+            and served_name(s) == name]
 
 
 def render_gateway(gateway: HostSpec, route: Routing) -> str:

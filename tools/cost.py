@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from rules.cost import (
     totals,
 )
 from rules.sizing import SizingRequest
+from tools.inputs import finite, shown
 from tools.size import (
     EXIT_DOES_NOT_FIT,
     EXIT_FITS,
@@ -51,11 +53,17 @@ from tools.size import (
     check_context,
     collect,
     load_from_args,
+    parse,
     print_problems,
     sized,
 )
 
 SWEEP = (0.1, 0.25, 0.5, 0.75, 1.0)  # utilisation of the owned fleet's capacity
+# Bounds beyond any real figure: they keep the totals finite (1e308 x 3 years is inf).
+MAX_AMOUNT = 1e12  # any price, in the currency given
+MAX_GPU_WATTS = 10_000
+MAX_HOST_WATTS = 100_000
+_CURRENCY = re.compile(r"[A-Za-z]{1,8}")  # a label: ISO 4217 codes and the like
 
 
 def parser() -> argparse.ArgumentParser:
@@ -66,25 +74,25 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--years", type=int, default=DEFAULT_YEARS, help="horizon in years (3)")
     g.add_argument("--currency", default="USD",
                    help="label of every amount (USD); other currencies need every price given")
-    g.add_argument("--gpu-price", type=float, help="price of one GPU (catalog example, USD)")
-    g.add_argument("--host-price", type=float,
+    g.add_argument("--gpu-price", type=finite, help="price of one GPU (catalog example, USD)")
+    g.add_argument("--host-price", type=finite,
                    help=f"price of one server around its GPUs (example: {EXAMPLE_HOST_PRICE_USD})")
     g.add_argument("--gpus-per-host", type=int, default=DEFAULT_GPUS_PER_HOST,
                    help=f"GPUs a server holds ({DEFAULT_GPUS_PER_HOST})")
-    g.add_argument("--gpu-watts", type=float, help="power of one GPU under load (catalog TDP)")
-    g.add_argument("--host-watts", type=float, default=EXAMPLE_HOST_WATTS,
+    g.add_argument("--gpu-watts", type=finite, help="power of one GPU under load (catalog TDP)")
+    g.add_argument("--host-watts", type=finite, default=EXAMPLE_HOST_WATTS,
                    help=f"power of one server besides its GPUs ({EXAMPLE_HOST_WATTS})")
-    g.add_argument("--pue", type=float, default=DEFAULT_PUE,
+    g.add_argument("--pue", type=finite, default=DEFAULT_PUE,
                    help=f"data-centre power usage effectiveness ({DEFAULT_PUE})")
-    g.add_argument("--kwh-price", type=float, help=f"price of a kWh (example: "
+    g.add_argument("--kwh-price", type=finite, help=f"price of a kWh (example: "
                                                    f"{EXAMPLE_KWH_PRICE_USD} USD)")
-    g.add_argument("--staff-per-year", type=float, default=0.0,
+    g.add_argument("--staff-per-year", type=finite, default=0.0,
                    help="operations staff per year (0; the brief's example: 120,000 CNY)")
-    g.add_argument("--cloud-per-gpu-hour", type=float, help="cloud price of one GPU-hour")
-    g.add_argument("--cloud-per-million-tokens", type=float,
+    g.add_argument("--cloud-per-gpu-hour", type=finite, help="cloud price of one GPU-hour")
+    g.add_argument("--cloud-per-million-tokens", type=finite,
                    help="cloud price per million prompt tokens (and output tokens, unless "
                         "--cloud-per-million-output-tokens)")
-    g.add_argument("--cloud-per-million-output-tokens", type=float,
+    g.add_argument("--cloud-per-million-output-tokens", type=finite,
                    help="cloud price per million output tokens")
     return p
 
@@ -104,22 +112,24 @@ def _money(args: argparse.Namespace, gpu: GpuSpec) -> dict[str, float]:
     for flag, value in given.items():
         chosen = value if value is not None else examples[flag]
         if chosen is None:
-            why = (f"required with --currency {args.currency} (the examples are USD)" if not usd
+            why = (f"required with --currency {shown(args.currency)} (the examples are USD)"
+                   if not usd
                    else f"required: the catalog has no example price for {gpu.id}")
             problems.append(BadInput(flag, "(missing)", why))
-        elif chosen < 0:
-            problems.append(BadInput(flag, chosen, "zero or more"))
+        elif not 0 <= chosen <= MAX_AMOUNT:
+            problems.append(BadInput(flag, chosen, f"zero or more, at most {MAX_AMOUNT:,.0f}"))
         else:
             values[flag] = chosen
     watts = args.gpu_watts if args.gpu_watts is not None else gpu.tdp_watts
     if watts is None:
         problems.append(BadInput("--gpu-watts", "(missing)",
                                  f"required: the catalog has no TDP for {gpu.id}"))
-    checks = [("--gpu-watts", watts, 0), ("--host-watts", args.host_watts, 0),
-              ("--staff-per-year", args.staff_per_year, 0)]
-    for flag, value, least in checks:
-        if value is not None and value < least:
-            problems.append(BadInput(flag, value, "zero or more"))
+    checks = [("--gpu-watts", watts, MAX_GPU_WATTS), ("--host-watts", args.host_watts,
+                                                        MAX_HOST_WATTS),
+              ("--staff-per-year", args.staff_per_year, MAX_AMOUNT)]
+    for flag, value, most in checks:
+        if value is not None and not 0 <= value <= most:
+            problems.append(BadInput(flag, value, f"zero or more, at most {most:,.0f}"))
     if not 1 <= args.years <= 20:
         problems.append(BadInput("--years", args.years, "1 to 20"))
     if not 1 <= args.pue <= 3:
@@ -136,8 +146,11 @@ def _money(args: argparse.Namespace, gpu: GpuSpec) -> dict[str, float]:
                         ("--cloud-per-million-tokens", args.cloud_per_million_tokens),
                         ("--cloud-per-million-output-tokens",
                          args.cloud_per_million_output_tokens)):
-        if value is not None and value < 0:
-            problems.append(BadInput(flag, value, "zero or more"))
+        if value is not None and not 0 <= value <= MAX_AMOUNT:
+            problems.append(BadInput(flag, value, f"zero or more, at most {MAX_AMOUNT:,.0f}"))
+    if not _CURRENCY.fullmatch(args.currency):
+        problems.append(BadInput("--currency", args.currency,
+                                 "a label of 1 to 8 letters, e.g. USD, CNY, EUR"))
     if problems:
         raise BadInputs(problems)
     values["--gpu-watts"] = float(watts or 0)
@@ -280,7 +293,7 @@ def as_json(fleet: Fleet, per_day: float, even: BreakEven, cur: str,
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = parser().parse_args(argv)
+        args = parse(parser(), argv)
         req, load = collect(lambda: _request(args), lambda: load_from_args(args, required=True))
         assert isinstance(load, Load)
         gpu, _ = collect(lambda: catalog_gpu(args), lambda: check_context(args, load))

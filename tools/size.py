@@ -17,7 +17,8 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from difflib import get_close_matches
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,7 +35,7 @@ from inventory.catalog import (
     load_models,
 )
 from inventory.pins import load_pins
-from inventory.schema import Settings
+from inventory.schema import ExpectedGpus, InferenceSettings, MultiNodeSettings, Settings
 from rules.capacity import (
     DEFAULT_HEADROOM,
     CapacityPlan,
@@ -59,8 +60,22 @@ from rules.sizing import (
     render_sizing,
     size,
 )
+from tools.inputs import (
+    EXIT_BAD_INPUT,
+    control_character_problem,
+    finite,
+    printable,
+    schema_most,
+    shown,
+)
 
-EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_FITS, EXIT_DOES_NOT_FIT = 0, 1
+# What a fleet file accepts, the tool accepts: GPUs per node, nodes per replica, sequences.
+MAX_GPUS_PER_NODE = schema_most(ExpectedGpus, "count")
+MAX_NODES = schema_most(MultiNodeSettings, "nodes")
+MAX_CONCURRENCY = schema_most(Settings, "concurrency")
+MAX_NUM_SEQS = schema_most(InferenceSettings, "max_num_seqs")
+MAX_GPU_MEMORY_GIB = 1024  # per GPU: the largest today hold under 300 GiB
 _FLAG_FOR_FIELD = {
     "tp": "--tp",
     "pp": "--pp",
@@ -94,8 +109,10 @@ def _pinned_vllm(model: ModelSpec | None = None) -> str:
 
 
 class BadInput(Exception):
+    """One problem: the flag, the value (escaped, cut when long) and what is allowed."""
+
     def __init__(self, flag: str, value: object, allowed: str) -> None:
-        super().__init__(f"{flag} {value}: {allowed}" if flag else allowed)
+        super().__init__(f"{flag} {shown(value)}: {allowed}" if flag else allowed)
 
 
 class BadInputs(Exception):
@@ -108,8 +125,9 @@ class BadInputs(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse's own message names the flag; keep it to one line and exit 2.
-        raise BadInput("", "", message)
+        # argparse's own message names the flag; keep it to one line and exit 2. It echoes
+        # stray arguments as given: escape them.
+        raise BadInput("", "", printable(message))
 
 
 def _parse_gpus(spec: str) -> tuple[int, str | None]:
@@ -117,11 +135,12 @@ def _parse_gpus(spec: str) -> tuple[int, str | None]:
     match = re.fullmatch(r"\s*(?:(\d+)\s*[x*]\s*)?(.*?)\s*", spec, flags=re.IGNORECASE)
     assert match is not None
     count_text, name = match.group(1), match.group(2)
-    if count_text is None and name.isdigit():
-        return int(name), None
     count = int(count_text) if count_text else 1
-    if count < 1:
-        raise BadInput("--gpus", spec, "a count of at least 1, e.g. 2xa100-80gb")
+    if count_text is None and name.isdigit():
+        count, name = int(name), ""
+    if not 1 <= count <= MAX_GPUS_PER_NODE:
+        raise BadInput("--gpus", spec, f"a count of 1 to {MAX_GPUS_PER_NODE} GPUs (per node), "
+                       "e.g. 2xa100-80gb")
     return count, name or None
 
 
@@ -131,8 +150,8 @@ def _parse_shape(spec: str) -> tuple[int, int, str | None]:
     if match is None:
         return (1, *_parse_gpus(spec))
     nodes = int(match.group(1))
-    if nodes < 1:
-        raise BadInput("--gpus", spec, "a node count of at least 1, e.g. 2x(8xh100-80gb)")
+    if not 1 <= nodes <= MAX_NODES:
+        raise BadInput("--gpus", spec, f"a node count of 1 to {MAX_NODES}, e.g. 2x(8xh100-80gb)")
     return (nodes, *_parse_gpus(match.group(2)))
 
 
@@ -143,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="COUNTxGPU, e.g. 2xa100-80gb or 8xh200 (see --list-gpus); "
                    "NODESx(COUNTxGPU) for a replica across nodes, e.g. 2x(8xh100-80gb): "
                    "tensor parallel within a node, pipeline parallel across nodes")
-    p.add_argument("--gpu-memory-gib", type=float, help="memory per GPU, overrides the catalog")
+    p.add_argument("--gpu-memory-gib", type=finite, help="memory per GPU, overrides the catalog")
     p.add_argument("--context", type=int, default=8192, help="tokens per sequence (8192)")
     p.add_argument("--concurrency", type=int, default=1, help="concurrent sequences (1)")
     p.add_argument("--tp", type=int, help="tensor-parallel size (default: all GPUs / pp)")
@@ -157,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="the engine's batch limit (default: the engine's own default)")
     p.add_argument(
         "--gpu-memory-utilization",
-        type=float,
+        type=finite,
         default=DEFAULT_GPU_MEMORY_UTILIZATION,
         help="fraction of GPU memory vLLM may use (0.9)",
     )
@@ -171,16 +190,16 @@ def _parser() -> argparse.ArgumentParser:
 def add_load_arguments(p: argparse.ArgumentParser) -> None:
     """The load a capacity estimate plans for (given a rate, the estimate runs)."""
     g = p.add_argument_group("load (capacity estimate)")
-    g.add_argument("--requests-per-second", type=float, help="peak request rate to serve")
-    g.add_argument("--requests-per-day", type=float, help="requests a day (see --peak-factor)")
-    g.add_argument("--peak-factor", type=float, default=2.0,
+    g.add_argument("--requests-per-second", type=finite, help="peak request rate to serve")
+    g.add_argument("--requests-per-day", type=finite, help="requests a day (see --peak-factor)")
+    g.add_argument("--peak-factor", type=finite, default=2.0,
                    help="busy-hour rate / the day's average, for --requests-per-day (2)")
     g.add_argument("--prompt-tokens", type=int, default=1000, help="prompt tokens (1000)")
     g.add_argument("--output-tokens", type=int, default=500, help="output tokens (500)")
-    g.add_argument("--ttft", type=float, help="target time to first token, seconds")
-    g.add_argument("--tokens-per-second", type=float,
+    g.add_argument("--ttft", type=finite, help="target time to first token, seconds")
+    g.add_argument("--tokens-per-second", type=finite,
                    help="target decode speed each user sees, tokens/s")
-    g.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
+    g.add_argument("--headroom", type=finite, default=DEFAULT_HEADROOM,
                    # argparse formats help with %: a literal percent sign is %%.
                    help=f"spare capacity on top of the load ({DEFAULT_HEADROOM:g} = "
                         f"{DEFAULT_HEADROOM * 100:.0f} %%)")
@@ -198,10 +217,11 @@ def load_from_args(args: argparse.Namespace, required: bool = False) -> Load | N
     if per_s is not None and per_day is not None:
         problems.append(BadInput("--requests-per-second", per_s,
                                  "give either it or --requests-per-day, not both"))
-    if per_day is not None and not 1 <= args.peak_factor <= 100:
-        problems.append(BadInput("--peak-factor", args.peak_factor,
-                                 "from 1 (a flat day) to 100"))
-    rate = per_s if per_s is not None else Load.per_day_to_rate(per_day, args.peak_factor)
+    peak = args.peak_factor
+    if per_day is not None and not 1 <= peak <= 100:
+        problems.append(BadInput("--peak-factor", peak, "from 1 (a flat day) to 100"))
+        peak = 1.0  # said once: the rate it would make is not a second problem
+    rate = per_s if per_s is not None else Load.per_day_to_rate(per_day, peak)
     load = Load(requests_per_second=rate, prompt_tokens=args.prompt_tokens,
                 output_tokens=args.output_tokens, ttft_target_s=args.ttft,
                 tokens_per_second_target=args.tokens_per_second, headroom=args.headroom,
@@ -216,6 +236,18 @@ def load_from_args(args: argparse.Namespace, required: bool = False) -> Load | N
     return load
 
 
+def _unknown_gpu(name: str) -> str:
+    """What to say of a GPU the catalog lacks: the nearest names, and where the rest are."""
+    return _not_in_catalog("GPU", name, (k for g in load_gpus().values()
+                                         for k in (g.id, *g.aliases)), "--list-gpus")
+
+
+def _not_in_catalog(what: str, wanted: str, known: Iterable[str], listing: str) -> str:
+    close = get_close_matches(wanted.lower(), sorted(set(known)), n=3, cutoff=0.6)
+    hint = f"; nearest: {', '.join(close)}" if close else ""
+    return f"{what} not in the catalog{hint} (see {listing})"
+
+
 def catalog_gpu(args: argparse.Namespace) -> GpuSpec:
     """The catalog GPU named by --gpus, for what only the catalog knows (bandwidth, watts)."""
     _, _, name = _parse_shape(args.gpus or "")
@@ -225,8 +257,7 @@ def catalog_gpu(args: argparse.Namespace) -> GpuSpec:
     try:
         gpu = find_gpu(name)
     except CatalogError as exc:
-        raise BadInput("--gpus", args.gpus,
-                       "GPU not in the catalog; " + str(exc).split("; ", 1)[-1]) from exc
+        raise BadInput("--gpus", args.gpus, _unknown_gpu(name)) from exc
     missing = gpu_figures_missing(gpu)
     if missing:
         raise BadInput("--gpus", args.gpus, f"the catalog has no {' or '.join(missing)} for "
@@ -280,8 +311,10 @@ def _request(args: argparse.Namespace) -> SizingRequest:
     precision = args.precision or model.native_dtype
     if precision not in PRECISIONS:
         raise BadInput("--precision", precision, f"one of {', '.join(PRECISIONS)}")
-    if args.max_num_seqs is not None and args.max_num_seqs < 1:
-        raise BadInput("--max-num-seqs", args.max_num_seqs, "at least 1")
+    if args.max_num_seqs is not None and not 1 <= args.max_num_seqs <= MAX_NUM_SEQS:
+        raise BadInput("--max-num-seqs", args.max_num_seqs, f"1 to {MAX_NUM_SEQS}")
+    if not 1 <= args.concurrency <= MAX_CONCURRENCY:
+        raise BadInput("--concurrency", args.concurrency, f"1 to {MAX_CONCURRENCY} sequences")
     if not args.gpus:
         raise BadInput("--gpus", "(missing)", "required, e.g. 2xa100-80gb; see --list-gpus")
     nodes, per_node, name = _parse_shape(args.gpus)
@@ -291,8 +324,9 @@ def _request(args: argparse.Namespace) -> SizingRequest:
         # pipeline parallel over the slower network between nodes.
         tp, pp = per_node, nodes
     if args.gpu_memory_gib is not None:
-        if args.gpu_memory_gib <= 0:
-            raise BadInput("--gpu-memory-gib", args.gpu_memory_gib, "a positive number of GiB")
+        if not 0 < args.gpu_memory_gib <= MAX_GPU_MEMORY_GIB:
+            raise BadInput("--gpu-memory-gib", args.gpu_memory_gib,
+                           f"a positive number of GiB, at most {MAX_GPU_MEMORY_GIB}")
         memory = int(args.gpu_memory_gib * GIB)
         label = f"{name or 'GPU'} ({args.gpu_memory_gib:g} GiB given)"
         capability = None
@@ -302,9 +336,7 @@ def _request(args: argparse.Namespace) -> SizingRequest:
         try:
             gpu = find_gpu(name)
         except CatalogError as exc:
-            raise BadInput(
-                "--gpus", args.gpus, "GPU not in the catalog; " + str(exc).split("; ", 1)[-1]
-            ) from exc
+            raise BadInput("--gpus", args.gpus, _unknown_gpu(name)) from exc
         memory, label = gpu.memory_bytes, f"{gpu.names[0]} ({gpu.memory_source})"
         capability = gpu.compute_capability
     if nodes > 1:
@@ -376,13 +408,23 @@ def sizing_json(result: SizingResult) -> dict[str, object]:
 
 def print_problems(exc: BadInput | BadInputs) -> int:
     for problem in exc.problems if isinstance(exc, BadInputs) else [exc]:
-        print(f"error: {problem}", file=sys.stderr)
+        print(printable(f"error: {problem}"), file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The arguments, once none holds a control character (refused before argparse echoes
+    one back)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    problem = control_character_problem(argv)
+    if problem:
+        raise BadInput("", "", problem)
+    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
+        args = parse(_parser(), argv)
         if args.list_models:
             print(_list_models())
             return EXIT_FITS

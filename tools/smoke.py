@@ -9,7 +9,10 @@ For every replica: /v1/models must list the served name and a chat completion wi
 fleet's sampling settings must return tokens (the deep check: /health can be green while an
 engine hangs). Then a short latency probe, bounded in count and time: streamed requests one
 after another, with time to first token, tokens per second and end-to-end latency (P50, P99).
-Exit 0 when every endpoint answered, 1 when one did not, 2 for bad input.
+Only the replicas the fleet file configures are contacted (settings.inference.port + N for
+each of its settings.inference.replicas, the gateway of a monitoring host), and the API key
+goes only to them. Exit 0 when every endpoint answered, 1 when one did not, 2 for bad input
+(one line each, before any request is sent).
 """
 
 from __future__ import annotations
@@ -21,16 +24,34 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inventory.fleet import FleetError, HostSpec, load_fleet
+from inventory.fleet import Fleet, FleetError, HostSpec, load_fleet
+from rules.monitoring import fleet_replicas, served_name
+from tools.inputs import (
+    EXIT_BAD_INPUT,
+    KeyFileError,
+    OneLineParser,
+    control_character_problem,
+    finite,
+    printable,
+    read_key_file,
+    shown,
+)
 
-MAX_REPLICAS = 64
+MAX_REQUESTS = 1000
+MAX_SECONDS = 600
+
+
+class BadInput(Exception):
+    """One line: what is wrong with an argument or a file the command names."""
 
 
 @dataclass(frozen=True)
@@ -53,54 +74,103 @@ def host_address(spec: HostSpec, listen: str) -> str | None:
         return None  # only the host itself reaches it
     if spec.target.startswith("@docker/"):
         name = spec.target.split("/", 1)[1]
-        out = subprocess.run(["docker", "inspect", "--format",
-                              "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name],
-                             capture_output=True, text=True, check=False).stdout.split()
+        try:
+            out = subprocess.run(
+                ["docker", "inspect", "--format",
+                 "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", name],
+                capture_output=True, text=True, check=False).stdout.split()
+        except OSError as exc:
+            raise BadInput(f"{spec.name}: target {spec.target}: its address comes from "
+                           f"`docker inspect`, which cannot run here ({exc.strerror})") from None
         return out[0] if out else None
     return spec.target if bind.is_unspecified else str(bind)
 
 
-def fleet_endpoints(path: Path) -> tuple[list[Endpoint], list[str]]:
-    fleet = load_fleet(path)
-    endpoints, skipped = [], []
+def api_keys(fleet: Fleet) -> dict[str, str | None]:
+    """Each host's API key (settings.inference.api_key_file, read on this machine), every
+    file read and checked before any request is sent."""
+    keys: dict[str, str | None] = {}
     for spec in fleet.hosts:
-        cfg = spec.settings.inference
-        key = (spec.controller_path(cfg.api_key_file).read_text().strip()
-               if cfg.api_key_file else None)
+        named = spec.settings.inference.api_key_file
+        if named is None:
+            keys[spec.name] = None
+            continue
+        try:
+            keys[spec.name] = read_key_file(spec.controller_path(named))
+        except KeyFileError as exc:
+            raise BadInput(f"{printable(str(fleet.source))}: {spec.where}: "
+                           "settings.inference.api_key_file = "
+                           f"{shown(repr(named))}: {exc}") from None
+    return keys
+
+
+def select_endpoints(fleet: Fleet, keys: dict[str, str | None],
+                     address_of: Callable[[HostSpec, str], str | None]
+                     ) -> tuple[list[Endpoint], list[str]]:
+    """The endpoints the fleet file configures, and the hosts skipped (with why): the gateway
+    of a monitoring host, and each replica of a GPU host (replica N on inference.port + N, as
+    many as fleet_replicas says: what the monitoring host scrapes and the gateway routes to).
+    Nothing else is probed; each host's key goes only to that host's endpoints."""
+    endpoints: list[Endpoint] = []
+    skipped: list[str] = []
+    for spec in fleet.hosts:
+        cfg, key = spec.settings.inference, keys.get(spec.name)
         if spec.settings.role == "monitor":
             gateway = spec.settings.gateway
-            address = host_address(spec, gateway.bind) if gateway.enabled else None
+            address = address_of(spec, gateway.bind) if gateway.enabled else None
             if address is not None:
-                host = f"[{address}]" if ":" in address else address
-                endpoints.append(Endpoint(f"{spec.name} (gateway)", f"http://{host}:{gateway.port}",
-                                          cfg.served_model_name or spec.model.id, key,
-                                          spec.settings.sampling.temperature,
-                                          spec.settings.sampling.top_p))
+                endpoints.append(_endpoint(spec, f"{spec.name} (gateway)", address,
+                                           gateway.port, key))
             continue
-        if not cfg.enabled:
-            continue
-        address = host_address(spec, cfg.bind)
+        replicas = fleet_replicas(spec)
+        if not cfg.enabled or replicas == 0:
+            continue  # not serving, or a node of a replica whose head serves
+        address = address_of(spec, cfg.bind)
         if address is None:
             skipped.append(f"{spec.name}: the API is bound to {cfg.bind} on the host: run this "
                            "there, or set settings.inference.bind")
             continue
-        host = f"[{address}]" if ":" in address else address
-        for index in range(MAX_REPLICAS):
-            url = f"http://{host}:{cfg.port + index}"
-            if index and not reachable(url):
-                break  # replicas listen on consecutive ports
-            endpoints.append(Endpoint(spec.name, url, cfg.served_model_name or spec.model.id,
-                                      key, spec.settings.sampling.temperature,
-                                      spec.settings.sampling.top_p))
+        if replicas is None:
+            skipped.append(f"{spec.name}: replicas after the first: the fleet file does not say "
+                           "how many it runs (settings.inference.replicas, or gpus.count and "
+                           "tensor_parallel)")
+            replicas = 1
+        endpoints += [_endpoint(spec, spec.name, address, cfg.port + index, key)
+                      for index in range(replicas)]
     return endpoints, skipped
 
 
-def reachable(url: str) -> bool:
+def _endpoint(spec: HostSpec, label: str, address: str, port: int, key: str | None
+              ) -> Endpoint:
+    host = f"[{address}]" if ":" in address else address
+    sampling = spec.settings.sampling
+    return Endpoint(label, f"http://{host}:{port}", served_name(spec), key,
+                    sampling.temperature, sampling.top_p)
+
+
+def fleet_endpoints(path: Path) -> tuple[list[Endpoint], list[str]]:
+    fleet = load_fleet(path)
+    return select_endpoints(fleet, api_keys(fleet), host_address)
+
+
+def url_endpoint(url: str, model: str | None, key: str | None) -> Endpoint:
+    """--url: an http(s) URL of one endpoint (scheme, host, optional port), checked before
+    any request."""
+    allowed = "an http:// or https:// URL of one endpoint, e.g. http://10.0.0.7:8000"
     try:
-        requests.get(f"{url}/health", timeout=3)
-    except requests.RequestException:
-        return False
-    return True
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port out of range
+    except ValueError:
+        raise BadInput(f"--url {shown(url)}: {allowed}") from None
+    if "@" in parts.netloc:  # user:password@ would print with every result line
+        masked = parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]).geturl()
+        raise BadInput(f"--url {shown(masked)}: credentials in the URL are refused; give the "
+                       "API key with --api-key-file")
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in url:
+        raise BadInput(f"--url {shown(url)}: {allowed}")
+    if not model:
+        raise BadInput("--url needs --model (the served model name)")
+    return Endpoint(url, url.rstrip("/"), model, key)
 
 
 def headers(endpoint: Endpoint) -> dict[str, str]:
@@ -165,33 +235,50 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
+def endpoints_from(args: argparse.Namespace) -> tuple[list[Endpoint], list[str]]:
+    """What to test, every input checked first (BadInput / FleetError: nothing was sent)."""
+    if not 0 <= args.requests <= MAX_REQUESTS:
+        raise BadInput(f"--requests {args.requests}: 0 to {MAX_REQUESTS}")
+    if not 0 < args.seconds <= MAX_SECONDS:
+        raise BadInput(f"--seconds {args.seconds:g}: more than 0, at most {MAX_SECONDS}")
+    if args.url is not None:
+        key = None
+        if args.api_key_file is not None:
+            try:
+                key = read_key_file(args.api_key_file)
+            except KeyFileError as exc:
+                raise BadInput(f"--api-key-file {shown(args.api_key_file)}: {exc}") from None
+        return [url_endpoint(args.url, args.model, key)], []
+    if args.api_key_file is not None or args.model is not None:
+        raise BadInput("--api-key-file and --model go with --url (a fleet's hosts use their "
+                       "settings.inference.api_key_file and served name)")
+    path = args.fleet or Path(os.environ.get("GPUFLEET_FLEET") or "inventory/fleet.toml")
+    return fleet_endpoints(path)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="smoke", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--fleet", type=Path, default=None)
     parser.add_argument("--url", help="one endpoint instead of a fleet's")
     parser.add_argument("--model", help="with --url: the served model name")
-    parser.add_argument("--api-key-file", type=Path)
+    parser.add_argument("--api-key-file", type=Path, help="with --url: the API key's file")
     parser.add_argument("--requests", type=int, default=10, help="latency probe (default 10)")
-    parser.add_argument("--seconds", type=float, default=20, help="at most (default 20)")
+    parser.add_argument("--seconds", type=finite, default=20, help="at most (default 20)")
+    argv = sys.argv[1:] if argv is None else argv
+    problem = control_character_problem(argv)
+    if problem:
+        print(f"smoke: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
-    if not 0 <= args.requests <= 1000 or not 0 < args.seconds <= 600:
-        print("smoke: --requests is 0 to 1000 and --seconds 1 to 600", file=sys.stderr)
-        return 2
-    key = args.api_key_file.read_text().strip() if args.api_key_file else None
-    if args.url:
-        if not args.model:
-            print("smoke: --url needs --model (the served model name)", file=sys.stderr)
-            return 2
-        skipped: list[str] = []
-        endpoints = [Endpoint(args.url, args.url.rstrip("/"), args.model, key)]
-    else:
-        path = args.fleet or Path(os.environ.get("GPUFLEET_FLEET") or "inventory/fleet.toml")
-        try:
-            endpoints, skipped = fleet_endpoints(path)
-        except FleetError as exc:
-            print("smoke: the fleet file has problems:\n  " + "\n  ".join(exc.lines),
-                  file=sys.stderr)
-            return 2
+    try:
+        endpoints, skipped = endpoints_from(args)
+    except BadInput as exc:
+        print(printable(f"smoke: {exc}"), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FleetError as exc:
+        for line in exc.lines:  # one line per problem of the fleet file
+            print(printable(f"smoke: {line}"), file=sys.stderr)
+        return EXIT_BAD_INPUT
     for line in skipped:
         print(f"skipped {line}")
     failed = 0
@@ -199,11 +286,17 @@ def main(argv: list[str] | None = None) -> int:
         problem = smoke(endpoint)
         if problem:
             failed += 1
-            print(f"FAIL {endpoint.host} {endpoint.url}: {problem}")
+            print(printable(f"FAIL {endpoint.host} {endpoint.url}: {problem}"))
             continue
         print(f"ok   {endpoint.host} {endpoint.url} serves {endpoint.model}")
         if args.requests:
-            figures = probe(endpoint, args.requests, args.seconds)
+            try:
+                figures = probe(endpoint, args.requests, args.seconds)
+            except (requests.RequestException, ValueError) as exc:
+                failed += 1  # it answered one completion, then failed under the probe
+                print(printable(f"FAIL {endpoint.host} {endpoint.url}: latency probe: "
+                                f"{type(exc).__name__}: {exc}"))
+                continue
             if figures["ttft"]:
                 print("     " + ", ".join(
                     f"{label} P50 {percentile(v, 0.5) * scale:.1f}{unit} "

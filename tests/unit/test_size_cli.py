@@ -91,7 +91,7 @@ def test_gpu_memory_override_and_bare_count() -> None:
         ),
         (
             ["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "1xl4", "--concurrency", "0"],
-            "--concurrency 0: at least 1",
+            "--concurrency 0: 1 to 4096 sequences",
         ),
         (["--model", "deepseek-r1-distill-qwen-7b", "--gpus", "2"], "--gpus 2: name a GPU"),
         (["--gpus", "2xl4"], "--model (missing)"),
@@ -181,7 +181,7 @@ def test_r1_at_fp8_one_h200_node_fits_one_h100_node_does_not_two_do() -> None:
 
 
 @pytest.mark.parametrize(("gpus", "needle"), [
-    ("0x(8xh100)", "a node count of at least 1"),
+    ("0x(8xh100)", "a node count of 1 to 64"),
     ("2x(8xnot-a-gpu)", "GPU not in the catalog"),
 ])
 def test_bad_multi_node_shapes_get_one_line(gpus: str, needle: str) -> None:
