@@ -320,7 +320,7 @@ def test_smoke_tests_exactly_the_replicas_the_fleet_configures(
 
     monkeypatch.setattr(smoke.requests, "get", no_network)
     monkeypatch.setattr(smoke.requests, "post", no_network)
-    (tmp_path / "key-a").write_text("sk-key-of-group-three\n")
+    (tmp_path / "key-a").write_text("sk-key-of-group-three-0123456789abcdef\n")
     (tmp_path / "fleet.toml").write_text(ENDPOINT_FLEET)
     fleet = load_fleet(tmp_path / "fleet.toml")
     endpoints, skipped = smoke.select_endpoints(fleet, smoke.api_keys(fleet), smoke.host_address)
@@ -332,19 +332,29 @@ def test_smoke_tests_exactly_the_replicas_the_fleet_configures(
         ("node-0", "http://192.0.2.20:8000"),
         ("mon-01 (gateway)", "http://192.0.2.5:8080"),
     ]
-    # The key goes to the replicas of the host whose settings name it, and nowhere else.
-    assert {e.url for e in endpoints if e.api_key} == {
-        "http://192.0.2.10:8000", "http://192.0.2.10:8001", "http://192.0.2.10:8002"}
-    assert {e.api_key for e in endpoints} == {"sk-key-of-group-three", None}
+    # Each replica gets the key its own host's settings name: group three's file, or the key
+    # the loader generated for the APIs beyond loopback that named none; never another's.
+    named = {spec.name: spec.settings.inference.api_key_file for spec in fleet.hosts}
+    assert named["gpu-01"] == "key-a"
+    generated = named["gpu-02"]
+    assert generated and generated != named["gpu-01"]
+    keys = {e.url: e.api_key for e in endpoints}
+    assert {url for url, key in keys.items() if key == "sk-key-of-group-three-0123456789abcdef"} \
+        == {"http://192.0.2.10:8000", "http://192.0.2.10:8001", "http://192.0.2.10:8002"}
+    other = Path(generated).read_text().strip()
+    assert {url for url, key in keys.items() if key == other} == {
+        "http://[2001:db8::2]:9000", "http://[2001:db8::2]:9001", "http://192.0.2.13:8000",
+        "http://192.0.2.20:8000"}
     assert [line.split(":")[0] for line in skipped] == ["gpu-03", "gpu-04"]
     assert "does not say how many" in skipped[0] and "bound to 127.0.0.1" in skipped[1]
 
 
 def test_smoke_reads_every_key_before_any_request(tmp_path: Path) -> None:
-    from inventory.fleet import load_fleet
+    from inventory.fleet import FleetError, load_fleet
     from tools import smoke
 
     (tmp_path / "key-a").write_text("two\nlines\n")
     (tmp_path / "fleet.toml").write_text(ENDPOINT_FLEET)
-    with pytest.raises(smoke.BadInput, match=r"gpu-01.*api_key_file.*2 lines"):
+    # The fleet file's own check refuses it, before smoke can send anything.
+    with pytest.raises(FleetError, match=r"gpu-01.*api_key_file.*more than one line"):
         smoke.api_keys(load_fleet(tmp_path / "fleet.toml"))
