@@ -18,6 +18,20 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
 from inventory.catalog import Precision
+from inventory.urls import (
+    DNS_NAME,
+    HTTP_SCHEMES,
+    IPV4,
+    authority,
+    authority_problem,
+    bad_url_char,
+    dns_name_problem,
+    host_problem,
+    http_url_problem,
+    ipv4_problem,
+    is_ipv6,
+    mask_url,
+)
 
 
 class Strict(BaseModel):
@@ -56,60 +70,6 @@ def _fingerprint(value: str) -> str:
 Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
 
 
-# --- names and addresses (targets, URLs, no_proxy) ------------------------------------------
-_DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"(?=.{{1,253}}\Z){_DNS_LABEL}(\.{_DNS_LABEL})*")
-_IPV4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")  # [0-9]: \d also matches other scripts' digits
-_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def _ipv4_problem(value: str) -> str | None:
-    """Why a dotted-quad is not a usable IPv4 address, or None when it is one."""
-    for part in value.split("."):
-        if len(part) > 1 and part.startswith("0"):
-            # ssh and libc read 010 as octal 8: refuse rather than guess.
-            return f"is not a valid IPv4 address: leading zero in {part!r} (write {int(part)})"
-        if int(part) > 255:
-            return "is not a valid IPv4 address: each part is 0 to 255"
-    return None
-
-
-def _dns_name_problem(value: str) -> str | None:
-    """Why `value` is not a DNS name, or None when it is one."""
-    if not _DNS_NAME.fullmatch(value):
-        return "is not a DNS name (letters, digits and '-' in dot-separated labels)"
-    if value.rsplit(".", 1)[-1].isdigit():
-        # "10.0.0" or "1.2.3.4.5": resolvers read these as IPv4 shorthand, not as names.
-        return "looks like an IPv4 address but is not one"
-    return None
-
-
-def _ipv6(value: str) -> bool:
-    try:
-        ipaddress.IPv6Address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def mask_url(value: str) -> str:
-    """`value` with the user and password of a URL replaced by ***, for messages and logs.
-
-    http://user:secret@proxy:3128 -> http://***:***@proxy:3128. A value without a scheme is
-    masked when it reads like user:password@host; `user@host` (an SSH-style name) is kept.
-    Everything up to the last '@' is masked, so a malformed password cannot leak either.
-    """
-    scheme = _URL_SCHEME.match(value)
-    start = scheme.end() if scheme else 0
-    at = value.rfind("@")
-    if at < start:
-        return value
-    userinfo = value[start:at]
-    if not scheme and ":" not in userinfo:
-        return value
-    return value[:start] + ("***:***" if ":" in userinfo else "***") + value[at:]
-
-
 # --- expected hardware ----------------------------------------------------------------------
 class ExpectedGpus(Strict):
     """What the host should have; verification fails when nvidia-smi disagrees."""
@@ -132,46 +92,6 @@ class StorageSettings(Strict):
     measure_seconds: int = Field(default=10, ge=1, le=120)
 
 
-# --- URLs ----------------------------------------------------------------------------------
-# What a URL may hold (RFC 3986), less what could end a quoted value or a line in the files
-# these URLs are written to: quotes, backslashes, whitespace, braces (placeholders aside).
-_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&()*+,;=%-]*")
-_PORT = re.compile(r"[0-9]{1,5}")
-_HTTP_SCHEMES = ("http://", "https://")
-
-
-def _authority_problem(authority: str) -> str | None:
-    """Why `[user[:password]@]host[:port]` is not usable, or None when it is."""
-    userinfo, at, hostport = authority.rpartition("@")
-    if at and (not userinfo or "@" in userinfo):
-        return "has a stray '@' (write '@' in a user name or password as %40)"
-    if hostport.startswith("["):
-        host, bracket, after = hostport[1:].partition("]")
-        if not bracket or not _ipv6(host):
-            return "has an invalid IPv6 address in [...]"
-        if after and not after.startswith(":"):
-            return "has text after the IPv6 address"
-        port = after[1:] if after else None
-    else:
-        host, colon, port_text = hostport.partition(":")
-        port = port_text if colon else None
-        if not host:
-            return "has no host"
-        problem = _ipv4_problem(host) if _IPV4.fullmatch(host) else _dns_name_problem(host)
-        if problem:
-            return f"has a host that {problem}"
-    if port is not None and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
-        return "has an invalid port (1 to 65535)"
-    return None
-
-
-def _bad_url_char(value: str) -> str | None:
-    for char in value:
-        if not _URL_CHARS.fullmatch(char):
-            return char
-    return None
-
-
 # --- apt repositories -----------------------------------------------------------------------
 _PLACEHOLDER = re.compile(r"\{(distro|arch)\}")
 _OTHER_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -180,7 +100,7 @@ _OTHER_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 def _url_template(value: str) -> str:
     """An http(s) URL in which `{distro}` and `{arch}` are the only braces (str.format runs on
     it at deploy time: a lone brace or another field would fail there, mid-run)."""
-    if not value.startswith(_HTTP_SCHEMES):  # lower case: apt's method names are
+    if not value.startswith(HTTP_SCHEMES):  # lower case: apt's method names are
         raise ValueError("must be an http:// or https:// URL")
     rest = _PLACEHOLDER.sub("", value)
     if "{" in rest or "}" in rest:
@@ -192,13 +112,12 @@ def _url_template(value: str) -> str:
             )
         raise ValueError("has an unmatched '{' or '}'; the only placeholders are "
                          "{distro} and {arch}")
-    bad = _bad_url_char(rest)
+    bad = bad_url_char(rest)
     if bad is not None:
         raise ValueError(f"must be an http:// or https:// URL: {bad!r} is not allowed in a URL "
                          "(no quotes, backslashes, spaces or control characters)")
     sample = _PLACEHOLDER.sub("x", value)
-    authority = re.split(r"[/?#]", sample.split("://", 1)[1], maxsplit=1)[0]
-    problem = _authority_problem(authority)
+    problem = authority_problem(authority(sample))
     if problem:
         raise ValueError(f"must be an http:// or https:// URL: it {problem}")
     return value.rstrip("/")
@@ -263,13 +182,13 @@ def _proxy_text(value: object) -> object:
     if not isinstance(value, str):
         return value  # HttpUrl reports the wrong type
     _config_safe(value)
-    if not value.lower().startswith(_HTTP_SCHEMES):
+    if not value.lower().startswith(HTTP_SCHEMES):
         raise ValueError(f"must be {_PROXY_FORM}")
-    authority, _, path = value.split("://", 1)[1].partition("/")
-    if path or "?" in authority or "#" in authority:
+    hostport, _, path = value.split("://", 1)[1].partition("/")
+    if path or "?" in hostport or "#" in hostport:
         raise ValueError(f"must be {_PROXY_FORM}, without a path, query or fragment "
                          "(write '/', '?', '#' or '@' in a password as %2F, %3F, %23, %40)")
-    problem = _authority_problem(authority)
+    problem = authority_problem(hostport)
     if problem:
         raise ValueError(f"must be {_PROXY_FORM}: it {problem}")
     return value
@@ -279,19 +198,13 @@ ProxyUrl = Annotated[HttpUrl, BeforeValidator(_proxy_text)]
 
 
 def _http_url_text(value: object) -> object:
-    """A mirror or index URL as written: http(s):// spelled out (HttpUrl would read `http:/x`
-    as http://x/), a valid host and port, nothing that needs quoting."""
+    """A mirror, index, hub or webhook URL as written (inventory/urls.py: http(s):// spelled
+    out, a valid host and port, nothing that needs quoting, no credentials)."""
     if not isinstance(value, str):
         return value  # HttpUrl reports the wrong type
-    if not value.lower().startswith(_HTTP_SCHEMES):
-        raise ValueError("must be an http:// or https:// URL")
-    bad = _bad_url_char(value)
-    if bad is not None:
-        raise ValueError(f"must be an http:// or https:// URL: {bad!r} is not allowed in a URL "
-                         "(no quotes, backslashes, braces, spaces or control characters)")
-    problem = _authority_problem(re.split(r"[/?#]", value.split("://", 1)[1], maxsplit=1)[0])
+    problem = http_url_problem(value)
     if problem:
-        raise ValueError(f"must be an http:// or https:// URL: it {problem}")
+        raise ValueError(problem)
     return value
 
 
@@ -310,10 +223,10 @@ def _no_proxy_entry(value: str) -> str:
             raise ValueError(f"is not a valid CIDR; no_proxy entries are {_NO_PROXY_FORMS}"
                              ) from None
         return value
-    if _ipv6(value):
+    if is_ipv6(value):
         return value
     name = value.removeprefix(".")
-    problem = _ipv4_problem(name) if _IPV4.fullmatch(value) else _dns_name_problem(name)
+    problem = ipv4_problem(name) if IPV4.fullmatch(value) else dns_name_problem(name)
     if problem:
         raise ValueError(f"{problem}; no_proxy entries are {_NO_PROXY_FORMS}")
     return value
@@ -444,6 +357,17 @@ def _ip_address(value: str) -> str:
 
 
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
+
+
+def _host_name(value: str) -> str:
+    problem = host_problem(value)
+    if problem:
+        raise ValueError(f"{problem}: must be an IP address or a DNS name (no port, scheme "
+                         "or brackets)")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 
 
@@ -506,8 +430,8 @@ def _interface(value: str) -> str:
 
 
 def _private_ipv4(value: str) -> str:
-    if not _IPV4.fullmatch(value) or _ipv4_problem(value):
-        raise ValueError(_ipv4_problem(value) if _IPV4.fullmatch(value) else
+    if not IPV4.fullmatch(value) or ipv4_problem(value):
+        raise ValueError(ipv4_problem(value) if IPV4.fullmatch(value) else
                          "must be an IPv4 address (the node's address on settings.multinode."
                          "interface)")
     address = ipaddress.ip_address(value)
@@ -582,9 +506,10 @@ class MonitoringSettings(Strict):
     # GPU hosts: the address the exporters listen on. Loopback keeps them private, but then no
     # other host can scrape them: give the host's address on the monitoring network.
     bind: IpAddress = "127.0.0.1"
-    # How the monitoring host reaches this host. Unset: the bind address when it is a real
-    # one, else the SSH target (or the container name of an @docker target).
-    address: str | None = None
+    # How the monitoring host reaches this host: an IP address or DNS name (it is written into
+    # Prometheus's targets and the gateway's nginx configuration). Unset: the bind address
+    # when it is a real one, else the SSH target (or the container name of an @docker target).
+    address: HostName | None = None
     node_exporter_port: int = Field(default=9100, ge=1024, le=65000)
     dcgm_exporter_port: int = Field(default=9400, ge=1024, le=65000)
     # The registry the DCGM exporter image is pulled from (NVIDIA's, or a mirror), prefixed to
@@ -709,17 +634,17 @@ def _target(value: str) -> str:
         return value
     if value.startswith("@"):
         raise ValueError("connectors allowed: @local, @docker/CONTAINER (or an SSH host name)")
-    if _IPV4.fullmatch(value):
-        problem = _ipv4_problem(value)
+    if IPV4.fullmatch(value):
+        problem = ipv4_problem(value)
         if problem:
             raise ValueError(problem)
         return value
-    if ":" in value and _ipv6(value):
+    if ":" in value and is_ipv6(value):
         return value  # IPv6 literal
-    problem = _dns_name_problem(value)
+    problem = dns_name_problem(value)
     if problem is None:
         return value
-    if _DNS_NAME.fullmatch(value):
+    if DNS_NAME.fullmatch(value):
         raise ValueError(f"{problem}; {_TARGET_FORMS}")
     raise ValueError(_TARGET_FORMS)
 

@@ -10,9 +10,8 @@ braces, newlines).
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from inventory.schema import NetworkSettings
+from inventory.urls import has_credentials as url_has_credentials
 
 APT_PROXY_PATH = "/etc/apt/apt.conf.d/90gpufleet-proxy"
 PROXY_ENV_PATH = "/etc/gpufleet/proxy.env"
@@ -25,7 +24,7 @@ def _proxies(network: NetworkSettings) -> list[tuple[str, str]]:
 
 
 def has_credentials(network: NetworkSettings) -> bool:
-    return any(urlsplit(url).password or urlsplit(url).username for _, url in _proxies(network))
+    return any(url_has_credentials(url) for _, url in _proxies(network))
 
 
 def secret_mode(network: NetworkSettings) -> str:
