@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
 from inventory.catalog import Precision
+from inventory.image_refs import image_reference_problem, registry_problem
 from inventory.urls import (
     DNS_NAME,
     HTTP_SCHEMES,
@@ -254,6 +255,25 @@ class DriverSettings(Strict):
     reboot_timeout_seconds: int = Field(default=900, ge=60, le=7200)
 
 
+# --- container images (inventory/image_refs.py: Docker's reference grammar) ----------------
+def _image_reference(value: str) -> str:
+    problem = image_reference_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _registry(value: str) -> str:
+    problem = registry_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value.rstrip("/")
+
+
+ImageReference = Annotated[str, AfterValidator(_image_reference)]
+Registry = Annotated[str, AfterValidator(_registry)]
+
+
 # --- Docker engine --------------------------------------------------------------------------
 def _json_problem(value: object, where: str) -> str | None:
     """Why `value` cannot be written as JSON, or None. TOML has dates, times, nan and inf;
@@ -310,7 +330,7 @@ class PythonEnvSettings(Strict):
 # --- verification ---------------------------------------------------------------------------
 class VerifySettings(Strict):
     # Image used to prove a GPU container starts (runs nvidia-smi inside it).
-    gpu_test_image: str = "nvidia/cuda:12.1.1-base-ubuntu22.04"
+    gpu_test_image: ImageReference = "nvidia/cuda:12.1.1-base-ubuntu22.04"
     # Image archives (docker save) on the controller, loaded on hosts that lack the image:
     # for air-gapped sites and sites without registry access.
     image_archives: list[str] = Field(default_factory=list)
@@ -407,7 +427,7 @@ class InferenceSettings(Strict):
                                                               "stack": 67108864})
     # Another image than the pin set's (a mirror, or one loaded from image_archives), with the
     # same engine, version and CUDA: repository:tag, optionally @sha256:digest.
-    image: str | None = None
+    image: ImageReference | None = None
     # `docker save` archives on the controller, loaded on hosts that lack the image.
     image_archives: list[str] = Field(default_factory=list)
     # Seconds the engine may take to load before its health check counts failures. Unset:
@@ -512,9 +532,11 @@ class MonitoringSettings(Strict):
     address: HostName | None = None
     node_exporter_port: int = Field(default=9100, ge=1024, le=65000)
     dcgm_exporter_port: int = Field(default=9400, ge=1024, le=65000)
-    # The registry the DCGM exporter image is pulled from (NVIDIA's, or a mirror), prefixed to
-    # the pin file's image name. Unset: Docker's default registry.
-    dcgm_registry: str | None = None
+    # The registry the DCGM exporter image is pulled from, prefixed to the pin file's image
+    # name: NVIDIA's NGC container registry (its host name, as NVIDIA's DCGM exporter
+    # documentation gives it) or a mirror of it. The image is not on Docker's default
+    # registry, so a monitored fleet must set this or image_archives (rules/monitoring.py).
+    dcgm_registry: Registry | None = None
     # `docker save` archives on the controller holding the DCGM exporter image.
     image_archives: list[str] = Field(default_factory=list)
     # The monitoring host: where Prometheus (9090) and Alertmanager (9093) listen.

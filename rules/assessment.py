@@ -34,7 +34,8 @@ from rules.gpu_inventory import (
 )
 from rules.host_plan import HostPlan, plan_host
 from rules.multinode import node_network_findings, replica_layout
-from rules.serving import EnginePlan, plan_engine
+from rules.serving import EnginePlan, dcgm_exporter, plan_engine
+from rules.serving import image_reference as serving_image
 from rules.sizing import (
     DEFAULT_ENGINE,
     EngineProfile,
@@ -286,6 +287,8 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
         findings.extend(engine_findings)
         if plan is not None and engine is not None:
             plan = replace(plan, engine=engine)
+    findings.extend(unpinned_image("the GPU test image", settings.verify.gpu_test_image,
+                                   "settings.verify.gpu_test_image"))
     findings.extend(precompiled_findings(pins.driver.flavour, os_id))
     findings.extend(docker_ce_findings(probe.state.installed))
     findings.extend(_daemon_json(probe))
@@ -293,6 +296,24 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
 
     return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors),
                       gpus, sizing, context, plan)
+
+
+def unpinned_image(what: str, reference: str, setting: str | None) -> list[Finding]:
+    """The one `image-not-pinned` rule, for every image the fleet pulls: a reference without
+    a digest can change under the same tag from one pull to the next."""
+    if "@sha256:" in reference:
+        return []
+    return [Finding(
+        "warning", "image-not-pinned", f"{what} {reference} is pinned by tag only",
+        "no digest", "image@sha256:<digest>",
+        "record the digest with tools/pin_image.py on a machine that reaches the registry"
+        + (f", or give {setting} as name@sha256:<digest>" if setting else ""),
+    )]
+
+
+def exporter_pin_findings(spec: HostSpec) -> list[Finding]:
+    """The DCGM exporter's image, on a host of a monitored fleet (it runs beside the engine)."""
+    return unpinned_image("the DCGM exporter image", dcgm_exporter(spec).image, None)
 
 
 def _forward_compatible(gpus: list[GpuView]) -> dict[str, bool | None]:
@@ -313,13 +334,8 @@ def _engine(spec: HostSpec, probe: HostProbe, gpus: list[GpuView], sizing: Sizin
         found += compat.check_image_cuda(spec.pins.driver.upstream, pinned.image, pinned.cuda,
                                          _forward_compatible(gpus))
         found += compat.check_engine_for_model(cfg.engine, pinned.version, spec.model)
-        if not pinned.digest and not (cfg.image and "@sha256:" in cfg.image):
-            found.append(Finding(
-                "warning", "image-not-pinned",
-                f"the serving image {cfg.image or pinned.image} is pinned by tag only",
-                "no digest in pins.toml", "image@sha256:<digest>",
-                "record it with tools/pin_image.py on a machine that reaches the registry",
-            ))
+        found += unpinned_image("the serving image", serving_image(pinned, cfg.image),
+                                "settings.inference.image")
     found += _weights(spec, probe)
     if not gpus:
         return None, found

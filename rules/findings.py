@@ -53,7 +53,8 @@ CODES: dict[str, str] = {
     "gpu-model-differs": "the GPUs are another model than expected",
     "gpu-not-in-catalog": "a GPU is not in the catalog, its memory is unknown",
     "image-needs-forward-compat": "the serving image's CUDA runs only through forward compat",
-    "image-not-pinned": "the serving image is pinned by tag only (no digest recorded)",
+    "image-not-pinned": "an image the fleet pulls (the serving image, the GPU test image, the "
+                        "DCGM exporter) is pinned by tag only (no digest recorded)",
     "mig-enabled": "MIG is on: the engine sees MIG devices, not whole GPUs",
     "mig-no-instances": "MIG is on for a GPU without any MIG device",
     "mig-serving-unsupported": "serving on MIG devices is not supported by the serving plan",
