@@ -539,6 +539,7 @@ def _host_spec(
     if pins is None or model is None:
         return None
 
+    problems.extend(_daemon_json_problems(settings, where))
     fleet_dir = path.resolve().parent
     spec = HostSpec(
         name=host_name, group=group_name, target=target, settings=settings,
@@ -548,6 +549,28 @@ def _host_spec(
     )
     problems.extend(_controller_file_problems(spec, where))
     return spec
+
+
+def _daemon_json_problems(settings: Settings, where: str) -> list[Problem]:
+    """Guarded daemon_json keys not named in daemon_json_unchecked, and names there that do not
+    match a guarded key daemon_json sets (the override is exact). On merged settings: the key
+    and the override may be written at different levels."""
+    docker = settings.docker
+    guarded = docker.daemon_json_problems()
+    unchecked = set(docker.daemon_json_unchecked)
+    problems = [
+        Problem(where, f"settings.docker.daemon_json.{key}", value,
+                f"refused: {why}. An expert who takes responsibility for it names it in "
+                "settings.docker.daemon_json_unchecked")
+        for key, value, why in guarded if key not in unchecked
+    ]
+    problems += [
+        Problem(where, "settings.docker.daemon_json_unchecked", key,
+                "daemon_json sets no refused value under this key: remove it from the list "
+                "(it names exactly the refused keys you take responsibility for)")
+        for key in sorted(unchecked - {key for key, _, _ in guarded})
+    ]
+    return problems
 
 
 def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:

@@ -304,6 +304,14 @@ def _json_object(value: dict[str, object]) -> dict[str, object]:
     return value
 
 
+CGROUP_DRIVER_OPT = "native.cgroupdriver="
+# daemon.json keys that gpufleet owns or that open the host: daemon_json may set them only when
+# daemon_json_unchecked names them (DockerSettings.daemon_json_problems says why each).
+GuardedDaemonKey = Literal["hosts", "tls", "tlsverify", "runtimes", "default-runtime",
+                           "exec-opts", "features", "registry-mirrors", "insecure-registries",
+                           "authorization-plugins"]
+
+
 class DockerSettings(Strict):
     # Make nvidia the default runtime (every container sees GPUs without --gpus).
     default_runtime_nvidia: bool = False
@@ -311,10 +319,75 @@ class DockerSettings(Strict):
     # cgroupfs moves Docker off the systemd cgroup driver; cdi uses CDI device injection.
     gpu_device_protection: Literal["cgroupfs", "cdi", "none"] = "cgroupfs"
     registry_mirrors: list[HttpUrlText] = Field(default_factory=list)
-    # Escape hatch: keys merged into /etc/docker/daemon.json as given.
+    # Escape hatch: keys merged into /etc/docker/daemon.json as given. Keys gpufleet owns or
+    # that open the host (GuardedDaemonKey) are refused, unless named in daemon_json_unchecked.
     daemon_json: Annotated[dict[str, object], AfterValidator(_json_object)] = Field(
         default_factory=dict
     )
+    # For experts: the guarded daemon_json keys you take responsibility for, by name (e.g.
+    # ["hosts", "tls"] for a TCP socket you secure yourself). Each is warned about at every
+    # preflight; naming a key daemon_json does not set, or does not need, is an error.
+    daemon_json_unchecked: list[GuardedDaemonKey] = Field(default_factory=list)
+
+    def daemon_json_problems(self) -> list[tuple[str, object, str]]:
+        """(key, value, why) for each daemon_json key that would undo what gpufleet guarantees
+        or open the host, whether or not daemon_json_unchecked accepts it. Checked on a host's
+        merged settings (inventory/fleet.py): the override may be set at another level."""
+        found: list[tuple[str, object, str]] = []
+        for key, value in self.daemon_json.items():
+            why = self._guarded_key_problem(key, value)
+            if why:
+                found.append((key, value, why))
+        return found
+
+    def _guarded_key_problem(self, key: str, value: object) -> str | None:
+        protection = self.gpu_device_protection
+        if key == "hosts":
+            return ("opens Docker's API on other sockets or addresses (whoever reaches it is "
+                    "root on the host); Docker's local socket is all gpufleet needs")
+        if key in ("tls", "tlsverify") and value is False:
+            return "switches TLS off for Docker's API"
+        if key == "runtimes" and isinstance(value, dict) and "nvidia" in value:
+            return ("gpufleet owns runtimes.nvidia (the NVIDIA container toolkit's entry); "
+                    "other runtimes may be added here")
+        if key == "default-runtime":
+            return ("gpufleet owns default-runtime: use settings.docker.default_runtime_nvidia "
+                    "= true to make nvidia the default")
+        if key == "registry-mirrors":
+            return "gpufleet owns registry-mirrors: use settings.docker.registry_mirrors"
+        if key == "insecure-registries":
+            return ("lets Docker pull images over plain HTTP or unverified TLS, and an image runs "
+                    "as root beside the GPUs; give the registry a certificate (settings.network."
+                    "extra_ca_bundle trusts a private CA)")
+        if key == "authorization-plugins":
+            return ("puts a plugin between gpufleet and every Docker API call (it can refuse or "
+                    "see them all)")
+        if key == "exec-opts":
+            return _exec_opts_problem(value, protection)
+        if key == "features" and isinstance(value, dict) and protection == "cdi" \
+                and value.get("cdi") is False:
+            return ('features.cdi = false contradicts settings.docker.gpu_device_protection = '
+                    '"cdi"')
+        return None
+
+
+def _exec_opts_problem(value: object, protection: str) -> str | None:
+    """exec-opts replaces the list gpufleet writes: under cgroupfs protection it must keep
+    gpufleet's cgroup driver, and no protection is contradicted by another driver."""
+    drivers = [item.removeprefix(CGROUP_DRIVER_OPT) for item in value
+               if isinstance(item, str) and item.startswith(CGROUP_DRIVER_OPT)] \
+        if isinstance(value, list) else []
+    if protection != "cgroupfs" or drivers == ["cgroupfs"]:
+        return None
+    other = [d for d in drivers if d != "cgroupfs"]
+    if other:
+        return (f"{CGROUP_DRIVER_OPT}{other[0]} contradicts settings.docker."
+                'gpu_device_protection = "cgroupfs" (running GPU containers lose their devices '
+                'on `systemctl daemon-reload`); set gpu_device_protection = "cdi" or "none" to '
+                "use another cgroup driver")
+    return (f"replaces the exec-opts list gpufleet writes and drops {CGROUP_DRIVER_OPT}cgroupfs,"
+            ' which settings.docker.gpu_device_protection = "cgroupfs" needs: add '
+            f'"{CGROUP_DRIVER_OPT}cgroupfs" to the list')
 
 
 # --- Python environment for host-side tooling -----------------------------------------------

@@ -292,6 +292,7 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
     findings.extend(precompiled_findings(pins.driver.flavour, os_id))
     findings.extend(docker_ce_findings(probe.state.installed))
     findings.extend(_daemon_json(probe))
+    findings.extend(unchecked_daemon_json(spec))
     findings.extend(extra)
 
     return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors),
@@ -386,6 +387,20 @@ def _weights(spec: HostSpec, probe: HostProbe) -> list[Finding]:
         return config_findings(config if isinstance(config, dict) else None, spec.model,
                                f"{folder} (on this machine)")
     return []  # hub: checked by the download against the hub's own hashes
+
+
+def unchecked_daemon_json(spec: HostSpec) -> list[Finding]:
+    """A warning per guarded daemon_json key the fleet takes responsibility for
+    (settings.docker.daemon_json_unchecked), at every preflight."""
+    docker = spec.settings.docker
+    return [Finding(
+        "warning", "daemon-json-unchecked",
+        f"settings.docker.daemon_json sets {key!r}, accepted unchecked: {why}",
+        f"{key} = {json.dumps(value)[:200]}", "no such key in daemon_json",
+        "remove it from daemon_json, or keep it knowingly (settings.docker."
+        "daemon_json_unchecked names it)",
+    ) for key, value, why in docker.daemon_json_problems()
+        if key in docker.daemon_json_unchecked]
 
 
 def _daemon_json(probe: HostProbe) -> list[Finding]:

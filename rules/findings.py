@@ -22,6 +22,8 @@ CODES: dict[str, str] = {
     "cuda-from-mirror": "the distro's NVIDIA repository lacks the CUDA release; a mirror is used",
     "cuda-not-in-distro-repo": "NVIDIA's repository for this distro does not carry the release",
     "cuda-version-unreadable": "a CUDA version could not be read",
+    "daemon-json-unchecked": "daemon_json sets a key gpufleet guards, accepted by "
+                             "settings.docker.daemon_json_unchecked",
     "daemon-json-unreadable": "/etc/docker/daemon.json is not a JSON object",
     "disk-space-short": "not enough free space where the weights go",
     "distro-unknown": "the host's distro could not be read",
