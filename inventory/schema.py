@@ -57,6 +57,38 @@ def _absolute_posix_path(value: str) -> str:
 
 AbsolutePath = Annotated[str, AfterValidator(_absolute_posix_path)]
 
+# weights_path is written to as root (downloads, pushes, ownership) and mounted into the
+# engine's container: never the root, a system tree or a folder many things share.
+# Whole trees: the OS's programs, configuration, kernel and virtual filesystems, and the
+# container runtimes' own storage.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/run", "/sbin", "/sys", "/usr", "/var/lib/docker", "/var/lib/containerd")
+# The folder itself only: a subfolder of its own (/srv/models/NAME, /var/lib/gpufleet/models)
+# is where weights belong.
+SYSTEM_FOLDERS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/snap", "/srv", "/tmp",
+                  "/var", "/var/cache", "/var/lib", "/var/log", "/var/opt", "/var/spool",
+                  "/var/tmp")
+
+
+def _weights_folder(value: str) -> str:
+    path = PurePosixPath(value)
+    if ".." in path.parts:
+        raise ValueError("must not contain '..': give the folder's own absolute path")
+    normal = "/" + "/".join(path.parts[1:])
+    tree = next((t for t in SYSTEM_TREES if normal == t or normal.startswith(t + "/")), None)
+    if tree is not None or normal in SYSTEM_FOLDERS:
+        what = (f"inside the system folder {tree}" if tree and tree != normal
+                else f"the system folder {normal}")
+        raise ValueError(
+            f"is {what}: the weights folder is written to as root and mounted into the engine's "
+            "container, so it must be a folder of its own, e.g. /srv/models/NAME or "
+            "/var/lib/gpufleet/models/NAME")
+    return value
+
+
+WeightsFolder = Annotated[str, AfterValidator(_absolute_posix_path),
+                          AfterValidator(_weights_folder)]
+
 # Patterns are used with fullmatch: `$` would also accept a trailing newline.
 _FINGERPRINT = re.compile(r"[0-9A-F]{40}")
 
@@ -695,7 +727,7 @@ class Settings(Strict):
     # Concurrent sequences the KV cache must hold at full context.
     concurrency: int = Field(default=8, ge=1, le=4096)
     gpu_memory_utilization: float = Field(default=0.9, gt=0.1, le=0.99)
-    weights_path: AbsolutePath
+    weights_path: WeightsFolder
     gpus: ExpectedGpus = ExpectedGpus()
     storage: StorageSettings = StorageSettings()
     repos: RepoSettings = RepoSettings()
