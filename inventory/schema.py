@@ -148,7 +148,8 @@ def _url_template(value: str) -> str:
     bad = bad_url_char(rest)
     if bad is not None:
         raise ValueError(f"must be an http:// or https:// URL: {bad!r} is not allowed in a URL "
-                         "(no quotes, backslashes, spaces or control characters)")
+                         "(no quotes, backslashes, '$', ';', spaces or control characters: "
+                         "percent-encode them)")
     sample = _PLACEHOLDER.sub("x", value)
     problem = authority_problem(authority(sample))
     if problem:

@@ -18,8 +18,9 @@ DNS_NAME = re.compile(rf"(?=.{{1,253}}\Z){_DNS_LABEL}(\.{_DNS_LABEL})*")
 IPV4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")  # [0-9]: \d also matches other scripts' digits
 URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 # What a URL may hold (RFC 3986), less what could end a quoted value or a line in the files
-# these URLs are written to: quotes, backslashes, whitespace, braces (placeholders aside).
-_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&()*+,;=%-]*")
+# these URLs are written to (quotes, backslashes, whitespace, braces but placeholders) and what
+# a shell or Compose would read ('$', ';'): percent-encode them (%24, %3B) if a URL needs one.
+_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!&()*+,=%-]*")
 _PORT = re.compile(r"[0-9]{1,5}")
 HTTP_SCHEMES = ("http://", "https://")
 HTTP_URL = "an http:// or https:// URL"
@@ -142,7 +143,8 @@ def http_url_problem(value: str, *, credentials: bool = False) -> str | None:
     bad = bad_url_char(value)
     if bad is not None:
         return (f"must be {HTTP_URL}: {bad!r} is not allowed in a URL "
-                "(no quotes, backslashes, braces, spaces or control characters)")
+                "(no quotes, backslashes, braces, '$', ';', spaces or control characters: "
+                "percent-encode them)")
     problem = authority_problem(authority(value))
     if problem:
         return f"must be {HTTP_URL}: it {problem}"
