@@ -40,6 +40,7 @@ from deploys.preflight import monitor_preflight, preflight, read_host, replicas_
 from deploys.python_env import python_env, python_env_plan
 from deploys.spec import fleet_specs, host_spec
 from deploys.verify_stack import verify_stack
+from rules.assessment import exporter_pin_findings
 from rules.monitoring import is_monitor
 from rules.serving import dcgm_exporter
 
@@ -57,10 +58,11 @@ if is_monitor(spec):
 else:
     probe = read_host(spec)
     venv = python_env_plan(spec)
-    plan = preflight(spec, probe, extra=venv.findings() if venv else ())
     # A fleet with a monitoring host scrapes every replica: the host must run what the fleet
     # file says (rules.monitoring.fleet_replicas), checked before anything changes.
     monitored = spec.settings.monitoring.enabled and any(is_monitor(s) for s in fleet)
+    plan = preflight(spec, probe, extra=[*(venv.findings() if venv else ()),
+                                         *(exporter_pin_findings(spec) if monitored else ())])
     if plan is not None and monitored and not replicas_agree(spec, plan):
         plan = None
 

@@ -7,6 +7,7 @@ known ids, because the usual mistake is a typo.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +23,12 @@ Precision = Literal["bf16", "fp16", "fp8", "int8", "int4"]
 NativeDtype = Literal["bf16", "fp16", "fp8"]
 
 
+# The hub's repository id (huggingface_hub's validate_repo_id), always with its owner.
+_HUB_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
+HUB_REPO = re.compile(rf"{_HUB_PART}/{_HUB_PART}")
+HUB_REPO_MAX = 96
+
+
 class CatalogError(ValueError):
     """A catalog file is malformed, or a lookup named something the catalog lacks."""
 
@@ -32,7 +39,9 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", max_length=100)
-    hub_repo: str = Field(pattern=r"^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")  # never contacted
+    # OWNER/NAME on the hub. It becomes a URL path on the hub and the name of a record on the
+    # host, so it follows the hub's own repository-id rule (no '.' or '..' parts).
+    hub_repo: str
     architecture: str  # config.json "architectures"[0], e.g. "Qwen2ForCausalLM"
     params_total: int = Field(gt=0)
     params_active: int | None = Field(default=None, gt=0)  # MoE: parameters used per token
@@ -59,6 +68,17 @@ class ModelSpec(BaseModel):
     weight_block_size: tuple[int, int] | None = None
     recommended_temperature: float | None = Field(default=None, ge=0)
     recommended_top_p: float | None = Field(default=None, gt=0, le=1)
+
+    @field_validator("hub_repo")
+    @classmethod
+    def _hub_repo(cls, value: str) -> str:
+        if not HUB_REPO.fullmatch(value) or len(value) > HUB_REPO_MAX or ".." in value \
+                or "--" in value:
+            raise ValueError(
+                "must be OWNER/NAME as the hub spells it: two parts of letters, digits, '.', '_' "
+                "and '-', each starting and ending with a letter or digit, no '..' or '--', at "
+                f"most {HUB_REPO_MAX} characters (e.g. deepseek-ai/DeepSeek-R1)")
+        return value
 
     @field_validator("min_transformers")
     @classmethod

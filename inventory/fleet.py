@@ -583,6 +583,7 @@ def _host_spec(
         return None
 
     settings = _with_api_key(settings, fleet_name, where, problems)
+    problems.extend(_daemon_json_problems(settings, where))
     fleet_dir = path.resolve().parent
     spec = HostSpec(
         name=host_name, group=group_name, target=target, settings=settings,
@@ -619,6 +620,28 @@ def _with_api_key(settings: Settings, fleet_name: str, where: str,
         return settings
     return settings.model_copy(update={"inference": cfg.model_copy(
         update={"api_key_file": str(path)})})
+
+
+def _daemon_json_problems(settings: Settings, where: str) -> list[Problem]:
+    """Guarded daemon_json keys not named in daemon_json_unchecked, and names there that do not
+    match a guarded key daemon_json sets (the override is exact). On merged settings: the key
+    and the override may be written at different levels."""
+    docker = settings.docker
+    guarded = docker.daemon_json_problems()
+    unchecked = set(docker.daemon_json_unchecked)
+    problems = [
+        Problem(where, f"settings.docker.daemon_json.{key}", value,
+                f"refused: {why}. An expert who takes responsibility for it names it in "
+                "settings.docker.daemon_json_unchecked")
+        for key, value, why in guarded if key not in unchecked
+    ]
+    problems += [
+        Problem(where, "settings.docker.daemon_json_unchecked", key,
+                "daemon_json sets no refused value under this key: remove it from the list "
+                "(it names exactly the refused keys you take responsibility for)")
+        for key in sorted(unchecked - {key for key, _, _ in guarded})
+    ]
+    return problems
 
 
 def _controller_file_problems(spec: HostSpec, where: str) -> list[Problem]:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from inventory.image_refs import image_reference_problem
 from inventory.merge import deep_merge
 from inventory.toml import load_toml
 
@@ -60,10 +61,21 @@ class ContainerImage(_Strict):
     """An image a host runs, by name and (once recorded) by digest."""
 
     # repository:tag, e.g. "vllm/vllm-openai:v0.4.2" (the digest goes in `digest`)
-    image: str = Field(pattern=r"^[a-z0-9][a-z0-9._/-]*:[A-Za-z0-9_][A-Za-z0-9._-]*$")
+    image: str
     # The image manifest's digest, "sha256:<64 hex>": the host runs exactly this image.
     # Empty until recorded (tools/pin_image.py, on a machine that reaches the registry).
     digest: str = Field(default="", pattern=r"^(sha256:[0-9a-f]{64})?$")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        """Docker's reference grammar (inventory/image_refs.py), with a tag and no digest."""
+        problem = image_reference_problem(value)
+        if problem:
+            raise ValueError(problem)
+        if "@" in value or ":" not in value.rsplit("/", 1)[-1]:
+            raise ValueError("must be repository:tag (the digest goes in `digest`)")
+        return value
 
     def reference(self, registry: str | None = None) -> str:
         """What Docker runs: by digest when recorded, with the registry prefixed if given."""

@@ -18,6 +18,21 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
 from inventory.catalog import Precision
+from inventory.image_refs import image_reference_problem, registry_problem
+from inventory.urls import (
+    DNS_NAME,
+    HTTP_SCHEMES,
+    IPV4,
+    authority,
+    authority_problem,
+    bad_url_char,
+    dns_name_problem,
+    host_problem,
+    http_url_problem,
+    ipv4_problem,
+    is_ipv6,
+    mask_url,
+)
 
 
 class Strict(BaseModel):
@@ -42,6 +57,38 @@ def _absolute_posix_path(value: str) -> str:
 
 AbsolutePath = Annotated[str, AfterValidator(_absolute_posix_path)]
 
+# weights_path is written to as root (downloads, pushes, ownership) and mounted into the
+# engine's container: never the root, a system tree or a folder many things share.
+# Whole trees: the OS's programs, configuration, kernel and virtual filesystems, and the
+# container runtimes' own storage.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/run", "/sbin", "/sys", "/usr", "/var/lib/docker", "/var/lib/containerd")
+# The folder itself only: a subfolder of its own (/srv/models/NAME, /var/lib/gpufleet/models)
+# is where weights belong.
+SYSTEM_FOLDERS = ("/", "/home", "/media", "/mnt", "/opt", "/root", "/snap", "/srv", "/tmp",
+                  "/var", "/var/cache", "/var/lib", "/var/log", "/var/opt", "/var/spool",
+                  "/var/tmp")
+
+
+def _weights_folder(value: str) -> str:
+    path = PurePosixPath(value)
+    if ".." in path.parts:
+        raise ValueError("must not contain '..': give the folder's own absolute path")
+    normal = "/" + "/".join(path.parts[1:])
+    tree = next((t for t in SYSTEM_TREES if normal == t or normal.startswith(t + "/")), None)
+    if tree is not None or normal in SYSTEM_FOLDERS:
+        what = (f"inside the system folder {tree}" if tree and tree != normal
+                else f"the system folder {normal}")
+        raise ValueError(
+            f"is {what}: the weights folder is written to as root and mounted into the engine's "
+            "container, so it must be a folder of its own, e.g. /srv/models/NAME or "
+            "/var/lib/gpufleet/models/NAME")
+    return value
+
+
+WeightsFolder = Annotated[str, AfterValidator(_absolute_posix_path),
+                          AfterValidator(_weights_folder)]
+
 # Patterns are used with fullmatch: `$` would also accept a trailing newline.
 _FINGERPRINT = re.compile(r"[0-9A-F]{40}")
 
@@ -54,60 +101,6 @@ def _fingerprint(value: str) -> str:
 
 
 Fingerprint = Annotated[str, AfterValidator(_fingerprint)]
-
-
-# --- names and addresses (targets, URLs, no_proxy) ------------------------------------------
-_DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_DNS_NAME = re.compile(rf"(?=.{{1,253}}\Z){_DNS_LABEL}(\.{_DNS_LABEL})*")
-_IPV4 = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}")  # [0-9]: \d also matches other scripts' digits
-_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
-def _ipv4_problem(value: str) -> str | None:
-    """Why a dotted-quad is not a usable IPv4 address, or None when it is one."""
-    for part in value.split("."):
-        if len(part) > 1 and part.startswith("0"):
-            # ssh and libc read 010 as octal 8: refuse rather than guess.
-            return f"is not a valid IPv4 address: leading zero in {part!r} (write {int(part)})"
-        if int(part) > 255:
-            return "is not a valid IPv4 address: each part is 0 to 255"
-    return None
-
-
-def _dns_name_problem(value: str) -> str | None:
-    """Why `value` is not a DNS name, or None when it is one."""
-    if not _DNS_NAME.fullmatch(value):
-        return "is not a DNS name (letters, digits and '-' in dot-separated labels)"
-    if value.rsplit(".", 1)[-1].isdigit():
-        # "10.0.0" or "1.2.3.4.5": resolvers read these as IPv4 shorthand, not as names.
-        return "looks like an IPv4 address but is not one"
-    return None
-
-
-def _ipv6(value: str) -> bool:
-    try:
-        ipaddress.IPv6Address(value)
-    except ValueError:
-        return False
-    return True
-
-
-def mask_url(value: str) -> str:
-    """`value` with the user and password of a URL replaced by ***, for messages and logs.
-
-    http://user:secret@proxy:3128 -> http://***:***@proxy:3128. A value without a scheme is
-    masked when it reads like user:password@host; `user@host` (an SSH-style name) is kept.
-    Everything up to the last '@' is masked, so a malformed password cannot leak either.
-    """
-    scheme = _URL_SCHEME.match(value)
-    start = scheme.end() if scheme else 0
-    at = value.rfind("@")
-    if at < start:
-        return value
-    userinfo = value[start:at]
-    if not scheme and ":" not in userinfo:
-        return value
-    return value[:start] + ("***:***" if ":" in userinfo else "***") + value[at:]
 
 
 # --- expected hardware ----------------------------------------------------------------------
@@ -132,46 +125,6 @@ class StorageSettings(Strict):
     measure_seconds: int = Field(default=10, ge=1, le=120)
 
 
-# --- URLs ----------------------------------------------------------------------------------
-# What a URL may hold (RFC 3986), less what could end a quoted value or a line in the files
-# these URLs are written to: quotes, backslashes, whitespace, braces (placeholders aside).
-_URL_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&()*+,;=%-]*")
-_PORT = re.compile(r"[0-9]{1,5}")
-_HTTP_SCHEMES = ("http://", "https://")
-
-
-def _authority_problem(authority: str) -> str | None:
-    """Why `[user[:password]@]host[:port]` is not usable, or None when it is."""
-    userinfo, at, hostport = authority.rpartition("@")
-    if at and (not userinfo or "@" in userinfo):
-        return "has a stray '@' (write '@' in a user name or password as %40)"
-    if hostport.startswith("["):
-        host, bracket, after = hostport[1:].partition("]")
-        if not bracket or not _ipv6(host):
-            return "has an invalid IPv6 address in [...]"
-        if after and not after.startswith(":"):
-            return "has text after the IPv6 address"
-        port = after[1:] if after else None
-    else:
-        host, colon, port_text = hostport.partition(":")
-        port = port_text if colon else None
-        if not host:
-            return "has no host"
-        problem = _ipv4_problem(host) if _IPV4.fullmatch(host) else _dns_name_problem(host)
-        if problem:
-            return f"has a host that {problem}"
-    if port is not None and not (_PORT.fullmatch(port) and 1 <= int(port) <= 65535):
-        return "has an invalid port (1 to 65535)"
-    return None
-
-
-def _bad_url_char(value: str) -> str | None:
-    for char in value:
-        if not _URL_CHARS.fullmatch(char):
-            return char
-    return None
-
-
 # --- apt repositories -----------------------------------------------------------------------
 _PLACEHOLDER = re.compile(r"\{(distro|arch)\}")
 _OTHER_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -180,7 +133,7 @@ _OTHER_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 def _url_template(value: str) -> str:
     """An http(s) URL in which `{distro}` and `{arch}` are the only braces (str.format runs on
     it at deploy time: a lone brace or another field would fail there, mid-run)."""
-    if not value.startswith(_HTTP_SCHEMES):  # lower case: apt's method names are
+    if not value.startswith(HTTP_SCHEMES):  # lower case: apt's method names are
         raise ValueError("must be an http:// or https:// URL")
     rest = _PLACEHOLDER.sub("", value)
     if "{" in rest or "}" in rest:
@@ -192,13 +145,13 @@ def _url_template(value: str) -> str:
             )
         raise ValueError("has an unmatched '{' or '}'; the only placeholders are "
                          "{distro} and {arch}")
-    bad = _bad_url_char(rest)
+    bad = bad_url_char(rest)
     if bad is not None:
         raise ValueError(f"must be an http:// or https:// URL: {bad!r} is not allowed in a URL "
-                         "(no quotes, backslashes, spaces or control characters)")
+                         "(no quotes, backslashes, '$', ';', spaces or control characters: "
+                         "percent-encode them)")
     sample = _PLACEHOLDER.sub("x", value)
-    authority = re.split(r"[/?#]", sample.split("://", 1)[1], maxsplit=1)[0]
-    problem = _authority_problem(authority)
+    problem = authority_problem(authority(sample))
     if problem:
         raise ValueError(f"must be an http:// or https:// URL: it {problem}")
     return value.rstrip("/")
@@ -263,13 +216,13 @@ def _proxy_text(value: object) -> object:
     if not isinstance(value, str):
         return value  # HttpUrl reports the wrong type
     _config_safe(value)
-    if not value.lower().startswith(_HTTP_SCHEMES):
+    if not value.lower().startswith(HTTP_SCHEMES):
         raise ValueError(f"must be {_PROXY_FORM}")
-    authority, _, path = value.split("://", 1)[1].partition("/")
-    if path or "?" in authority or "#" in authority:
+    hostport, _, path = value.split("://", 1)[1].partition("/")
+    if path or "?" in hostport or "#" in hostport:
         raise ValueError(f"must be {_PROXY_FORM}, without a path, query or fragment "
                          "(write '/', '?', '#' or '@' in a password as %2F, %3F, %23, %40)")
-    problem = _authority_problem(authority)
+    problem = authority_problem(hostport)
     if problem:
         raise ValueError(f"must be {_PROXY_FORM}: it {problem}")
     return value
@@ -279,19 +232,13 @@ ProxyUrl = Annotated[HttpUrl, BeforeValidator(_proxy_text)]
 
 
 def _http_url_text(value: object) -> object:
-    """A mirror or index URL as written: http(s):// spelled out (HttpUrl would read `http:/x`
-    as http://x/), a valid host and port, nothing that needs quoting."""
+    """A mirror, index, hub or webhook URL as written (inventory/urls.py: http(s):// spelled
+    out, a valid host and port, nothing that needs quoting, no credentials)."""
     if not isinstance(value, str):
         return value  # HttpUrl reports the wrong type
-    if not value.lower().startswith(_HTTP_SCHEMES):
-        raise ValueError("must be an http:// or https:// URL")
-    bad = _bad_url_char(value)
-    if bad is not None:
-        raise ValueError(f"must be an http:// or https:// URL: {bad!r} is not allowed in a URL "
-                         "(no quotes, backslashes, braces, spaces or control characters)")
-    problem = _authority_problem(re.split(r"[/?#]", value.split("://", 1)[1], maxsplit=1)[0])
+    problem = http_url_problem(value)
     if problem:
-        raise ValueError(f"must be an http:// or https:// URL: it {problem}")
+        raise ValueError(problem)
     return value
 
 
@@ -310,10 +257,10 @@ def _no_proxy_entry(value: str) -> str:
             raise ValueError(f"is not a valid CIDR; no_proxy entries are {_NO_PROXY_FORMS}"
                              ) from None
         return value
-    if _ipv6(value):
+    if is_ipv6(value):
         return value
     name = value.removeprefix(".")
-    problem = _ipv4_problem(name) if _IPV4.fullmatch(value) else _dns_name_problem(name)
+    problem = ipv4_problem(name) if IPV4.fullmatch(value) else dns_name_problem(name)
     if problem:
         raise ValueError(f"{problem}; no_proxy entries are {_NO_PROXY_FORMS}")
     return value
@@ -339,6 +286,25 @@ class DriverSettings(Strict):
     # never: report that a reboot is needed and leave it to you.
     reboot: Literal["never", "if-needed"] = "if-needed"
     reboot_timeout_seconds: int = Field(default=900, ge=60, le=7200)
+
+
+# --- container images (inventory/image_refs.py: Docker's reference grammar) ----------------
+def _image_reference(value: str) -> str:
+    problem = image_reference_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _registry(value: str) -> str:
+    problem = registry_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value.rstrip("/")
+
+
+ImageReference = Annotated[str, AfterValidator(_image_reference)]
+Registry = Annotated[str, AfterValidator(_registry)]
 
 
 # --- Docker engine --------------------------------------------------------------------------
@@ -371,6 +337,14 @@ def _json_object(value: dict[str, object]) -> dict[str, object]:
     return value
 
 
+CGROUP_DRIVER_OPT = "native.cgroupdriver="
+# daemon.json keys that gpufleet owns or that open the host: daemon_json may set them only when
+# daemon_json_unchecked names them (DockerSettings.daemon_json_problems says why each).
+GuardedDaemonKey = Literal["hosts", "tls", "tlsverify", "runtimes", "default-runtime",
+                           "exec-opts", "features", "registry-mirrors", "insecure-registries",
+                           "authorization-plugins"]
+
+
 class DockerSettings(Strict):
     # Make nvidia the default runtime (every container sees GPUs without --gpus).
     default_runtime_nvidia: bool = False
@@ -378,10 +352,75 @@ class DockerSettings(Strict):
     # cgroupfs moves Docker off the systemd cgroup driver; cdi uses CDI device injection.
     gpu_device_protection: Literal["cgroupfs", "cdi", "none"] = "cgroupfs"
     registry_mirrors: list[HttpUrlText] = Field(default_factory=list)
-    # Escape hatch: keys merged into /etc/docker/daemon.json as given.
+    # Escape hatch: keys merged into /etc/docker/daemon.json as given. Keys gpufleet owns or
+    # that open the host (GuardedDaemonKey) are refused, unless named in daemon_json_unchecked.
     daemon_json: Annotated[dict[str, object], AfterValidator(_json_object)] = Field(
         default_factory=dict
     )
+    # For experts: the guarded daemon_json keys you take responsibility for, by name (e.g.
+    # ["hosts", "tls"] for a TCP socket you secure yourself). Each is warned about at every
+    # preflight; naming a key daemon_json does not set, or does not need, is an error.
+    daemon_json_unchecked: list[GuardedDaemonKey] = Field(default_factory=list)
+
+    def daemon_json_problems(self) -> list[tuple[str, object, str]]:
+        """(key, value, why) for each daemon_json key that would undo what gpufleet guarantees
+        or open the host, whether or not daemon_json_unchecked accepts it. Checked on a host's
+        merged settings (inventory/fleet.py): the override may be set at another level."""
+        found: list[tuple[str, object, str]] = []
+        for key, value in self.daemon_json.items():
+            why = self._guarded_key_problem(key, value)
+            if why:
+                found.append((key, value, why))
+        return found
+
+    def _guarded_key_problem(self, key: str, value: object) -> str | None:
+        protection = self.gpu_device_protection
+        if key == "hosts":
+            return ("opens Docker's API on other sockets or addresses (whoever reaches it is "
+                    "root on the host); Docker's local socket is all gpufleet needs")
+        if key in ("tls", "tlsverify") and value is False:
+            return "switches TLS off for Docker's API"
+        if key == "runtimes" and isinstance(value, dict) and "nvidia" in value:
+            return ("gpufleet owns runtimes.nvidia (the NVIDIA container toolkit's entry); "
+                    "other runtimes may be added here")
+        if key == "default-runtime":
+            return ("gpufleet owns default-runtime: use settings.docker.default_runtime_nvidia "
+                    "= true to make nvidia the default")
+        if key == "registry-mirrors":
+            return "gpufleet owns registry-mirrors: use settings.docker.registry_mirrors"
+        if key == "insecure-registries":
+            return ("lets Docker pull images over plain HTTP or unverified TLS, and an image runs "
+                    "as root beside the GPUs; give the registry a certificate (settings.network."
+                    "extra_ca_bundle trusts a private CA)")
+        if key == "authorization-plugins":
+            return ("puts a plugin between gpufleet and every Docker API call (it can refuse or "
+                    "see them all)")
+        if key == "exec-opts":
+            return _exec_opts_problem(value, protection)
+        if key == "features" and isinstance(value, dict) and protection == "cdi" \
+                and value.get("cdi") is False:
+            return ('features.cdi = false contradicts settings.docker.gpu_device_protection = '
+                    '"cdi"')
+        return None
+
+
+def _exec_opts_problem(value: object, protection: str) -> str | None:
+    """exec-opts replaces the list gpufleet writes: under cgroupfs protection it must keep
+    gpufleet's cgroup driver, and no protection is contradicted by another driver."""
+    drivers = [item.removeprefix(CGROUP_DRIVER_OPT) for item in value
+               if isinstance(item, str) and item.startswith(CGROUP_DRIVER_OPT)] \
+        if isinstance(value, list) else []
+    if protection != "cgroupfs" or drivers == ["cgroupfs"]:
+        return None
+    other = [d for d in drivers if d != "cgroupfs"]
+    if other:
+        return (f"{CGROUP_DRIVER_OPT}{other[0]} contradicts settings.docker."
+                'gpu_device_protection = "cgroupfs" (running GPU containers lose their devices '
+                'on `systemctl daemon-reload`); set gpu_device_protection = "cdi" or "none" to '
+                "use another cgroup driver")
+    return (f"replaces the exec-opts list gpufleet writes and drops {CGROUP_DRIVER_OPT}cgroupfs,"
+            ' which settings.docker.gpu_device_protection = "cgroupfs" needs: add '
+            f'"{CGROUP_DRIVER_OPT}cgroupfs" to the list')
 
 
 # --- Python environment for host-side tooling -----------------------------------------------
@@ -397,7 +436,7 @@ class PythonEnvSettings(Strict):
 # --- verification ---------------------------------------------------------------------------
 class VerifySettings(Strict):
     # Image used to prove a GPU container starts (runs nvidia-smi inside it).
-    gpu_test_image: str = "nvidia/cuda:12.1.1-base-ubuntu22.04"
+    gpu_test_image: ImageReference = "nvidia/cuda:12.1.1-base-ubuntu22.04"
     # Image archives (docker save) on the controller, loaded on hosts that lack the image:
     # for air-gapped sites and sites without registry access.
     image_archives: list[str] = Field(default_factory=list)
@@ -448,6 +487,17 @@ def _ip_address(value: str) -> str:
 
 
 IpAddress = Annotated[str, AfterValidator(_ip_address)]
+
+
+def _host_name(value: str) -> str:
+    problem = host_problem(value)
+    if problem:
+        raise ValueError(f"{problem}: must be an IP address or a DNS name (no port, scheme "
+                         "or brackets)")
+    return value
+
+
+HostName = Annotated[str, AfterValidator(_host_name)]
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
 
 
@@ -492,7 +542,7 @@ class InferenceSettings(Strict):
                                                               "stack": 67108864})
     # Another image than the pin set's (a mirror, or one loaded from image_archives), with the
     # same engine, version and CUDA: repository:tag, optionally @sha256:digest.
-    image: str | None = None
+    image: ImageReference | None = None
     # `docker save` archives on the controller, loaded on hosts that lack the image.
     image_archives: list[str] = Field(default_factory=list)
     # Seconds the engine may take to load before its health check counts failures. Unset:
@@ -515,8 +565,8 @@ def _interface(value: str) -> str:
 
 
 def _private_ipv4(value: str) -> str:
-    if not _IPV4.fullmatch(value) or _ipv4_problem(value):
-        raise ValueError(_ipv4_problem(value) if _IPV4.fullmatch(value) else
+    if not IPV4.fullmatch(value) or ipv4_problem(value):
+        raise ValueError(ipv4_problem(value) if IPV4.fullmatch(value) else
                          "must be an IPv4 address (the node's address on settings.multinode."
                          "interface)")
     address = ipaddress.ip_address(value)
@@ -591,14 +641,17 @@ class MonitoringSettings(Strict):
     # GPU hosts: the address the exporters listen on. Loopback keeps them private, but then no
     # other host can scrape them: give the host's address on the monitoring network.
     bind: IpAddress = "127.0.0.1"
-    # How the monitoring host reaches this host. Unset: the bind address when it is a real
-    # one, else the SSH target (or the container name of an @docker target).
-    address: str | None = None
+    # How the monitoring host reaches this host: an IP address or DNS name (it is written into
+    # Prometheus's targets and the gateway's nginx configuration). Unset: the bind address
+    # when it is a real one, else the SSH target (or the container name of an @docker target).
+    address: HostName | None = None
     node_exporter_port: int = Field(default=9100, ge=1024, le=65000)
     dcgm_exporter_port: int = Field(default=9400, ge=1024, le=65000)
-    # The registry the DCGM exporter image is pulled from (NVIDIA's, or a mirror), prefixed to
-    # the pin file's image name. Unset: Docker's default registry.
-    dcgm_registry: str | None = None
+    # The registry the DCGM exporter image is pulled from, prefixed to the pin file's image
+    # name: NVIDIA's NGC container registry (its host name, as NVIDIA's DCGM exporter
+    # documentation gives it) or a mirror of it. The image is not on Docker's default
+    # registry, so a monitored fleet must set this or image_archives (rules/monitoring.py).
+    dcgm_registry: Registry | None = None
     # `docker save` archives on the controller holding the DCGM exporter image.
     image_archives: list[str] = Field(default_factory=list)
     # The monitoring host: where Prometheus (9090) and Alertmanager (9093) listen.
@@ -686,7 +739,7 @@ class Settings(Strict):
     # The share of each GPU's memory the engine takes for weights and KV cache. Unset: the
     # engine's own default (vLLM 0.9; SGLang by tensor parallel size, 0.88 at 1 to 0.79 at 16).
     gpu_memory_utilization: float | None = Field(default=None, gt=0.1, le=0.99)
-    weights_path: AbsolutePath
+    weights_path: WeightsFolder
     gpus: ExpectedGpus = ExpectedGpus()
     storage: StorageSettings = StorageSettings()
     repos: RepoSettings = RepoSettings()
@@ -720,17 +773,17 @@ def _target(value: str) -> str:
         return value
     if value.startswith("@"):
         raise ValueError("connectors allowed: @local, @docker/CONTAINER (or an SSH host name)")
-    if _IPV4.fullmatch(value):
-        problem = _ipv4_problem(value)
+    if IPV4.fullmatch(value):
+        problem = ipv4_problem(value)
         if problem:
             raise ValueError(problem)
         return value
-    if ":" in value and _ipv6(value):
+    if ":" in value and is_ipv6(value):
         return value  # IPv6 literal
-    problem = _dns_name_problem(value)
+    problem = dns_name_problem(value)
     if problem is None:
         return value
-    if _DNS_NAME.fullmatch(value):
+    if DNS_NAME.fullmatch(value):
         raise ValueError(f"{problem}; {_TARGET_FORMS}")
     raise ValueError(_TARGET_FORMS)
 

@@ -12,6 +12,7 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 from facts._shell import quote
 from facts.host_state import KEYRING_DIR, host_state, require_watched
 from inventory.schema import APT_LOCK_TIMEOUT_SECONDS
+from inventory.urls import http_url_problem, mask_url
 from operations.apt_lock import after_apt_lock, apt_get
 from operations.apt_pins import APT_ENV, with_env_file
 from operations.desired import desired
@@ -19,6 +20,13 @@ from operations.host_files import write_file_command
 from operations.messages import tell
 
 _FINGERPRINT = re.compile(r"[0-9A-F]{40}")
+
+
+def key_url_problem(url: str) -> str | None:
+    """The schema's own URL rule (inventory/urls.py), so a key_url the fleet file was accepted
+    with is never refused here: the URL is shell-quoted, any character the rule allows is
+    safe on the command line."""
+    return http_url_problem(url, credentials=True)
 
 
 @operation()
@@ -53,8 +61,9 @@ def keyring(path: str, url: str, fingerprint: str, env_file: str | None = None):
     require_watched(path)
     if not path.startswith(KEYRING_DIR + "/"):
         raise OperationValueError(f"keyrings live in {KEYRING_DIR}, got {path}")
-    if not re.fullmatch(r"https?://[^\s'\"`$\\;]+", url):
-        raise OperationValueError(f"not a plain http(s) URL: {url!r}")
+    problem = key_url_problem(url)
+    if problem:
+        raise OperationValueError(f"not a plain http(s) URL: {mask_url(url)!r} {problem}")
 
     desired().keyrings[path] = fingerprint
     if host_state().keyrings.get(path) == frozenset({fingerprint}):

@@ -34,7 +34,8 @@ from rules.gpu_inventory import (
 )
 from rules.host_plan import HostPlan, plan_host
 from rules.multinode import node_network_findings, replica_layout
-from rules.serving import EnginePlan, memory_fraction, plan_engine
+from rules.serving import EnginePlan, dcgm_exporter, memory_fraction, plan_engine
+from rules.serving import image_reference as serving_image
 from rules.sizing import (
     DEFAULT_ENGINE,
     EngineProfile,
@@ -331,9 +332,12 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
         findings.extend(engine_findings)
         if plan is not None and engine is not None:
             plan = replace(plan, engine=engine)
+    findings.extend(unpinned_image("the GPU test image", settings.verify.gpu_test_image,
+                                   "settings.verify.gpu_test_image"))
     findings.extend(precompiled_findings(pins.driver.flavour, os_id))
     findings.extend(docker_ce_findings(probe.state.installed))
     findings.extend(_daemon_json(probe))
+    findings.extend(unchecked_daemon_json(spec))
     findings.extend(extra)
 
     return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors),
@@ -350,6 +354,24 @@ def _transformers(spec: HostSpec) -> list[Finding]:
     return compat.check_transformers_for_model(
         pinned.transformers, spec.model, cfg.trust_remote_code,
         where=f"the {cfg.engine} {pinned.version} image {pinned.image}")
+
+
+def unpinned_image(what: str, reference: str, setting: str | None) -> list[Finding]:
+    """The one `image-not-pinned` rule, for every image the fleet pulls: a reference without
+    a digest can change under the same tag from one pull to the next."""
+    if "@sha256:" in reference:
+        return []
+    return [Finding(
+        "warning", "image-not-pinned", f"{what} {reference} is pinned by tag only",
+        "no digest", "image@sha256:<digest>",
+        "record the digest with tools/pin_image.py on a machine that reaches the registry"
+        + (f", or give {setting} as name@sha256:<digest>" if setting else ""),
+    )]
+
+
+def exporter_pin_findings(spec: HostSpec) -> list[Finding]:
+    """The DCGM exporter's image, on a host of a monitored fleet (it runs beside the engine)."""
+    return unpinned_image("the DCGM exporter image", dcgm_exporter(spec).image, None)
 
 
 def _forward_compatible(gpus: list[GpuView]) -> dict[str, bool | None]:
@@ -370,13 +392,8 @@ def _engine(spec: HostSpec, probe: HostProbe, gpus: list[GpuView], sizing: Sizin
         found += compat.check_image_cuda(spec.pins.driver.upstream, pinned.image, pinned.cuda,
                                          _forward_compatible(gpus))
         found += compat.check_engine_for_model(cfg.engine, pinned.version, spec.model)
-        if not pinned.digest and not (cfg.image and "@sha256:" in cfg.image):
-            found.append(Finding(
-                "warning", "image-not-pinned",
-                f"the serving image {cfg.image or pinned.image} is pinned by tag only",
-                "no digest in pins.toml", "image@sha256:<digest>",
-                "record it with tools/pin_image.py on a machine that reaches the registry",
-            ))
+        found += unpinned_image("the serving image", serving_image(pinned, cfg.image),
+                                "settings.inference.image")
     found += _weights(spec, probe)
     if not gpus:
         return None, found
@@ -435,6 +452,20 @@ def _weights(spec: HostSpec, probe: HostProbe) -> list[Finding]:
             "serve the mirror over https, then drop allow_plain_http",
         )]
     return []  # hub: checked by the download against the hub's own hashes
+
+
+def unchecked_daemon_json(spec: HostSpec) -> list[Finding]:
+    """A warning per guarded daemon_json key the fleet takes responsibility for
+    (settings.docker.daemon_json_unchecked), at every preflight."""
+    docker = spec.settings.docker
+    return [Finding(
+        "warning", "daemon-json-unchecked",
+        f"settings.docker.daemon_json sets {key!r}, accepted unchecked: {why}",
+        f"{key} = {json.dumps(value)[:200]}", "no such key in daemon_json",
+        "remove it from daemon_json, or keep it knowingly (settings.docker."
+        "daemon_json_unchecked names it)",
+    ) for key, value, why in docker.daemon_json_problems()
+        if key in docker.daemon_json_unchecked]
 
 
 def _daemon_json(probe: HostProbe) -> list[Finding]:

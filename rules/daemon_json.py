@@ -3,7 +3,9 @@
 The user's keys stay. gpufleet adds only what the fleet file asks for: the `nvidia` runtime in
 the shape `nvidia-ctk runtime configure --runtime=docker` writes, an optional
 `default-runtime`, registry mirrors, the daemon-reload protection (cgroupfs driver or CDI) and
-the keys of the `settings.docker.daemon_json` escape hatch, which win over everything.
+the keys of the `settings.docker.daemon_json` escape hatch, which win over everything (the
+fleet's validation refuses escape-hatch keys that would undo the rest or open the host, unless
+`settings.docker.daemon_json_unchecked` names them: DockerSettings.daemon_json_problems).
 
 Every value gpufleet puts there is a *claim*, recorded beside the file (dockerd refuses unknown
 keys in daemon.json itself). When the fleet stops asking for a value, the next run takes back
@@ -18,9 +20,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from inventory.schema import CGROUP_DRIVER_OPT
+
 # What `nvidia-ctk runtime configure --runtime=docker` writes (NVIDIA container toolkit docs).
 NVIDIA_RUNTIME: dict[str, Any] = {"args": [], "path": "nvidia-container-runtime"}
-CGROUP_DRIVER_OPT = "native.cgroupdriver="
 
 Protection = Literal["cgroupfs", "cdi", "none"]
 _ABSENT = {"__gpufleet__": "absent"}  # JSON-able marker: the key did not exist before

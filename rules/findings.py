@@ -22,6 +22,8 @@ CODES: dict[str, str] = {
     "cuda-from-mirror": "the distro's NVIDIA repository lacks the CUDA release; a mirror is used",
     "cuda-not-in-distro-repo": "NVIDIA's repository for this distro does not carry the release",
     "cuda-version-unreadable": "a CUDA version could not be read",
+    "daemon-json-unchecked": "daemon_json sets a key gpufleet guards, accepted by "
+                             "settings.docker.daemon_json_unchecked",
     "daemon-json-unreadable": "/etc/docker/daemon.json is not a JSON object",
     "disk-space-short": "not enough free space where the weights go",
     "distro-unknown": "the host's distro could not be read",
@@ -53,7 +55,8 @@ CODES: dict[str, str] = {
     "gpu-model-differs": "the GPUs are another model than expected",
     "gpu-not-in-catalog": "a GPU is not in the catalog, its memory is unknown",
     "image-needs-forward-compat": "the serving image's CUDA runs only through forward compat",
-    "image-not-pinned": "the serving image is pinned by tag only (no digest recorded)",
+    "image-not-pinned": "an image the fleet pulls (the serving image, the GPU test image, the "
+                        "DCGM exporter) is pinned by tag only (no digest recorded)",
     "listening-without-key": "a service listens beyond loopback with nothing to present "
                              "(no API key; gpufleet has no firewall setting)",
     "mig-enabled": "MIG is on: the engine sees MIG devices, not whole GPUs",

@@ -18,10 +18,12 @@ refuses never replaces the working file.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Literal
 
 from inventory.fleet import HostSpec
+from inventory.urls import host_problem
 from rules.monitoring import engine_targets, host_port, served_name
 from rules.render import render
 
@@ -89,11 +91,36 @@ def behind_gateway(gateway: HostSpec, specs: list[HostSpec]) -> list[HostSpec]:
             and served_name(s) == name]
 
 
+class GatewayConfigError(ValueError):
+    """A value would not be a single token in nginx's configuration (the schema refuses it
+    first: this is the renderer's own guard, so no value can add a directive)."""
+
+
+# The served name appears in a comment and in a quoted string: what the schema allows for it.
+_NGINX_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
+def nginx_server(address: str) -> str:
+    """`host:port` (an IPv6 address in brackets) checked part by part: an IP address or DNS
+    name and a port, nothing nginx would read as more than one token."""
+    host, colon, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ok = ":" in host and host_problem(host) is None
+    else:
+        ok = ":" not in host and host_problem(host) is None
+    if not (colon and ok and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise GatewayConfigError(f"not an nginx server address (host:port): {address!r}")
+    return address
+
+
 def render_gateway(gateway: HostSpec, route: Routing) -> str:
     cfg = gateway.settings.gateway
-    listen = host_port(cfg.bind, cfg.port)
-    pools = [(v, servers) for v, servers in (("stable", route.stable), ("canary", route.canary))
-             if servers]
+    listen = nginx_server(host_port(cfg.bind, cfg.port))
+    if not _NGINX_NAME.fullmatch(route.served_name):
+        raise GatewayConfigError(f"not a served model name: {route.served_name!r}")
+    pools = [(v, tuple(nginx_server(server) for server in servers))
+             for v, servers in (("stable", route.stable), ("canary", route.canary)) if servers]
     weight = route.weight
     if not route.stable:
         weight = 100  # nothing else to route to (a promoted fleet whose stable hosts left)

@@ -181,6 +181,15 @@ def monitoring_problems(specs: list[HostSpec]) -> list[Problem]:
                 f"the monitoring host {monitors[0].name} cannot scrape exporters bound to "
                 "loopback: give this host's address on the monitoring network (or 0.0.0.0 "
                 "behind a firewall), or set settings.monitoring.enabled = false"))
+        if cfg.enabled and cfg.dcgm_registry is None and not cfg.image_archives:
+            problems.append(Problem(
+                spec.where, "settings.monitoring.dcgm_registry", MISSING,
+                f"required in a monitored fleet: the DCGM exporter image "
+                f"{spec.pins.monitoring.dcgm_exporter.image} is published on NVIDIA's NGC "
+                "container registry, not on Docker's default registry, so its bare name cannot "
+                "be pulled. Set it to the NGC registry's host name (NVIDIA's DCGM exporter "
+                "documentation gives it) or to your mirror of it, give settings.monitoring."
+                "image_archives, or set settings.monitoring.enabled = false"))
         if inference.enabled and _loopback(inference.bind):
             problems.append(Problem(
                 spec.where, "settings.inference.bind", inference.bind,

@@ -10,11 +10,10 @@ braces, newlines).
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from facts.host_state import APT_PROXY_PATH as APT_PROXY_PATH
 from facts.host_state import PROXY_ENV_PATH
 from inventory.schema import NetworkSettings
+from inventory.urls import has_credentials as url_has_credentials
 
 # APT_PROXY_PATH and PROXY_ENV_PATH may hold credentials: facts.host_state names them.
 EXTRA_CA_PATH = "/usr/local/share/ca-certificates/gpufleet-extra-ca.crt"
@@ -26,7 +25,7 @@ def _proxies(network: NetworkSettings) -> list[tuple[str, str]]:
 
 
 def has_credentials(network: NetworkSettings) -> bool:
-    return any(urlsplit(url).password or urlsplit(url).username for _, url in _proxies(network))
+    return any(url_has_credentials(url) for _, url in _proxies(network))
 
 
 def secret_mode(network: NetworkSettings) -> str:

@@ -311,6 +311,25 @@ def _port_binding(bind: str, host_port: int, container_port: int) -> str:
     return f"{host}:{host_port}:{container_port}"
 
 
+def _bind(source: str, target: str) -> dict[str, Any]:
+    """A read-only bind mount in Compose's long syntax: a path holding ':' or ',' stays one
+    path (the short syntax splits `source:target:mode` at every ':')."""
+    return {"type": "bind", "source": source, "target": target, "read_only": True}
+
+
+def _literal(value: Any) -> Any:
+    """Every string of a Compose document with '$' written '$$': Compose would otherwise
+    substitute ${VAR} from the environment of whoever runs it (a value from the fleet file
+    must reach the container as written)."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [_literal(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _literal(item) for key, item in value.items()}
+    return value
+
+
 def _health_test(url: str) -> list[str]:
     return ["CMD", "python3", "-c",
             f"import urllib.request; urllib.request.urlopen('{url}', timeout=5)"]
@@ -323,11 +342,11 @@ def _gpu_devices(gpus: tuple[int, ...]) -> dict[str, Any]:
 
 def sglang_key_wrapper(entrypoint: list[str]) -> list[str]:
     """SGLang takes its key only as --api-key: the container's shell appends it from the
-    variable api-key.env sets (``$$``: Compose leaves a single ``$`` for the shell), then
-    execs the engine. The key stays out of the compose file, but is in the engine process's
+    variable api-key.env sets (the document's escaping writes each ``$`` as ``$$``, and
+    Compose hands the shell a single ``$``), then execs the engine. The key stays out of the compose file, but is in the engine process's
     arguments, which the host's process list shows (README: the API key)."""
     variable = API_KEY_VARIABLE["sglang"]
-    return ["sh", "-c", f'exec "$$@" --api-key "$${variable}"', "sglang", *entrypoint]
+    return ["sh", "-c", f'exec "$@" --api-key "${variable}"', "sglang", *entrypoint]
 
 
 def server_entrypoint(plan: EnginePlan, with_key: bool) -> list[str]:
@@ -365,7 +384,7 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
         "image": plan.image,
         "network_mode": "host",
         "ipc": "host",
-        "volumes": [f"{plan.model_dir}:{plan.mount}:ro"],
+        "volumes": [_bind(plan.model_dir, plan.mount)],
         "environment": environment,
         "restart": "unless-stopped",
         "deploy": _gpu_devices(replica.gpus),
@@ -383,7 +402,7 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
         server = [*ENTRYPOINT[plan.engine], *engine_args(plan)]
         if plan.engine == "vllm":
             # Ray's head, then the API server once every node joined (templates/inference).
-            service["volumes"].append(f"{MULTINODE_LAUNCHER}:{LAUNCHER_MOUNT}:ro")
+            service["volumes"].append(_bind(MULTINODE_LAUNCHER, LAUNCHER_MOUNT))
             nodes = [f"--node={name}={address}" for name, address in span.nodes]
             service["entrypoint"] = ["python3", LAUNCHER_MOUNT]
             ray = [f"--ray={flag}" for flag in RayPorts(span.port).start_flags(head=True)
@@ -428,7 +447,7 @@ def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> 
                 "entrypoint": server_entrypoint(plan, plan.api_key),
                 "command": engine_args(plan),
                 "ports": [_port_binding(plan.bind, replica.port, port)],
-                "volumes": [f"{plan.model_dir}:{plan.mount}:ro"],
+                "volumes": [_bind(plan.model_dir, plan.mount)],
                 # The engine never reaches a hub: the weights are all there, verified.
                 "environment": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
                 # Tensor parallel workers share tensors through /dev/shm.
@@ -463,7 +482,7 @@ def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> 
                 "driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}},
             "labels": {"org.gpufleet.role": "dcgm-exporter"},
         }
-    return {"services": services}
+    return _literal({"services": services})
 
 
 class _NoAliases(yaml.SafeDumper):

@@ -3,6 +3,7 @@ rendered file in the simulator (`nginx -t` before every change, tests/e2e/test_m
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,13 @@ from inventory.fleet import load_fleet
 from inventory.schema import CanarySettings
 from rules.canary_verdict import canary_queries, judge
 from rules.fleet_checks import fleet_problems
-from rules.gateway import parse_canary_state, render_canary_state, render_gateway, routing
+from rules.gateway import (
+    GatewayConfigError,
+    parse_canary_state,
+    render_canary_state,
+    render_gateway,
+    routing,
+)
 from rules.monitoring import is_monitor
 from tests.unit.test_monitoring import FLEET
 
@@ -114,3 +121,30 @@ def test_queries_select_the_served_model_by_variant() -> None:
     assert 'vllm:time_to_first_token_seconds_bucket{model="deepseek-r1-distill-qwen-7b"}[5m]' \
         in queries["ttft_p99"]
     assert "sum by (variant)" in queries["tokens_per_second"]
+
+
+def test_an_ipv6_monitoring_address_becomes_one_bracketed_server(tmp_path: Path) -> None:
+    gateway, hosts = specs(tmp_path, FLEET.replace(
+        'target = "gpu-02.example.internal"',
+        'target = "gpu-02.example.internal"\nsettings = { monitoring = { address = "fd00::12" } }'))
+    text = render_gateway(gateway, routing(gateway, hosts, "running"))
+    assert "    server [fd00::12]:8001 max_fails=3 fail_timeout=10s;" in text
+
+
+@pytest.mark.parametrize("address", [
+    "10.0.0.12:9000; } server { listen 80; location / { proxy_pass http://evil",
+    "gpu-02.example.internal max_fails=0",
+    "gpu-02\n}",
+    "fd00::12",  # an IPv6 address without its brackets: nginx would misread the port
+])
+def test_the_renderer_refuses_a_server_that_is_not_host_and_port(tmp_path: Path,
+                                                                 address: str) -> None:
+    """The schema refuses these addresses (tests/fixtures/hostile_fleets); the renderer
+    checks the parts again itself, so no path around the schema adds an nginx directive."""
+    gateway, hosts = specs(tmp_path)
+    route = routing(gateway, hosts, "running")
+    hostile = replace(route, canary=(f"{address}:8000",))
+    with pytest.raises(GatewayConfigError, match="not an nginx server address"):
+        render_gateway(gateway, hostile)
+    with pytest.raises(GatewayConfigError, match="not a served model name"):
+        render_gateway(gateway, replace(route, served_name='m"; return 200 "x'))

@@ -46,12 +46,12 @@ bind = "0.0.0.0"
 bind = "0.0.0.0"
 
 [groups.hgx]
-settings = { gpus = { count = 8, model = "H100 80GB HBM3" } }
+settings = { gpus = { count = 8, model = "H100 80GB HBM3" }, monitoring = { dcgm_registry = "mirror.example.internal" } }
 [groups.hgx.hosts.gpu-01]
 target = "10.0.0.11"
 
 [groups.canary]
-settings = { gpus = { count = 2, model = "A100-PCIE-40GB" }, inference = { variant = "canary" } }
+settings = { gpus = { count = 2, model = "A100-PCIE-40GB" }, inference = { variant = "canary" }, monitoring = { dcgm_registry = "mirror.example.internal" } }
 [groups.canary.hosts.gpu-02]
 target = "gpu-02.example.internal"
 

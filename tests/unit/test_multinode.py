@@ -374,8 +374,9 @@ def test_vllm_head_runs_ray_then_the_server_and_the_worker_joins_it(tmp_path: Pa
     assert ray["environment"]["NCCL_SOCKET_IFNAME"] == "=eth1"
     assert ray["environment"]["VLLM_HOST_IP"] == "10.0.0.2"
     assert "healthcheck" not in ray and "env_file" not in ray
-    assert ray["volumes"] == ["/srv/models/deepseek-r1-distill-qwen-7b:"
-                              "/models/deepseek-r1-distill-qwen-7b:ro"]  # the same path
+    assert ray["volumes"] == [{"type": "bind", "source": "/srv/models/deepseek-r1-distill-qwen-7b",
+                               "target": "/models/deepseek-r1-distill-qwen-7b",
+                               "read_only": True}]  # the same path
 
 
 def test_sglang_runs_the_same_command_on_every_node(tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from inventory.pins import PINS_FILE
+from inventory.pins import PINS_FILE, ContainerImage
 
 # tools/ holds scripts, not a package: load the one under test by its path.
 _SPEC = importlib.util.spec_from_file_location(
@@ -39,3 +40,12 @@ def test_the_dcgm_exporter_table_takes_a_digest_too() -> None:
     changed = set_digest(text, "r535-cuda121", "monitoring.dcgm_exporter", DIGEST)
     table = changed.split("[sets.r535-cuda121.monitoring.dcgm_exporter]", 1)[1].split("\n[", 1)[0]
     assert f'digest = "{DIGEST}"' in table and changed.count(DIGEST) == 1
+
+
+@pytest.mark.parametrize("image", ["-vllm/vllm-openai:v1", "vllm/VLLM-openai:v1",
+                                   "vllm/vllm-openai", "vllm/vllm-openai:v1@sha256:" + "0" * 64,
+                                   "vllm/vllm-openai:-v1"])
+def test_a_pinned_image_follows_dockers_reference_grammar(image: str) -> None:
+    with pytest.raises(ValidationError):
+        ContainerImage(image=image)
+    assert ContainerImage(image="registry.example.internal:5000/vllm/vllm-openai:v0.4.2")

@@ -32,7 +32,7 @@ from facts.system import (
 )
 from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec, load_fleet
-from rules.assessment import assess, render, storage_class
+from rules.assessment import assess, exporter_pin_findings, render, storage_class
 from rules.host_plan import HostPlan, plan_host
 from tests.sim.weights import config_json
 
@@ -268,3 +268,19 @@ def test_plan_refuses_a_distro_the_pin_set_has_no_docker_for(tmp_path: Path) -> 
     assert "no Docker engine version for ubuntu2404" in plan[0].what
     # and preflight refuses the host for it, before anything changes
     assert "docker-not-pinned" in codes(tmp_path, probe)
+
+
+def test_every_image_the_fleet_pulls_is_warned_about_until_pinned_by_digest(
+        tmp_path: Path) -> None:
+    """image-not-pinned covers the GPU test image and the DCGM exporter, not only the engine."""
+    def unpinned(assessment_spec: HostSpec) -> list[str]:
+        return [f.what for f in assess(assessment_spec, bare_host()).findings.warnings
+                if f.code == "image-not-pinned"]
+
+    host_spec = spec(tmp_path)
+    assert any(w.startswith("the GPU test image nvidia/cuda:") for w in unpinned(host_spec))
+    (exporter,) = exporter_pin_findings(host_spec)
+    assert exporter.code == "image-not-pinned" and "dcgm-exporter" in exporter.what
+    digest = "sha256:" + "0" * 64
+    pinned = spec(tmp_path, f'verify = {{ gpu_test_image = "nvidia/cuda@{digest}" }}')
+    assert not any("GPU test image" in w for w in unpinned(pinned))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from inventory.schema import AptRepo
+from operations.apt_repos import key_url_problem
 from rules.apt_sources import (
     CUDA_KEY_FINGERPRINT,
     TOOLKIT_KEY_FINGERPRINT,
@@ -94,3 +96,25 @@ def test_bad_mirror_urls(url: str, error: str) -> None:
 def test_bad_fingerprint() -> None:
     with pytest.raises(ValueError, match="40-hex-digit"):
         AptRepo(key_fingerprint="1234")
+
+
+@pytest.mark.parametrize("key_url", [
+    "https://mirror.example.internal/keys/cuda.asc?token=a;b",
+    "https://mirror.example.internal/keys/$arch/cuda.asc",
+    "https://mirror.example.internal/keys/`id`.asc",
+    "https://mirror.example.internal/keys/cuda.asc?token=a%3Bb",
+    "https://mirror.example.internal/k(1)!/cuda.asc?a=1&b=2",
+    "https://[fd00::1]:8443/keys/cuda.asc",
+])
+def test_the_keyring_operation_and_the_schema_agree_on_key_urls(key_url: str) -> None:
+    """One URL rule: what the fleet file was validated with is never refused mid-deploy, and
+    what the operation refuses is refused at validation (';' and '$' were accepted there,
+    then refused by the keyring operation halfway through a deploy)."""
+    try:
+        repo = AptRepo(url="https://mirror.example.internal/c/{distro}/{arch}", key_url=key_url)
+    except ValidationError:
+        schema_accepts = False
+    else:
+        schema_accepts = True
+        key_url = cuda_source(repo, "ubuntu", "22.04", "amd64").key_url
+    assert (key_url_problem(key_url) is None) is schema_accepts

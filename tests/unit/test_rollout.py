@@ -19,7 +19,7 @@ FLEET = """
 weights_path = "/srv/models/m"
 tensor_parallel = 1
 inference = { bind = "0.0.0.0" }
-monitoring = { bind = "0.0.0.0" }
+monitoring = { bind = "0.0.0.0", dcgm_registry = "mirror.example.internal" }
 
 [groups.a]
 settings = { gpus = { count = 2 }, rollout = { batch = 2 } }

@@ -113,7 +113,8 @@ def test_the_compose_file_keeps_the_engine_offline_and_the_api_on_loopback(
     document = compose_document(plan(tmp_path, gpus=2))
     engine = document["services"]["engine-1"]
     assert engine["ports"] == ["127.0.0.1:8001:8000"]
-    assert engine["volumes"] == ["/srv/models/qwen-7b:/models/qwen-7b:ro"]
+    assert engine["volumes"] == [{"type": "bind", "source": "/srv/models/qwen-7b",
+                                  "target": "/models/qwen-7b", "read_only": True}]
     assert engine["environment"]["HF_HUB_OFFLINE"] == "1"
     assert engine["ipc"] == "host" and engine["restart"] == "unless-stopped"
     assert engine["deploy"]["resources"]["reservations"]["devices"] == [
@@ -181,6 +182,45 @@ def test_docker_compose_accepts_the_rendered_file(tmp_path: Path, settings: str)
     assert proc.returncode == 0, proc.stderr
     resolved = yaml.safe_load(proc.stdout)["services"]
     assert sorted(resolved) == ["engine-0", "engine-1", "engine-2", "engine-3"]
+
+
+# A weights folder whose name holds what Compose would read: '$' (substitution), ':' (the short
+# volume syntax's separator), ',' and spaces.
+ODD_FOLDER = "/srv/models/a:b,c $HOME ${USER:-x} $$"
+ODD_SETTINGS = f'[groups.g]\nsettings = {{ weights_path = "{ODD_FOLDER}" }}\n'
+
+
+def test_fleet_values_reach_compose_as_written(tmp_path: Path) -> None:
+    document = compose_document(plan(tmp_path, ODD_SETTINGS))
+    engine = document["services"]["engine-0"]
+    (volume,) = engine["volumes"]
+    assert volume == {"type": "bind", "source": ODD_FOLDER.replace("$", "$$"),
+                      "target": "/models/" + ODD_FOLDER.rsplit("/", 1)[1].replace("$", "$$"),
+                      "read_only": True}
+    assert "--model" in engine["command"]
+    model = engine["command"][engine["command"].index("--model") + 1]
+    assert model == volume["target"]
+    # Nothing else holds a lone '$' either.
+    text = render_compose(plan(tmp_path, ODD_SETTINGS))
+    assert "$HOME" not in text.replace("$$", "")
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose")
+def test_docker_compose_reads_an_odd_weights_folder_as_written(tmp_path: Path) -> None:
+    """The real tool: no substitution, no split at ':' (with HOME and USER set)."""
+    path = tmp_path / "docker-compose.yml"
+    path.write_text(render_compose(plan(tmp_path, ODD_SETTINGS)))
+    proc = subprocess.run(["docker-compose", "--file", str(path), "config"],
+                          capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "HOME": "/root", "USER": "root"})
+    assert proc.returncode == 0, proc.stderr
+    engine = yaml.safe_load(proc.stdout)["services"]["engine-0"]
+    (volume,) = engine["volumes"]
+    # `config` prints the file back with '$' escaped again: the literal path, never /root.
+    assert "/root" not in proc.stdout and "WARNING" not in proc.stderr
+    assert volume["source"] == ODD_FOLDER.replace("$", "$$") and volume["read_only"] is True
+    assert volume["target"] == "/models/" + ODD_FOLDER.rsplit("/", 1)[1].replace("$", "$$")
+    assert engine["command"][engine["command"].index("--model") + 1] == volume["target"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
