@@ -17,6 +17,7 @@ from typing import NoReturn
 
 from pydantic import BaseModel
 
+from inventory.key_files import KeyFileError, key_problem
 from inventory.toml import TomlFileError, read_small_file
 
 EXIT_BAD_INPUT = 2
@@ -71,32 +72,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {printable(message)}\n")
 
 
-class KeyFileError(Exception):
-    """A key file that cannot be used; the message completes "FILE: ..."."""
-
-
 def read_key_file(path: Path) -> str:
-    """The API key in ``path``: one line of printable ASCII without spaces (it goes into an
-    HTTP header). An empty file is refused: it would silently send no key at all."""
+    """The key in ``path``, by the fleet's one key-file rule (inventory.key_files): one line,
+    never empty. Read bounded, so a directory, a device or a huge file is one clear line too.
+    Any length is taken: --url may name an endpoint gpufleet did not set up."""
     try:
         data = read_small_file(path, KEY_FILE_MAX_BYTES)
     except TomlFileError as exc:
         raise KeyFileError(exc.reason) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise KeyFileError("not UTF-8 text: a key is one line of printable ASCII") from None
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    if not lines:
-        raise KeyFileError("empty: a key file holds the key on one line (an empty key would "
-                           "send no key at all)")
-    if len(lines) > 1:
-        raise KeyFileError(f"{len(lines)} lines: a key file holds one line, the key")
-    key = lines[0].strip()
-    if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
-        raise KeyFileError("the key holds control characters, spaces or non-ASCII characters: "
-                           "a key is printable ASCII without spaces")
-    return key
+    problem = key_problem(data, min_length=1)
+    if problem:
+        raise KeyFileError(problem)
+    return data.decode("utf-8").strip()
 
 
 def schema_most(model: type[BaseModel], name: str) -> int:
