@@ -34,6 +34,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inventory.fleet import Fleet, FleetError, HostSpec, load_fleet
+from rules.gateway import behind_gateway
 from rules.monitoring import fleet_replicas, served_name
 from tools.inputs import (
     EXIT_BAD_INPUT,
@@ -110,7 +111,8 @@ def select_endpoints(fleet: Fleet, keys: dict[str, str | None],
     """The endpoints the fleet file configures, and the hosts skipped (with why): the gateway
     of a monitoring host, and each replica of a GPU host (replica N on inference.port + N, as
     many as fleet_replicas says: what the monitoring host scrapes and the gateway routes to).
-    Nothing else is probed; each host's key goes only to that host's endpoints."""
+    Nothing else is probed; each host's key goes only to that host's endpoints, and the
+    gateway's to the engines behind it (nginx passes it on)."""
     endpoints: list[Endpoint] = []
     skipped: list[str] = []
     for spec in fleet.hosts:
@@ -118,9 +120,15 @@ def select_endpoints(fleet: Fleet, keys: dict[str, str | None],
         if spec.settings.role == "monitor":
             gateway = spec.settings.gateway
             address = address_of(spec, gateway.bind) if gateway.enabled else None
-            if address is not None:
+            # nginx passes the client's Authorization on: the gateway takes the key of the
+            # engines behind it, when they share one (else no single client key would do).
+            behind = {keys.get(s.name) for s in behind_gateway(spec, fleet.hosts)}
+            if len(behind) > 1:
+                skipped.append(f"{spec.name} (gateway): the hosts behind it have different API "
+                               "keys, so no one key passes it: give them one api_key_file")
+            elif address is not None:
                 endpoints.append(_endpoint(spec, f"{spec.name} (gateway)", address,
-                                           gateway.port, key))
+                                           gateway.port, next(iter(behind), None) or key))
             continue
         replicas = fleet_replicas(spec)
         if not cfg.enabled or replicas == 0:

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -330,7 +331,6 @@ def test_smoke_tests_exactly_the_replicas_the_fleet_configures(
         ("gpu-02", "http://[2001:db8::2]:9000"), ("gpu-02", "http://[2001:db8::2]:9001"),
         ("gpu-03", "http://192.0.2.13:8000"),
         ("node-0", "http://192.0.2.20:8000"),
-        ("mon-01 (gateway)", "http://192.0.2.5:8080"),
     ]
     # Each replica gets the key its own host's settings name: group three's file, or the key
     # the loader generated for the APIs beyond loopback that named none; never another's.
@@ -345,8 +345,37 @@ def test_smoke_tests_exactly_the_replicas_the_fleet_configures(
     assert {url for url, key in keys.items() if key == other} == {
         "http://[2001:db8::2]:9000", "http://[2001:db8::2]:9001", "http://192.0.2.13:8000",
         "http://192.0.2.20:8000"}
-    assert [line.split(":")[0] for line in skipped] == ["gpu-03", "gpu-04"]
+    # The gateway passes the client's key on to engines that do not share one: no key would do.
+    assert [line.split(":")[0] for line in skipped] == ["gpu-03", "gpu-04", "mon-01 (gateway)"]
     assert "does not say how many" in skipped[0] and "bound to 127.0.0.1" in skipped[1]
+    assert "different API keys" in skipped[2]
+
+
+def test_smoke_sends_the_gateway_the_key_of_the_engines_behind_it(tmp_path: Path) -> None:
+    from inventory.fleet import load_fleet
+    from tools import smoke
+
+    key = "sk-one-key-for-the-fleet-0123456789abcdef"
+    (tmp_path / "key").write_text(key + "\n")
+    (tmp_path / "fleet.toml").write_text(textwrap.dedent("""
+        [settings]
+        model = "deepseek-r1-distill-qwen-7b"
+        weights_path = "/srv/models/m"
+        inference = { bind = "0.0.0.0", replicas = 1, api_key_file = "key" }
+        [groups.gpu.hosts.gpu-01]
+        target = "192.0.2.10"
+        [groups.gpu.hosts.gpu-02]
+        target = "192.0.2.11"
+        [groups.monitor]
+        settings = { role = "monitor", gateway = { bind = "0.0.0.0" } }
+        [groups.monitor.hosts.mon-01]
+        target = "192.0.2.5"
+    """))
+    fleet = load_fleet(tmp_path / "fleet.toml")
+    endpoints, skipped = smoke.select_endpoints(fleet, smoke.api_keys(fleet), smoke.host_address)
+    assert skipped == []
+    assert [(e.host, e.api_key) for e in endpoints] == [
+        ("gpu-01", key), ("gpu-02", key), ("mon-01 (gateway)", key)]
 
 
 def test_smoke_reads_every_key_before_any_request(tmp_path: Path) -> None:
