@@ -27,7 +27,9 @@ from rules.gateway import (
     GATEWAY_CONF,
     NGINX_CHECK,
     STATUS_PORT,
+    Drainer,
     Phase,
+    drain_report,
     parse_canary_state,
     parse_drained,
     render_gateway,
@@ -63,8 +65,9 @@ def recorded_phase() -> Phase:
     return parse_canary_state(host_state().content(CANARY_STATE))
 
 
-def recorded_drain() -> frozenset[str]:
-    """The hosts a rollout took out of the gateway (tools/rollout.py, deploys/drain.py)."""
+def recorded_drain() -> dict[str, Drainer]:
+    """The hosts out of the gateway, and who drained each (deploys/drain.py by hand, or
+    tools/rollout.py's batch)."""
     return parse_drained(host_state().content(DRAIN_STATE))
 
 
@@ -75,7 +78,12 @@ def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
 
     ``gate``: pyinfra global arguments (``_if``) for the routing change (the canary actions
     change it only when every canary host passed)."""
-    route = routing(spec, fleet, phase, recorded_drain() if drained is None else drained)
+    if drained is None:
+        recorded = recorded_drain()
+        drained = frozenset(recorded)
+        if recorded:  # every deploy says which hosts stay out of rotation, and who took them out
+            host.noop(drain_report(recorded))
+    route = routing(spec, fleet, phase, drained)
     conf = validated_file(
         name=f"Ensure the gateway routes {route.weight} % to the canary (phase {route.phase}; "
              "checked by nginx -t)",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,8 +31,12 @@ from rules.render import render
 GATEWAY_CONF = "/etc/nginx/conf.d/gpufleet-gateway.conf"
 GATEWAY_LOG = "/var/log/nginx/gpufleet-gateway.log"
 CANARY_STATE = "/var/lib/gpufleet/canary.json"
-# The hosts a rollout took out of the gateway while their batch converges.
+# The hosts out of the gateway, and who took each out: by hand (deploys/drain.py), or a
+# rollout while their batch converges. A batch puts back only what a batch drained.
 DRAIN_STATE = "/var/lib/gpufleet/drained.json"
+Drainer = Literal["hand", "rollout"]
+HAND: Drainer = "hand"
+ROLLOUT: Drainer = "rollout"
 STATUS_PORT = 8099  # nginx stub_status, loopback only
 Phase = Literal["off", "running", "promoted", "rolled-back"]
 PHASES: tuple[Phase, ...] = ("off", "running", "promoted", "rolled-back")
@@ -144,15 +149,48 @@ def parse_canary_state(text: str | None) -> Phase:
     return phase if phase in PHASES else "off"
 
 
-def render_drained(hosts: frozenset[str]) -> str:
-    return json.dumps({"hosts": sorted(hosts)}) + "\n"
+def render_drained(state: Mapping[str, Drainer]) -> str:
+    """``hosts``: every drained host (what older readers read); ``by``: who drained each."""
+    return json.dumps({"hosts": sorted(state), "by": dict(sorted(state.items()))}) + "\n"
 
 
-def parse_drained(text: str | None) -> frozenset[str]:
-    """The hosts recorded as drained; none when nothing (or garbage) is recorded."""
+def parse_drained(text: str | None) -> dict[str, Drainer]:
+    """The hosts recorded as drained, with who drained each; none when nothing (or garbage)
+    is recorded. A host with no (or an unknown) drainer counts as drained by hand: a rollout
+    never puts it back (a file written before drainers were recorded, say)."""
     try:
-        hosts = json.loads(text or "{}").get("hosts", [])
+        data = json.loads(text or "{}")
+        hosts, by = data.get("hosts", []), data.get("by", {})
     except (ValueError, AttributeError):
-        return frozenset()
-    return frozenset(h for h in hosts if isinstance(h, str)) if isinstance(hosts, list) \
-        else frozenset()
+        return {}
+    if not isinstance(hosts, list):
+        return {}
+    by = by if isinstance(by, dict) else {}
+    return {h: ROLLOUT if by.get(h) == ROLLOUT else HAND for h in hosts if isinstance(h, str)}
+
+
+def drain_hosts(state: Mapping[str, Drainer], hosts: Iterable[str],
+                by: Drainer) -> dict[str, Drainer]:
+    """``state`` with ``hosts`` drained too (drains add up). A host drained by hand stays
+    recorded as the hand's, whoever drains it again: a batch's restore leaves it out."""
+    out = dict(state)
+    for name in hosts:
+        out[name] = HAND if HAND in (by, out.get(name)) else by
+    return out
+
+
+def restore_hosts(state: Mapping[str, Drainer], hosts: Iterable[str],
+                  by: Drainer) -> dict[str, Drainer]:
+    """``state`` with ``hosts`` back in rotation: by hand, any of them; by a rollout, only
+    those a rollout drained (a host drained by hand stays drained)."""
+    back = {name for name in hosts if by == HAND or state.get(name) == ROLLOUT}
+    return {name: who for name, who in state.items() if name not in back}
+
+
+def drain_report(state: Mapping[str, Drainer]) -> str:
+    """One line: which hosts are out of the gateway, and who took each out."""
+    if not state:
+        return "no host is drained from the gateway"
+    return "drained from the gateway: " + ", ".join(
+        f"{name} ({'by hand' if who == HAND else 'by a rollout batch'})"
+        for name, who in sorted(state.items()))
