@@ -12,8 +12,9 @@ each replica; the gateway changes only if every canary host is in the run, still
 completed that proof in this same run: anything else (`--limit <gateway>`, a canary host
 unreachable or failed) is refused, naming the hosts. `rollback` never waits for a proof (it
 routes away from the canary). Each gateway change is render,
-`nginx -t`, atomic rename, graceful reload. The phase is recorded on the gateway host, so the
-main deploy keeps the routing as the last action left it. With
+`nginx -t`, atomic rename, graceful reload. The phase is recorded on the gateway host as
+pending first and as applied once nginx reloaded, so the main deploy keeps the routing as the
+last action left it (and says so when one was cut short). With
 settings.canary.auto_rollback, `status` rolls back by itself when its verdict is "roll back".
 """
 
@@ -25,23 +26,16 @@ import logging
 from pyinfra import host, state
 
 from deploys.inference import engine_check
-from deploys.monitoring_host import gateway
+from deploys.monitoring_host import gateway_change, recorded_drain, warn_pending
 from deploys.preflight import read_host
 from deploys.spec import fleet_specs, host_spec
 from facts.canary_figures import CanaryFigures
 from inventory.fleet import HostSpec, pyinfra_host_name
 from operations.checks import check, completed, completed_hosts, refuse_host
-from operations.host_files import managed_file
 from operations.model_weights import weights_verified
 from rules.assessment import assess
 from rules.canary_verdict import CanaryProof, canary_proof, canary_queries, duration_seconds, judge
-from rules.gateway import (
-    ACTIONS,
-    CANARY_STATE,
-    GATEWAY_LOG,
-    Phase,
-    render_canary_state,
-)
+from rules.gateway import ACTIONS, GATEWAY_LOG, Phase
 from rules.monitoring import is_monitor, prometheus_url, served_name
 
 logger = logging.getLogger("gpufleet")
@@ -101,12 +95,11 @@ def route(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
             return (None if found.passed else found.render()), found.render()
 
         check(name="Ensure every canary host proved itself in this run", verdict=proof)
-    managed_file(name=f"Record the canary phase: {phase}", path=CANARY_STATE,
-                 content=render_canary_state(phase), _if=gate)
-    gateway(spec, fleet, phase, _if=gate)
+    gateway_change(spec, fleet, phase, recorded_drain(), _if=gate)
 
 
 def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
+    warn_pending()
     cfg = spec.settings.canary
     figures = host.get_fact(CanaryFigures, spec=json.dumps({
         "prometheus": prometheus_url(spec),

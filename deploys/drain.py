@@ -17,21 +17,14 @@ hosts drained already), unless the rollout was given --allow-outage.
 
 from __future__ import annotations
 
+import logging
+
 from pyinfra import host
 
-from deploys.monitoring_host import gateway, recorded_drain, recorded_phase
+from deploys.monitoring_host import gateway_change, recorded_drain, recorded_phase, warn_pending
 from deploys.spec import fleet_specs, host_spec
 from operations.checks import refuse_host
-from operations.host_files import managed_file
-from rules.gateway import (
-    DRAIN_STATE,
-    HAND,
-    ROLLOUT,
-    drain_hosts,
-    drain_report,
-    render_drained,
-    restore_hosts,
-)
+from rules.gateway import HAND, ROLLOUT, drain_hosts, drain_report, restore_hosts
 from rules.monitoring import is_monitor
 from rules.rollout import (
     ALLOW_OUTAGE_DATA,
@@ -41,6 +34,8 @@ from rules.rollout import (
     outages,
     parse_plan,
 )
+
+logger = logging.getLogger("gpufleet")
 
 
 def names_of(raw: object) -> frozenset[str]:
@@ -79,6 +74,6 @@ else:
             state = drain_hosts(recorded, names, by)
         else:  # drain= : every host back (by hand; a rollout always names its batch)
             state = {} if by == HAND else dict(recorded)
-        managed_file(name="Record the drained hosts: " + drain_report(state),
-                     path=DRAIN_STATE, content=render_drained(state) if state else None)
-        gateway(spec, fleet, recorded_phase(), drained=frozenset(state))
+        warn_pending()  # replaced by this change
+        host.log_styled(drain_report(state), log_func=logger.warning)
+        gateway_change(spec, fleet, recorded_phase(), state)
