@@ -35,7 +35,7 @@ from operations.checks import check, completed, completed_hosts, refuse_host
 from operations.model_weights import weights_verified
 from rules.assessment import assess
 from rules.canary_verdict import CanaryProof, canary_proof, canary_queries, duration_seconds, judge
-from rules.gateway import ACTIONS, GATEWAY_LOG, Phase
+from rules.gateway import ACTIONS, GATEWAY_LOG, Phase, drain_report
 from rules.monitoring import is_monitor, prometheus_url, served_name
 
 logger = logging.getLogger("gpufleet")
@@ -100,6 +100,9 @@ def route(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
 
 def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
     warn_pending()
+    drained = recorded_drain()
+    if drained:  # hosts out of rotation (by hand, or a rollout's batch) serve neither side
+        host.log_styled(drain_report(drained), log_func=logger.warning)
     cfg = spec.settings.canary
     figures = host.get_fact(CanaryFigures, spec=json.dumps({
         "prometheus": prometheus_url(spec),

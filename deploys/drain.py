@@ -4,9 +4,10 @@
     pyinfra -y inventory.py deploys/drain.py --data restore=gpu-03        # that one back
     pyinfra -y inventory.py deploys/drain.py --data drain=                # everyone back
 
-Acts on the monitoring host's gateway only: records the drained hosts and who drained each
-(/var/lib/gpufleet/drained.json, which the main deploy keeps) and routes around them: render,
-`nginx -t`, atomic rename, graceful reload, so requests in flight on a drained host finish.
+Acts on the monitoring host's gateway only: routes around the drained hosts (render, `nginx
+-t`, atomic rename, graceful reload, so requests in flight on a drained host finish) and records
+them with who drained each (/var/lib/gpufleet/drained.json, which the main deploy keeps) once
+nginx reloaded; until then the change is recorded as pending (rules/gateway.py).
 Drains add up: draining a host keeps the others drained. tools/rollout.py drains and restores
 its batch with --data gpufleet_rollout_batch=N: it puts back only the hosts a rollout drained,
 so a host drained by hand stays drained through a rollout until someone restores it. Every run
