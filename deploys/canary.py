@@ -11,11 +11,11 @@ every canary host's weights against their manifest (all files hashed) and a comp
 each replica; the gateway changes only if every canary host is in the run, still active, and
 completed that proof in this same run: anything else (`--limit <gateway>`, a canary host
 unreachable or failed) is refused, naming the hosts. `rollback` never waits for a proof (it
-routes away from the canary). Each gateway change is render,
-`nginx -t`, atomic rename, graceful reload. The phase is recorded on the gateway host as
-pending first and as applied once nginx reloaded, so the main deploy keeps the routing as the
-last action left it (and says so when one was cut short). With
-settings.canary.auto_rollback, `status` rolls back by itself when its verdict is "roll back".
+routes away from the canary). Each gateway change is render, `nginx -t`, atomic rename,
+graceful reload. The phase is recorded on the gateway host as pending first and as applied
+once nginx reloaded, so the main deploy keeps the routing as the last action left it (and
+says so when one was cut short). With settings.canary.auto_rollback, `status` rolls back by
+itself when its verdict is "roll back".
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from pyinfra.operations import server
 from facts.host_state import host_state
 from inventory.fleet import HostSpec
 from operations.apt_pins import packages_present
+from operations.checks import refuse_host
 from operations.host_files import managed_file, validated_file
 from operations.services import reloaded_after, restarted_after, service
 from rules.gateway import (
@@ -207,8 +208,11 @@ def monitoring_host(spec: HostSpec, fleet: list[HostSpec]) -> None:
     if spec.settings.gateway.enabled:
         # The applied routing; a pending change (an interrupted canary action or drain) is
         # said, and applied only when asked.
-        pending = warn_pending()
-        if pending is not None and host.data.get(APPLY_PENDING_DATA) == "apply":
+        pending, asked = warn_pending(), host.data.get(APPLY_PENDING_DATA)
+        if asked not in (None, "apply"):
+            refuse_host(name="Refuse: what to do with a pending gateway change?",
+                        message=f"--data {APPLY_PENDING_DATA}={asked}: allowed: apply")
+        elif pending is not None and asked == "apply":
             gateway_change(spec, fleet, pending.phase, pending.drained_hosts)
         else:
             gateway(spec, fleet, recorded_phase())
