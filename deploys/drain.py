@@ -46,7 +46,8 @@ def names_of(raw: object) -> frozenset[str]:
 spec = host_spec()
 fleet = fleet_specs()
 raw_drain, raw_restore = host.data.get("drain"), host.data.get("restore")
-by = ROLLOUT if host.data.get(ROLLOUT_BATCH_DATA) else HAND
+# pyinfra reads a --data value as a number where it can (batch 0: the rollout's last sweep)
+by = ROLLOUT if host.data.get(ROLLOUT_BATCH_DATA) is not None else HAND
 names, back = names_of(raw_drain), names_of(raw_restore)
 unknown = sorted((names | back) - {s.name for s in fleet if s.settings.role == "gpu"})
 if not (is_monitor(spec) and spec.settings.gateway.enabled):
@@ -59,8 +60,8 @@ elif (raw_drain is None) == (raw_restore is None) or unknown:
 else:
     recorded = recorded_drain()
     # A rollout's batches, from this one on, against the hosts out of the gateway already.
-    found = outages(fleet, parse_plan(host.data.get(ROLLOUT_PLAN_DATA)), set(recorded)) \
-        if by == ROLLOUT and names else []
+    plan = parse_plan(str(host.data.get(ROLLOUT_PLAN_DATA) or ""))
+    found = outages(fleet, plan, set(recorded)) if by == ROLLOUT and names else []
     if found and not host.data.get(ALLOW_OUTAGE_DATA):
         refuse_host(name="Refuse: the rollout would leave a served model without a replica",
                     message="\n".join([

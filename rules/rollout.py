@@ -39,14 +39,22 @@ def batch_size(setting: int | str, group_size: int) -> int:
 
 def batches(specs: list[HostSpec], *, skip: Collection[str] = (),
             drained: Collection[str] = (), allow_outage: bool = False) -> list[list[HostSpec]]:
+    """The batches of ``cut_batches``, without the hosts of ``skip`` (`--behind-only`: those
+    already on the pins). A batch that would leave a served model without a replica in
+    rotation (``drained``: hosts out of the gateway already) raises :class:`OutageRefused`,
+    unless ``allow_outage``."""
+    cut = [kept for batch in cut_batches(specs)
+           if (kept := [s for s in batch if s.name not in skip])]
+    found = outages(specs, [[s.name for s in batch] for batch in cut], drained)
+    if found and not allow_outage:
+        raise OutageRefused(found)
+    return cut
+
+
+def cut_batches(specs: list[HostSpec]) -> list[list[HostSpec]]:
     """The GPU hosts, group by group in the fleet file's order, cut by each group's
     settings.rollout.batch (the first host's, as a group sets it). The nodes of a replica
-    across hosts stay in one batch: a batch is rounded up to whole replicas.
-
-    ``skip``: hosts left out once the batches are cut (`--behind-only`: those already on the
-    pins). A batch that would leave a served model without a replica in rotation (``drained``:
-    hosts out of the gateway already) raises :class:`OutageRefused`, unless ``allow_outage``.
-    """
+    across hosts stay in one batch: a batch is rounded up to whole replicas."""
     groups: dict[str, list[HostSpec]] = {}
     for spec in specs:
         if spec.settings.role == "gpu":
@@ -57,11 +65,19 @@ def batches(specs: list[HostSpec], *, skip: Collection[str] = (),
         nodes = members[0].settings.multinode.nodes if members[0].replica else 1
         size = -(-size // nodes) * nodes  # the replicas are the group's hosts N at a time
         cut += [members[i:i + size] for i in range(0, len(members), size)]
-    cut = [kept for batch in cut if (kept := [s for s in batch if s.name not in skip])]
-    found = outages(specs, [[s.name for s in batch] for batch in cut], drained)
-    if found and not allow_outage:
-        raise OutageRefused(found)
     return cut
+
+
+def restored_after(plan: Sequence[Sequence[HostSpec]], number: int,
+                   specs: list[HostSpec]) -> list[str]:
+    """The hosts batch ``number`` (1-based) of ``plan`` puts back into the gateway: its whole
+    batch as cut, the hosts `--behind-only` skipped too (a stopped rollout left them drained);
+    after the last batch, every GPU host. Only hosts a rollout drained come back: the
+    gateway's drain keeps those drained by hand (rules/gateway.py restore_hosts)."""
+    if number == len(plan):
+        return [s.name for s in specs if s.settings.role == "gpu"]
+    whole = {s.name: [t.name for t in batch] for batch in cut_batches(specs) for s in batch}
+    return sorted({name for s in plan[number - 1] for name in whole[s.name]})
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ of the group). For each batch, in the fleet file's order:
   2. converge it: `pyinfra -y inventory.py deploys/gpu_host.py --limit ...`, whose last checks
      are the GPUs, a GPU container and a chat completion from every replica; the batch's
      reboots happen together;
-  3. put it back into the gateway: only the batch's own hosts (a host drained by hand,
-     `deploys/drain.py`, stays drained until someone puts it back).
+  3. put it back into the gateway: only hosts a rollout drained, the batch's own (and after
+     the last batch, any a stopped rollout left drained); a host drained by hand
+     (`deploys/drain.py`) stays drained until someone puts it back.
 
 A batch that would leave a served model without a replica in rotation (it holds every host
 serving the model, the others drained already, or there are none: one GPU host, or
@@ -54,6 +55,7 @@ from rules.rollout import (  # noqa: E402
     batches,
     pin_state,
     render_plan,
+    restored_after,
 )
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
@@ -134,10 +136,18 @@ def main(argv: list[str] | None = None) -> int:
                   "resume with: tools/rollout.py --behind-only", file=sys.stderr)
             report(fleet)
             return 1
-        if gateways and pyinfra("deploys/drain.py", gateways, f"restore={','.join(names)}",
+        back = restored_after(plan, number, fleet.hosts)
+        if gateways and pyinfra("deploys/drain.py", gateways, f"restore={','.join(back)}",
                                 f"{ROLLOUT_BATCH_DATA}={number}"):
             print(f"rollout: batch {number} converged but could not be put back into the "
                   "gateway", file=sys.stderr)
+            return 1
+    if not plan and gateways:  # nothing to converge: still put back what a stopped rollout left
+        back = [s.name for s in fleet.hosts if s.settings.role == "gpu"]
+        if pyinfra("deploys/drain.py", gateways, f"restore={','.join(back)}",
+                   f"{ROLLOUT_BATCH_DATA}=0"):
+            print("rollout: could not put the hosts a rollout drained back into the gateway",
+                  file=sys.stderr)
             return 1
     # The monitoring host records the pin set too: converge it last, once the GPU hosts are
     # back (a reload of Prometheus and nginx at most; nothing is drained).

@@ -23,12 +23,14 @@ from rules.manifest import pins_digest
 from rules.monitoring import is_monitor
 from rules.rollout import (
     OutageRefused,
+    PinState,
     batch_size,
     batches,
     outages,
     parse_plan,
     pin_state,
     render_plan,
+    restored_after,
 )
 from tests.unit.test_multinode import fleet_text, load
 
@@ -235,3 +237,38 @@ def test_the_tool_refuses_before_contacting_any_host(
     assert "gpufleet_allow_outage=yes" in drain[2] and "gpufleet_rollout_plan=g1" in drain[2]
     assert converge[0] == "deploys/gpu_host.py"
     assert restore == ("deploys/drain.py", drain[1], ("restore=g1", "gpufleet_rollout_batch=1"))
+
+
+def test_a_batch_puts_back_its_whole_batch_and_the_last_one_every_host_a_rollout_drained(
+        tmp_path: Path) -> None:
+    # batches of two; --behind-only skipped a2 and a3 (current: a stopped rollout's batch
+    # converged a3 but left it drained)
+    specs = hosts(tmp_path)
+    plan = batches(specs, skip={"a2", "a3"})
+    assert [[s.name for s in b] for b in plan] == [["a1"], ["a4"], ["a5"], ["b1", "b2"],
+                                                    ["b3"]]
+    assert restored_after(plan, 1, specs) == ["a1", "a2"]
+    assert restored_after(plan, 2, specs) == ["a3", "a4"]
+    assert restored_after(plan, 5, specs) == [s.name for s in specs if s.settings.role == "gpu"]
+    # the gateway's drain puts back only what a rollout drained: by hand stays
+    state = {"a3": ROLLOUT, "b3": HAND}
+    assert restore_hosts(state, restored_after(plan, 5, specs), ROLLOUT) == {"b3": HAND}
+
+
+def test_with_nothing_to_converge_the_tool_still_puts_back_what_a_rollout_drained(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.rollout as tool
+
+    fleet_of(tmp_path, 2)
+    ran: list[tuple[str, tuple[str, ...]]] = []
+
+    def pyinfra(script: str, limit: list[str], *data: str) -> int:
+        ran.append((script, data))
+        return 0
+
+    monkeypatch.setattr(tool, "pyinfra", pyinfra)
+    monkeypatch.setattr(tool, "report", lambda fleet: None)
+    monkeypatch.setattr(tool, "pin_state", lambda spec, manifest: PinState(spec.name, "p", True))
+    monkeypatch.setenv("GPUFLEET_FLEET", str(tmp_path / "fleet.toml"))
+    assert tool.main(["--behind-only"]) == 0
+    assert ran == [("deploys/drain.py", ("restore=g1,g2", "gpufleet_rollout_batch=0"))]
