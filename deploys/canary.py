@@ -119,8 +119,11 @@ def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
         host.noop(f"canary status: {verdict.verdict}")
 
 
-# Canary hosts prove themselves first: pyinfra runs operations in the order of these lines,
-# on every host, so the gateway's change (below) comes after them and checks they passed.
+# Canary hosts prove themselves first, and the gateway's change (below) checks they passed.
+# pyinfra 3 orders operations by merging each host's own sequence (a topological sort), not
+# by line: operations of different hosts are ordered only through an operation they share.
+# The barrier below is that operation: every host runs it, after the proofs and before the
+# routing, so the gateway never reads the proofs before they are made.
 action = host.data.get("action")
 spec = host_spec()
 fleet = fleet_specs()
@@ -133,6 +136,9 @@ elif action in PROVED_ACTIONS and spec.settings.role == "gpu" and \
     prove_canary(spec)
 elif not is_gateway:
     host.noop(f"canary {action}: nothing to do on this host")
+if action in PROVED_ACTIONS:
+    check(name="Wait until every canary host's proof has run",
+          verdict=lambda: (None, "the canary hosts' proofs come before the routing"))
 
 if action in CHOICES and is_gateway:
     canaries = canary_hosts(fleet, spec)
