@@ -86,3 +86,16 @@ def test_the_rendered_ray_ports_start_the_head_and_join_the_worker(cluster: Clus
                                       *ports.start_flags(head=False)])
     assert head.wait(30) == 0, head.output + worker.output
     assert "SERVER STARTED" in head.output
+
+
+def test_the_standin_ray_refuses_the_client_server_port_as_a_minimal_ray_does(
+        cluster: Cluster) -> None:
+    """vLLM's images carry Ray without ray[client]: real Ray refuses --ray-client-server-port
+    there, so the stand-in does too (and gpufleet never renders it)."""
+    import subprocess
+
+    result = subprocess.run(["ray", "start", "--head", f"--node-ip-address={HEAD_IP}",
+                             "--ray-client-server-port=10001"], env=cluster.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "Ray Client requires pip package `ray[client]`" in result.stderr

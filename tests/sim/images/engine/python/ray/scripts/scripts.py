@@ -254,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     if args.command == "start":
+        if args.ray_client_server_port is not None:
+            # As real Ray without the ray[client] extra (vLLM's images): refused at start.
+            print("Ray Client requires pip package `ray[client]`. If you installed the minimal "
+                  "Ray (e.g. `pip install ray`), please reinstall by executing `pip install "
+                  "ray[client]`.", file=sys.stderr)
+            return 1
         return start(args, argv)
     if args.command == "status":
         return status(args)
