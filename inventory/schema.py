@@ -3,7 +3,7 @@
 This module is the public interface of gpufleet. A setting can be given fleet-wide
 (`[settings]`), per group (`[groups.NAME.settings]`) or per host
 (`[groups.NAME.hosts.HOST.settings]`); the most specific wins, tables merge key by key.
-The README lists these settings in the same order.
+docs/settings.md lists these settings in the same order (generated: tools/settings_doc.py).
 """
 
 from __future__ import annotations
