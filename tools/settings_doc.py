@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from inventory.controller_files import write_atomically
 from inventory.schema import Settings
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "settings.md"
@@ -101,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{PAGE}: out of date: run tools/settings_doc.py")
             return 1
         return 0
-    PAGE.write_text(wanted)
+    write_atomically(PAGE, wanted)
     return 0
 
 
