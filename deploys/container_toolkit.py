@@ -24,13 +24,14 @@ from rules.container_runtime import (
     wanted_daemon_json,
 )
 from rules.host_plan import HostPlan
-from rules.network import download_env_file
+from rules.network import apt_context
 from rules.packages import preferences_path
 
 
 @deploy("NVIDIA container toolkit")
 def container_toolkit(spec: HostSpec, plan: HostPlan, driver_install: OperationMeta) -> None:
     """``driver_install``: the driver step's install, which makes a CDI spec stale."""
+    apt = apt_context(spec.settings)
     state = host_state()
     packages = plan.pinned.container_toolkit
     version = spec.pins.container_toolkit.version
@@ -41,11 +42,10 @@ def container_toolkit(spec: HostSpec, plan: HostPlan, driver_install: OperationM
     )
     install = exact_versions(
         name=f"Ensure the container toolkit {version} is installed (all four packages)",
-        packages=packages, env_file=download_env_file(spec.settings.network),
-        lock_timeout=spec.settings.apt.lock_timeout_seconds,
+        packages=packages, **apt.install,
     )
     apt_hold(name="Ensure the container toolkit is held", packages=sorted(packages),
-             lock_timeout=spec.settings.apt.lock_timeout_seconds)
+             **apt.locking)
 
     config = daemon_json(
         name="Ensure daemon.json has the nvidia runtime (user keys kept)",

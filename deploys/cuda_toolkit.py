@@ -13,7 +13,7 @@ from inventory.fleet import HostSpec
 from operations.apt_pins import apt_hold, apt_preferences, exact_versions
 from operations.host_files import managed_file
 from rules.host_plan import HostPlan
-from rules.network import download_env_file
+from rules.network import apt_context
 from rules.packages import preferences_path
 from rules.render import render_cuda_profile
 
@@ -22,6 +22,7 @@ CUDA_PROFILE_PATH = "/etc/profile.d/gpufleet-cuda.sh"
 
 @deploy("CUDA toolkit")
 def cuda_toolkit(spec: HostSpec, plan: HostPlan) -> None:
+    apt = apt_context(spec.settings)
     cuda = spec.pins.cuda
     packages = plan.pinned.cuda
     apt_preferences(
@@ -30,10 +31,9 @@ def cuda_toolkit(spec: HostSpec, plan: HostPlan) -> None:
         component="cuda-toolkit", pin_set=spec.pin_set_name,
     )
     exact_versions(name=f"Ensure {cuda.toolkit_package} {cuda.version} is installed",
-                   packages=packages, env_file=download_env_file(spec.settings.network),
-                   lock_timeout=spec.settings.apt.lock_timeout_seconds)
+                   packages=packages, **apt.install)
     apt_hold(name="Ensure the CUDA toolkit is held", packages=sorted(packages),
-             lock_timeout=spec.settings.apt.lock_timeout_seconds)
+             **apt.locking)
     managed_file(
         name=f"Ensure login shells find CUDA {cuda.release} (PATH, LD_LIBRARY_PATH)",
         path=CUDA_PROFILE_PATH, content=render_cuda_profile(cuda.release),

@@ -13,12 +13,13 @@ from operations.apt_pins import apt_hold, apt_preferences, exact_versions
 from operations.services import service
 from rules.container_runtime import DOCKER_SERVICE
 from rules.host_plan import HostPlan
-from rules.network import download_env_file
+from rules.network import apt_context
 from rules.packages import preferences_path
 
 
 @deploy("Docker engine")
 def docker_engine(spec: HostSpec, plan: HostPlan) -> None:
+    apt = apt_context(spec.settings)
     apt_preferences(
         name="Ensure apt prefers exactly the pinned Docker engine",
         path=preferences_path("docker"), packages=plan.docker_packages,
@@ -29,9 +30,8 @@ def docker_engine(spec: HostSpec, plan: HostPlan) -> None:
     exact_versions(
         name=f"Ensure docker.io {plan.docker_packages['docker.io']} and Compose "
              f"{plan.compose.kind} are installed",
-        packages=packages, env_file=download_env_file(spec.settings.network),
-        lock_timeout=spec.settings.apt.lock_timeout_seconds,
+        packages=packages, **apt.install,
     )
     apt_hold(name="Ensure the Docker packages are held", packages=sorted(packages),
-             lock_timeout=spec.settings.apt.lock_timeout_seconds)
+             **apt.locking)
     service(name="Ensure Docker is enabled and running", unit=DOCKER_SERVICE)

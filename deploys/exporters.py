@@ -12,11 +12,12 @@ from operations.apt_pins import packages_present
 from operations.host_files import managed_file
 from operations.services import restarted_after, service
 from rules.monitoring import ARGS_FILES, node_exporter_args
-from rules.network import download_env_file
+from rules.network import apt_context
 
 
 @deploy("Exporters")
 def exporters(spec: HostSpec) -> None:
+    apt = apt_context(spec.settings)
     cfg = spec.settings.monitoring
     # Written before the package, whose service would otherwise listen on every address.
     args = managed_file(
@@ -25,7 +26,6 @@ def exporters(spec: HostSpec) -> None:
         path=ARGS_FILES["prometheus-node-exporter"], content=node_exporter_args(cfg))
     packages_present(name="Ensure node_exporter is installed (Debian package)",
                      packages=["prometheus-node-exporter"],
-                     env_file=download_env_file(spec.settings.network), start_services=False,
-                     lock_timeout=spec.settings.apt.lock_timeout_seconds)
+                     **apt.install, start_services=False)
     service(name="Ensure node_exporter runs", unit="prometheus-node-exporter")
     restarted_after("prometheus-node-exporter", args)

@@ -49,7 +49,8 @@ def manifest_meta(spec: HostSpec, plan: HostPlan | None, venv: VenvPlan | None
 
 @deploy("Host manifest")
 def host_record(spec: HostSpec, plan: HostPlan | None = None,
-                venv: VenvPlan | None = None) -> None:
+                venv: VenvPlan | None = None, partial: bool = False) -> None:
+    """``partial``: the run took only some steps; the others' entries stay as recorded."""
     host_manifest(name="Ensure the host manifest records what this run made the host",
-                  meta=manifest_meta(spec, plan, venv),
+                  meta=manifest_meta(spec, plan, venv), partial=partial,
                   controller_copy=str(spec.state_dir / f"{spec.name}.json"))

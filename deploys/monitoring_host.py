@@ -66,7 +66,7 @@ from rules.monitoring import (
     render_prometheus_config,
     render_rules,
 )
-from rules.network import download_env_file
+from rules.network import apt_context
 
 logger = logging.getLogger("gpufleet")
 MONITOR_PACKAGES = ("prometheus", "prometheus-alertmanager")
@@ -161,7 +161,7 @@ def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
 
 @deploy("Monitoring host")
 def monitoring_host(spec: HostSpec, fleet: list[HostSpec]) -> None:
-    env_file = download_env_file(spec.settings.network)
+    apt = apt_context(spec.settings)
     alerts = spec.settings.monitoring.alerts
     # Command lines first: the services start with them when their packages are installed.
     prom_args = managed_file(name="Ensure Prometheus' command line (gpufleet's configuration, "
@@ -175,8 +175,7 @@ def monitoring_host(spec: HostSpec, fleet: list[HostSpec]) -> None:
     packages_present(name="Ensure Prometheus, Alertmanager" + (" and nginx" if spec.settings
                                                                .gateway.enabled else "")
                      + " are installed (Debian packages)",
-                     packages=list(packages), env_file=env_file, start_services=False,
-                     lock_timeout=spec.settings.apt.lock_timeout_seconds)
+                     packages=list(packages), **apt.install, start_services=False)
 
     rules = validated_file(name="Ensure the recording and alerting rules (promtool check rules)",
                            path=RULES_PATH, content=render_rules(alerts),

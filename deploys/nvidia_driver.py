@@ -39,7 +39,7 @@ from rules.driver_state import (
 )
 from rules.findings import refusal_message
 from rules.host_plan import HostPlan
-from rules.network import download_env_file
+from rules.network import apt_context
 from rules.packages import preferences_path
 from rules.render import render_nouveau_blacklist
 from rules.rollout import ROLLOUT_BATCH_DATA
@@ -51,7 +51,7 @@ def nvidia_driver(spec: HostSpec, plan: HostPlan, secure_boot: bool | None) -> O
     pins = spec.pins.driver
     settings = spec.settings.driver
     state = host_state()
-    env_file = download_env_file(spec.settings.network)
+    apt = apt_context(spec.settings)
 
     blacklist = managed_file(
         name="Ensure nouveau is blacklisted", path=NOUVEAU_BLACKLIST_PATH,
@@ -69,8 +69,7 @@ def nvidia_driver(spec: HostSpec, plan: HostPlan, secure_boot: bool | None) -> O
     if headers and driver_will_change:  # DKMS builds the module when the driver is installed
         installed_if_offered(
             name="Ensure headers for the running kernel are installed", package=headers,
-            why="DKMS builds the NVIDIA module against them", env_file=env_file,
-            lock_timeout=spec.settings.apt.lock_timeout_seconds,
+            why="DKMS builds the NVIDIA module against them", **apt.install,
         )
 
     apt_preferences(
@@ -79,11 +78,10 @@ def nvidia_driver(spec: HostSpec, plan: HostPlan, secure_boot: bool | None) -> O
         component="nvidia-driver", pin_set=spec.pin_set_name,
     )
     install = exact_versions(
-        name=f"Ensure driver {pins.version} is installed", packages=packages, env_file=env_file,
-        lock_timeout=spec.settings.apt.lock_timeout_seconds,
+        name=f"Ensure driver {pins.version} is installed", packages=packages, **apt.install,
     )
     apt_hold(name="Ensure the driver packages are held", packages=sorted(packages),
-             lock_timeout=spec.settings.apt.lock_timeout_seconds)
+             **apt.locking)
     units = [PERSISTENCED_SERVICE] + ([FABRICMANAGER_SERVICE] if plan.nvswitch else [])
     for unit in units:
         service(name=f"Ensure {unit} is enabled at boot", unit=unit, running=False)

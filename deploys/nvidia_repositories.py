@@ -21,7 +21,7 @@ from rules.apt_sources import (
     lists_digest,
 )
 from rules.host_plan import HostPlan
-from rules.network import download_env_file
+from rules.network import apt_context
 from rules.packages import UNATTENDED_UPGRADES_PATH, unattended_upgrades_blacklist
 from rules.render import render_unattended_upgrades_blacklist
 
@@ -33,7 +33,7 @@ LISTS_STAMP = "/var/lib/gpufleet/apt-lists.digest"
 @deploy("NVIDIA apt repositories")
 def nvidia_repositories(spec: HostSpec, plan: HostPlan) -> None:
     state = host_state()
-    env_file = download_env_file(spec.settings.network)
+    apt = apt_context(spec.settings)
 
     # The same repository under another keyring makes apt refuse every source ("Conflicting
     # values set for option Signed-By"): NVIDIA's own .list files go before apt runs at all.
@@ -59,7 +59,7 @@ def nvidia_repositories(spec: HostSpec, plan: HostPlan) -> None:
 
     # apt installs nothing while a dpkg run is left interrupted.
     dpkg_run_finished(name="Ensure no interrupted dpkg run is left",
-                      lock_timeout=spec.settings.apt.lock_timeout_seconds)
+                      **apt.locking)
     # Before anything is installed: unattended-upgrades must never move the pinned stack.
     managed_file(
         name="Ensure unattended-upgrades leaves the pinned NVIDIA packages alone",
@@ -69,14 +69,13 @@ def nvidia_repositories(spec: HostSpec, plan: HostPlan) -> None:
     )
     packages_present(
         name="Ensure the tools to fetch and check repository keys are installed",
-        packages=PREREQUISITES, env_file=env_file,
-        lock_timeout=spec.settings.apt.lock_timeout_seconds,
+        packages=PREREQUISITES, **apt.install,
     )
     for source in plan.sources:
         keyring(
             name=f"Ensure the signing key of {source.url} is trusted",
             path=source.keyring_path, url=source.key_url,
-            fingerprint=source.key_fingerprint, env_file=env_file,
+            fingerprint=source.key_fingerprint, env_file=apt.env_file,
         )
         managed_file(
             name=f"Ensure apt knows {source.url}",
@@ -90,8 +89,7 @@ def nvidia_repositories(spec: HostSpec, plan: HostPlan) -> None:
         name="Ensure apt's package lists are current for these sources and pins",
         stamp=LISTS_STAMP, digest=lists_digest(plan.sources, pinned),
         max_age_seconds=spec.settings.apt.lists_max_age_seconds,
-        installs_pending=bool(pending), env_file=env_file,
-        lock_timeout=spec.settings.apt.lock_timeout_seconds,
+        installs_pending=bool(pending), **apt.install,
     )
     if pending:
         versions_offered(

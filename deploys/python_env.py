@@ -24,7 +24,7 @@ from inventory.python_locks import lock_targets
 from operations.apt_pins import packages_present
 from operations.checks import refuse_host
 from operations.locked_venv import locked_venv, report_environment
-from rules.network import download_env_file
+from rules.network import apt_context
 from rules.python_env_plan import Plan, plan_python_env
 
 
@@ -63,6 +63,7 @@ def python_env(
     """
     spec = host_spec()
     cfg = spec.settings.python_env
+    apt = apt_context(spec.settings)
     plan = plan or python_env_plan(spec, locks_dir, wheelhouse_root, check_pins)
     if plan is None:
         host.noop("python_env.enabled = false: no host-side Python environment")
@@ -80,9 +81,8 @@ def python_env(
     if plan.venv_package:
         packages_present(
             name=f"Ensure {plan.venv_package} is installed (ensurepip, to create venvs)",
-            packages=[plan.venv_package], env_file=download_env_file(spec.settings.network),
+            packages=[plan.venv_package], **apt.install,
             record=False,  # asked for only while it is missing: not on every run
-            lock_timeout=spec.settings.apt.lock_timeout_seconds,
         )
     lock = plan.lock
     installed = locked_venv(

@@ -1,18 +1,14 @@
-"""Serve the model on hosts whose GPU stack is already in place: preflight, then only the
-inference step (the engine, its weights, Compose under systemd, a real completion).
+"""Serve the model on hosts whose GPU stack is already in place: the same preflight as
+deploys/gpu_host.py, then only what is served (the engine, its weights, Compose under systemd,
+a real completion; on a monitored host the DCGM exporter beside it), the monitoring host's
+scrape targets and gateway, and the host manifest.
 
     pyinfra inventory.py deploys/serve.py
 
-deploys/gpu_host.py runs the same step at its end; use this one to change what is served
-(model, context length, replicas) without walking the whole stack.
+Use it to change what is served (model, context length, replicas) without walking the whole
+stack. The steps are deploys/runner.py's, so this entry cannot drift from gpu_host.py's.
 """
 
-from deploys.inference import inference
-from deploys.preflight import preflight, read_host
-from deploys.spec import host_spec
+from deploys.runner import SERVE, run
 
-spec = host_spec()
-probe = read_host(spec)
-plan = preflight(spec, probe)
-if plan is not None:
-    inference(spec=spec, plan=plan, listing=probe.weights)
+run(SERVE)

@@ -16,9 +16,14 @@ for the output of a real tool.
 
 from __future__ import annotations
 
+import functools
 import shlex
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import ParamSpec, TypeVar
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 RC_MARKER = "__gpufleet_rc="
 NOCMD_MARKER = "__gpufleet_nocmd="
@@ -104,3 +109,22 @@ def split_sections(lines: Sequence[str], marker: str = SECTION_MARKER
 def clip(text: str, limit: int = 4000) -> str:
     """Keep raw output small enough to carry in a fact value and print in a report."""
     return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more chars)"
+
+
+def never_raises(unknown: Callable[..., R]) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A parser that never raises: a bug in it, or output it did not expect, becomes
+    ``unknown("unknown", reason="parser error: ...", raw=<the output, clipped>)`` instead of
+    taking the host's run down. ``unknown`` is the parser's result type; the parser's first
+    argument is the command's output (its text, or its lines)."""
+    def decorate(parse: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(parse)
+        def safe(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return parse(*args, **kwargs)
+            except Exception as exc:  # a parser must not take a host run down with it
+                output = args[0] if args else next(iter(kwargs.values()), "")
+                text = output if isinstance(output, str) else "\n".join(
+                    output if isinstance(output, (list, tuple)) else ())
+                return unknown("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
+        return safe
+    return decorate

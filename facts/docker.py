@@ -19,7 +19,15 @@ from typing import Literal
 
 from pyinfra.api import FactBase
 
-from facts._shell import RC_NOT_FOUND, CommandResult, clip, require_tool, split_rc, wrap
+from facts._shell import (
+    RC_NOT_FOUND,
+    CommandResult,
+    clip,
+    never_raises,
+    require_tool,
+    split_rc,
+    wrap,
+)
 
 # One labelled line per value; {{println}} ends each line inside the Go template.
 DOCKER_INFO_FORMAT = (
@@ -50,42 +58,40 @@ class DockerInfoResult:
         return "nvidia" in self.runtimes
 
 
+@never_raises(DockerInfoResult)
 def parse_docker_info(text: str, exit_code: int | None = None) -> DockerInfoResult:
     """Parse ``docker info --format DOCKER_INFO_FORMAT`` (stderr folded in). Never raises."""
     raw = clip(text)
-    try:
-        if CommandResult(text, exit_code).missing_tool or exit_code == RC_NOT_FOUND:
-            return DockerInfoResult("not_installed", reason="docker CLI is not installed", raw=raw)
-        if "permission denied while trying to connect to the Docker daemon" in text:
-            return DockerInfoResult(
-                "permission_denied", reason="this user may not talk to dockerd", raw=raw
-            )
-        if "Cannot connect to the Docker daemon" in text or "Is the docker daemon running" in text:
-            return DockerInfoResult("daemon_down", reason="dockerd is not running", raw=raw)
-        labels: dict[str, str] = {}
-        for line in text.splitlines():
-            key, sep, value = line.partition("=")
-            if sep and key in ("runtimes", "default_runtime", "cgroup_driver", "server_version"):
-                labels[key] = value.strip()
-        if "runtimes" not in labels:
-            return DockerInfoResult("unknown", reason="docker info printed no runtimes", raw=raw)
-        decoded = json.loads(labels["runtimes"] or "null") or {}
-        if not isinstance(decoded, dict):
-            return DockerInfoResult("unknown", reason="runtimes is not a JSON object", raw=raw)
-        runtimes: dict[str, str | None] = {}
-        for name, spec in decoded.items():
-            path = spec.get("path") if isinstance(spec, dict) else None
-            runtimes[str(name)] = str(path) if path else None
+    if CommandResult(text, exit_code).missing_tool or exit_code == RC_NOT_FOUND:
+        return DockerInfoResult("not_installed", reason="docker CLI is not installed", raw=raw)
+    if "permission denied while trying to connect to the Docker daemon" in text:
         return DockerInfoResult(
-            "ok",
-            runtimes=runtimes,
-            default_runtime=labels.get("default_runtime") or None,
-            cgroup_driver=labels.get("cgroup_driver") or None,
-            server_version=labels.get("server_version") or None,
-            raw=raw,
+            "permission_denied", reason="this user may not talk to dockerd", raw=raw
         )
-    except Exception as exc:
-        return DockerInfoResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    if "Cannot connect to the Docker daemon" in text or "Is the docker daemon running" in text:
+        return DockerInfoResult("daemon_down", reason="dockerd is not running", raw=raw)
+    labels: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in ("runtimes", "default_runtime", "cgroup_driver", "server_version"):
+            labels[key] = value.strip()
+    if "runtimes" not in labels:
+        return DockerInfoResult("unknown", reason="docker info printed no runtimes", raw=raw)
+    decoded = json.loads(labels["runtimes"] or "null") or {}
+    if not isinstance(decoded, dict):
+        return DockerInfoResult("unknown", reason="runtimes is not a JSON object", raw=raw)
+    runtimes: dict[str, str | None] = {}
+    for name, spec in decoded.items():
+        path = spec.get("path") if isinstance(spec, dict) else None
+        runtimes[str(name)] = str(path) if path else None
+    return DockerInfoResult(
+        "ok",
+        runtimes=runtimes,
+        default_runtime=labels.get("default_runtime") or None,
+        cgroup_driver=labels.get("cgroup_driver") or None,
+        server_version=labels.get("server_version") or None,
+        raw=raw,
+    )
 
 
 class DockerInfo(FactBase[DockerInfoResult]):
@@ -126,21 +132,19 @@ class ContainerToolkitResult:
     raw: str = ""
 
 
+@never_raises(ContainerToolkitResult)
 def parse_nvidia_ctk_version(text: str, exit_code: int | None = None) -> ContainerToolkitResult:
     """Parse ``nvidia-ctk --version``. Never raises."""
     raw = clip(text)
-    try:
-        if CommandResult(text, exit_code).missing_tool or exit_code == RC_NOT_FOUND:
-            return ContainerToolkitResult("not_installed", reason="nvidia-ctk not found", raw=raw)
-        match = _CTK_VERSION.search(text)
-        if not match:
-            return ContainerToolkitResult("unknown", reason="no version line", raw=raw)
-        commit = re.search(r"^commit:\s*(\S+)", text, re.MULTILINE)
-        return ContainerToolkitResult(
-            "ok", match.group("version"), commit.group(1) if commit else None, raw=raw
-        )
-    except Exception as exc:
-        return ContainerToolkitResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    if CommandResult(text, exit_code).missing_tool or exit_code == RC_NOT_FOUND:
+        return ContainerToolkitResult("not_installed", reason="nvidia-ctk not found", raw=raw)
+    match = _CTK_VERSION.search(text)
+    if not match:
+        return ContainerToolkitResult("unknown", reason="no version line", raw=raw)
+    commit = re.search(r"^commit:\s*(\S+)", text, re.MULTILINE)
+    return ContainerToolkitResult(
+        "ok", match.group("version"), commit.group(1) if commit else None, raw=raw
+    )
 
 
 class ContainerToolkit(FactBase[ContainerToolkitResult]):

@@ -23,7 +23,15 @@ from typing import Literal
 
 from pyinfra.api import FactBase
 
-from facts._shell import RC_NOT_FOUND, CommandResult, clip, require_tool, split_rc, wrap
+from facts._shell import (
+    RC_NOT_FOUND,
+    CommandResult,
+    clip,
+    never_raises,
+    require_tool,
+    split_rc,
+    wrap,
+)
 
 # --------------------------------------------------------------------------------------------
 # GPUs from nvidia-smi
@@ -182,19 +190,13 @@ def _mig(cell: str) -> str | None:
     return value if value in ("Enabled", "Disabled") else None
 
 
+@never_raises(GpuQuery)
 def parse_nvidia_smi_query(text: str, exit_code: int | None = None) -> GpuQuery:
     """Parse the output of ``NVIDIA_SMI_QUERY`` (stderr folded in). Never raises."""
-    try:
-        return _parse_nvidia_smi_query(text, exit_code)
-    except Exception as exc:  # a parser must not take a host run down with it
-        return GpuQuery("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
-
-
-def _parse_nvidia_smi_query(text: str, exit_code: int | None) -> GpuQuery:
     raw = clip(text)
     text, marker, listing = text.partition(MIG_LISTING_MARKER)
     if marker:
-        query = _parse_nvidia_smi_query(text, exit_code)
+        query = parse_nvidia_smi_query(text, exit_code)
         devices = parse_mig_listing(listing)
         return replace(query, raw=raw, mig_listed=True, gpus=tuple(
             replace(gpu, mig_devices=devices.get(gpu.index, ())) for gpu in query.gpus))
@@ -415,15 +417,9 @@ def _split_devices(status: PciStatus, devices: list[PciDevice], **extra: str) ->
     )
 
 
+@never_raises(NvidiaPci)
 def parse_lspci_nvidia(text: str, exit_code: int | None = None) -> NvidiaPci:
     """Parse ``lspci -Dnn -d 10de:`` output. Never raises."""
-    try:
-        return _parse_lspci_nvidia(text, exit_code)
-    except Exception as exc:
-        return NvidiaPci("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
-
-
-def _parse_lspci_nvidia(text: str, exit_code: int | None) -> NvidiaPci:
     raw = clip(text)
     if CommandResult(text, exit_code).missing_tool or exit_code == RC_NOT_FOUND:
         return NvidiaPci("not_installed", reason="lspci (pciutils) is not installed", raw=raw,
@@ -448,19 +444,13 @@ def _parse_lspci_nvidia(text: str, exit_code: int | None) -> NvidiaPci:
     return _split_devices("ok" if nvidia else "none", nvidia, raw=raw)
 
 
+@never_raises(NvidiaPci)
 def parse_pci_probe(text: str, exit_code: int | None = None) -> NvidiaPci:
     """Parse ``PCI_SCRIPT`` output: NVIDIA functions from sysfs, named by lspci when it ran.
 
     sysfs decides what is on the bus; lspci only adds names and revisions. Without sysfs
     (an unusual container) lspci's own listing stands. Never raises.
     """
-    try:
-        return _parse_pci_probe(text, exit_code)
-    except Exception as exc:
-        return NvidiaPci("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
-
-
-def _parse_pci_probe(text: str, exit_code: int | None) -> NvidiaPci:
     raw = clip(text)
     sysfs: list[PciDevice] = []
     sysfs_present = True
@@ -593,15 +583,9 @@ class KernelModuleState:
     raw: str = ""
 
 
+@never_raises(KernelModuleState)
 def parse_kernel_module_state(text: str, exit_code: int | None = None) -> KernelModuleState:
     """Parse the labelled lines of ``KERNEL_MODULE_SCRIPT``. Never raises."""
-    try:
-        return _parse_kernel_module_state(text, exit_code)
-    except Exception as exc:
-        return KernelModuleState("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
-
-
-def _parse_kernel_module_state(text: str, exit_code: int | None) -> KernelModuleState:
     raw = clip(text)
     labels: dict[str, list[str]] = {}
     for line in text.splitlines():
@@ -707,25 +691,23 @@ class SecureBootState:
         return {"enabled": True, "disabled": False, "not_efi": False}.get(self.status)
 
 
+@never_raises(SecureBootState)
 def parse_mokutil_sb_state(text: str, exit_code: int | None = None) -> SecureBootState:
     """Parse ``mokutil --sb-state`` output. Never raises."""
     raw = clip(text)
-    try:
-        if "EFI variables are not supported" in text or "doesn't support Secure Boot" in text:
-            return SecureBootState("not_efi", "mokutil", reason="not booted through EFI", raw=raw)
-        setup = "Platform is in Setup Mode" in text
-        shim_off = "SecureBoot validation is disabled in shim" in text
-        if re.search(r"^SecureBoot enabled\s*$", text, re.MULTILINE):
-            return SecureBootState(
-                "enabled", "mokutil", setup_mode=setup, shim_validation_disabled=shim_off, raw=raw
-            )
-        if re.search(r"^SecureBoot disabled\s*$", text, re.MULTILINE):
-            return SecureBootState("disabled", "mokutil", setup_mode=setup, raw=raw)
+    if "EFI variables are not supported" in text or "doesn't support Secure Boot" in text:
+        return SecureBootState("not_efi", "mokutil", reason="not booted through EFI", raw=raw)
+    setup = "Platform is in Setup Mode" in text
+    shim_off = "SecureBoot validation is disabled in shim" in text
+    if re.search(r"^SecureBoot enabled\s*$", text, re.MULTILINE):
         return SecureBootState(
-            "unknown", "mokutil", reason="mokutil gave no Secure Boot state", raw=raw
+            "enabled", "mokutil", setup_mode=setup, shim_validation_disabled=shim_off, raw=raw
         )
-    except Exception as exc:
-        return SecureBootState("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    if re.search(r"^SecureBoot disabled\s*$", text, re.MULTILINE):
+        return SecureBootState("disabled", "mokutil", setup_mode=setup, raw=raw)
+    return SecureBootState(
+        "unknown", "mokutil", reason="mokutil gave no Secure Boot state", raw=raw
+    )
 
 
 def parse_efivar_secureboot(text: str) -> SecureBootState:
@@ -740,15 +722,9 @@ def parse_efivar_secureboot(text: str) -> SecureBootState:
     return SecureBootState("enabled" if state == "enabled" else "disabled", "efivar", raw=raw)
 
 
+@never_raises(SecureBootState)
 def parse_secure_boot_probe(text: str, exit_code: int | None = None) -> SecureBootState:
     """Parse ``SECURE_BOOT_SCRIPT`` output: mokutil first, then the efivar fallback."""
-    try:
-        return _parse_secure_boot_probe(text)
-    except Exception as exc:
-        return SecureBootState("unknown", reason=f"parser error: {exc!r}", raw=clip(text))
-
-
-def _parse_secure_boot_probe(text: str) -> SecureBootState:
     parts: dict[str, list[str]] = {}
     current: list[str] | None = None
     firmware_efi: bool | None = None

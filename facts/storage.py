@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pyinfra.api import FactBase
 
-from facts._shell import CommandResult, clip, quote, require_tool, split_rc, wrap
+from facts._shell import CommandResult, clip, never_raises, quote, require_tool, split_rc, wrap
 
 StorageKind = Literal["nvme", "ssd", "hdd", "virtual", "network", "overlay", "tmpfs", "unknown"]
 
@@ -278,38 +278,36 @@ def _labelled_parts(text: str, names: tuple[str, ...]) -> tuple[dict[str, str], 
     return {k: "\n".join(v) for k, v in blocks.items()}, labels
 
 
+@never_raises(StorageLocationResult)
 def parse_storage_location(text: str, exit_code: int | None = None) -> StorageLocationResult:
     """Parse ``storage_location_script`` output. Never raises."""
     raw = clip(text)
-    try:
-        if CommandResult(text, exit_code).missing_tool:
+    if CommandResult(text, exit_code).missing_tool:
+        return StorageLocationResult(
+            "unknown", reason="findmnt (util-linux) is not installed", raw=raw
+        )
+    blocks, labels = _labelled_parts(text, ("findmnt", "lsblk"))
+    requested, resolved = labels.get("requested"), labels.get("resolved")
+    mount = parse_findmnt_json(blocks.get("findmnt", ""))
+    if mount is None:
+        return StorageLocationResult(
+            "unknown", requested, resolved, reason="findmnt output unreadable", raw=raw
+        )
+    leaves: tuple[LeafDisk, ...] = ()
+    if "lsblk" in blocks:
+        parsed = parse_lsblk_inverse_json(blocks["lsblk"])
+        if parsed is None:
             return StorageLocationResult(
-                "unknown", reason="findmnt (util-linux) is not installed", raw=raw
+                "unknown",
+                requested,
+                resolved,
+                mount,
+                reason=f"lsblk output unreadable for {mount.source}",
+                raw=raw,
             )
-        blocks, labels = _labelled_parts(text, ("findmnt", "lsblk"))
-        requested, resolved = labels.get("requested"), labels.get("resolved")
-        mount = parse_findmnt_json(blocks.get("findmnt", ""))
-        if mount is None:
-            return StorageLocationResult(
-                "unknown", requested, resolved, reason="findmnt output unreadable", raw=raw
-            )
-        leaves: tuple[LeafDisk, ...] = ()
-        if "lsblk" in blocks:
-            parsed = parse_lsblk_inverse_json(blocks["lsblk"])
-            if parsed is None:
-                return StorageLocationResult(
-                    "unknown",
-                    requested,
-                    resolved,
-                    mount,
-                    reason=f"lsblk output unreadable for {mount.source}",
-                    raw=raw,
-                )
-            leaves = parsed
-        kind, reason = classify_storage(mount.fstype, leaves)
-        return StorageLocationResult("ok", requested, resolved, mount, leaves, kind, reason, raw)
-    except Exception as exc:
-        return StorageLocationResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+        leaves = parsed
+    kind, reason = classify_storage(mount.fstype, leaves)
+    return StorageLocationResult("ok", requested, resolved, mount, leaves, kind, reason, raw)
 
 
 class StorageLocation(FactBase[StorageLocationResult]):
@@ -369,40 +367,38 @@ class FreeSpaceResult:
     raw: str = ""
 
 
+@never_raises(FreeSpaceResult)
 def parse_df(text: str, exit_code: int | None = None) -> FreeSpaceResult:
     """Parse ``df -P`` output (1-blocks or 1024-blocks), with optional ``requested=`` /
     ``resolved=`` lines. Never raises."""
     raw = clip(text)
-    try:
-        _, labels = _labelled_parts(text, ())
-        requested, resolved = labels.get("requested"), labels.get("resolved")
-        lines = [line for line in text.splitlines() if line.strip()]
-        header_at = next((i for i, line in enumerate(lines) if line.startswith("Filesystem")), None)
-        if header_at is None or header_at + 1 >= len(lines):
-            return FreeSpaceResult("unknown", requested, resolved, reason="no df table", raw=raw)
-        unit_match = re.search(r"(\d+)([KMG]?)-blocks", lines[header_at])
-        if not unit_match:
-            return FreeSpaceResult("unknown", requested, resolved, reason="df unit?", raw=raw)
-        unit = (
-            int(unit_match.group(1))
-            * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit_match.group(2)]
-        )
-        fields = lines[header_at + 1].split()
-        pct = next((i for i, f in enumerate(fields) if re.fullmatch(r"\d+%|-", f)), None)
-        if pct is None or pct < 4:
-            return FreeSpaceResult("unknown", requested, resolved, reason="df row?", raw=raw)
-        return FreeSpaceResult(
-            "ok",
-            requested,
-            resolved,
-            available_bytes=int(fields[pct - 1]) * unit,
-            total_bytes=int(fields[pct - 3]) * unit,
-            mount_point=" ".join(fields[pct + 1 :]) or None,
-            device=" ".join(fields[: pct - 3]) or None,
-            raw=raw,
-        )
-    except Exception as exc:
-        return FreeSpaceResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    _, labels = _labelled_parts(text, ())
+    requested, resolved = labels.get("requested"), labels.get("resolved")
+    lines = [line for line in text.splitlines() if line.strip()]
+    header_at = next((i for i, line in enumerate(lines) if line.startswith("Filesystem")), None)
+    if header_at is None or header_at + 1 >= len(lines):
+        return FreeSpaceResult("unknown", requested, resolved, reason="no df table", raw=raw)
+    unit_match = re.search(r"(\d+)([KMG]?)-blocks", lines[header_at])
+    if not unit_match:
+        return FreeSpaceResult("unknown", requested, resolved, reason="df unit?", raw=raw)
+    unit = (
+        int(unit_match.group(1))
+        * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[unit_match.group(2)]
+    )
+    fields = lines[header_at + 1].split()
+    pct = next((i for i, f in enumerate(fields) if re.fullmatch(r"\d+%|-", f)), None)
+    if pct is None or pct < 4:
+        return FreeSpaceResult("unknown", requested, resolved, reason="df row?", raw=raw)
+    return FreeSpaceResult(
+        "ok",
+        requested,
+        resolved,
+        available_bytes=int(fields[pct - 1]) * unit,
+        total_bytes=int(fields[pct - 3]) * unit,
+        mount_point=" ".join(fields[pct + 1 :]) or None,
+        device=" ".join(fields[: pct - 3]) or None,
+        raw=raw,
+    )
 
 
 class FreeSpace(FactBase[FreeSpaceResult]):
@@ -531,45 +527,43 @@ def parse_fio_json(text: str) -> Throughput | None:
         return None
 
 
+@never_raises(ReadSpeedResult)
 def parse_read_speed(text: str, exit_code: int | None = None) -> ReadSpeedResult:
     """Parse ``read_speed_script`` output. Never raises."""
     raw = clip(text)
-    try:
-        blocks, labels = _labelled_parts(text, ("fio", "dd"))
-        status = labels.get("status")
-        if status in ("no_file", "path_missing"):
-            reason = "no file to measure" if status == "no_file" else "path does not exist"
-            return ReadSpeedResult(status, reason=reason, raw=raw)  # type: ignore[arg-type]
-        tool_rc_text = labels.get("@tool_rc")
-        tool_rc = int(tool_rc_text) if tool_rc_text and tool_rc_text.isdigit() else None
-        file_bytes = labels.get("file_bytes")
-        common: dict[str, Any] = {
-            "file": labels.get("file"),
-            "file_bytes": int(file_bytes) if file_bytes and file_bytes.isdigit() else None,
-            "raw": raw,
-        }
-        tool: Literal["fio", "dd"]
-        if labels.get("tool") == "fio":
-            tool, measured = "fio", parse_fio_json(blocks.get("fio", ""))
-        elif labels.get("tool") == "dd":
-            tool, measured = "dd", parse_dd_summary(blocks.get("dd", ""))
-        else:
-            return ReadSpeedResult("unknown", reason="no measurement tool ran", **common)
-        if measured is None or measured.seconds <= 0:
-            return ReadSpeedResult(
-                "unknown", tool=tool, reason=f"{tool} gave no readable result", **common
-            )
+    blocks, labels = _labelled_parts(text, ("fio", "dd"))
+    status = labels.get("status")
+    if status in ("no_file", "path_missing"):
+        reason = "no file to measure" if status == "no_file" else "path does not exist"
+        return ReadSpeedResult(status, reason=reason, raw=raw)  # type: ignore[arg-type]
+    tool_rc_text = labels.get("@tool_rc")
+    tool_rc = int(tool_rc_text) if tool_rc_text and tool_rc_text.isdigit() else None
+    file_bytes = labels.get("file_bytes")
+    common: dict[str, Any] = {
+        "file": labels.get("file"),
+        "file_bytes": int(file_bytes) if file_bytes and file_bytes.isdigit() else None,
+        "raw": raw,
+    }
+    tool: Literal["fio", "dd"]
+    if labels.get("tool") == "fio":
+        tool, measured = "fio", parse_fio_json(blocks.get("fio", ""))
+    elif labels.get("tool") == "dd":
+        tool, measured = "dd", parse_dd_summary(blocks.get("dd", ""))
+    else:
+        return ReadSpeedResult("unknown", reason="no measurement tool ran", **common)
+    if measured is None or measured.seconds <= 0:
         return ReadSpeedResult(
-            "ok",
-            tool=tool,
-            bytes_read=measured.bytes_read,
-            seconds=measured.seconds,
-            bytes_per_second=measured.bytes_per_second,
-            timed_out=tool_rc == 124,  # timeout(1)'s status when the bound was hit
-            **common,
+            "unknown", tool=tool, reason=f"{tool} gave no readable result", **common
         )
-    except Exception as exc:
-        return ReadSpeedResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    return ReadSpeedResult(
+        "ok",
+        tool=tool,
+        bytes_read=measured.bytes_read,
+        seconds=measured.seconds,
+        bytes_per_second=measured.bytes_per_second,
+        timed_out=tool_rc == 124,  # timeout(1)'s status when the bound was hit
+        **common,
+    )
 
 
 class ReadSpeed(FactBase[ReadSpeedResult]):

@@ -17,7 +17,15 @@ from typing import Literal
 
 from pyinfra.api import FactBase
 
-from facts._shell import NOCMD_MARKER, RC_NOT_FOUND, CommandResult, clip, split_rc, wrap
+from facts._shell import (
+    NOCMD_MARKER,
+    RC_NOT_FOUND,
+    CommandResult,
+    clip,
+    never_raises,
+    split_rc,
+    wrap,
+)
 
 # --------------------------------------------------------------------------------------------
 # OS release, architecture, kernel
@@ -91,39 +99,37 @@ class SystemInfoResult:
     raw: str = ""
 
 
+@never_raises(SystemInfoResult)
 def parse_system_info(text: str, exit_code: int | None = None) -> SystemInfoResult:
     """Parse ``SYSTEM_SCRIPT`` output. Never raises."""
     raw = clip(text)
-    try:
-        os_lines: list[str] = []
-        labels: dict[str, str] = {}
-        in_os = False
-        for line in text.splitlines():
-            if line == "@os-release":
-                in_os = True
-            elif line == "@end":
-                in_os = False
-            elif in_os:
-                os_lines.append(line)
-            else:
-                key, sep, value = line.partition("=")
-                if sep:
-                    labels[key.strip()] = value.strip()
-        os_release = parse_os_release("\n".join(os_lines))
-        if os_release.id is None or "kernel" not in labels:
-            return SystemInfoResult("unknown", reason="os-release or uname missing", raw=raw)
-        headers = labels.get("kernel_headers")
-        return SystemInfoResult(
-            "ok",
-            os=os_release,
-            machine=labels.get("machine") or None,
-            dpkg_architecture=labels.get("dpkg_arch") or None,
-            kernel=labels.get("kernel") or None,
-            kernel_headers_installed={"yes": True, "no": False}.get(headers or ""),
-            raw=raw,
-        )
-    except Exception as exc:
-        return SystemInfoResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    os_lines: list[str] = []
+    labels: dict[str, str] = {}
+    in_os = False
+    for line in text.splitlines():
+        if line == "@os-release":
+            in_os = True
+        elif line == "@end":
+            in_os = False
+        elif in_os:
+            os_lines.append(line)
+        else:
+            key, sep, value = line.partition("=")
+            if sep:
+                labels[key.strip()] = value.strip()
+    os_release = parse_os_release("\n".join(os_lines))
+    if os_release.id is None or "kernel" not in labels:
+        return SystemInfoResult("unknown", reason="os-release or uname missing", raw=raw)
+    headers = labels.get("kernel_headers")
+    return SystemInfoResult(
+        "ok",
+        os=os_release,
+        machine=labels.get("machine") or None,
+        dpkg_architecture=labels.get("dpkg_arch") or None,
+        kernel=labels.get("kernel") or None,
+        kernel_headers_installed={"yes": True, "no": False}.get(headers or ""),
+        raw=raw,
+    )
 
 
 class SystemInfo(FactBase[SystemInfoResult]):
@@ -179,30 +185,28 @@ class CudaToolkitResult:
 _NVCC_RELEASE = re.compile(r"release (?P<version>\d+\.\d+), V(?P<build>\d+\.\d+\.\d+)")
 
 
+@never_raises(CudaToolkitResult)
 def parse_nvcc_version(text: str, exit_code: int | None = None) -> CudaToolkitResult:
     """Parse ``nvcc --version`` (optionally after a ``nvcc_path=`` line). Never raises."""
     raw = clip(text)
-    try:
-        if CommandResult(text, exit_code).missing_tool or exit_code == RC_NOT_FOUND:
-            return CudaToolkitResult("not_installed", reason="no nvcc found", raw=raw)
-        path = re.search(r"^nvcc_path=(.*)$", text, re.MULTILINE)
-        match = _NVCC_RELEASE.search(text)
-        if not match:
-            return CudaToolkitResult(
-                "unknown",
-                nvcc_path=path.group(1) if path else None,
-                reason="no 'release X.Y, VX.Y.Z' line in nvcc output",
-                raw=raw,
-            )
+    if CommandResult(text, exit_code).missing_tool or exit_code == RC_NOT_FOUND:
+        return CudaToolkitResult("not_installed", reason="no nvcc found", raw=raw)
+    path = re.search(r"^nvcc_path=(.*)$", text, re.MULTILINE)
+    match = _NVCC_RELEASE.search(text)
+    if not match:
         return CudaToolkitResult(
-            "ok",
-            version=match.group("version"),
-            build=match.group("build"),
-            nvcc_path=path.group(1).strip() if path else None,
+            "unknown",
+            nvcc_path=path.group(1) if path else None,
+            reason="no 'release X.Y, VX.Y.Z' line in nvcc output",
             raw=raw,
         )
-    except Exception as exc:
-        return CudaToolkitResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    return CudaToolkitResult(
+        "ok",
+        version=match.group("version"),
+        build=match.group("build"),
+        nvcc_path=path.group(1).strip() if path else None,
+        raw=raw,
+    )
 
 
 class CudaToolkit(FactBase[CudaToolkitResult]):
@@ -267,25 +271,23 @@ class PythonInterpretersResult:
         return tuple(sorted(found, key=lambda v: tuple(int(p) for p in v.split("."))))
 
 
+@never_raises(PythonInterpretersResult)
 def parse_python_interpreters(text: str, exit_code: int | None = None) -> PythonInterpretersResult:
     """Parse ``PYTHON_SCRIPT`` output (``name=Python X.Y.Z`` lines). Never raises."""
     raw = clip(text)
-    try:
-        found: dict[str, str] = {}
-        for line in text.splitlines():
-            name, sep, value = line.partition("=")
-            match = _PY_VERSION.search(value)
-            if sep and name.startswith("python") and match:
-                found[name.strip()] = match.group("version")
-        if exit_code is None and not found:  # no status line: the output was cut
-            return PythonInterpretersResult("unknown", reason="no output from the probe", raw=raw)
-        if exit_code not in (None, 0):
-            return PythonInterpretersResult(
-                "unknown", found, reason=f"probe exited {exit_code}", raw=raw
-            )
-        return PythonInterpretersResult("ok", found, raw=raw)
-    except Exception as exc:
-        return PythonInterpretersResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        match = _PY_VERSION.search(value)
+        if sep and name.startswith("python") and match:
+            found[name.strip()] = match.group("version")
+    if exit_code is None and not found:  # no status line: the output was cut
+        return PythonInterpretersResult("unknown", reason="no output from the probe", raw=raw)
+    if exit_code not in (None, 0):
+        return PythonInterpretersResult(
+            "unknown", found, reason=f"probe exited {exit_code}", raw=raw
+        )
+    return PythonInterpretersResult("ok", found, raw=raw)
 
 
 class PythonInterpreters(FactBase[PythonInterpretersResult]):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pyinfra.api import FactBase
 
-from facts._shell import clip, quote, section_script, split_sections
+from facts._shell import clip, never_raises, quote, section_script, split_sections
 from facts.system import PYTHON_SCRIPT, parse_python_interpreters
 
 # Written into a venv after its install and verification succeeded: the lock's digest and the
@@ -110,60 +110,58 @@ def parse_verify_line(text: str) -> dict[str, Any] | None:
     return None
 
 
+@never_raises(PythonEnvStateResult)
 def parse_python_env_state(lines: list[str]) -> PythonEnvStateResult:
     """Parse the output of ``PythonEnvState``'s command. Never raises."""
     raw = clip("\n".join(lines))
-    try:
-        sections = split_sections(lines)
-        if "venv" not in sections or "host" not in sections:
-            return PythonEnvStateResult("unknown", reason="incomplete output", raw=raw)
-        interpreters = parse_python_interpreters(
-            sections["python"].text, sections["python"].exit_code
-        ).interpreters if "python" in sections else {}
+    sections = split_sections(lines)
+    if "venv" not in sections or "host" not in sections:
+        return PythonEnvStateResult("unknown", reason="incomplete output", raw=raw)
+    interpreters = parse_python_interpreters(
+        sections["python"].text, sections["python"].exit_code
+    ).interpreters if "python" in sections else {}
 
-        machine, apt, capable = None, False, []
-        for line in sections["host"].text.splitlines():
-            key, _, value = line.partition("=")
-            if key == "machine":
-                machine = value.strip() or None
-            elif key == "apt":
-                apt = value.strip() == "yes"
-            elif key == "venv_capable":
-                capable.append(value.strip())
+    machine, apt, capable = None, False, []
+    for line in sections["host"].text.splitlines():
+        key, _, value = line.partition("=")
+        if key == "machine":
+            machine = value.strip() or None
+        elif key == "apt":
+            apt = value.strip() == "yes"
+        elif key == "venv_capable":
+            capable.append(value.strip())
 
-        kind: PathKind = "absent"
-        target = None
-        marker: dict[str, Any] | None = None
-        venv_lines = sections["venv"].text.splitlines()
-        for index, line in enumerate(venv_lines):
-            if line.startswith("link="):
-                kind, target = "link", line[len("link="):]
-            elif line == "kind=other":
-                kind = "other"
-            elif line == "@marker":
-                try:
-                    loaded = json.loads("\n".join(venv_lines[index + 1:]) or "null")
-                except json.JSONDecodeError:
-                    loaded = {"unreadable": True}
-                marker = loaded if isinstance(loaded, dict) else {"unreadable": True}
-                break
+    kind: PathKind = "absent"
+    target = None
+    marker: dict[str, Any] | None = None
+    venv_lines = sections["venv"].text.splitlines()
+    for index, line in enumerate(venv_lines):
+        if line.startswith("link="):
+            kind, target = "link", line[len("link="):]
+        elif line == "kind=other":
+            kind = "other"
+        elif line == "@marker":
+            try:
+                loaded = json.loads("\n".join(venv_lines[index + 1:]) or "null")
+            except json.JSONDecodeError:
+                loaded = {"unreadable": True}
+            marker = loaded if isinstance(loaded, dict) else {"unreadable": True}
+            break
 
-        verify = None
-        if "verify" in sections and sections["verify"].text.strip():
-            verify = parse_verify_line(sections["verify"].text)
-            if verify is None:
-                rc = sections["verify"].exit_code
-                verify = {"problems": [
-                    f"verification printed no result (exit status {rc}): "
-                    f"{clip(sections['verify'].text, 600)}"
-                ]}
-        return PythonEnvStateResult(
-            "ok", machine=machine, apt=apt, interpreters=interpreters,
-            venv_capable=tuple(capable), path_kind=kind, link_target=target,
-            marker=marker, verify=verify, raw=raw,
-        )
-    except Exception as exc:  # a parser bug must not stop the run; it is reported instead
-        return PythonEnvStateResult("unknown", reason=f"parser error: {exc!r}", raw=raw)
+    verify = None
+    if "verify" in sections and sections["verify"].text.strip():
+        verify = parse_verify_line(sections["verify"].text)
+        if verify is None:
+            rc = sections["verify"].exit_code
+            verify = {"problems": [
+                f"verification printed no result (exit status {rc}): "
+                f"{clip(sections['verify'].text, 600)}"
+            ]}
+    return PythonEnvStateResult(
+        "ok", machine=machine, apt=apt, interpreters=interpreters,
+        venv_capable=tuple(capable), path_kind=kind, link_target=target,
+        marker=marker, verify=verify, raw=raw,
+    )
 
 
 class PythonEnvState(FactBase[PythonEnvStateResult]):

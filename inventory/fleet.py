@@ -376,11 +376,34 @@ def load_fleet(
 ) -> Fleet:
     """Read, merge and validate a fleet file. Raises FleetError listing every problem.
 
-    `checks` (e.g. rules.fleet_checks.fleet_problems) runs on the hosts that validated, so
-    its problems are reported in the same run as the schema's.
+    The stages, in order: the file, pins and catalog read (a problem there stops at once);
+    the file's shape; its own models; groups and hosts with their connection fields; every
+    settings layer on its own; each host's merged settings into a HostSpec; replica spans;
+    ``checks`` (e.g. rules.fleet_checks.fleet_problems) on the hosts that validated, so its
+    problems are reported in the same run as the schema's.
     """
     source = _printable(str(path))
     raw = _read(path, source)
+    pin_file, catalog = _pins_and_catalog(pins_path)
+    fleet_file = _fleet_file(raw, source)
+    problems: list[Problem] = []
+    models = _models(fleet_file, catalog, problems)
+    groups, hosts, broken = _entries(fleet_file, problems)
+    layers = _setting_layers(fleet_file, groups, hosts, problems)
+    fleet = Fleet(name=fleet_file.fleet.name, source=path,
+                  setting_layers=[(where, layer) for where, _, layer in layers])
+    fleet.hosts = with_replica_spans(_host_specs(path, pin_file, models, fleet_file, groups,
+                                                 hosts, broken, problems, fleet.name))
+    if checks is not None:
+        problems.extend(checks(fleet))
+    if problems:
+        unique = list(dict.fromkeys(problem.render(source) for problem in problems))
+        raise FleetError(unique)
+    return fleet
+
+
+def _pins_and_catalog(pins_path: Path) -> tuple[PinFile, dict[str, ModelSpec]]:
+    """The pin file and the model catalog: either broken stops the fleet's check at once."""
     try:
         pin_file = load_pins(pins_path)
     except (ValidationError, TOMLDecodeError, OSError, PinFileError) as exc:
@@ -391,18 +414,25 @@ def load_fleet(
     except CatalogError as exc:
         raise FleetError([_printable(f"the model catalog is invalid: {_one_line(exc)}")]
                          ) from None
+    return pin_file, catalog
+
+
+def _fleet_file(raw: dict[str, Any], source: str) -> FleetFile:
+    """The file's shape (tables and their keys); its problems stop the check at once."""
     if not raw:
         raise FleetError([f"{source}: empty: a fleet file needs [settings] and at least one "
                           "[groups.NAME.hosts.HOST] table"])
-
     try:
-        fleet_file = FleetFile.model_validate(raw)
+        return FleetFile.model_validate(raw)
     except ValidationError as exc:
         raise FleetError(list(dict.fromkeys(
             problem.render(source) for problem in _problems_from(exc, "fleet", "", FleetFile)
         ))) from None
 
-    problems: list[Problem] = []
+
+def _models(fleet_file: FleetFile, catalog: Mapping[str, ModelSpec],
+            problems: list[Problem]) -> dict[str, ModelSpec]:
+    """The catalog with the file's own ``[models.NAME]`` added (those that validate)."""
     models = dict(catalog)
     for model_id, raw_model in fleet_file.models.items():
         where = f"model {model_id}"
@@ -426,10 +456,20 @@ def load_fleet(
             models[model_id] = model_spec
     if not fleet_file.groups:
         problems.append(Problem("fleet", "groups", {}, "no groups: a fleet needs at least one"))
+    return models
 
+
+HostRow = tuple[str, str, "HostEntry"]  # group name, host name, its entry
+
+
+def _entries(fleet_file: FleetFile, problems: list[Problem]
+             ) -> tuple[dict[str, GroupEntry], list[HostRow], set[tuple[str, str]]]:
+    """Groups and hosts with their names and connection fields checked; ``broken``: hosts
+    whose connection fields are invalid (their settings are still checked, so one run shows
+    every problem)."""
     groups: dict[str, GroupEntry] = {}
-    hosts: list[tuple[str, str, HostEntry]] = []
-    broken: set[tuple[str, str]] = set()  # hosts whose connection fields are invalid
+    hosts: list[HostRow] = []
+    broken: set[tuple[str, str]] = set()
     host_groups: dict[str, str] = {}  # host name -> the first group that has it
     declared_hosts = 0
     for group_name, raw_group in fleet_file.groups.items():
@@ -488,9 +528,14 @@ def load_fleet(
     if fleet_file.groups and len(groups) == len(fleet_file.groups) and not declared_hosts:
         problems.append(Problem("fleet", "groups", sorted(fleet_file.groups),
                                 "no hosts in any group: a fleet needs at least one host"))
+    return groups, hosts, broken
 
-    # Each settings layer is checked on its own first, so a bad value is reported once, at
-    # the place it is written, rather than once per host that inherits it.
+
+def _setting_layers(fleet_file: FleetFile, groups: dict[str, GroupEntry],
+                    hosts: list[HostRow], problems: list[Problem]
+                    ) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """Each settings layer, checked on its own first, so a bad value is reported once, at the
+    place it is written, rather than once per host that inherits it."""
     layers: list[tuple[str, str, Mapping[str, Any]]] = [("fleet", "settings", fleet_file.settings)]
     layers += [(f"group {name}", "settings", group.settings) for name, group in groups.items()]
     layers += [(f"host {host_name} (group {group_name})", "settings", host.settings)
@@ -503,9 +548,16 @@ def load_fleet(
                 p for p in _problems_from(exc, where, prefix, Settings)
                 if p.value is not _MISSING
             )
+    return layers
 
-    fleet = Fleet(name=fleet_file.fleet.name, source=path,
-                  setting_layers=[(where, layer) for where, _, layer in layers])
+
+def _host_specs(path: Path, pin_file: PinFile, models: dict[str, ModelSpec],
+                fleet_file: FleetFile, groups: dict[str, GroupEntry], hosts: list[HostRow],
+                broken: set[tuple[str, str]], problems: list[Problem], fleet_name: str
+                ) -> list[HostSpec]:
+    """Each host's settings merged fleet -> group -> host into its HostSpec; no two hosts
+    with one target."""
+    specs: list[HostSpec] = []
     seen_targets: dict[str, str] = {}
     for group_name, host_name, host in hosts:
         where = f"host {host_name} (group {group_name})"
@@ -513,7 +565,7 @@ def load_fleet(
             deep_merge(fleet_file.settings, groups[group_name].settings), host.settings
         )
         spec = _host_spec(path, pin_file, models, merged, group_name, host_name, host, where,
-                          problems, fleet.name)
+                          problems, fleet_name)
         if spec is None or (group_name, host_name) in broken:
             continue
         target_key = _target_key(spec.target)
@@ -521,15 +573,8 @@ def load_fleet(
             problems.append(Problem(where, "target", spec.target,
                                     f"also the target of host {seen_targets[target_key]}"))
         seen_targets[target_key] = host_name
-        fleet.hosts.append(spec)
-
-    fleet.hosts = with_replica_spans(fleet.hosts)
-    if checks is not None:
-        problems.extend(checks(fleet))
-    if problems:
-        unique = list(dict.fromkeys(problem.render(source) for problem in problems))
-        raise FleetError(unique)
-    return fleet
+        specs.append(spec)
+    return specs
 
 
 def with_replica_spans(hosts: list[HostSpec]) -> list[HostSpec]:

@@ -13,11 +13,17 @@ from facts.host_state import host_state
 from inventory.controller_files import write_atomically
 from operations.desired import desired
 from operations.host_files import write_file_command
-from rules.manifest import MANIFEST_PATH, comparable, parse_manifest, render_manifest
+from rules.manifest import (
+    MANIFEST_PATH,
+    carry_over,
+    comparable,
+    parse_manifest,
+    render_manifest,
+)
 
 
 @operation()
-def host_manifest(meta: dict[str, Any], controller_copy: str):
+def host_manifest(meta: dict[str, Any], controller_copy: str, partial: bool = False):
     """
     Ensure the host's manifest records what this run made it be; keep a copy on the controller.
 
@@ -29,6 +35,8 @@ def host_manifest(meta: dict[str, Any], controller_copy: str):
 
     + meta: the plan's part of the manifest (JSON values)
     + controller_copy: path on the controller
+    + partial: the run took only some steps (deploys/serve.py): the entries of the others are
+      kept as the host's current manifest records them
 
     **Example:**
 
@@ -51,6 +59,8 @@ def host_manifest(meta: dict[str, Any], controller_copy: str):
         "keyrings": dict(sorted(record.keyrings.items())),
     }
     current = parse_manifest(state.content(MANIFEST_PATH))
+    if partial:
+        body = carry_over(current, body)
     if comparable(current) == comparable(parse_manifest(render_manifest(body))):
         assert current is not None
         _keep_copy(controller_copy, render_manifest({k: v for k, v in current.items()

@@ -385,8 +385,8 @@ def check_engine_for_model(engine: str, version: str, model: ModelSpec) -> list[
                 f"{engine} {version} cannot serve {model.id} ({what} needs {engine} >= "
                 f"{need[0]}: {need[1]})",
                 f"{engine} {version}", f"{engine} >= {need[0]}",
-                "pick a pin set whose engine serves it (README: which pin set for which "
-                "hardware), or another model",
+                "pick a pin set whose engine serves it (docs/serving.md: which pin set for "
+                "which hardware), or another model",
             ))
     return found
 

@@ -2,7 +2,7 @@
 
 One list, read from the same settings and constants the renderers use (rules/serving.py,
 rules/monitoring.py, rules/gateway.py, rules/multinode.py), serves the preflight warning and
-the tests that keep the README's "What listens where" table honest. gpufleet configures no
+the tests that keep docs/serving.md's "What listens where" table honest. gpufleet configures no
 firewall and has no firewall setting: a service that listens beyond loopback is reachable by
 whatever the network lets through, so preflight warns whenever one does without a key in front.
 """
@@ -143,5 +143,5 @@ def exposure_findings(spec: HostSpec, fleet: list[HostSpec]) -> list[Finding]:
         ", ".join(sorted({f"{item.address}" for item in open_})) + " (beyond loopback)",
         "loopback, an API key, or a firewall you keep in front of these ports",
         "; ".join(dict.fromkeys(f"{item.service}: {item.lock_down}" for item in open_))
-        + " (README: What listens where)",
+        + " (docs/serving.md: What listens where)",
     )]

@@ -68,6 +68,25 @@ def parse_manifest(text: str | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("gpufleet_manifest") == SCHEMA else None
 
 
+def carry_over(previous: dict[str, Any] | None, body: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a run that took only some steps (deploys/serve.py): what those steps
+    recorded (``body``) over what the last converge recorded for the others (``previous``).
+    The image the previous engine ran is left out unless this run uses it again: the engine's
+    image is always recorded by the run that serves."""
+    if previous is None:
+        return body
+    merged = dict(body)
+    for section in ("packages", "files", "keyrings"):
+        merged[section] = dict(sorted({**previous.get(section, {}),
+                                       **body.get(section, {})}.items()))
+    merged["services"] = sorted(set(previous.get("services", [])) | set(body.get("services", [])))
+    old_engine = (previous.get("engine") or {}).get("image")
+    kept = {ref: image_id for ref, image_id in previous.get("images", {}).items()
+            if ref != old_engine}
+    merged["images"] = dict(sorted({**kept, **body.get("images", {})}.items()))
+    return merged
+
+
 def comparable(manifest: dict[str, Any] | None) -> dict[str, Any] | None:
     """The manifest without what changes from one identical converge to the next."""
     if manifest is None:

@@ -10,9 +10,12 @@ braces, newlines).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TypedDict
+
 from facts.host_state import APT_PROXY_PATH as APT_PROXY_PATH
 from facts.host_state import PROXY_ENV_PATH
-from inventory.schema import NetworkSettings
+from inventory.schema import NetworkSettings, Settings
 from inventory.urls import has_credentials as url_has_credentials
 
 # APT_PROXY_PATH and PROXY_ENV_PATH may hold credentials: facts.host_state names them.
@@ -67,3 +70,39 @@ def proxy_env_file(network: NetworkSettings) -> str | None:
 def download_env_file(network: NetworkSettings) -> str | None:
     """The env file download commands source, when the fleet sets a proxy."""
     return PROXY_ENV_PATH if proxy_env_file(network) else None
+
+
+class AptArgs(TypedDict):
+    """What an apt operation that downloads needs: the proxy env file and the lock wait."""
+
+    env_file: str | None
+    lock_timeout: int
+
+
+class AptLockArgs(TypedDict):
+    """What an apt or dpkg operation that only takes the lock needs."""
+
+    lock_timeout: int
+
+
+@dataclass(frozen=True)
+class AptContext:
+    """How apt runs on a host, decided once per step from the settings: through the fleet's
+    proxy (``env_file``, root-only) and waiting ``lock_timeout`` s for another's apt/dpkg lock.
+    A step passes ``**apt.install`` to an operation that downloads, ``**apt.locking`` to one
+    that only locks, and ``apt.env_file`` to a download that is not apt's."""
+
+    env_file: str | None
+    lock_timeout: int
+
+    @property
+    def install(self) -> AptArgs:
+        return {"env_file": self.env_file, "lock_timeout": self.lock_timeout}
+
+    @property
+    def locking(self) -> AptLockArgs:
+        return {"lock_timeout": self.lock_timeout}
+
+
+def apt_context(settings: Settings) -> AptContext:
+    return AptContext(download_env_file(settings.network), settings.apt.lock_timeout_seconds)

@@ -344,7 +344,7 @@ def sglang_key_wrapper(entrypoint: list[str]) -> list[str]:
     """SGLang takes its key only as --api-key: the container's shell appends it from the
     variable api-key.env sets, then execs the engine (the document's escaping writes each `$`
     as `$$`, and Compose hands the shell one). The key stays out of the compose file, but is
-    in the engine process's arguments, which the host's process list shows (README: the API
+    in the engine process's arguments, which the host's process list shows (docs/serving.md: the API
     key)."""
     variable = API_KEY_VARIABLE["sglang"]
     return ["sh", "-c", f'exec "$@" --api-key "${variable}"', "sglang", *entrypoint]

@@ -4,7 +4,7 @@ xdist hands a file to whichever worker is free, in collection order. Its default
 files by their number of tests, which puts the longest end-to-end files (few tests, minutes
 each) last, and one worker then finishes minutes after the other. Longest first instead: the
 classic longest-processing-time rule, with the durations measured on the 2-core development
-machine (README, Performance). Files not listed keep their order, after these.
+machine (docs/performance.md). Files not listed keep their order, after these.
 """
 
 from __future__ import annotations

@@ -268,3 +268,39 @@ def test_a_corrupt_canary_shard_keeps_the_canary_out_of_traffic(stack: Stack) ->
     finally:
         ok(CANARY, f"truncate -s -1 {shard}")
     assert run_on(CANARY, "true").returncode == 0
+
+
+def test_serve_keeps_the_exporter_and_leaves_the_manifest_current(stack: Stack) -> None:
+    """deploys/serve.py on the monitored fleet, the stable host's engine flags changed: the
+    monitoring host is not refused (no GPU there), the DCGM exporter keeps running beside the
+    new engine, the manifest records the new compose file and still the driver's packages, and
+    the audit after it is clean; the full deploy then has nothing left to do."""
+    from rules.manifest import MANIFEST_PATH
+    from rules.serving import COMPOSE_PATH, COMPOSE_PROJECT
+
+    text = stack.fleet.read_text()
+    served = text.replace("{ inference = { replicas = 2 } }",
+                          "{ inference = { replicas = 2, max_num_seqs = 24 } }", 1)
+    assert served != text, text
+    fleet = stack.fleet.with_name("fleet-serve.toml")
+    fleet.write_text(served)
+    exporter = f"{COMPOSE_PROJECT}-dcgm-exporter"
+    started = ok(STABLE, f"docker inspect --format '{{{{.State.StartedAt}}}}' {exporter}")
+
+    run = sh.deploy(stack.tree, fleet, script="deploys/serve.py", timeout=900)
+    assert run.rc == 0, run.output[-6000:]
+    assert "no-gpu" not in run.output, run.output[-6000:]
+    # the exporter survived `up --remove-orphans`, untouched
+    assert ok(STABLE, f"docker inspect --format '{{{{.State.StartedAt}}}}' {exporter}") == started
+    manifest = json.loads(ok(STABLE, f"cat {MANIFEST_PATH}"))
+    compose_sha = ok(STABLE, f"sha256sum {COMPOSE_PATH}").split()[0]
+    assert manifest["files"][COMPOSE_PATH]["sha256"] == compose_sha
+    args = manifest["engine"]["args"]
+    assert args[args.index("--max-num-seqs") + 1] == "24", args
+    assert any(name.startswith("nvidia-driver") for name in manifest["packages"]), manifest
+
+    audit = sh.deploy(stack.tree, fleet, script="deploys/audit.py", timeout=300)
+    assert audit.rc == 0, audit.output[-4000:]
+    again = sh.deploy(stack.tree, fleet)
+    assert again.rc == 0, again.output[-4000:]
+    assert again.changed_ops == [], again.output[-4000:]

@@ -189,7 +189,7 @@ def test_every_address_and_port_is_the_one_the_renderers_write(tmp_path: Path) -
 
 
 def test_the_readme_table_shows_every_default_port(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
     section = readme.split("## What listens where", 1)[1].split("\n## ", 1)[0]
     vllm = fleet(tmp_path, settings='[settings.multinode]\nnodes = 2\ninterface = "eth1"\n',
                  gpu='settings = { multinode = { address = "10.1.0.1" } }\n'

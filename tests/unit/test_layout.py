@@ -65,9 +65,9 @@ def calls_by_line(path: Path, names: set[str]) -> dict[str, set[int]]:
 
 def test_each_step_of_the_main_deploy_is_called_from_one_line() -> None:
     """pyinfra tells one step from another by the line numbers of its call stack: a step that
-    the monitoring host and the GPU hosts both take, called from two lines of the deploy,
+    the monitoring host and the GPU hosts both take, called from two lines of the runner,
     shows as two rows of the result table (1 host, then 2 hosts)."""
-    path = REPO / "deploys" / "gpu_host.py"
+    path = REPO / "deploys" / "runner.py"
     steps = {alias.asname or alias.name
              for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deploys.")
@@ -75,4 +75,21 @@ def test_each_step_of_the_main_deploy_is_called_from_one_line() -> None:
     assert {"host_network", "host_record", "monitoring_host", "inference"} <= steps
     twice = {name: sorted(lines) for name, lines in calls_by_line(path, steps).items()
              if len(lines) > 1}
-    assert twice == {}, f"called from several lines of deploys/gpu_host.py: {twice}"
+    assert twice == {}, f"called from several lines of deploys/runner.py: {twice}"
+
+
+def test_every_converging_entry_is_a_list_of_the_runners_steps() -> None:
+    """deploys/gpu_host.py and deploys/serve.py prepare nothing themselves: each hands the
+    runner its list of steps, so the preflight, the exporter beside the engine and the
+    manifest cannot differ between them."""
+    from deploys.runner import GPU_HOST, SERVE, STEPS
+
+    for entry in ("gpu_host", "serve"):
+        tree = ast.parse((REPO / "deploys" / f"{entry}.py").read_text())
+        imported = {(node.module, alias.name) for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) for alias in node.names}
+        assert {module for module, _ in imported} == {"deploys.runner"}, (entry, imported)
+        calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+        assert [ast.unparse(c) for c in calls] in (["run(GPU_HOST)"], ["run(SERVE)"]), entry
+    assert GPU_HOST == STEPS
+    assert set(SERVE) < set(STEPS) and "record" in SERVE and "inference" in SERVE

@@ -11,6 +11,7 @@ import pytest
 from facts.host_state import HostStateResult, parse_image_ids, parse_images
 from facts.weights_files import WeightsListing
 from rules.manifest import (
+    carry_over,
     comparable,
     drift,
     parse_manifest,
@@ -174,3 +175,30 @@ def test_a_secret_file_is_recorded_by_mode_and_owner_never_by_a_digest() -> None
     opened = state(files={**files, API_KEY_PATH: {"content": key, "mode": "644"}})
     assert audit(opened, manifest) == [("files", f"{API_KEY_PATH} is 644 root:root, wanted "
                                                  "600 root:root")]
+
+
+def test_a_run_of_some_steps_keeps_the_others_entries_and_drops_the_old_engine_image() -> None:
+    """deploys/serve.py takes only the serving steps: its manifest is what they recorded over
+    what the last converge recorded for the driver, Docker, the venv..., so the audit after
+    it neither loses the others nor reports the served compose file as changed by hand."""
+    previous = {
+        "engine": {"image": "vllm:old"},
+        "packages": {"nvidia-driver-535": {"version": "535.1", "held": True}},
+        "files": {"/etc/docker/daemon.json": {"sha256": "d"}, "/etc/compose.yaml": {"sha256": "a"}},
+        "services": ["docker"],
+        "images": {"vllm:old": "sha256:1", "dcgm:1": "sha256:2"},
+        "keyrings": {"/k.gpg": "F"},
+    }
+    body = {
+        "engine": {"image": "vllm:new"}, "packages": {},
+        "files": {"/etc/compose.yaml": {"sha256": "b"}}, "services": ["gpufleet-inference"],
+        "images": {"vllm:new": "sha256:3", "dcgm:1": "sha256:2"}, "keyrings": {},
+    }
+    merged = carry_over(previous, body)
+    assert merged["engine"] == {"image": "vllm:new"}
+    assert merged["packages"] == previous["packages"] and merged["keyrings"] == {"/k.gpg": "F"}
+    assert merged["files"] == {"/etc/compose.yaml": {"sha256": "b"},
+                               "/etc/docker/daemon.json": {"sha256": "d"}}
+    assert merged["services"] == ["docker", "gpufleet-inference"]
+    assert merged["images"] == {"dcgm:1": "sha256:2", "vllm:new": "sha256:3"}
+    assert carry_over(None, body) == body

@@ -279,10 +279,10 @@ def node_plans_for(spec: HostSpec) -> EnginePlan:
 
 
 def readme_r1_example() -> str:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "multi-node.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", readme, re.S)
     found = [b for b in blocks if 'model = "deepseek-r1"' in b and "multinode" in b]
-    assert len(found) == 1, "the README's two-node R1 example"
+    assert len(found) == 1, "docs/multi-node.md's two-node R1 example"
     return found[0]
 
 

@@ -1,0 +1,109 @@
+"""The one pipeline every converging entry runs: fleet spec -> probe -> preflight (every
+check, one report) -> the entry's steps in their fixed order -> the host manifest.
+
+An entry is a list of steps (``GPU_HOST``, ``SERVE``): the entries differ only in which steps
+they take, never in how a step is prepared, so they cannot drift apart. Preflight is the same
+for every entry (the Python environment's findings, the monitored fleet's replica count and
+exporter pin, the replica's other nodes), and so is what a monitored host runs beside its
+engine (the DCGM exporter in the compose file: a compose file rendered without it would make
+`up --remove-orphans` remove it).
+
+pyinfra's result table has one row per call site (an operation's hash is the line numbers of
+its call stack): a step both kinds of host take is called from one line of ``run``, or it
+shows twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Literal, cast
+
+from pyinfra import state
+from pyinfra.api.operation import OperationMeta
+
+from deploys.container_toolkit import container_toolkit
+from deploys.cuda_toolkit import cuda_toolkit
+from deploys.docker_engine import docker_engine
+from deploys.exporters import exporters
+from deploys.fault_summary import install_fault_summary
+from deploys.host_network import host_network
+from deploys.host_record import host_record
+from deploys.inference import inference
+from deploys.monitoring_host import monitoring_host
+from deploys.nvidia_driver import nvidia_driver
+from deploys.nvidia_repositories import nvidia_repositories
+from deploys.preflight import monitor_preflight, preflight, read_host, replicas_agree
+from deploys.python_env import python_env, python_env_plan
+from deploys.spec import fleet_specs, host_spec
+from deploys.verify_stack import verify_stack
+from rules.assessment import exporter_pin_findings
+from rules.monitoring import is_monitor
+from rules.serving import dcgm_exporter
+
+Step = Literal["network", "monitoring_host", "gpu_stack", "python_env", "exporters",
+               "inference", "record"]
+# The order the steps run in, whichever an entry takes.
+STEPS: tuple[Step, ...] = ("network", "monitoring_host", "gpu_stack", "python_env",
+                           "exporters", "inference", "record")
+# deploys/gpu_host.py: everything.
+GPU_HOST: tuple[Step, ...] = STEPS
+# deploys/serve.py: what is served. The monitoring host's step follows the fleet's replicas
+# (its scrape targets and the gateway's upstreams); the manifest is brought up to date, the
+# entries of the steps not taken kept as the last converge recorded them.
+SERVE: tuple[Step, ...] = ("monitoring_host", "inference", "record")
+
+
+def run(steps: Collection[Step]) -> None:
+    """Run ``steps`` (in ``STEPS`` order) on the host being deployed, after the preflight
+    every entry shares; a refused host takes none of them."""
+    unknown = set(steps) - set(STEPS)
+    assert not unknown, f"unknown steps: {sorted(unknown)}"
+    # Every run ends with a summary of the hosts it lost: step, cause, what to do.
+    install_fault_summary(state)
+    spec = host_spec()
+    fleet = fleet_specs()
+    if is_monitor(spec):
+        # A monitoring host needs no GPU: its own small stack, read from one state read.
+        monitor_preflight(spec, fleet)
+        venv, plan = None, None
+        converge = True
+        monitored = False
+    else:
+        probe = read_host(spec)
+        venv = python_env_plan(spec)
+        # A fleet with a monitoring host scrapes every replica: the host must run what the
+        # fleet file says (rules.monitoring.fleet_replicas), checked before anything changes.
+        monitored = spec.settings.monitoring.enabled and any(is_monitor(s) for s in fleet)
+        plan = preflight(spec, probe, extra=[*(venv.findings() if venv else ()),
+                                             *(exporter_pin_findings(spec) if monitored
+                                               else ())])
+        if plan is not None and monitored and not replicas_agree(spec, plan):
+            plan = None
+        converge = plan is not None
+
+    if converge and "network" in steps:
+        host_network(spec=spec)
+    if is_monitor(spec):
+        if "monitoring_host" in steps:
+            monitoring_host(spec=spec, fleet=fleet)
+    elif plan is not None:
+        if "gpu_stack" in steps:
+            nvidia_repositories(spec=spec, plan=plan)
+            # @deploy passes the return value through (pyinfra's typing says otherwise).
+            driver = cast(OperationMeta, nvidia_driver(spec=spec, plan=plan,
+                                                       secure_boot=probe.secure_boot.enforcing))
+            cuda_toolkit(spec=spec, plan=plan)
+            docker_engine(spec=spec, plan=plan)
+            container_toolkit(spec=spec, plan=plan, driver_install=driver)
+            verify_stack(spec=spec, plan=plan)
+        if "python_env" in steps:
+            # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.
+            python_env(plan=venv)
+        if monitored and "exporters" in steps:
+            exporters(spec=spec)
+        if "inference" in steps:
+            inference(spec=spec, plan=plan, listing=probe.weights,
+                      exporter=dcgm_exporter(spec) if monitored else None)
+    if converge and "record" in steps:
+        host_record(spec=spec, plan=plan, venv=venv,
+                    partial=any(step not in steps for step in STEPS if step != "record"))
