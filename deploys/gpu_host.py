@@ -33,6 +33,7 @@ from deploys.fault_summary import install_fault_summary
 from deploys.host_network import host_network
 from deploys.host_record import host_record
 from deploys.inference import inference
+from deploys.locking import run_lock_done, run_lock_held
 from deploys.monitoring_host import monitoring_host
 from deploys.nvidia_driver import nvidia_driver
 from deploys.nvidia_repositories import nvidia_repositories
@@ -40,51 +41,60 @@ from deploys.preflight import monitor_preflight, preflight, read_host, replicas_
 from deploys.python_env import python_env, python_env_plan
 from deploys.spec import fleet_specs, host_spec
 from deploys.verify_stack import verify_stack
+from inventory.fleet import HostSpec
 from rules.assessment import exporter_pin_findings
 from rules.monitoring import is_monitor
 from rules.serving import dcgm_exporter
 
 # Every run ends with a summary of the hosts it lost: step, cause, what to do.
 install_fault_summary(state)
-spec = host_spec()
-fleet = fleet_specs()
-# pyinfra's result table has one row per call site (an operation's hash is the line numbers of
-# its call stack): a step both kinds of host take is called from one line, or it shows twice.
-if is_monitor(spec):
-    # A monitoring host needs no GPU: its own small stack, read from one state read.
-    monitor_preflight(spec, fleet)
-    venv, plan = None, None
-    converge = True
-else:
-    probe = read_host(spec)
-    venv = python_env_plan(spec)
-    # A fleet with a monitoring host scrapes every replica: the host must run what the fleet
-    # file says (rules.monitoring.fleet_replicas), checked before anything changes.
-    monitored = spec.settings.monitoring.enabled and any(is_monitor(s) for s in fleet)
-    plan = preflight(spec, probe, extra=[*(venv.findings() if venv else ()),
-                                         *(exporter_pin_findings(spec) if monitored else ())])
-    if plan is not None and monitored and not replicas_agree(spec, plan):
-        plan = None
-    converge = plan is not None
 
-if converge:
-    host_network(spec=spec)
-if is_monitor(spec):
-    monitoring_host(spec=spec, fleet=fleet)
-elif plan is not None:
-    nvidia_repositories(spec=spec, plan=plan)
-    # @deploy passes the return value through (pyinfra's typing says otherwise).
-    driver = cast(OperationMeta, nvidia_driver(spec=spec, plan=plan,
-                                               secure_boot=probe.secure_boot.enforcing))
-    cuda_toolkit(spec=spec, plan=plan)
-    docker_engine(spec=spec, plan=plan)
-    container_toolkit(spec=spec, plan=plan, driver_install=driver)
-    verify_stack(spec=spec, plan=plan)
-    # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.
-    python_env(plan=venv)
-    if monitored:
-        exporters(spec=spec)
-    inference(spec=spec, plan=plan, listing=probe.weights,
-              exporter=dcgm_exporter(spec) if monitored else None)
-if converge:
-    host_record(spec=spec, plan=plan, venv=venv)
+
+def converge_host(spec: HostSpec, fleet: list[HostSpec]) -> None:
+    # pyinfra's result table has one row per call site (an operation's hash is the line
+    # numbers of its call stack): a step both kinds of host take is called from one line, or
+    # it shows twice.
+    if is_monitor(spec):
+        # A monitoring host needs no GPU: its own small stack, read from one state read.
+        monitor_preflight(spec, fleet)
+        venv, plan = None, None
+        going = True
+    else:
+        probe = read_host(spec)
+        venv = python_env_plan(spec)
+        # A fleet with a monitoring host scrapes every replica: the host must run what the
+        # fleet file says (rules.monitoring.fleet_replicas), checked before anything changes.
+        monitored = spec.settings.monitoring.enabled and any(is_monitor(s) for s in fleet)
+        plan = preflight(spec, probe, extra=[*(venv.findings() if venv else ()),
+                                             *(exporter_pin_findings(spec) if monitored else ())])
+        if plan is not None and monitored and not replicas_agree(spec, plan):
+            plan = None
+        going = plan is not None
+
+    if going:
+        host_network(spec=spec)
+    if is_monitor(spec):
+        monitoring_host(spec=spec, fleet=fleet)
+    elif plan is not None:
+        nvidia_repositories(spec=spec, plan=plan)
+        # @deploy passes the return value through (pyinfra's typing says otherwise).
+        driver = cast(OperationMeta, nvidia_driver(spec=spec, plan=plan,
+                                                   secure_boot=probe.secure_boot.enforcing))
+        cuda_toolkit(spec=spec, plan=plan)
+        docker_engine(spec=spec, plan=plan)
+        container_toolkit(spec=spec, plan=plan, driver_install=driver)
+        verify_stack(spec=spec, plan=plan)
+        # After the driver (and its reboot), so the venv's CUDA check sees the GPUs.
+        python_env(plan=venv)
+        if monitored:
+            exporters(spec=spec)
+        inference(spec=spec, plan=plan, listing=probe.weights,
+                  exporter=dcgm_exporter(spec) if monitored else None)
+    if going:
+        host_record(spec=spec, plan=plan, venv=venv)
+
+
+# One run at a time on a host: the lock is taken before the host is read, given back last.
+if run_lock_held():
+    converge_host(host_spec(), fleet_specs())
+    run_lock_done()
