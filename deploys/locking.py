@@ -27,6 +27,7 @@ from operations.checks import refuse_host
 from operations.host_lock import (
     alive,
     controller_holder,
+    label,
     release_when_done,
     run_lock,
     run_lock_released,
@@ -63,7 +64,7 @@ def run_lock_held() -> bool:
     wait, problem = parse_wait(host.data.get(LOCK_WAIT_DATA))
     if problem:
         refuse_host(name="Refuse: how long to wait for the run lock?",
-                    message=f"{host.name}: {problem}")
+                    message=f"{label(host)}: {problem}")
         return False
     mine = this_run()
     if executes_unasked():
@@ -77,10 +78,10 @@ def run_lock_held() -> bool:
     found = parse_holder(lock_text)
     seen = verdict(found, mine, alive)
     if found is not None and seen == "dead":
-        host.log_styled(dead_message(host.name, found, mine.since), fg="yellow",
+        host.log_styled(dead_message(label(host), found, mine.since), fg="yellow",
                         log_func=logger.warning)
     elif found is not None and seen == "held":
-        host.log_styled(f"{host.name}: locked by {found.describe(mine.since)}: this run would "
+        host.log_styled(f"{label(host)}: locked by {found.describe(mine.since)}: this run would "
                         "wait for it (--data lock_wait=SECONDS) or stop", fg="yellow",
                         log_func=logger.warning)
     run_lock(name="Hold the run lock", mine=mine, wait=wait, seen_last=parse_holder(last_text),

@@ -86,6 +86,14 @@ def controller_holder(argv: list[str] | None = None) -> Holder:
                   since=time.time(), pid=os.getpid(), boot_id=boot_id())
 
 
+def label(host: Host) -> str:
+    """The host as the operator names it: its fleet file name (pyinfra's for a host without
+    one); `--limit` takes it."""
+    spec = host.data.get("gpufleet")
+    name = spec.get("name") if isinstance(spec, dict) else None
+    return str(name) if name else host.name
+
+
 def _arguments(host: Host) -> dict[str, Any]:
     return {"_sudo": True} if host.data.get("_sudo") else {}
 
@@ -125,7 +133,7 @@ def take(host: Host, mine: Holder, wait: int, sleep: Callable[[float], None] = t
         ok, text = _run(host, take_script(mine))
         lines = text.splitlines()
         if not ok or not lines:
-            return f"{host.name}: could not take the run lock ({LOCK_PATH}): {text.strip()}"
+            return f"{label(host)}: could not take the run lock ({LOCK_PATH}): {text.strip()}"
         if lines[0] == "taken":
             _TAKEN[host.name] = (host, mine)
             return None
@@ -137,9 +145,9 @@ def take(host: Host, mine: Holder, wait: int, sleep: Callable[[float], None] = t
             return None
         waited = int(clock() - started)
         if seen == "dead":
-            return dead_message(host.name, found, clock())
+            return dead_message(label(host), found, clock())
         if waited >= wait:
-            return held_message(host.name, found, waited, clock())
+            return held_message(label(host), found, waited, clock())
         sleep(POLL_SECONDS)
 
 
@@ -191,7 +199,7 @@ def take_checked(host: Host, mine: Holder, wait: int, seen_last: Holder | None) 
         last = read_last(host)
         if last is not None and (seen_last is None or last.token != seen_last.token):
             release(host, changed=False)
-            return changed_meanwhile(host.name, last, time.time())
+            return changed_meanwhile(label(host), last, time.time())
     return message
 
 
@@ -263,14 +271,14 @@ def _give_back(state: State, host: Host, mine: Holder) -> bool:
 def _break(state: State, host: Host, token: str) -> bool:
     ok, text = _run(host, f"cat {LOCK_PATH} 2>/dev/null || true")
     found = parse_holder(text) if ok else None
-    go, message = break_verdict(found, token, host.name, time.time())
+    go, message = break_verdict(found, token, label(host), time.time())
     if not go:
         return fail_host(state, host, message) if found is not None else tell(state, host,
                                                                             message)
     tell(state, host, message)
     return _run(host, f"printf '%s\\n' {shlex.quote(text)} | cmp -s - {LOCK_PATH} && "
                       f"rm -f {LOCK_PATH}")[0] or fail_host(
-        state, host, f"{host.name}: the lock changed while breaking it; nothing was broken")
+        state, host, f"{label(host)}: the lock changed while breaking it; nothing was broken")
 
 
 @operation(is_idempotent=False)

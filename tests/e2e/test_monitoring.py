@@ -10,14 +10,19 @@ and a bounded load (2,000 requests at concurrency 8) lands 20 % +- 3 % on the ca
 `promote` and then `rollback` under load drop no request -> a canary whose first token takes
 800 ms fires the latency alert within its `for` window and `status` says roll back (and does
 it, with auto_rollback) -> every dashboard query returns data -> a corrupt canary shard keeps
-`canary start` from routing to it.
+`canary start` from routing to it -> `start --limit <gateway>` is refused, the routing
+unchanged -> a promote killed between recording and reloading is pending, not applied, and
+its dead locks are broken with the command the next run prints.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -268,3 +273,84 @@ def test_a_corrupt_canary_shard_keeps_the_canary_out_of_traffic(stack: Stack) ->
     finally:
         ok(CANARY, f"truncate -s -1 {shard}")
     assert run_on(CANARY, "true").returncode == 0
+
+
+def test_start_limited_to_the_gateway_is_refused_and_the_routing_is_unchanged(
+        stack: Stack) -> None:
+    """`--limit <gateway>` leaves the canary hosts out of the run: their proof was not made in
+    it, so nothing routes to them (issue 24, Done when)."""
+    before = gateway_conf()
+    run = sh.deploy(stack.tree, stack.fleet, "--data", "action=start", "--limit", MONITOR,
+                    script="deploys/canary.py", timeout=600)
+    assert run.rc != 0
+    assert f"not in this run (left out by --limit, or failed): {CANARY}" in run.output, \
+        run.output[-3000:]
+    assert gateway_conf() == before
+    assert ok(MONITOR, "test -e /var/lib/gpufleet/run.lock && echo held || echo free").strip() \
+        == "free"  # the refused run gave the gateway's lock back
+
+
+# What the nginx on the monitoring host runs for `nginx -t` during the next test: it says it
+# was called, then holds the check, so the promote can be killed between record and reload.
+HOLD_CHECK = "/usr/local/sbin/nginx"
+HOLD_CHECK_SCRIPT = """#!/bin/sh
+case " $* " in *" -t "*) echo $$ > /tmp/gpufleet-e2e-check.pid; sleep 300;; esac
+exec /usr/sbin/nginx "$@"
+"""
+
+
+def test_a_promote_killed_between_record_and_reload_is_pending_not_applied(
+        stack: Stack) -> None:
+    """Killed once the intended routing is recorded and before nginx reloaded: the status and
+    the next deploy say pending, the routing stays as it was, and only the operator's
+    `gateway_pending=apply` applies it. The killed run's locks are named as a dead run's, with
+    the command that breaks them (issue 24, Done when)."""
+    before = gateway_conf()
+    assert "# Canary: promoted" not in before
+    ok(MONITOR, f"printf %s {shlex.quote(HOLD_CHECK_SCRIPT)} > {HOLD_CHECK} && "
+                f"chmod 755 {HOLD_CHECK} && rm -f /tmp/gpufleet-e2e-check.pid")
+    env = {**os.environ, "GPUFLEET_FLEET": str(stack.fleet), "PYTHONUNBUFFERED": "1"}
+    promote = subprocess.Popen([str(sh.PYINFRA), "-y", "--data", "action=promote",
+                                "inventory.py", "deploys/canary.py"], cwd=stack.tree, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        wait_for("the promote's nginx -t", lambda: run_on(
+            MONITOR, "test -s /tmp/gpufleet-e2e-check.pid").returncode == 0, 300, every=0.5)
+        os.killpg(promote.pid, signal.SIGKILL)  # the controller dies mid-change
+        promote.wait(timeout=30)
+    finally:
+        if promote.poll() is None:
+            os.killpg(promote.pid, signal.SIGKILL)
+        ok(MONITOR, f"rm -f {HOLD_CHECK}; kill $(cat /tmp/gpufleet-e2e-check.pid) || true")
+    assert gateway_conf() == before  # never reloaded
+    assert ok(MONITOR, "test -e /var/lib/gpufleet/gateway-pending.json && echo yes").strip() \
+        == "yes"
+
+    status = stack.canary("status")
+    assert status.rc == 0, status.output[-4000:]
+    assert "a gateway change is pending" in status.output
+
+    # The killed run still holds its hosts' locks: the next converge stops on them, naming a
+    # run that is gone, and prints the command that breaks each.
+    blocked = sh.deploy(stack.tree, stack.fleet)
+    assert blocked.rc != 0
+    assert "locked by a run that is gone" in blocked.output, blocked.output[-4000:]
+    breaks = re.findall(r"deploys/lock\.py --limit (\S+) --data break_lock=(\w+)",
+                        blocked.output)
+    assert {limit for limit, _ in breaks} == {CANARY, MONITOR}, breaks
+    assert gateway_conf() == before
+    for limit, token in dict(breaks).items():
+        broken = sh.deploy(stack.tree, stack.fleet, "--limit", limit, "--data",
+                           f"break_lock={token}", script="deploys/lock.py", timeout=300)
+        assert broken.rc == 0, broken.output[-3000:]
+
+    kept = sh.deploy(stack.tree, stack.fleet)
+    assert kept.rc == 0, kept.output[-4000:]
+    assert "a gateway change is pending" in kept.output
+    assert gateway_conf() == before  # the routine deploy does not apply it unasked
+    applied = sh.deploy(stack.tree, stack.fleet, "--data", "gateway_pending=apply")
+    assert applied.rc == 0, applied.output[-4000:]
+    assert "# Canary: promoted" in gateway_conf()
+    assert ok(MONITOR, "test -e /var/lib/gpufleet/gateway-pending.json && echo yes || "
+                       "echo no").strip() == "no"
