@@ -60,6 +60,8 @@ class Holder:
         return json.dumps(asdict(self), sort_keys=True)
 
     def describe(self, now: float) -> str:
+        if not self.token:  # a record nobody can read: say so, not a made-up holder
+            return self.command
         return (f"{self.who} on {self.origin} (pid {self.pid}), running `{self.command}`, "
                 f"since {when(self.since)} ({ago(now - self.since)})")
 
@@ -90,7 +92,7 @@ def parse_holder(text: str | None) -> Holder | None:
                       boot_id=str(data["boot_id"]))
     except (ValueError, KeyError, TypeError):
         return Holder(token="", who="someone", origin="an unknown controller",
-                      command=f"unreadable lock record {text.strip()[:60]!r}", since=0.0,
+                      command=f"an unreadable lock record ({text.strip()[:60]!r})", since=0.0,
                       pid=0, boot_id="")
 
 

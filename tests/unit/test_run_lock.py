@@ -39,7 +39,9 @@ def test_the_record_round_trips_and_a_garbled_one_still_holds() -> None:
     assert parse_holder(None) is None and parse_holder("  \n") is None
     garbled = parse_holder('{"token": "x", "who"')
     assert garbled is not None and garbled.token == ""  # nobody may assume the host is free
-    assert "unreadable lock record" in garbled.command
+    assert garbled.describe(NOW) == """an unreadable lock record ('{"token": "x", "who"')"""
+    assert break_command("gpu-01", garbled).endswith("--data break_lock=unreadable")
+    assert break_verdict(garbled, "unreadable", "gpu-01", NOW)[0]
 
 
 @pytest.mark.parametrize("found,alive,expected", [
