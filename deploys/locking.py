@@ -9,8 +9,9 @@ seconds for another run (0: it fails at once, naming the holder), so what it pla
 finds. A run that asks first (no -y) takes no lock for its preview, which only says who holds
 one; once the operator says yes, its first operation takes the lock and stops if another run
 changed the host since the preview read it. A host that fails gives its lock back when it
-fails; one lost mid-run leaves it to this controller's process, gone once the run ends: the
-next run says so and prints the command that breaks it.
+fails; one lost mid-run (or a run killed) leaves it to a process that is gone once the run
+ends: the next run from this controller takes it over and says whose it was; from another
+controller, the message names the holder and prints the command that breaks it.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def run_lock_held() -> bool:
                     message=f"{label(host)}: {problem}")
         return False
     mine = this_run()
+    # Read first: a host that does not answer fails here as on any read, before any change.
+    lock_text, last_text = host.get_fact(LockRecords, lock=LOCK_PATH, last=LAST_PATH)
+    if host in host.state.failed_hosts:
+        return False
     if executes_unasked():
         message = take(host, mine, wait)
         if message:
@@ -74,7 +79,6 @@ def run_lock_held() -> bool:
             return False
         run_lock(name="Hold the run lock", mine=mine, wait=wait, seen_last=None, held=True)
         return True
-    lock_text, last_text = host.get_fact(LockRecords, lock=LOCK_PATH, last=LAST_PATH)
     found = parse_holder(lock_text)
     seen = verdict(found, mine, alive)
     if found is not None and seen == "dead":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import getpass
+import logging
 import os
 import shlex
 import socket
@@ -41,14 +42,16 @@ from rules.run_lock import (
     Holder,
     break_verdict,
     changed_meanwhile,
-    dead_message,
     held_message,
     parse_holder,
     short_command,
+    taken_over_message,
     verdict,
 )
 
 POLL_SECONDS = 2
+MAX_QUICK_TRIES = 10  # retries without a wait: released or taken over just now
+logger = logging.getLogger("gpufleet")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 # What this process holds, per host name: the holder record (released at the end).
@@ -99,7 +102,10 @@ def _arguments(host: Host) -> dict[str, Any]:
 
 
 def _run(host: Host, script: str) -> tuple[bool, str]:
-    ok, output = host.run_shell_command(StringCommand(script), **_arguments(host))
+    try:
+        ok, output = host.run_shell_command(StringCommand(script), **_arguments(host))
+    except Exception as exc:  # a host gone mid-run: said by the caller, in one line
+        return False, str(exc)
     return ok, "\n".join(output.stdout_lines)
 
 
@@ -120,6 +126,23 @@ def release_script(mine: Holder, changed: bool = True) -> str:
             f"{keep}rm -f {LOCK_PATH}; fi")
 
 
+def break_script(record: str) -> str:
+    """Removes the lock only while it is ``record`` (as read): moved aside first (a rename is
+    atomic: of two breakers, one gets it), put back when it turns out to be another one.
+    Prints "broken", or "changed" when the lock was no longer that record."""
+    return (f"a={LOCK_PATH}.broken.$$; mv {LOCK_PATH} \"$a\" 2>/dev/null || "
+            "{ echo changed; exit 0; }; "
+            f"if printf '%s\\n' {shlex.quote(record)} | cmp -s - \"$a\"; then rm -f \"$a\"; "
+            f"echo broken; else ln \"$a\" {LOCK_PATH} 2>/dev/null; rm -f \"$a\"; echo changed; "
+            "fi")
+
+
+def broken(host: Host, record: str) -> bool:
+    """Remove the lock if it is still ``record``; whether it was."""
+    ok, text = _run(host, break_script(record))
+    return ok and text.strip() == "broken"
+
+
 def read_last(host: Host) -> Holder | None:
     ok, text = _run(host, f"cat {LAST_PATH} 2>/dev/null || true")
     return parse_holder(text) if ok else None
@@ -128,8 +151,12 @@ def read_last(host: Host) -> Holder | None:
 def take(host: Host, mine: Holder, wait: int, sleep: Callable[[float], None] = time.sleep,
          clock: Callable[[], float] = time.time) -> str | None:
     """Take ``host``'s lock for ``mine``; None once held, else the one line saying why not."""
-    started = clock()
+    started, tries = clock(), 0
     while True:
+        tries += 1
+        if tries > MAX_QUICK_TRIES + wait // POLL_SECONDS:  # a lock that will not settle
+            return (f"{label(host)}: could not take the run lock ({LOCK_PATH}) after {tries - 1} "
+                    "tries; look at it on the host")
         ok, text = _run(host, take_script(mine))
         lines = text.splitlines()
         if not ok or not lines:
@@ -137,15 +164,19 @@ def take(host: Host, mine: Holder, wait: int, sleep: Callable[[float], None] = t
         if lines[0] == "taken":
             _TAKEN[host.name] = (host, mine)
             return None
-        found = parse_holder("\n".join(lines[1:]))
+        record = "\n".join(lines[1:])
+        found = parse_holder(record)
         seen = verdict(found, mine, alive)
-        if seen == "mine" or found is None:  # ours (a tool's), or released just now
-            if found is None:
-                continue
+        if found is None:  # released just now
+            continue
+        if seen == "mine":  # the lock of the tool that started this run
             return None
         waited = int(clock() - started)
-        if seen == "dead":
-            return dead_message(label(host), found, clock())
+        if seen == "dead":  # certainly gone: its process no longer runs on this controller
+            if broken(host, record):
+                host.log_styled(taken_over_message(label(host), found, clock()), fg="yellow",
+                                log_func=logger.warning)
+            continue
         if waited >= wait:
             return held_message(label(host), found, waited, clock())
         sleep(POLL_SECONDS)
@@ -276,8 +307,7 @@ def _break(state: State, host: Host, token: str) -> bool:
         return fail_host(state, host, message) if found is not None else tell(state, host,
                                                                             message)
     tell(state, host, message)
-    return _run(host, f"printf '%s\\n' {shlex.quote(text)} | cmp -s - {LOCK_PATH} && "
-                      f"rm -f {LOCK_PATH}")[0] or fail_host(
+    return broken(host, text) or fail_host(
         state, host, f"{label(host)}: the lock changed while breaking it; nothing was broken")
 
 

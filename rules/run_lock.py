@@ -11,11 +11,12 @@ record as ``LAST_PATH``: a run that read the host before taking the lock (the pr
 then the operator's yes) knows from it whether another run changed the host in between.
 
 A second run waits up to ``--data lock_wait=SECONDS`` (0 unless asked: it fails at once), then
-fails naming the holder. A holder whose controller is this machine and whose process is gone
-(or whose boot id is not this boot's) is dead: the run says so and prints the command that
-breaks it; a holder on another controller cannot be checked from here, so the message names
-it with the same command, for its operator to judge. Breaking needs the holder's token, so it
-never removes a lock taken since.
+fails naming the holder and printing the command that breaks its lock. A holder whose
+controller is this machine and whose process is gone (or whose boot id is not this boot's) is
+certainly dead (killed, or its host went away before it could give the lock back): the next
+run takes the lock over and says whose it was. A holder on another controller cannot be
+checked from here: its operator judges, and breaks it with the printed command. Breaking
+needs the holder's token, so it never removes a lock taken since.
 
 A tool holding the locks for many pyinfra runs (tools/rollout.py) passes its record to them
 in ``HOLDER_ENV``: a run whose lock is held under its own token goes on and leaves it held.
@@ -128,9 +129,15 @@ def held_message(host: str, found: Holder, waited: int, now: float) -> str:
 
 
 def dead_message(host: str, found: Holder, now: float) -> str:
+    """What the preview says of a lock whose run is certainly gone."""
     return (f"{host}: locked by a run that is gone: {found.describe(now)}, and that process "
-            f"no longer runs on this controller. Nothing was changed by this run. Break the "
-            f"lock with: {break_command(host, found)}")
+            "no longer runs on this controller: this run takes the lock over")
+
+
+def taken_over_message(host: str, found: Holder, now: float) -> str:
+    return (f"{host}: took over the run lock left by a run that is gone: "
+            f"{found.describe(now)} (that process no longer runs on this controller; what it "
+            "left unfinished, this run converges or reports)")
 
 
 def changed_meanwhile(host: str, last: Holder, now: float) -> str:

@@ -111,6 +111,10 @@ class ShellHost:
     name: str
     root: Path
     data: dict[str, Any] = field(default_factory=dict)
+    said: list[str] = field(default_factory=list)
+
+    def log_styled(self, message: str, **kwargs: Any) -> None:
+        self.said.append(message)
 
     def run_shell_command(self, command: Any, **kwargs: Any) -> tuple[bool, _Output]:
         script = command.get_raw_value().replace(LOCK_DIR, str(self.root / "gpufleet"))
@@ -169,16 +173,38 @@ def test_a_waiting_run_gets_the_lock_once_it_is_given_back(shell_host: ShellHost
     assert parse_holder(shell_host.lock().read_text()) == BOB
 
 
-def test_a_dead_holder_is_never_waited_for_and_the_break_command_is_printed(
+def test_a_dead_holder_is_never_waited_for_its_lock_is_taken_over_and_named(
         shell_host: ShellHost, monkeypatch: pytest.MonkeyPatch) -> None:
     dead = on_ctl1(ALICE)
     assert host_lock.take(shell_host, dead, 0) is None  # type: ignore[arg-type]
     host_lock._TAKEN.clear()  # its process is gone (it never gave the lock back)
     monkeypatch.setattr(host_lock, "alive", lambda pid: False)
-    message = host_lock.take(shell_host, on_ctl1(BOB), 600,  # type: ignore[arg-type]
-                             sleep=lambda s: pytest.fail("waited for a dead holder"))
-    assert message is not None and "a run that is gone" in message
-    assert f"--data break_lock={dead.token}" in message
+    assert host_lock.take(shell_host, on_ctl1(BOB), 600,  # type: ignore[arg-type]
+                          sleep=lambda s: pytest.fail("waited for a dead holder")) is None
+    assert parse_holder(shell_host.lock().read_text()) == on_ctl1(BOB)
+    assert len(shell_host.said) == 1 and shell_host.said[0].startswith(
+        "gpu-01: took over the run lock left by a run that is gone: alice on ctl-1 (pid 4242)")
+    assert sorted(p.name for p in (shell_host.root / "gpufleet").iterdir()) == ["run.lock"]
+
+
+def test_the_same_holder_on_another_controller_is_only_named_never_taken_over(
+        shell_host: ShellHost, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert host_lock.take(shell_host, ALICE, 0) is None  # type: ignore[arg-type]
+    host_lock._TAKEN.clear()
+    monkeypatch.setattr(host_lock, "alive", lambda pid: False)  # a pid of ctl-1, not ours
+    message = host_lock.take(shell_host, BOB, 0)  # type: ignore[arg-type]
+    assert message is not None and break_command("gpu-01", ALICE) in message
+    assert parse_holder(shell_host.lock().read_text()) == ALICE
+
+
+def test_breaking_moves_only_the_record_it_read(shell_host: ShellHost) -> None:
+    assert host_lock.take(shell_host, ALICE, 0) is None  # type: ignore[arg-type]
+    assert not host_lock.broken(shell_host, BOB.render())  # type: ignore[arg-type]
+    assert parse_holder(shell_host.lock().read_text()) == ALICE  # put back
+    assert host_lock.broken(shell_host, ALICE.render())  # type: ignore[arg-type]
+    assert not shell_host.lock().exists()
+    assert not host_lock.broken(shell_host, ALICE.render())  # type: ignore[arg-type]
+    assert list((shell_host.root / "gpufleet").iterdir()) == []
 
 
 def test_a_release_never_removes_a_lock_another_run_holds(shell_host: ShellHost) -> None:
