@@ -30,7 +30,7 @@ import logging
 from pyinfra import host, state
 
 from deploys.inference import engine_check
-from deploys.locking import run_lock_done, run_lock_held
+from deploys.locking import run_lock_done, run_lock_held, say_holder
 from deploys.monitoring_host import gateway_change, recorded_drain, warn_pending
 from deploys.preflight import read_host
 from deploys.spec import fleet_specs, host_spec
@@ -104,6 +104,8 @@ def route(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
 
 
 def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
+    if not spec.settings.canary.auto_rollback:  # (a status that may roll back holds it)
+        say_holder(then="a canary action or drain would wait for it or stop")
     warn_pending()
     drained = recorded_drain()
     if drained:  # hosts out of rotation (by hand, or a rollout's batch) serve neither side

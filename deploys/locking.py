@@ -79,18 +79,27 @@ def run_lock_held() -> bool:
             return False
         run_lock(name="Hold the run lock", mine=mine, wait=wait, seen_last=None, held=True)
         return True
+    say_holder(lock_text, "this run would wait for it (--data lock_wait=SECONDS) or stop")
+    run_lock(name="Hold the run lock", mine=mine, wait=wait, seen_last=parse_holder(last_text),
+             held=False)
+    return True
+
+
+def say_holder(lock_text: str | None = None, then: str = "a run here would wait or stop",
+               ) -> None:
+    """Say who holds this host's lock, if anyone (the preview, a status): reads nothing more
+    when given the record."""
+    if lock_text is None:
+        lock_text = host.get_fact(LockRecords, lock=LOCK_PATH, last=LAST_PATH)[0]
+    mine = this_run()
     found = parse_holder(lock_text)
     seen = verdict(found, mine, alive)
     if found is not None and seen == "dead":
         host.log_styled(dead_message(label(host), found, mine.since), fg="yellow",
                         log_func=logger.warning)
     elif found is not None and seen == "held":
-        host.log_styled(f"{label(host)}: locked by {found.describe(mine.since)}: this run would "
-                        "wait for it (--data lock_wait=SECONDS) or stop", fg="yellow",
-                        log_func=logger.warning)
-    run_lock(name="Hold the run lock", mine=mine, wait=wait, seen_last=parse_holder(last_text),
-             held=False)
-    return True
+        host.log_styled(f"{label(host)}: locked by {found.describe(mine.since)}: {then}",
+                        fg="yellow", log_func=logger.warning)
 
 
 def run_lock_done() -> None:
