@@ -97,7 +97,10 @@ def test_converges_over_nvidias_documented_sources_and_the_second_run_changes_no
                             r"`pyinfra -y --json inventory\.py deploys/gpu_host\.py`, since ",
                             loser.output)
         assert stopped, loser.output[-4000:]
-        assert any(pyinfra_name in on for on in loser.failed().values())
+        assert loser.returncode != 0
+        # (a run left with no host prints pyinfra's "No hosts remaining!" and no results)
+        assert loser.results is None or any(pyinfra_name in on
+                                            for on in loser.failed().values())
         reboots = [n for n, on in changed.items() if n.startswith("Reboot") and pyinfra_name in on]
         assert len(reboots) <= 1, reboots
     assert ok(H100, "ls -d /opt/gpufleet/venv.*").split() == [
