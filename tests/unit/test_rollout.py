@@ -313,3 +313,17 @@ def test_the_rollout_holds_every_hosts_lock_and_gives_it_back_even_when_a_batch_
     holders = {record for _, _, record in ran}
     assert len(holders) == 1 and parse_holder(holders.pop()) is not None
     assert HOLDER_ENV not in os.environ  # not left to whatever runs next in this process
+
+
+@pytest.mark.parametrize("value", ["-1", "3601"])
+def test_a_lock_wait_out_of_bounds_is_refused_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        value: str) -> None:
+    import tools.rollout as tool
+
+    fleet_of(tmp_path, 2)
+    monkeypatch.setattr(tool, "pyinfra", lambda *a: pytest.fail("contacted a host"))
+    monkeypatch.setenv("GPUFLEET_FLEET", str(tmp_path / "fleet.toml"))
+    assert tool.main(["--lock-wait", value]) == 2
+    assert capsys.readouterr().err == (
+        f"rollout: --lock-wait {value}: allowed: whole seconds from 0 to 3600\n")
