@@ -16,6 +16,10 @@ graceful reload. The phase is recorded on the gateway host as pending first and 
 once nginx reloaded, so the main deploy keeps the routing as the last action left it (and
 says so when one was cut short). With settings.canary.auto_rollback, `status` rolls back by
 itself when its verdict is "roll back".
+
+Every action that may route holds the gateway host's run lock for the run, and `start` and
+`promote` the canary hosts' too (deploys/locking.py): a converge, a drain or another canary
+action on them waits or stops, naming who holds it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import logging
 from pyinfra import host, state
 
 from deploys.inference import engine_check
+from deploys.locking import run_lock_done, run_lock_held, say_holder
 from deploys.monitoring_host import gateway_change, recorded_drain, warn_pending
 from deploys.preflight import read_host
 from deploys.spec import fleet_specs, host_spec
@@ -99,6 +104,8 @@ def route(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
 
 
 def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
+    if not spec.settings.canary.auto_rollback:  # (a status that may roll back holds it)
+        say_holder(then="a canary action or drain would wait for it or stop")
     warn_pending()
     drained = recorded_drain()
     if drained:  # hosts out of rotation (by hand, or a rollout's batch) serve neither side
@@ -125,6 +132,7 @@ def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
 # The barrier below is that operation: every host runs it, after the proofs and before the
 # routing, so the gateway never reads the proofs before they are made.
 action = host.data.get("action")
+locked = False  # this host's run lock held by this run (deploys/locking.py)
 spec = host_spec()
 fleet = fleet_specs()
 is_gateway = is_monitor(spec) and spec.settings.gateway.enabled
@@ -133,7 +141,10 @@ if action not in CHOICES:
                 message=f"--data action={action!r}: allowed: {', '.join(CHOICES)}")
 elif action in PROVED_ACTIONS and spec.settings.role == "gpu" and \
         spec.settings.inference.variant == "canary":
-    prove_canary(spec)
+    # A canary host proving itself is held against a converge changing it meanwhile.
+    locked = run_lock_held()
+    if locked:
+        prove_canary(spec)
 elif not is_gateway:
     host.noop(f"canary {action}: nothing to do on this host")
 if action in PROVED_ACTIONS:
@@ -142,7 +153,12 @@ if action in PROVED_ACTIONS:
 
 if action in CHOICES and is_gateway:
     canaries = canary_hosts(fleet, spec)
-    if not canaries and action != "rollback":
+    # The gateway's lock for every action that may route (status only with auto_rollback).
+    wanted = action != "status" or spec.settings.canary.auto_rollback
+    locked = wanted and run_lock_held()
+    if wanted and not locked:
+        pass  # refused by run_lock_held: the gateway stops here, nothing read or changed
+    elif not canaries and action != "rollback":
         refuse_host(name="Refuse: no canary host behind this gateway",
                     message=f"no GPU host serving {served_name(spec)} has "
                             "settings.inference.variant = 'canary'")
@@ -150,3 +166,5 @@ if action in CHOICES and is_gateway:
         status(spec, fleet)
     else:
         route(spec, fleet, ACTIONS[action], canaries if action in PROVED_ACTIONS else None)
+if locked:
+    run_lock_done()

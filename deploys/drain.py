@@ -11,9 +11,11 @@ nginx reloaded; until then the change is recorded as pending (rules/gateway.py).
 Drains add up: draining a host keeps the others drained. tools/rollout.py drains and restores
 its batch with --data gpufleet_rollout_batch=N: it puts back only the hosts a rollout drained,
 so a host drained by hand stays drained through a rollout until someone restores it. Every run
-lists the drained hosts and who drained each. A rollout's drain is refused, before anything
-changes, when a batch would leave a served model without a replica in rotation (counting the
-hosts drained already), unless the rollout was given --allow-outage.
+lists the drained hosts and who drained each. A drain holds the gateway host's run lock
+(deploys/locking.py): two drains, or a drain and a canary action, never interleave. A
+rollout's drain is refused, before anything changes, when a batch would leave a served model
+without a replica in rotation (counting the hosts drained already), unless the rollout was
+given --allow-outage.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import logging
 
 from pyinfra import host
 
+from deploys.locking import run_lock_done, run_lock_held
 from deploys.monitoring_host import gateway_change, recorded_drain, recorded_phase, warn_pending
 from deploys.spec import fleet_specs, host_spec
 from operations.checks import refuse_host
@@ -57,7 +60,7 @@ elif (raw_drain is None) == (raw_restore is None) or unknown:
                 message=(f"not GPU hosts of this fleet: {', '.join(unknown)}; " if unknown
                          else "") + "--data drain=HOST,HOST (out of the gateway), "
                 "--data restore=HOST,HOST (back), or drain= (every host back); one of them")
-else:
+elif run_lock_held():  # the gateway's lock: one change of its routing at a time
     recorded = recorded_drain()
     # A rollout's batches, from this one on, against the hosts out of the gateway already.
     plan = parse_plan(str(host.data.get(ROLLOUT_PLAN_DATA) or ""))
@@ -79,3 +82,4 @@ else:
         warn_pending()  # replaced by this change
         host.log_styled(drain_report(state), log_func=logger.warning)
         gateway_change(spec, fleet, recorded_phase(), state)
+    run_lock_done()

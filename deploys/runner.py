@@ -29,6 +29,7 @@ from deploys.fault_summary import install_fault_summary
 from deploys.host_network import host_network
 from deploys.host_record import host_record
 from deploys.inference import inference
+from deploys.locking import run_lock_done, run_lock_held
 from deploys.monitoring_host import monitoring_host
 from deploys.nvidia_driver import nvidia_driver
 from deploys.nvidia_repositories import nvidia_repositories
@@ -60,6 +61,14 @@ def run(steps: Collection[Step]) -> None:
     assert not unknown, f"unknown steps: {sorted(unknown)}"
     # Every run ends with a summary of the hosts it lost: step, cause, what to do.
     install_fault_summary(state)
+    # One run at a time on a host (deploys/locking.py): the lock is taken before the host
+    # is read and given back last.
+    if run_lock_held():
+        _run_steps(steps)
+        run_lock_done()
+
+
+def _run_steps(steps: Collection[Step]) -> None:
     spec = host_spec()
     fleet = fleet_specs()
     if is_monitor(spec):

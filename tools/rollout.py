@@ -27,6 +27,11 @@ converged too, so that the whole fleet records the new pins and the drift audit 
 The first batch that fails stops the rollout: it stays drained, and every host's pins are
 listed from its manifest (fleet-state/<fleet>/<host>.json). `--behind-only` skips hosts whose
 manifest already has the fleet file's pins (to resume a stopped rollout).
+
+The rollout holds every host's run lock from its first change to its end, failed or not
+(deploys/lock.py, rules/run_lock.py): the runs it starts go on under it, anyone else's
+converge, canary action or drain on those hosts waits or stops, naming the rollout.
+`--lock-wait SECONDS` waits that long for a run holding a lock (0: stop at once).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from inventory.fleet import Fleet, FleetError, HostSpec, load_fleet, pyinfra_host_name  # noqa: E402
+from operations.host_lock import controller_holder  # noqa: E402
 from rules.fleet_checks import fleet_problems  # noqa: E402
 from rules.manifest import parse_manifest  # noqa: E402
 from rules.monitoring import is_monitor  # noqa: E402
@@ -57,6 +63,7 @@ from rules.rollout import (  # noqa: E402
     render_plan,
     restored_after,
 )
+from rules.run_lock import HOLDER_ENV, LOCK_WAIT_DATA, parse_wait  # noqa: E402
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
@@ -94,7 +101,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="go on even where a batch holds every replica of a served model "
                              "still in rotation (one GPU host, batch = \"100%%\", the others "
                              "drained): that model answers nothing while the batch converges")
+    parser.add_argument("--lock-wait", type=int, default=0, metavar="SECONDS",
+                        help="wait up to this long for another run holding a host's lock "
+                             "(default: stop at once, naming it)")
     args = parser.parse_args(argv)
+    problem = parse_wait(args.lock_wait)[1]
+    if problem:
+        print("rollout: " + problem.replace(f"--data {LOCK_WAIT_DATA}=", "--lock-wait "),
+              file=sys.stderr)
+        return 2
     if args.fleet:
         os.environ["GPUFLEET_FLEET"] = str(args.fleet.resolve())
     path = Path(os.environ.get("GPUFLEET_FLEET") or REPO / "inventory" / "fleet.toml")
@@ -113,6 +128,31 @@ def main(argv: list[str] | None = None) -> int:
     except OutageRefused as refused:
         print("\n".join(refused.lines), file=sys.stderr)
         return 2
+    # Every host's run lock, for the whole rollout: the runs below find it held under this
+    # rollout's token (passed in the environment) and go on; anyone else's run waits or stops.
+    holder = controller_holder([Path(sys.argv[0]).name, *(argv if argv is not None
+                                                          else sys.argv[1:])])
+    os.environ[HOLDER_ENV] = holder.render()
+    everyone = [pyinfra_host_name(s) for s in fleet.hosts]
+    try:
+        if pyinfra("deploys/lock.py", everyone, "lock=take",
+                   f"{LOCK_WAIT_DATA}={args.lock_wait}"):
+            pyinfra("deploys/lock.py", everyone, "lock=release")  # those it did take
+            print("rollout: another run holds a host's lock (named above); nothing was "
+                  "changed", file=sys.stderr)
+            return 1
+        try:
+            return roll(fleet, plan, gateways, args)
+        finally:
+            if pyinfra("deploys/lock.py", everyone, "lock=release"):
+                print("rollout: could not give every host's run lock back (named above)",
+                      file=sys.stderr)
+    finally:
+        os.environ.pop(HOLDER_ENV, None)
+
+
+def roll(fleet: Fleet, plan: list[list[HostSpec]], gateways: list[str],
+         args: argparse.Namespace) -> int:
     started = time.monotonic()
     for number, batch in enumerate(plan, 1):
         names = [s.name for s in batch]

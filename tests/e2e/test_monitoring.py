@@ -10,14 +10,19 @@ and a bounded load (2,000 requests at concurrency 8) lands 20 % +- 3 % on the ca
 `promote` and then `rollback` under load drop no request -> a canary whose first token takes
 800 ms fires the latency alert within its `for` window and `status` says roll back (and does
 it, with auto_rollback) -> every dashboard query returns data -> a corrupt canary shard keeps
-`canary start` from routing to it.
+`canary start` from routing to it -> `start --limit <gateway>` is refused, the routing
+unchanged -> a promote killed between recording and reloading is pending, not applied, and
+the next run takes its dead locks over, naming it.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import re
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -268,6 +273,79 @@ def test_a_corrupt_canary_shard_keeps_the_canary_out_of_traffic(stack: Stack) ->
     finally:
         ok(CANARY, f"truncate -s -1 {shard}")
     assert run_on(CANARY, "true").returncode == 0
+
+
+def test_start_limited_to_the_gateway_is_refused_and_the_routing_is_unchanged(
+        stack: Stack) -> None:
+    """`--limit <gateway>` leaves the canary hosts out of the run: their proof was not made in
+    it, so nothing routes to them (issue 24, Done when)."""
+    before = gateway_conf()
+    run = sh.deploy(stack.tree, stack.fleet, "--data", "action=start", "--limit", MONITOR,
+                    script="deploys/canary.py", timeout=600)
+    assert run.rc != 0
+    assert f"not in this run (left out by --limit, or failed): {CANARY}" in run.output, \
+        run.output[-3000:]
+    assert gateway_conf() == before
+    assert ok(MONITOR, "test -e /var/lib/gpufleet/run.lock && echo held || echo free").strip() \
+        == "free"  # the refused run gave the gateway's lock back
+
+
+# What the nginx on the monitoring host runs for `nginx -t` during the next test: it says it
+# was called, then holds the check, so the promote can be killed between record and reload.
+HOLD_CHECK = "/usr/local/sbin/nginx"
+HOLD_CHECK_SCRIPT = """#!/bin/sh
+case " $* " in *" -t "*) echo $$ > /tmp/gpufleet-e2e-check.pid; sleep 300;; esac
+exec /usr/sbin/nginx "$@"
+"""
+
+
+def test_a_promote_killed_between_record_and_reload_is_pending_not_applied(
+        stack: Stack) -> None:
+    """Killed once the intended routing is recorded and before nginx reloaded: the status and
+    the next deploy say pending, the routing stays as it was, and only the operator's
+    `gateway_pending=apply` applies it. The killed run's locks are taken over by the next run,
+    which names it (issue 24, Done when)."""
+    before = gateway_conf()
+    assert "# Canary: promoted" not in before
+    ok(MONITOR, f"printf %s {shlex.quote(HOLD_CHECK_SCRIPT)} > {HOLD_CHECK} && "
+                f"chmod 755 {HOLD_CHECK} && rm -f /tmp/gpufleet-e2e-check.pid")
+    env = {**os.environ, "GPUFLEET_FLEET": str(stack.fleet), "PYTHONUNBUFFERED": "1"}
+    promote = subprocess.Popen([str(sh.PYINFRA), "-y", "--data", "action=promote",
+                                "inventory.py", "deploys/canary.py"], cwd=stack.tree, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        wait_for("the promote's nginx -t", lambda: run_on(
+            MONITOR, "test -s /tmp/gpufleet-e2e-check.pid").returncode == 0, 300, every=0.5)
+        os.killpg(promote.pid, signal.SIGKILL)  # the controller dies mid-change
+        promote.wait(timeout=30)
+    finally:
+        if promote.poll() is None:
+            os.killpg(promote.pid, signal.SIGKILL)
+        ok(MONITOR, f"rm -f {HOLD_CHECK}; kill $(cat /tmp/gpufleet-e2e-check.pid) || true")
+    assert gateway_conf() == before  # never reloaded
+    assert ok(MONITOR, "test -e /var/lib/gpufleet/gateway-pending.json && echo yes").strip() \
+        == "yes"
+
+    status = stack.canary("status")
+    assert status.rc == 0, status.output[-4000:]
+    assert "a gateway change is pending" in status.output
+
+    # The killed run left its hosts' locks behind; its process is gone, so the next converge
+    # takes them over, naming it, and says what the promote left pending, applying nothing.
+    kept = sh.deploy(stack.tree, stack.fleet)
+    assert kept.rc == 0, kept.output[-4000:]
+    for host in (CANARY, MONITOR):
+        assert re.search(rf"{host}: took over the run lock left by a run that is gone: \S+ on "
+                         r"\S+ \(pid \d+\), running `pyinfra -y --data action=promote ",
+                         kept.output), kept.output[-4000:]
+    assert "a gateway change is pending" in kept.output
+    assert gateway_conf() == before  # the routine deploy does not apply it unasked
+    applied = sh.deploy(stack.tree, stack.fleet, "--data", "gateway_pending=apply")
+    assert applied.rc == 0, applied.output[-4000:]
+    assert "# Canary: promoted" in gateway_conf()
+    assert ok(MONITOR, "test -e /var/lib/gpufleet/gateway-pending.json && echo yes || "
+                       "echo no").strip() == "no"
 
 
 def test_serve_keeps_the_exporter_and_leaves_the_manifest_current(stack: Stack) -> None:

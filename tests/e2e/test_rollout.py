@@ -6,7 +6,8 @@ with the gateway. Converged on older pins, then `tools/rollout.py` moves them to
 gateway: every batch is drained first, so no request fails, and at most two hosts are ever
 out. Then a rollout back whose second batch breaks (a malformed apt source on one host) stops
 there, leaves that batch drained and says which host is on which pins; fixed, `--behind-only`
-finishes it.
+finishes it. Last, a fleet file whose one batch holds every replica is refused before any
+change and goes with --allow-outage, and a host drained by hand stays drained through it.
 """
 
 from __future__ import annotations
@@ -142,3 +143,44 @@ def test_a_failed_batch_stops_the_rollout_and_says_who_is_on_which_pins(
         drained_batches(resumed.stdout) == [[GPUS[2], GPUS[3]]]
     assert all(f"{host}: r535-cuda121 (the fleet file's pins)" in resumed.stdout
                for host in GPUS)
+
+
+def test_a_batch_holding_every_replica_is_refused_and_a_host_drained_by_hand_stays_drained(
+        rollout: Rollout) -> None:
+    """Issue 24, Done when: a batch holding every replica is refused before any change, and
+    proceeds with --allow-outage; a host drained by hand stays drained through the rollout."""
+    hand = GPUS[0]
+    drained = sh.deploy(rollout.tree, rollout.fleet, "--limit", MONITOR, "--data",
+                        f"drain={hand}", script="deploys/drain.py", timeout=300)
+    assert drained.rc == 0, drained.output[-4000:]
+    before = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
+    state = ok(MONITOR, "cat /var/lib/gpufleet/drained.json")
+    assert f"server {hand}:8000" not in before and json.loads(state)["by"] == {hand: "hand"}
+
+    per_gpu = {"inference": {"replicas": 2}, "rollout": {"batch": "100%"}}
+    whole = Rollout(rollout.tree, sh.write_fleet(
+        rollout.fleet.parent, [*GPUS, MONITOR], inference=True, name="fleet-whole.toml",
+        settings={**{name: per_gpu for name in GPUS}, MONITOR: {"gateway": {"bind": "0.0.0.0"}}}),
+        rollout.gateway, rollout.key)
+    refused = whole.run()
+    assert refused.returncode == 2, refused.stdout[-3000:] + refused.stderr[-3000:]
+    assert f"batch 1 ({', '.join(GPUS)}) holds every replica" in refused.stderr
+    assert "--allow-outage" in refused.stderr
+    assert "-->" not in refused.stdout  # no pyinfra run: nothing drained, locked or converged
+    assert ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf") == before
+    assert ok(MONITOR, "cat /var/lib/gpufleet/drained.json") == state
+
+    run = whole.run("--allow-outage")
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
+    assert drained_batches(run.stdout) == [GPUS]
+    gateway = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
+    assert f"server {hand}:8000" not in gateway  # drained by hand: still out
+    assert all(f"server {host}:8000" in gateway for host in GPUS[1:])
+    assert json.loads(ok(MONITOR, "cat /var/lib/gpufleet/drained.json"))["by"] == {hand: "hand"}
+    assert ok(MONITOR, "ls /var/lib/gpufleet/run.lock 2>/dev/null || echo free").strip() == \
+        "free"  # the rollout gave every lock back
+
+    back = sh.deploy(rollout.tree, rollout.fleet, "--limit", MONITOR, "--data",
+                     f"restore={hand}", script="deploys/drain.py", timeout=300)
+    assert back.rc == 0, back.output[-4000:]
+    assert f"server {hand}:8000" in ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")

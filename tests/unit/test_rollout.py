@@ -232,7 +232,10 @@ def test_the_tool_refuses_before_contacting_any_host(
     assert "rollout refused before any change" in err and "batch 1 (g1) holds every replica" in err
     assert ran == []
     assert tool.main(["--allow-outage"]) == 0
-    drain, converge, restore = ran[:3]
+    # every host's run lock, from before the first change to the end
+    assert ran[0] == ("deploys/lock.py", ["g1", "mon"], ("lock=take", "lock_wait=0"))
+    assert ran[-1] == ("deploys/lock.py", ["g1", "mon"], ("lock=release",))
+    drain, converge, restore = ran[1:4]
     assert drain[0] == "deploys/drain.py" and drain[2][0] == "drain=g1"
     assert "gpufleet_allow_outage=yes" in drain[2] and "gpufleet_rollout_plan=g1" in drain[2]
     assert converge[0] == "deploys/gpu_host.py"
@@ -271,4 +274,56 @@ def test_with_nothing_to_converge_the_tool_still_puts_back_what_a_rollout_draine
     monkeypatch.setattr(tool, "pin_state", lambda spec, manifest: PinState(spec.name, "p", True))
     monkeypatch.setenv("GPUFLEET_FLEET", str(tmp_path / "fleet.toml"))
     assert tool.main(["--behind-only"]) == 0
-    assert ran == [("deploys/drain.py", ("restore=g1,g2", "gpufleet_rollout_batch=0"))]
+    assert ran == [("deploys/lock.py", ("lock=take", "lock_wait=0")),
+                   ("deploys/drain.py", ("restore=g1,g2", "gpufleet_rollout_batch=0")),
+                   ("deploys/lock.py", ("lock=release",))]
+
+
+def test_the_rollout_holds_every_hosts_lock_and_gives_it_back_even_when_a_batch_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    import tools.rollout as tool
+    from rules.run_lock import HOLDER_ENV, parse_holder
+
+    fleet_of(tmp_path, 2)
+    ran: list[tuple[str, tuple[str, ...], str | None]] = []
+    fail = {"deploys/lock.py:lock=take"}
+
+    def pyinfra(script: str, limit: list[str], *data: str) -> int:
+        ran.append((script, data, os.environ.get(HOLDER_ENV)))
+        return 1 if f"{script}:{data[0]}" in fail else 0
+
+    monkeypatch.setattr(tool, "pyinfra", pyinfra)
+    monkeypatch.setattr(tool, "report", lambda fleet: None)
+    monkeypatch.setenv("GPUFLEET_FLEET", str(tmp_path / "fleet.toml"))
+    monkeypatch.delenv(HOLDER_ENV, raising=False)
+    # Another run holds a lock: nothing but the take and giving back what it did take.
+    assert tool.main([]) == 1
+    assert [(script, data[0]) for script, data, _ in ran] == [
+        ("deploys/lock.py", "lock=take"), ("deploys/lock.py", "lock=release")]
+    assert "another run holds a host's lock" in capsys.readouterr().err
+    # A failed batch: the lock is given back all the same, under the holder every run got.
+    ran.clear()
+    fail.clear()
+    fail.add("deploys/gpu_host.py:gpufleet_rollout_batch=1")
+    assert tool.main([]) == 1
+    assert ran[-1][:2] == ("deploys/lock.py", ("lock=release",))
+    holders = {record for _, _, record in ran}
+    assert len(holders) == 1 and parse_holder(holders.pop()) is not None
+    assert HOLDER_ENV not in os.environ  # not left to whatever runs next in this process
+
+
+@pytest.mark.parametrize("value", ["-1", "3601"])
+def test_a_lock_wait_out_of_bounds_is_refused_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        value: str) -> None:
+    import tools.rollout as tool
+
+    fleet_of(tmp_path, 2)
+    monkeypatch.setattr(tool, "pyinfra", lambda *a: pytest.fail("contacted a host"))
+    monkeypatch.setenv("GPUFLEET_FLEET", str(tmp_path / "fleet.toml"))
+    assert tool.main(["--lock-wait", value]) == 2
+    assert capsys.readouterr().err == (
+        f"rollout: --lock-wait {value}: allowed: whole seconds from 0 to 3600\n")
