@@ -1,9 +1,10 @@
 """``ReplicaNodeJoined``: has this node joined the replica it lends its GPUs to?
 
 On a node of a replica spanning hosts that is not the head (the head's own check is the chat
-completion it serves, which it only does once every node joined). vLLM: Ray's own
-`ray status`, asked inside the node's container, lists this node's address among the alive
-nodes. SGLang: its rank runs (a rank that cannot reach the head exits, and Docker restarts it).
+completion it serves, which it only does once every node joined). vLLM: Ray's node table
+(`ray.nodes()`, read by a short driver inside the node's container with the image's own Ray)
+lists this node's address alive; `ray status` would not do: it names nodes by id only.
+SGLang: its rank runs (a rank that cannot reach the head exits, and Docker restarts it).
 Waits, bounded, for the node to join. Read at execution only; changes nothing.
 """
 
@@ -16,12 +17,18 @@ from pyinfra.api import FactBase
 from facts._shell import clip, quote
 
 _VERDICT = "__gpufleet_node="
+# One line per node Ray knows: "alive ADDRESS" or "dead ADDRESS" (argv[1]: the GCS address).
+RAY_NODES = ("import logging, sys, ray; "
+              "ray.init(address=sys.argv[1], logging_level=logging.ERROR, log_to_driver=False); "
+              "[print('alive' if n['Alive'] else 'dead', n['NodeManagerAddress']) "
+              "for n in ray.nodes()]")
 
 
 @dataclass(frozen=True)
 class ReplicaNodeResult:
-    """+ joined: the node is part of the replica; + detail: what was seen (the last `ray
-    status`, or the container state); + log: the container's last lines when not joined."""
+    """+ joined: the node is part of the replica; + detail: what was seen (Ray's nodes as
+    "alive|dead ADDRESS" lines, or the container state); + log: the container's last lines
+    when not joined."""
 
     joined: bool
     detail: str = ""
@@ -32,8 +39,9 @@ def replica_node_script(container: str, engine: str, rendezvous: str, address: s
                         wait_seconds: int) -> str:
     c = quote(container)
     if engine == "vllm":
-        probe = (f"seen=$(docker exec {c} ray status --address {quote(rendezvous)} 2>&1); "
-                 f"echo \"$seen\" | grep -qF {quote(address)}")
+        probe = (f"seen=$(timeout 60 docker exec {c} python3 -c {quote(RAY_NODES)} "
+                 f"{quote(rendezvous)} 2>&1); "
+                 f"echo \"$seen\" | grep -qxF {quote('alive ' + address)}")
     else:
         probe = (f"seen=$(docker inspect -f '{{{{.State.Status}}}} restarts="
                  f"{{{{.RestartCount}}}}' {c} 2>&1); echo \"$seen\" | grep -q '^running'")

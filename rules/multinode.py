@@ -35,15 +35,19 @@ DEFAULT_PORT = {"vllm": 6379, "sglang": 5000}
 # workers anywhere in 10002-19999). The flags are those of `ray start` in the Ray the pinned
 # vLLM image carries (vllm 0.7.3 pins ray[adag]==2.40.0; ray/scripts/scripts.py of that
 # release defines every one below, and so does 2.9.0's, the floor `ray>=2.9` of vLLM 0.4.2
-# and 0.6.6.post1; --port and --ray-client-server-port on the head only, --port being
-# refused on a worker: "should only be specified when starting head node").
+# and 0.6.6.post1; --port on the head only, refused on a worker: "should only be specified
+# when starting head node"). No --ray-client-server-port: Ray refuses it unless ray[client]
+# (grpcio) is installed ("Ray Client requires pip package `ray[client]`", _private/
+# parameter.py), and the vLLM images carry the minimal Ray; where ray[client] is there, Ray
+# starts its client server on the head at its default, 10001, which stays among the ports
+# checked between nodes.
 RAY_NODE_MANAGER_PORT = 6380
 RAY_OBJECT_MANAGER_PORT = 6381
 RAY_DASHBOARD_AGENT_GRPC_PORT = 6382
 RAY_RUNTIME_ENV_AGENT_PORT = 6383
 RAY_METRICS_EXPORT_PORT = 6384
 RAY_DASHBOARD_AGENT_LISTEN_PORT = 52365  # Ray's default, made explicit
-RAY_CLIENT_SERVER_PORT = 10001  # Ray's default, made explicit
+RAY_CLIENT_SERVER_PORT = 10001  # Ray's default (only with ray[client]: not rendered)
 RAY_MIN_WORKER_PORT, RAY_MAX_WORKER_PORT = 10002, 10999  # one port per worker process
 # The settings every node of one replica must share: they run one engine together.
 AGREED = (
@@ -104,7 +108,7 @@ class RayPorts:
     gcs: int
 
     def head_only(self) -> dict[str, int]:
-        return {"--port": self.gcs, "--ray-client-server-port": RAY_CLIENT_SERVER_PORT}
+        return {"--port": self.gcs}
 
     def every_node(self) -> dict[str, int]:
         return {

@@ -17,7 +17,7 @@ import yaml
 from facts.node_network import NodeNetworkResult, node_network_script, parse_node_network
 from facts.nvidia import NvidiaPci, PciDevice
 from facts.probe import HostProbe
-from facts.replica_node import parse_replica_node
+from facts.replica_node import parse_replica_node, replica_node_script
 from facts.weights_files import WeightsListing
 from inventory.fleet import FleetError, HostSpec, load_fleet
 from rules.assessment import assess
@@ -359,7 +359,8 @@ def test_vllm_head_runs_ray_then_the_server_and_the_worker_joins_it(tmp_path: Pa
     assert service["entrypoint"] == ["python3", "/gpufleet/multinode-launch.py"]
     assert command[:command.index("--")] == [
         "--address=10.0.0.1", "--port=6379", "--gpus=2", "--timeout=600",
-        *(f"--ray={flag}" for flag in ["--ray-client-server-port=10001", *RAY_FIXED]),
+        # no --ray-client-server-port: the minimal Ray of the images refuses it
+        *(f"--ray={flag}" for flag in RAY_FIXED),
         "--node=node-0=10.0.0.1", "--node=node-1=10.0.0.2"]
     server = command[command.index("--") + 1:]
     assert server[:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
@@ -546,6 +547,48 @@ def test_another_nodes_refusal_refuses_the_replica_and_other_weights_too(tmp_pat
     assert weights_agreement_findings(head.replica, {"node-0": "a", "node-1": None}) == []
     differ = weights_agreement_findings(head.replica, {"node-0": "a", "node-1": "b"})
     assert [f.measured for f in differ] == ["manifest differs on node-1"]
+
+
+# `ray status` of a real two-node cluster (ray 2.20.0, the sim's engine image): nodes by id only.
+RAY_STATUS = """======== Autoscaler status: 2026-12-07 13:28:30.023900 ========
+Node status
+---------------------------------------------------------------
+Active:
+ 1 node_833d85038c392ab2747f017dfcf29b8f254d792c610483504dd8de99
+ 1 node_d513f5dc5fc1d16707c35766fe5fa56b9e5e3426145b7a79703191ea
+Pending:
+ (no pending nodes)
+Recent failures:
+ (no failures)
+"""
+
+
+def test_the_join_check_asks_rays_node_table_not_ray_status(tmp_path: Path) -> None:
+    """`ray status` names no address, so the worker's check reads Ray's node table through
+    the image's Ray (a driver printing "alive|dead ADDRESS" per node). A `docker` on PATH
+    answers as the node's container would: the driver's lines, or the real `ray status`."""
+    shim = tmp_path / "docker"
+    shim.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = exec ] && [ "$3" = python3 ] && [ "$4" = -c ]; then
+          printf 'INFO worker.py -- Connected to Ray cluster.\\nalive 10.0.0.1\\nalive 10.0.0.2\\n'
+        elif [ "$1" = exec ] && [ "$3" = ray ] && [ "$4" = status ]; then
+          cat <<'OUT'
+        {RAY_STATUS}OUT
+        fi
+        """))
+    shim.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"}
+
+    def check(address: str) -> bool:
+        script = replica_node_script("c", "vllm", "10.0.0.1:6379", address, 0)
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env,
+                             timeout=30).stdout
+        return parse_replica_node(out.splitlines()).joined
+
+    assert check("10.0.0.2")
+    assert not check("10.0.0.3")  # not in the cluster
+    assert not check("10.0.0")  # a whole line, not a prefix of one
 
 
 def test_the_join_check_reads_its_verdict_and_the_log() -> None:
