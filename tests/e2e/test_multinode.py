@@ -178,8 +178,9 @@ def test_both_converge_and_the_head_serves_once_both_joined(story: Path) -> None
     for host, container in ((HEAD, HEAD_CONTAINER), (WORKER, NODE_CONTAINER)):
         assert ok(host, f"docker exec {container} ray --version").strip().endswith(
             f"version {locked_ray()}")
-    status = ray_status()
-    assert active_nodes(status) == 2 and " 0.0/4.0 GPU" in status, status
+    # Ray's monitor refreshes what `ray status` reports every few seconds
+    wait_for("ray status listing both nodes", 30, lambda: active_nodes(ray_status()) == 2)
+    assert " 0.0/4.0 GPU" in ray_status()
     assert alive_addresses() == {ADDRESS[HEAD], ADDRESS[WORKER]}
     # the stand-in vLLM ran a Ray task on each node (the model folder there)
     assert (f"Ray placement: {ADDRESS[HEAD]} (2 GPUs), {ADDRESS[WORKER]} (2 GPUs)"
@@ -211,7 +212,6 @@ def test_the_head_waits_for_a_stopped_worker_which_rejoins_when_started(story: P
     wait_for("serving again", 180, serving)
     assert int(ok(HEAD, f"docker inspect -f '{{{{.RestartCount}}}}' {HEAD_CONTAINER}")) > restarts
     assert "RayActorError: The actor died unexpectedly" in head_log(since)
-    status = ray_status()
-    assert active_nodes(status) == 2, status
+    wait_for("ray status listing both nodes", 30, lambda: active_nodes(ray_status()) == 2)
     assert alive_addresses() == {ADDRESS[HEAD], ADDRESS[WORKER]}
     assert completion()["choices"]
