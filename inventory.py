@@ -64,8 +64,11 @@ if __name__ == "__main__":
     raise SystemExit(_main(sys.argv[1:]))
 
 # pyinfra executes this file without a __name__ of "__main__": it takes every public
-# module-level list/tuple as a group of hosts.
-globals().update(_load().pyinfra_groups())
+# module-level list/tuple as a group of hosts. The fleet's groups, then a group per connector
+# host named as the fleet file names it (for --limit).
+_FLEET = _load()
+globals().update(_FLEET.pyinfra_host_aliases())
+globals().update(_FLEET.pyinfra_groups())
 
 
 def _summarise_faults() -> None:

@@ -6,12 +6,16 @@
     pyinfra inventory.py deploys/canary.py --data action=rollback   # nothing to the canary
 
 Canary hosts are the fleet's GPU hosts with settings.inference.variant = "canary" (a new image,
-model revision or engine flags, serving the same model name). `start` first checks every
-canary host's weights against their manifest (all files hashed) and a completion from each
-replica; the gateway changes only if every canary host passed. Each gateway change is render,
-`nginx -t`, atomic rename, graceful reload. The phase is recorded on the gateway host, so the
-main deploy keeps the routing as the last action left it. With
-settings.canary.auto_rollback, `status` rolls back by itself when its verdict is "roll back".
+model revision or engine flags, serving the same model name). `start` and `promote` first check
+every canary host's weights against their manifest (all files hashed) and a completion from
+each replica; the gateway changes only if every canary host is in the run, still active, and
+completed that proof in this same run: anything else (`--limit <gateway>`, a canary host
+unreachable or failed) is refused, naming the hosts. `rollback` never waits for a proof (it
+routes away from the canary). Each gateway change is render, `nginx -t`, atomic rename,
+graceful reload. The phase is recorded on the gateway host as pending first and as applied
+once nginx reloaded, so the main deploy keeps the routing as the last action left it (and
+says so when one was cut short). With settings.canary.auto_rollback, `status` rolls back by
+itself when its verdict is "roll back".
 """
 
 from __future__ import annotations
@@ -22,27 +26,23 @@ import logging
 from pyinfra import host, state
 
 from deploys.inference import engine_check
-from deploys.monitoring_host import gateway
+from deploys.monitoring_host import gateway_change, recorded_drain, warn_pending
 from deploys.preflight import read_host
 from deploys.spec import fleet_specs, host_spec
 from facts.canary_figures import CanaryFigures
 from inventory.fleet import HostSpec, pyinfra_host_name
-from operations.checks import refuse_host
-from operations.host_files import managed_file
+from operations.checks import check, completed, completed_hosts, refuse_host
 from operations.model_weights import weights_verified
 from rules.assessment import assess
-from rules.canary_verdict import canary_queries, duration_seconds, judge
-from rules.gateway import (
-    ACTIONS,
-    CANARY_STATE,
-    GATEWAY_LOG,
-    Phase,
-    render_canary_state,
-)
+from rules.canary_verdict import CanaryProof, canary_proof, canary_queries, duration_seconds, judge
+from rules.gateway import ACTIONS, GATEWAY_LOG, Phase, drain_report
 from rules.monitoring import is_monitor, prometheus_url, served_name
 
 logger = logging.getLogger("gpufleet")
 CHOICES = (*ACTIONS, "status")
+# The actions that route (more) to the canary: each needs the canary's proof in its own run.
+PROVED_ACTIONS = ("start", "promote")
+PROOF_STEP = "canary proof"
 
 
 def canary_hosts(fleet: list[HostSpec], gateway_spec: HostSpec) -> list[HostSpec]:
@@ -51,9 +51,12 @@ def canary_hosts(fleet: list[HostSpec], gateway_spec: HostSpec) -> list[HostSpec
             and served_name(s) == served_name(gateway_spec)]
 
 
-def canary_passed(names: set[str]) -> bool:
-    """At execution: no canary host failed (its weights or its answers) in this run."""
-    return not any(h.name in names for h in state.failed_hosts)
+def canary_proved(fleet: list[HostSpec], canaries: list[HostSpec]) -> CanaryProof:
+    """At execution: every canary host active in this run, its proof completed in it."""
+    fleet_name = {pyinfra_host_name(s): s.name for s in fleet}
+    active = {fleet_name.get(h.name, h.name) for h in state.active_hosts}
+    proved = {fleet_name.get(n, n) for n in completed_hosts(state, PROOF_STEP)}
+    return canary_proof([s.name for s in canaries], active, proved)
 
 
 def prove_canary(spec: HostSpec) -> None:
@@ -74,16 +77,32 @@ def prove_canary(spec: HostSpec) -> None:
                             "deploys/gpu_host.py --limit HOST` shows its preflight report")
         return
     engine_check(assessment.plan.engine)
+    check(name="Record that this canary host proved itself in this run",
+          verdict=completed(PROOF_STEP, "weights and every replica checked in this run"))
 
 
-def route(spec: HostSpec, fleet: list[HostSpec], phase: Phase, gate: set[str]) -> None:
-    """Record the phase and route by it, only if every canary host passed."""
-    managed_file(name=f"Record the canary phase: {phase}", path=CANARY_STATE,
-                 content=render_canary_state(phase), _if=lambda: canary_passed(gate))
-    gateway(spec, fleet, phase, _if=lambda: canary_passed(gate))
+def route(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
+          proof_of: list[HostSpec] | None) -> None:
+    """Record the phase and route by it; with ``proof_of`` (the canary hosts), only if every
+    one of them proved itself in this run: otherwise the gateway host is refused, naming
+    them, and nothing changes."""
+    def gate() -> bool:
+        return proof_of is None or canary_proved(fleet, proof_of).passed
+
+    if proof_of is not None:
+        def proof() -> tuple[str | None, str]:
+            found = canary_proved(fleet, proof_of)
+            return (None if found.passed else found.render()), found.render()
+
+        check(name="Ensure every canary host proved itself in this run", verdict=proof)
+    gateway_change(spec, fleet, phase, recorded_drain(), _if=gate)
 
 
-def status(spec: HostSpec, fleet: list[HostSpec], gate: set[str]) -> None:
+def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
+    warn_pending()
+    drained = recorded_drain()
+    if drained:  # hosts out of rotation (by hand, or a rollout's batch) serve neither side
+        host.log_styled(drain_report(drained), log_func=logger.warning)
     cfg = spec.settings.canary
     figures = host.get_fact(CanaryFigures, spec=json.dumps({
         "prometheus": prometheus_url(spec),
@@ -95,13 +114,16 @@ def status(spec: HostSpec, fleet: list[HostSpec], gate: set[str]) -> None:
         host.log_styled(line, fg="red" if verdict.verdict == "roll back" else None,
                         log_func=logger.warning)
     if verdict.verdict == "roll back" and cfg.auto_rollback:
-        route(spec, fleet, "rolled-back", gate)
+        route(spec, fleet, "rolled-back", None)
     else:
         host.noop(f"canary status: {verdict.verdict}")
 
 
-# Canary hosts prove themselves first: pyinfra runs operations in the order of these lines,
-# on every host, so the gateway's change (below) comes after them and checks they passed.
+# Canary hosts prove themselves first, and the gateway's change (below) checks they passed.
+# pyinfra 3 orders operations by merging each host's own sequence (a topological sort), not
+# by line: operations of different hosts are ordered only through an operation they share.
+# The barrier below is that operation: every host runs it, after the proofs and before the
+# routing, so the gateway never reads the proofs before they are made.
 action = host.data.get("action")
 spec = host_spec()
 fleet = fleet_specs()
@@ -109,20 +131,22 @@ is_gateway = is_monitor(spec) and spec.settings.gateway.enabled
 if action not in CHOICES:
     refuse_host(name="Refuse: no canary action",
                 message=f"--data action={action!r}: allowed: {', '.join(CHOICES)}")
-elif action == "start" and spec.settings.role == "gpu" and \
+elif action in PROVED_ACTIONS and spec.settings.role == "gpu" and \
         spec.settings.inference.variant == "canary":
     prove_canary(spec)
 elif not is_gateway:
     host.noop(f"canary {action}: nothing to do on this host")
+if action in PROVED_ACTIONS:
+    check(name="Wait until every canary host's proof has run",
+          verdict=lambda: (None, "the canary hosts' proofs come before the routing"))
 
 if action in CHOICES and is_gateway:
     canaries = canary_hosts(fleet, spec)
-    gate = {pyinfra_host_name(s) for s in canaries}
     if not canaries and action != "rollback":
         refuse_host(name="Refuse: no canary host behind this gateway",
                     message=f"no GPU host serving {served_name(spec)} has "
                             "settings.inference.variant = 'canary'")
     elif action == "status":
-        status(spec, fleet, gate)
+        status(spec, fleet)
     else:
-        route(spec, fleet, ACTIONS[action], gate if action == "start" else set())
+        route(spec, fleet, ACTIONS[action], canaries if action in PROVED_ACTIONS else None)

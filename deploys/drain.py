@@ -1,36 +1,81 @@
-"""Take hosts out of the gateway, or put them all back (rolling rebuilds use it per batch).
+"""Take hosts out of the gateway, or put them back (rolling rebuilds use it per batch).
 
     pyinfra -y inventory.py deploys/drain.py --data drain=gpu-03,gpu-04   # out of the gateway
+    pyinfra -y inventory.py deploys/drain.py --data restore=gpu-03        # that one back
     pyinfra -y inventory.py deploys/drain.py --data drain=                # everyone back
 
-Acts on the monitoring host's gateway only: records the drained hosts
-(/var/lib/gpufleet/drained.json, which the main deploy keeps) and routes around them: render,
-`nginx -t`, atomic rename, graceful reload, so requests in flight on a drained host finish.
+Acts on the monitoring host's gateway only: routes around the drained hosts (render, `nginx
+-t`, atomic rename, graceful reload, so requests in flight on a drained host finish) and records
+them with who drained each (/var/lib/gpufleet/drained.json, which the main deploy keeps) once
+nginx reloaded; until then the change is recorded as pending (rules/gateway.py).
+Drains add up: draining a host keeps the others drained. tools/rollout.py drains and restores
+its batch with --data gpufleet_rollout_batch=N: it puts back only the hosts a rollout drained,
+so a host drained by hand stays drained through a rollout until someone restores it. Every run
+lists the drained hosts and who drained each. A rollout's drain is refused, before anything
+changes, when a batch would leave a served model without a replica in rotation (counting the
+hosts drained already), unless the rollout was given --allow-outage.
 """
 
 from __future__ import annotations
 
+import logging
+
 from pyinfra import host
 
-from deploys.monitoring_host import gateway, recorded_phase
+from deploys.monitoring_host import gateway_change, recorded_drain, recorded_phase, warn_pending
 from deploys.spec import fleet_specs, host_spec
 from operations.checks import refuse_host
-from operations.host_files import managed_file
-from rules.gateway import DRAIN_STATE, render_drained
+from rules.gateway import HAND, ROLLOUT, drain_hosts, drain_report, restore_hosts
 from rules.monitoring import is_monitor
+from rules.rollout import (
+    ALLOW_OUTAGE_DATA,
+    ALLOW_OUTAGE_FLAG,
+    ROLLOUT_BATCH_DATA,
+    ROLLOUT_PLAN_DATA,
+    outages,
+    parse_plan,
+)
+
+logger = logging.getLogger("gpufleet")
+
+
+def names_of(raw: object) -> frozenset[str]:
+    return frozenset(n.strip() for n in str(raw or "").split(",") if n.strip())
+
 
 spec = host_spec()
 fleet = fleet_specs()
-raw = host.data.get("drain")
-names = frozenset(n.strip() for n in str(raw or "").split(",") if n.strip())
-unknown = sorted(names - {s.name for s in fleet if s.settings.role == "gpu"})
+raw_drain, raw_restore = host.data.get("drain"), host.data.get("restore")
+# pyinfra reads a --data value as a number where it can (batch 0: the rollout's last sweep)
+by = ROLLOUT if host.data.get(ROLLOUT_BATCH_DATA) is not None else HAND
+names, back = names_of(raw_drain), names_of(raw_restore)
+unknown = sorted((names | back) - {s.name for s in fleet if s.settings.role == "gpu"})
 if not (is_monitor(spec) and spec.settings.gateway.enabled):
     host.noop("no gateway on this host")
-elif raw is None or unknown:
-    refuse_host(name="Refuse: which hosts to drain?",
+elif (raw_drain is None) == (raw_restore is None) or unknown:
+    refuse_host(name="Refuse: which hosts to drain or restore?",
                 message=(f"not GPU hosts of this fleet: {', '.join(unknown)}; " if unknown
-                         else "") + "--data drain=HOST,HOST (or drain= to put every host back)")
+                         else "") + "--data drain=HOST,HOST (out of the gateway), "
+                "--data restore=HOST,HOST (back), or drain= (every host back); one of them")
 else:
-    managed_file(name="Record the drained hosts: " + (", ".join(sorted(names)) or "none"),
-                 path=DRAIN_STATE, content=render_drained(names) if names else None)
-    gateway(spec, fleet, recorded_phase(), drained=names)
+    recorded = recorded_drain()
+    # A rollout's batches, from this one on, against the hosts out of the gateway already.
+    plan = parse_plan(str(host.data.get(ROLLOUT_PLAN_DATA) or ""))
+    found = outages(fleet, plan, set(recorded)) if by == ROLLOUT and names else []
+    if found and not host.data.get(ALLOW_OUTAGE_DATA):
+        refuse_host(name="Refuse: the rollout would leave a served model without a replica",
+                    message="\n".join([
+                        "nothing was drained: a batch would leave a served model without a "
+                        "replica in rotation (put drained hosts back: deploys/drain.py --data "
+                        "restore=HOST, or accept the outage: tools/rollout.py "
+                        f"{ALLOW_OUTAGE_FLAG}):", *(o.render() for o in found)]))
+    else:
+        if raw_restore is not None:
+            state = restore_hosts(recorded, back, by)
+        elif names:
+            state = drain_hosts(recorded, names, by)
+        else:  # drain= : every host back (by hand; a rollout always names its batch)
+            state = {} if by == HAND else dict(recorded)
+        warn_pending()  # replaced by this change
+        host.log_styled(drain_report(state), log_func=logger.warning)
+        gateway_change(spec, fleet, recorded_phase(), state)

@@ -48,13 +48,13 @@ from rules.serving import dcgm_exporter
 install_fault_summary(state)
 spec = host_spec()
 fleet = fleet_specs()
+# pyinfra's result table has one row per call site (an operation's hash is the line numbers of
+# its call stack): a step both kinds of host take is called from one line, or it shows twice.
 if is_monitor(spec):
     # A monitoring host needs no GPU: its own small stack, read from one state read.
     monitor_preflight(spec, fleet)
-    host_network(spec=spec)
-    monitoring_host(spec=spec, fleet=fleet)
-    host_record(spec=spec)
-    plan = None
+    venv, plan = None, None
+    converge = True
 else:
     probe = read_host(spec)
     venv = python_env_plan(spec)
@@ -65,9 +65,13 @@ else:
                                          *(exporter_pin_findings(spec) if monitored else ())])
     if plan is not None and monitored and not replicas_agree(spec, plan):
         plan = None
+    converge = plan is not None
 
-if plan is not None:
+if converge:
     host_network(spec=spec)
+if is_monitor(spec):
+    monitoring_host(spec=spec, fleet=fleet)
+elif plan is not None:
     nvidia_repositories(spec=spec, plan=plan)
     # @deploy passes the return value through (pyinfra's typing says otherwise).
     driver = cast(OperationMeta, nvidia_driver(spec=spec, plan=plan,
@@ -82,4 +86,5 @@ if plan is not None:
         exporters(spec=spec)
     inference(spec=spec, plan=plan, listing=probe.weights,
               exporter=dcgm_exporter(spec) if monitored else None)
+if converge:
     host_record(spec=spec, plan=plan, venv=venv)

@@ -11,26 +11,40 @@ user's own /etc/prometheus/prometheus.yml is left alone: Prometheus is pointed a
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.operations import server
 
 from facts.host_state import host_state
 from inventory.fleet import HostSpec
 from operations.apt_pins import packages_present
+from operations.checks import refuse_host
 from operations.host_files import managed_file, validated_file
 from operations.services import reloaded_after, restarted_after, service
 from rules.gateway import (
+    APPLY_PENDING_DATA,
     CANARY_STATE,
     DRAIN_STATE,
     GATEWAY_CONF,
+    GATEWAY_PENDING,
     NGINX_CHECK,
     STATUS_PORT,
+    Drainer,
+    GatewayState,
     Phase,
+    drain_report,
     parse_canary_state,
     parse_drained,
+    parse_pending,
+    pending_report,
+    render_canary_state,
+    render_drained,
     render_gateway,
+    render_pending,
     routing,
 )
 from rules.monitoring import (
@@ -54,6 +68,7 @@ from rules.monitoring import (
 )
 from rules.network import download_env_file
 
+logger = logging.getLogger("gpufleet")
 MONITOR_PACKAGES = ("prometheus", "prometheus-alertmanager")
 GATEWAY_PACKAGES = ("nginx", "prometheus-nginx-exporter")
 
@@ -63,9 +78,58 @@ def recorded_phase() -> Phase:
     return parse_canary_state(host_state().content(CANARY_STATE))
 
 
-def recorded_drain() -> frozenset[str]:
-    """The hosts a rollout took out of the gateway (tools/rollout.py, deploys/drain.py)."""
+def recorded_drain() -> dict[str, Drainer]:
+    """The hosts out of the gateway, and who drained each (deploys/drain.py by hand, or
+    tools/rollout.py's batch)."""
     return parse_drained(host_state().content(DRAIN_STATE))
+
+
+def recorded_pending() -> GatewayState | None:
+    """A gateway change recorded but never applied (cut before nginx reloaded), if any."""
+    return parse_pending(host_state().content(GATEWAY_PENDING))
+
+
+def applied_gateway() -> GatewayState:
+    """The routing the gateway host records as applied."""
+    return GatewayState.of(recorded_phase(), recorded_drain())
+
+
+def warn_pending() -> GatewayState | None:
+    """Say (preview and run) what a pending gateway change would do; return it."""
+    pending = recorded_pending()
+    if pending is not None:
+        host.log_styled(pending_report(pending, applied_gateway()), fg="yellow",
+                        log_func=logger.warning)
+    return pending
+
+
+def gateway_change(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
+                   drained: Mapping[str, Drainer], **gate: Any) -> None:
+    """Route by ``phase`` without the ``drained`` hosts: recorded as pending first, as
+    applied (CANARY_STATE, DRAIN_STATE) only after nginx -t passed and nginx reloaded, then
+    the pending record cleared. Cut in between, the change stays pending; nothing unchanged
+    is written (a re-run changes nothing)."""
+    intended, applied = GatewayState.of(phase, drained), applied_gateway()
+    pending = recorded_pending()
+    record = None
+    if intended != applied:
+        record = managed_file(name="Record the gateway change as pending (applied once nginx "
+                                   "reloaded)", path=GATEWAY_PENDING,
+                              content=render_pending(intended), record=False, **gate)
+    gateway(spec, fleet, phase, drained=frozenset(drained), **gate)
+    if phase != applied.phase:
+        managed_file(name=f"Record the canary phase as applied: {phase}", path=CANARY_STATE,
+                     content=render_canary_state(phase), **gate)
+    if intended.drained != applied.drained:
+        managed_file(name="Record the drained hosts as applied: " + drain_report(drained),
+                     path=DRAIN_STATE, content=render_drained(drained) if drained else None,
+                     **gate)
+    if record is not None or pending is not None:
+        ready = gate.get("_if")
+        server.shell(name="Clear the pending gateway change (applied)",
+                     commands=[f"rm -f {GATEWAY_PENDING}"],
+                     _if=lambda: (ready is None or ready()) and (
+                         pending is not None or (record is not None and record.did_change())))
 
 
 def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
@@ -75,7 +139,12 @@ def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
 
     ``gate``: pyinfra global arguments (``_if``) for the routing change (the canary actions
     change it only when every canary host passed)."""
-    route = routing(spec, fleet, phase, recorded_drain() if drained is None else drained)
+    if drained is None:
+        recorded = recorded_drain()
+        drained = frozenset(recorded)
+        if recorded:  # every deploy says which hosts stay out of rotation, and who took them out
+            host.log_styled(drain_report(recorded), log_func=logger.warning)
+    route = routing(spec, fleet, phase, drained)
     conf = validated_file(
         name=f"Ensure the gateway routes {route.weight} % to the canary (phase {route.phase}; "
              "checked by nginx -t)",
@@ -137,6 +206,15 @@ def monitoring_host(spec: HostSpec, fleet: list[HostSpec]) -> None:
     reloaded_after("prometheus-alertmanager", am_config)
 
     if spec.settings.gateway.enabled:
-        gateway(spec, fleet, recorded_phase())
+        # The applied routing; a pending change (an interrupted canary action or drain) is
+        # said, and applied only when asked.
+        pending, asked = warn_pending(), host.data.get(APPLY_PENDING_DATA)
+        if asked not in (None, "apply"):
+            refuse_host(name="Refuse: what to do with a pending gateway change?",
+                        message=f"--data {APPLY_PENDING_DATA}={asked}: allowed: apply")
+        elif pending is not None and asked == "apply":
+            gateway_change(spec, fleet, pending.phase, pending.drained_hosts)
+        else:
+            gateway(spec, fleet, recorded_phase())
     else:
         host.noop("settings.gateway.enabled = false: no gateway on this host")

@@ -180,6 +180,8 @@ def cmd_rollout(args: argparse.Namespace) -> Command:
     argv = [sys.executable, str(REPO / "tools" / "rollout.py")]
     if args.behind_only:
         argv.append("--behind-only")
+    if args.allow_outage:
+        argv.append("--allow-outage")
     return Command(argv, env=_fleet_env(fleet))
 
 
@@ -191,10 +193,13 @@ def cmd_canary(args: argparse.Namespace) -> Command:
 def cmd_drain(args: argparse.Namespace) -> Command:
     if bool(args.hosts) == bool(args.undo):
         _fail("drain takes the GPU hosts to take out of the gateway, or --undo to put every "
-              "host back (not both)")
+              "host back (not both); --restore HOST... puts those hosts back")
+    if args.restore and not args.hosts:
+        _fail("drain --restore takes the GPU hosts to put back into the gateway")
     names = [n for item in args.hosts for n in item.split(",") if n.strip()]
+    key = "restore" if args.restore else "drain"
     return _pyinfra_command(args, "deploys/drain.py", *_yes(args),
-                            data=[f"drain={','.join(names)}"])
+                            data=[f"{key}={','.join(names)}"])
 
 
 def cmd_tool(args: argparse.Namespace, extra: list[str]) -> Command:
@@ -215,6 +220,7 @@ EXAMPLES = {
     "canary": "gpufleet canary start --fleet my-fleet.toml\n"
               "  gpufleet canary status --fleet my-fleet.toml",
     "drain": "gpufleet drain --fleet my-fleet.toml --yes gpu-03 gpu-04\n"
+             "  gpufleet drain --fleet my-fleet.toml --yes --restore gpu-03   # that one back\n"
              "  gpufleet drain --fleet my-fleet.toml --yes --undo   # every host back",
     "size": "gpufleet size --model deepseek-r1-distill-llama-70b --precision int8 "
             "--gpus 2xa100-80gb --context 8192 --concurrency 16",
@@ -245,7 +251,7 @@ SUMMARY = {
     "audit": "drift audit against the manifests and the fleet file (read-only)",
     "rollout": "roll the fleet's pins through a batch at a time",
     "canary": "canary start | promote | rollback | status",
-    "drain": "take GPU hosts out of the gateway, or --undo to put them back",
+    "drain": "take GPU hosts out of the gateway (drains add up), --restore some, --undo all",
     "size": "will a model fit these GPUs, how many for a load (offline)",
     "cost": "owning against renting for a load (offline)",
     "smoke": "a completion from every endpoint and a short latency probe",
@@ -292,10 +298,16 @@ def parser() -> argparse.ArgumentParser:
     rollout = add("rollout")
     rollout.add_argument("--behind-only", action="store_true",
                          help="skip hosts whose manifest already has the fleet file's pins")
+    rollout.add_argument("--allow-outage", action="store_true",
+                         help="go on where a batch holds every replica of a served model "
+                              "still in rotation (that model answers nothing meanwhile)")
     canary = add("canary", yes=True)
     canary.add_argument("action", choices=CANARY_ACTIONS)
     drain = add("drain", yes=True)
     drain.add_argument("hosts", nargs="*", metavar="HOST", help="fleet names of GPU hosts")
+    drain.add_argument("--restore", action="store_true",
+                       help="put these hosts back (a rollout never puts back a host drained "
+                            "by hand)")
     drain.add_argument("--undo", action="store_true", help="put every host back")
     for name in PASSTHROUGH:
         add(name, fleet=name == "smoke", passthrough=True)

@@ -202,6 +202,18 @@ class Fleet:
             )
         return groups
 
+    def pyinfra_host_aliases(self) -> dict[str, tuple[list[str], dict]]:
+        """A one-host group named by the fleet's name of each host that pyinfra knows by
+        another (a connector's, @docker/CONTAINER): pyinfra's --limit matches group names
+        before host names, so `--limit sim-a100x2` selects @docker/gpufleet-sim-a100x2.
+
+        pyinfra picks a host's connector from its name alone (a leading @), so a connector
+        host cannot be named by the fleet; a group can. A host named like a fleet group or a
+        name pyinfra reserves gets none: --limit NAME keeps meaning the group."""
+        taken = {spec.group for spec in self.hosts} | RESERVED_GROUP_NAMES
+        return {spec.name: ([pyinfra_host_name(spec)], {}) for spec in self.hosts
+                if pyinfra_host_name(spec) != spec.name and spec.name not in taken}
+
 
 # Reserved for documentation: RFC 5737 and RFC 3849 addresses, RFC 2606 names. No real machine
 # has them, so a run whose hosts are all of this kind is an example that nobody edited.

@@ -9,9 +9,10 @@ preview does show.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from weakref import WeakKeyDictionary
 
 from pyinfra import host
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, State, operation
 
 from facts.apt import AptOffered
 from operations.messages import fail_host
@@ -58,6 +59,26 @@ def check(verdict: Callable[[], tuple[str | None, str]]):
         yield FunctionCommand(fail_host, (message,), {})
     else:
         host.noop(note)
+
+
+# What each host completed in this run (pyinfra's State): recorded by a passing `check`'s
+# verdict at execution, read by a later operation on another host (the gateway's canary
+# routing reads the canary hosts' proofs). A failed host runs nothing after its failure.
+_COMPLETED: WeakKeyDictionary[State, set[tuple[str, str]]] = WeakKeyDictionary()
+
+
+def completed(step: str, note: str) -> Callable[[], tuple[str | None, str]]:
+    """A `check` verdict that records, at execution, that this host got to ``step`` in this
+    run (every operation before it done) and passes with ``note``."""
+    def verdict() -> tuple[str | None, str]:
+        _COMPLETED.setdefault(host.state, set()).add((step, host.name))
+        return None, note
+    return verdict
+
+
+def completed_hosts(state: State, step: str) -> set[str]:
+    """The pyinfra names of the hosts that got to ``step`` in this run."""
+    return {name for done, name in _COMPLETED.get(state, set()) if done == step}
 
 
 def missing_versions(packages: Mapping[str, str], offered: Mapping[str, tuple[str, ...]],

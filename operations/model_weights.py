@@ -27,7 +27,7 @@ from facts.weights_files import MANIFEST_DIR
 from operations.apt_pins import with_env_file
 from operations.disk_guard import guarded, space_checked
 from operations.messages import tell
-from rules.checkpoint import PARTIAL, TOOL, manifest_path, name_problem
+from rules.checkpoint import PARTIAL, TOOL, manifest_path, name_problem, progress_line
 from rules.disk_space import SpaceNeed
 
 _EOF = "GPUFLEET_WEIGHTS_TOOL"
@@ -94,15 +94,12 @@ def weights_verified(folder: str, names: list[str]):
 
 def _progress(state: State, host: Host, done: int, total: int, started: list[float],
               name: str) -> bool:
-    """FunctionCommand body: bytes pushed so far, the rate and the time left."""
+    """FunctionCommand body: bytes pushed so far, and the rate and time left once trusted."""
     if not started:
         started.append(time.monotonic())
         return True
-    seconds = max(time.monotonic() - started[0], 0.001)
-    rate = done / seconds
-    left = (total - done) / rate if rate else 0
-    return tell(state, host, f"weights: {name} pushed, {done / 1e9:.2f} of {total / 1e9:.2f} GB, "
-                             f"{rate / 1e6:.0f} MB/s, about {left:.0f} s left", color="green")
+    line = progress_line(done, total, done, time.monotonic() - started[0])
+    return tell(state, host, f"weights: {name} pushed, {line}", color="green")
 
 
 def _space(folder: str, need: int, how: str, partials: tuple[str, ...] = ()) -> SpaceNeed:

@@ -22,6 +22,12 @@ logger = logging.getLogger("gpufleet")
 TOKEN_PATH = "/run/gpufleet-reboot-token"
 
 
+def reboot_line(reasons: list[str]) -> str:
+    """The one line a reboot logs: every reason it serves (the deploy reboots once for all of
+    them), in order, each once."""
+    return "rebooting: " + "; ".join(dict.fromkeys(reasons))
+
+
 def _booted(target: Host, token: str) -> bool:
     probe = StringCommand(
         f"if [ \"$(cat {TOKEN_PATH} 2>/dev/null)\" = {token} ]; then echo not-yet; fi; "
@@ -68,7 +74,8 @@ def rebooted(reasons: list[str], timeout: int = 900, delay: int = 5):
     tie it to the change that causes it with ``_if=install.did_change``. Pass ``_serial=True``
     so that hosts reboot one at a time.
 
-    + reasons: why the reboot is needed (printed when it happens; must not be empty)
+    + reasons: why the reboot is needed (printed on one line when it happens; must not be
+      empty)
     + timeout: seconds to wait for the host to come back
     + delay: seconds before the first check
 
@@ -83,7 +90,7 @@ def rebooted(reasons: list[str], timeout: int = 900, delay: int = 5):
     if not reasons:
         raise OperationValueError("a reboot needs a reason")
     token = uuid.uuid4().hex
-    yield FunctionCommand(tell, ("\n".join(f"rebooting: {r}" for r in reasons),), {})
+    yield FunctionCommand(tell, (reboot_line(reasons),), {})
     yield StringCommand(f"echo {token} > {TOKEN_PATH}")
     yield StringCommand(
         "nohup sh -c 'sleep 2; systemctl reboot || reboot' </dev/null >/dev/null 2>&1 &")

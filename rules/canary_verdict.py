@@ -3,10 +3,16 @@
 The canary is compared with stable over the same window, on what a user feels: server errors
 (at the gateway), time to first token P99 and decode speed per sequence (from the engines'
 histograms, so the canary's smaller share of traffic does not count against it).
+
+Before any routing to the canary changes (start, promote), every canary host must have proved
+itself in that same run (``canary_proof``): in the run, still active, its weights hashed
+against the manifest and a completion from each replica. A host left out (`--limit
+<gateway>`), failed, or short of its proof keeps the routing as it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +21,43 @@ from inventory.schema import CanarySettings
 from rules.engine_metrics import any_engine
 
 Verdict = Literal["promote", "hold", "roll back"]
+
+
+@dataclass(frozen=True)
+class CanaryProof:
+    """Whether the routing to the canary may change in this run, and if not, who is missing."""
+
+    absent: tuple[str, ...]  # canary hosts not active in this run (left out by --limit, failed)
+    unproved: tuple[str, ...]  # active, but their proof did not complete in this run
+    none: bool = False  # no canary host at all
+
+    @property
+    def passed(self) -> bool:
+        return not (self.absent or self.unproved or self.none)
+
+    def render(self) -> str:
+        if self.passed:
+            return "every canary host proved itself in this run"
+        parts = ["the routing is unchanged: every canary host must prove itself (weights "
+                 "against the manifest, a completion per replica) in the run that routes to it"]
+        if self.none:
+            parts.append("there is no canary host")
+        if self.absent:
+            parts.append("not in this run (left out by --limit, or failed): "
+                         + ", ".join(self.absent))
+        if self.unproved:
+            parts.append("did not complete their proof in this run: " + ", ".join(self.unproved))
+        return "; ".join(parts) + ". Run the action on the gateway and every canary host."
+
+
+def canary_proof(canary: Collection[str], active: Collection[str],
+                 proved: Collection[str]) -> CanaryProof:
+    """``canary``: the canary hosts; ``active``: the run's hosts still active when the routing
+    would change; ``proved``: the hosts whose proof completed in this run."""
+    return CanaryProof(absent=tuple(sorted(h for h in canary if h not in active)),
+                       unproved=tuple(sorted(h for h in canary if h in active
+                                             and h not in proved)),
+                       none=not canary)
 
 
 def duration_seconds(text: str) -> int:

@@ -47,6 +47,14 @@ def name_problem(name: object) -> str | None:
     NUL or line break, gpufleet's own names), or None: the weights tool's own rule."""
     problem: str | None = _TOOL.name_problem(name)
     return problem
+
+
+def progress_line(done: int, total: int, moved: int, seconds: float) -> str:
+    """"DONE of TOTAL GB" of a weights transfer, with its rate and time left only once enough
+    time and bytes have passed to trust them: the weights tool's own rule (a push from the
+    controller reports the same way as a hub download on the host)."""
+    line: str = _TOOL.progress_line(done, total, moved, seconds)
+    return line
 # New files are written under NAME + PARTIAL and moved over NAME once the whole change is
 # complete and verified (templates/weights/weights_tool.py: commit, hub).
 PARTIAL = ".gpufleet-partial"

@@ -13,12 +13,19 @@ the canary's phase, which the canary actions record on the gateway host:
 A change is: render, `nginx -t` on the candidate, atomic rename, graceful reload (old workers
 finish the requests they hold), so no request in flight is dropped, and a candidate nginx
 refuses never replaces the working file.
+
+Intended and applied state are kept apart: a change (a canary action, a drain) records what it
+intends as pending first (GATEWAY_PENDING), and the phase and the drained hosts as applied
+(CANARY_STATE, DRAIN_STATE) only once nginx -t passed and nginx reloaded; then it clears the
+pending record. Cut in between, the change stays pending: the routine deploy keeps routing by
+the applied state, says what is pending, and applies it only when asked.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,8 +37,16 @@ from rules.render import render
 GATEWAY_CONF = "/etc/nginx/conf.d/gpufleet-gateway.conf"
 GATEWAY_LOG = "/var/log/nginx/gpufleet-gateway.log"
 CANARY_STATE = "/var/lib/gpufleet/canary.json"
-# The hosts a rollout took out of the gateway while their batch converges.
+# A gateway change recorded before it is made: what it intends (cleared once applied).
+GATEWAY_PENDING = "/var/lib/gpufleet/gateway-pending.json"
+# `--data` key: the routine deploy applies a pending gateway change only when given it.
+APPLY_PENDING_DATA = "gateway_pending"
+# The hosts out of the gateway, and who took each out: by hand (deploys/drain.py), or a
+# rollout while their batch converges. A batch puts back only what a batch drained.
 DRAIN_STATE = "/var/lib/gpufleet/drained.json"
+Drainer = Literal["hand", "rollout"]
+HAND: Drainer = "hand"
+ROLLOUT: Drainer = "rollout"
 STATUS_PORT = 8099  # nginx stub_status, loopback only
 Phase = Literal["off", "running", "promoted", "rolled-back"]
 PHASES: tuple[Phase, ...] = ("off", "running", "promoted", "rolled-back")
@@ -144,15 +159,103 @@ def parse_canary_state(text: str | None) -> Phase:
     return phase if phase in PHASES else "off"
 
 
-def render_drained(hosts: frozenset[str]) -> str:
-    return json.dumps({"hosts": sorted(hosts)}) + "\n"
+def render_drained(state: Mapping[str, Drainer]) -> str:
+    """``hosts``: every drained host (what older readers read); ``by``: who drained each."""
+    return json.dumps({"hosts": sorted(state), "by": dict(sorted(state.items()))}) + "\n"
 
 
-def parse_drained(text: str | None) -> frozenset[str]:
-    """The hosts recorded as drained; none when nothing (or garbage) is recorded."""
+def parse_drained(text: str | None) -> dict[str, Drainer]:
+    """The hosts recorded as drained, with who drained each; none when nothing (or garbage)
+    is recorded. A host with no (or an unknown) drainer counts as drained by hand: a rollout
+    never puts it back (a file written before drainers were recorded, say)."""
     try:
-        hosts = json.loads(text or "{}").get("hosts", [])
+        data = json.loads(text or "{}")
+        hosts, by = data.get("hosts", []), data.get("by", {})
     except (ValueError, AttributeError):
-        return frozenset()
-    return frozenset(h for h in hosts if isinstance(h, str)) if isinstance(hosts, list) \
-        else frozenset()
+        return {}
+    if not isinstance(hosts, list):
+        return {}
+    by = by if isinstance(by, dict) else {}
+    return {h: ROLLOUT if by.get(h) == ROLLOUT else HAND for h in hosts if isinstance(h, str)}
+
+
+def drain_hosts(state: Mapping[str, Drainer], hosts: Iterable[str],
+                by: Drainer) -> dict[str, Drainer]:
+    """``state`` with ``hosts`` drained too (drains add up). A host drained by hand stays
+    recorded as the hand's, whoever drains it again: a batch's restore leaves it out."""
+    out = dict(state)
+    for name in hosts:
+        out[name] = HAND if HAND in (by, out.get(name)) else by
+    return out
+
+
+def restore_hosts(state: Mapping[str, Drainer], hosts: Iterable[str],
+                  by: Drainer) -> dict[str, Drainer]:
+    """``state`` with ``hosts`` back in rotation: by hand, any of them; by a rollout, only
+    those a rollout drained (a host drained by hand stays drained)."""
+    back = {name for name in hosts if by == HAND or state.get(name) == ROLLOUT}
+    return {name: who for name, who in state.items() if name not in back}
+
+
+def drain_report(state: Mapping[str, Drainer]) -> str:
+    """One line: which hosts are out of the gateway, and who took each out."""
+    if not state:
+        return "no host is drained from the gateway"
+    return "drained from the gateway: " + _who_drained(state)
+
+
+def _who_drained(state: Mapping[str, Drainer]) -> str:
+    return ", ".join(f"{name} ({'by hand' if who == HAND else 'by a rollout batch'})"
+                     for name, who in sorted(state.items()))
+
+
+@dataclass(frozen=True)
+class GatewayState:
+    """What the gateway routes by: the canary's phase and the drained hosts (with who
+    drained each)."""
+
+    phase: Phase
+    drained: tuple[tuple[str, Drainer], ...] = ()
+
+    @staticmethod
+    def of(phase: Phase, drained: Mapping[str, Drainer]) -> GatewayState:
+        return GatewayState(phase, tuple(sorted(drained.items())))
+
+    @property
+    def drained_hosts(self) -> dict[str, Drainer]:
+        return dict(self.drained)
+
+
+def render_pending(intended: GatewayState) -> str:
+    """The pending change: the phase as CANARY_STATE writes it, the hosts as DRAIN_STATE."""
+    hosts = intended.drained_hosts
+    return json.dumps({"phase": intended.phase, "hosts": sorted(hosts),
+                       "by": dict(sorted(hosts.items()))}, sort_keys=True) + "\n"
+
+
+def parse_pending(text: str | None) -> GatewayState | None:
+    """The pending change recorded on the gateway host; None when none (or garbage) is."""
+    try:
+        data = json.loads(text or "null")
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("phase") not in PHASES:
+        return None
+    return GatewayState.of(parse_canary_state(text), parse_drained(text))
+
+
+def pending_report(pending: GatewayState, applied: GatewayState) -> str:
+    """What an interrupted gateway change left: what it meant to do against what is applied,
+    and how to finish it."""
+    def hosts(state: GatewayState) -> str:
+        return _who_drained(state.drained_hosts) or "none"
+    differs = []
+    if pending.phase != applied.phase:
+        differs.append(f"canary phase {pending.phase} (applied: {applied.phase})")
+    if pending.drained != applied.drained:
+        differs.append(f"drained hosts {hosts(pending)} (applied: {hosts(applied)})")
+    return ("a gateway change is pending, recorded but never applied (cut before nginx "
+            "reloaded?): " + ("; ".join(differs) or "the applied routing, re-rendered")
+            + ". The gateway keeps the applied routing. Apply it with --data "
+            f"{APPLY_PENDING_DATA}=apply on the main deploy, or run the canary action or the "
+            "drain again.")

@@ -11,7 +11,15 @@ of the group). For each batch, in the fleet file's order:
   2. converge it: `pyinfra -y inventory.py deploys/gpu_host.py --limit ...`, whose last checks
      are the GPUs, a GPU container and a chat completion from every replica; the batch's
      reboots happen together;
-  3. put it back into the gateway.
+  3. put it back into the gateway: only hosts a rollout drained, the batch's own (and after
+     the last batch, any a stopped rollout left drained); a host drained by hand
+     (`deploys/drain.py`) stays drained until someone puts it back.
+
+A batch that would leave a served model without a replica in rotation (it holds every host
+serving the model, the others drained already, or there are none: one GPU host, or
+`batch = "100%"`) is refused before anything changes, naming the model and the hosts: the
+gateway would answer nothing for it while the batch converges. `--allow-outage` accepts that.
+The fleet file is checked first; the gateway's drain checks again with the hosts drained there.
 
 Once every batch is back, the fleet's other hosts (the monitoring host with the gateway) are
 converged too, so that the whole fleet records the new pins and the drift audit finds none.
@@ -38,7 +46,17 @@ from inventory.fleet import Fleet, FleetError, HostSpec, load_fleet, pyinfra_hos
 from rules.fleet_checks import fleet_problems  # noqa: E402
 from rules.manifest import parse_manifest  # noqa: E402
 from rules.monitoring import is_monitor  # noqa: E402
-from rules.rollout import ROLLOUT_BATCH_DATA, batches, pin_state  # noqa: E402
+from rules.rollout import (  # noqa: E402
+    ALLOW_OUTAGE_DATA,
+    ALLOW_OUTAGE_FLAG,
+    ROLLOUT_BATCH_DATA,
+    ROLLOUT_PLAN_DATA,
+    OutageRefused,
+    batches,
+    pin_state,
+    render_plan,
+    restored_after,
+)
 
 PYINFRA = str(Path(sys.executable).with_name("pyinfra"))
 
@@ -72,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleet", type=Path, help="fleet file (default: $GPUFLEET_FLEET)")
     parser.add_argument("--behind-only", action="store_true",
                         help="skip hosts whose manifest already has the fleet file's pins")
+    parser.add_argument(ALLOW_OUTAGE_FLAG, action="store_true",
+                        help="go on even where a batch holds every replica of a served model "
+                             "still in rotation (one GPU host, batch = \"100%%\", the others "
+                             "drained): that model answers nothing while the batch converges")
     args = parser.parse_args(argv)
     if args.fleet:
         os.environ["GPUFLEET_FLEET"] = str(args.fleet.resolve())
@@ -84,17 +106,24 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     gateways = [pyinfra_host_name(s) for s in fleet.hosts
                 if is_monitor(s) and s.settings.gateway.enabled]
-    plan = batches(fleet.hosts)
-    if args.behind_only:
-        plan = [[s for s in batch if not pin_state(s, manifest_of(s)).current]
-                for batch in plan]
-        plan = [batch for batch in plan if batch]
+    skip = {s.name for s in fleet.hosts
+            if args.behind_only and pin_state(s, manifest_of(s)).current}
+    try:
+        plan = batches(fleet.hosts, skip=skip, allow_outage=args.allow_outage)
+    except OutageRefused as refused:
+        print("\n".join(refused.lines), file=sys.stderr)
+        return 2
     started = time.monotonic()
     for number, batch in enumerate(plan, 1):
         names = [s.name for s in batch]
         print(f"==> batch {number}/{len(plan)}: {', '.join(names)}"
               + (" (drained from the gateway)" if gateways else ""), flush=True)
-        if gateways and pyinfra("deploys/drain.py", gateways, f"drain={','.join(names)}"):
+        # The gateway checks this batch and the later ones against the hosts drained there
+        # (by hand, say) before it drains anything.
+        ahead = render_plan([[s.name for s in later] for later in plan[number - 1:]])
+        if gateways and pyinfra("deploys/drain.py", gateways, f"drain={','.join(names)}",
+                                f"{ROLLOUT_BATCH_DATA}={number}", f"{ROLLOUT_PLAN_DATA}={ahead}",
+                                *([f"{ALLOW_OUTAGE_DATA}=yes"] if args.allow_outage else [])):
             print(f"rollout: could not drain batch {number}; nothing of it was changed",
                   file=sys.stderr)
             return 1
@@ -107,9 +136,18 @@ def main(argv: list[str] | None = None) -> int:
                   "resume with: tools/rollout.py --behind-only", file=sys.stderr)
             report(fleet)
             return 1
-        if gateways and pyinfra("deploys/drain.py", gateways, "drain="):
+        back = restored_after(plan, number, fleet.hosts)
+        if gateways and pyinfra("deploys/drain.py", gateways, f"restore={','.join(back)}",
+                                f"{ROLLOUT_BATCH_DATA}={number}"):
             print(f"rollout: batch {number} converged but could not be put back into the "
                   "gateway", file=sys.stderr)
+            return 1
+    if not plan and gateways:  # nothing to converge: still put back what a stopped rollout left
+        back = [s.name for s in fleet.hosts if s.settings.role == "gpu"]
+        if pyinfra("deploys/drain.py", gateways, f"restore={','.join(back)}",
+                   f"{ROLLOUT_BATCH_DATA}=0"):
+            print("rollout: could not put the hosts a rollout drained back into the gateway",
+                  file=sys.stderr)
             return 1
     # The monitoring host records the pin set too: converge it last, once the GPU hosts are
     # back (a reload of Prometheus and nginx at most; nothing is drained).

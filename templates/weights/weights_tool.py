@@ -61,6 +61,24 @@ def say(message):
     print(f"gpufleet: {message}", flush=True)
 
 
+# A rate is worth an ETA only once this long and this much into the transfer: the first small
+# file of a push or a download mostly measures the connection's set-up, and its "rate" would
+# promise hours for a transfer that takes seconds.
+ETA_AFTER_SECONDS = 3.0
+ETA_AFTER_BYTES = 64 * 2**20
+
+
+def progress_line(done, total, moved, seconds):
+    """How far a transfer is: "DONE of TOTAL GB", then its rate and the time left once
+    ``moved`` bytes (this run's, not those already there) over ``seconds`` are enough to trust
+    (ETA_AFTER_SECONDS, ETA_AFTER_BYTES); never a rate of 0 nor a time left when done."""
+    line = f"{done / 1e9:.2f} of {total / 1e9:.2f} GB"
+    if seconds < ETA_AFTER_SECONDS or moved < ETA_AFTER_BYTES or done >= total:
+        return line
+    rate = moved / seconds
+    return f"{line}, {rate / 1e6:.0f} MB/s, about {(total - done) / rate:.0f} s left"
+
+
 def name_problem(name):
     """Why NAME cannot be a file of a weights folder, or None. The one rule for the names of a
     hub's listing, of a pushed manifest and of what is verified (rules.checkpoint uses it on the
@@ -434,7 +452,7 @@ def hub(folder, endpoint, repo, revision, token_file=None):
         return 1
     os.makedirs(os.path.join(folder, META), exist_ok=True)
     done = total - sum(size for _, size, _, _ in fetch)
-    started = time.monotonic()
+    moved, started = 0, time.monotonic()  # bytes this run fetched (not those resumed)
     written = []
     try:
         for name, size, kind, digest in fetch:
@@ -457,6 +475,7 @@ def hub(folder, endpoint, repo, revision, token_file=None):
                             if not block:
                                 break
                             out.write(block)
+                            moved += len(block)
             same, got = matches(partial, kind, digest)
             if not same:
                 os.remove(partial)
@@ -466,9 +485,8 @@ def hub(folder, endpoint, repo, revision, token_file=None):
                 return 1
             files[name] = {"size": size, "sha256": got}
             done += size
-            rate = done / max(time.monotonic() - started, 0.001)
-            say(f"{name}: {done / 1e9:.2f} of {total / 1e9:.2f} GB, {rate / 1e6:.0f} MB/s, "
-                f"{(total - done) / max(rate, 1):.0f} s left")
+            say(f"{name}: "
+                + progress_line(done, total, moved, time.monotonic() - started))
         # Every file is complete and checked: move them into place, the manifest last (written
         # beside first, so that nothing after the first move needs space).
         manifest = {"model": repo, "source": f"hub {repo}@{revision}", "files": files}

@@ -35,6 +35,7 @@ from rules.checkpoint import (
     controller_manifest,
     hub_download_needed,
     name_problem,
+    progress_line,
     render_manifest,
     same_weights,
     to_push,
@@ -239,7 +240,8 @@ def test_a_hub_download_resumes_checks_hashes_and_records(hub: str, tmp_path: Pa
     done = tool("hub", str(dest), hub, "org/model", "0" * 40, str(token))
     assert done.returncode == 0, done.stdout + done.stderr
     assert (dest / shard).read_bytes() == HubStandIn.files[shard]
-    assert "GB" in done.stdout and "s left" in done.stdout  # progress
+    assert "GB" in done.stdout  # progress; a download of a few kB in a blink promises no ETA
+    assert "s left" not in done.stdout and "MB/s" not in done.stdout
     check = weights_check(listing(dest), full=False)
     assert not check.record and check.changed == () and check.corrupt == ()
     denied = tool("hub", str(tmp_path / "other"), hub, "org/model", "0" * 40)
@@ -373,6 +375,34 @@ def test_a_new_hub_revision_is_downloaded() -> None:
     assert hub_download_needed(listing, repo, new, check)  # the fleet moved the revision
     assert hub_download_needed(WeightsListing("absent"), repo, old,
                                weights_check(WeightsListing("absent"), full=False))
+
+
+# --- progress: no ETA before the rate is worth trusting ----------------------------------------
+def test_a_small_first_file_promises_no_eta() -> None:
+    # The issue's line: a few kB pushed after seconds of connection set-up ("0 MB/s, about
+    # 5180 s left" for a transfer that took seconds).
+    assert progress_line(2_000, 10_000_000, 2_000, 5.0) == "0.00 of 0.01 GB"
+
+
+@pytest.mark.parametrize(("moved", "seconds"), [
+    (0, 60.0),                   # nothing moved: a rate of 0, never an ETA
+    (1024 * 2**20, 1.0),         # plenty moved, but too soon to trust
+    (64 * 2**20 - 1, 60.0),      # long enough, but too little moved
+])
+def test_no_eta_until_enough_time_and_bytes(moved: int, seconds: float) -> None:
+    line = progress_line(moved, 10 * 2**30, moved, seconds)
+    assert "s left" not in line and "MB/s" not in line, line
+
+
+def test_an_eta_once_the_rate_is_trusted() -> None:
+    # 1 GB in 10 s: 100 MB/s, 9 GB to go in 90 s
+    assert progress_line(10**9, 10 * 10**9, 10**9, 10.0) == (
+        "1.00 of 10.00 GB, 100 MB/s, about 90 s left")
+    # bytes already there (a resumed download) do not count towards the rate
+    assert progress_line(5 * 10**9, 10 * 10**9, 10**9, 10.0) == (
+        "5.00 of 10.00 GB, 100 MB/s, about 50 s left")
+    # done: nothing left to promise
+    assert progress_line(10**9, 10**9, 10**9, 10.0) == "1.00 of 1.00 GB"
 
 
 # --- nothing from a hub or a controller is written outside the weights folder --------------------
@@ -587,3 +617,21 @@ def test_the_controller_push_refuses_links_that_leave_its_folder(
     (weights / "linked").symlink_to(tmp_path)
     with pytest.raises(WeightsSourceError, match="is a link to a folder"):
         controller_manifest(weights, MODEL)
+
+
+def test_the_push_from_the_controller_reports_by_the_same_rule(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from operations import model_weights
+    said: list[str] = []
+
+    def tell(state: object, host: object, message: str, color: str) -> bool:
+        said.append(message)
+        return True
+
+    monkeypatch.setattr(model_weights, "tell", tell)
+    started: list[float] = []
+    assert model_weights._progress(None, None, 0, 10_000_000, started, "start")  # type: ignore[arg-type]
+    started[0] -= 5.0  # the first small file lands five seconds in (the connection's set-up)
+    model_weights._progress(None, None, 2_000, 10_000_000, started,  # type: ignore[arg-type]
+                            "config.json")
+    assert said == ["weights: config.json pushed, 0.00 of 0.01 GB"]

@@ -125,6 +125,7 @@ def test_check_reports_a_bad_fleet_one_line_per_problem(tmp_path: Path) -> None:
     (("canary", "go"), "gpufleet: argument action: invalid choice: 'go'"),
     (("plan", "--yes"), "gpufleet: unrecognized arguments: --yes"),
     (("drain",), "gpufleet: drain takes the GPU hosts to take out of the gateway, or --undo"),
+    (("drain", "--restore", "--undo"), "gpufleet: drain --restore takes the GPU hosts to put"),
     (("doctor", "--local", "--model", "x"), "gpufleet: --local needs --model and --precision"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], says: str) -> None:
@@ -188,12 +189,17 @@ def test_drain_and_undo(fleet: Path) -> None:
         fleet, "-y", "inventory.py", "deploys/drain.py", "--data", "drain=gpu-a,gpu-b")
     assert printed("drain", "--undo", fleet=fleet) == in_repo(
         fleet, "inventory.py", "deploys/drain.py", "--data", "drain=")
+    # one host back (drains add up; a rollout never puts back a host drained by hand)
+    assert printed("drain", "--yes", "--restore", "gpu-a", fleet=fleet) == in_repo(
+        fleet, "-y", "inventory.py", "deploys/drain.py", "--data", "restore=gpu-a")
 
 
 def test_rollout(fleet: Path) -> None:
     assert printed("rollout", "--behind-only", fleet=fleet) == (
         f"GPUFLEET_FLEET={shlex.quote(str(fleet))} "
         + shlex.join([PYTHON, str(REPO / "tools/rollout.py"), "--behind-only"]))
+    assert printed("rollout", "--allow-outage", fleet=fleet).endswith(
+        shlex.join([str(REPO / "tools/rollout.py"), "--allow-outage"]))
 
 
 SIZE = ("--model", "deepseek-r1-distill-llama-70b", "--precision", "int8", "--gpus",

@@ -10,6 +10,7 @@ from pathlib import Path
 from facts.nvidia import KernelModuleState, SecureBootState
 from facts.system import OsRelease, SystemInfoResult
 from inventory.fleet import load_fleet
+from operations.reboot import reboot_line
 from rules.assessment import assess
 from rules.driver_state import (
     RebootPlan,
@@ -72,6 +73,15 @@ def test_nouveau_holding_the_gpus_reboots_now_even_before_any_install() -> None:
     decided = plan(loaded(None, nouveau=True), installed=None, will_change=True)
     assert decided.now and "nouveau" in decided.now[0]
     assert decided.after_install  # the install's own reason travels with it
+
+
+def test_one_reboot_says_every_reason_on_one_line() -> None:
+    decided = plan(loaded(None, nouveau=True), installed=None, will_change=True)
+    reasons = [*decided.now, *decided.after_install]  # what deploys.nvidia_driver passes
+    line = reboot_line(reasons)
+    assert "\n" not in line and line.count("rebooting:") == 1, line
+    assert line == "rebooting: " + "; ".join(reasons)
+    assert reboot_line(["a", "b", "a"]) == "rebooting: a; b"  # each reason once
 
 
 def test_secure_boot_with_dkms_is_refused_by_preflight_with_the_three_ways_out(

@@ -104,6 +104,42 @@ def test_pyinfra_groups_carry_connection_data(tmp_path: Path) -> None:
     assert pyinfra_host_name(fleet.hosts[-1]) == "@docker/sim-1"
 
 
+def test_connector_hosts_get_a_group_of_their_fleet_name(tmp_path: Path) -> None:
+    fleet = load_fleet(write(tmp_path, GOOD + """
+        [groups.sim.hosts.sim]
+        target = "@docker/named-like-its-group"
+        """))
+    # s1 is @docker/sim-1 to pyinfra; gpu-01 is already gpu-01 (SSH); the host named like its
+    # group leaves `--limit sim` meaning the group
+    assert fleet.pyinfra_host_aliases() == {"s1": (["@docker/sim-1"], {})}
+
+
+def test_raw_pyinfra_limit_takes_the_fleet_host_name(tmp_path: Path) -> None:
+    """The real pyinfra CLI: `--limit here` selects the fleet's host `here` (@local to pyinfra)
+    and contacts nothing else (the other host's container does not exist)."""
+    path = write(tmp_path, """
+        [fleet]
+        name = "lab"
+        [settings]
+        weights_path = "/srv/models/m"
+        [groups.ctl.hosts.here]
+        target = "@local"
+        [groups.sim.hosts.s1]
+        target = "@docker/gpufleet-no-such-container"
+    """)
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("pyinfra")), "-y", "inventory.py", "--limit", "here",
+         "exec", "--", "echo", "ran-on-here"],
+        cwd=REPO, env={"GPUFLEET_FLEET": str(path), "PATH": "/usr/bin:/bin",
+                       "GPUFLEET_CONFIG_DIR": str(tmp_path / "config")},
+        capture_output=True, text=True, timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "[@local]" in output and "ran-on-here" in output
+    assert "No host matches" not in output and "no-such-container" not in output
+
+
 def test_deep_merge_replaces_lists_and_merges_tables() -> None:
     base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
     assert deep_merge(base, {"a": {"c": [3]}}) == {"a": {"b": 1, "c": [3]}, "d": 1}

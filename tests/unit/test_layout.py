@@ -51,3 +51,28 @@ def test_no_two_modules_share_a_name_across_packages() -> None:
                 clashes.append(f"{seen[path.stem]}/{path.name} and {layer}/{path.name}")
             seen[path.stem] = layer
     assert clashes == []
+
+
+def calls_by_line(path: Path, names: set[str]) -> dict[str, set[int]]:
+    """Lines on which each of ``names`` is called in ``path``."""
+    found: dict[str, set[int]] = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in names:
+            found.setdefault(node.func.id, set()).add(node.lineno)
+    return found
+
+
+def test_each_step_of_the_main_deploy_is_called_from_one_line() -> None:
+    """pyinfra tells one step from another by the line numbers of its call stack: a step that
+    the monitoring host and the GPU hosts both take, called from two lines of the deploy,
+    shows as two rows of the result table (1 host, then 2 hosts)."""
+    path = REPO / "deploys" / "gpu_host.py"
+    steps = {alias.asname or alias.name
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deploys.")
+             for alias in node.names}
+    assert {"host_network", "host_record", "monitoring_host", "inference"} <= steps
+    twice = {name: sorted(lines) for name, lines in calls_by_line(path, steps).items()
+             if len(lines) > 1}
+    assert twice == {}, f"called from several lines of deploys/gpu_host.py: {twice}"

@@ -359,7 +359,7 @@ def test_vllm_head_runs_ray_then_the_server_and_the_worker_joins_it(tmp_path: Pa
     assert service["entrypoint"] == ["python3", "/gpufleet/multinode-launch.py"]
     assert command[:command.index("--")] == [
         "--address=10.0.0.1", "--port=6379", "--gpus=2", "--timeout=600",
-        # no --ray-client-server-port: the minimal Ray of the images refuses it
+        # No --ray-client-server-port: a Ray without ray[client] (vLLM's images) refuses it.
         *(f"--ray={flag}" for flag in RAY_FIXED),
         "--node=node-0=10.0.0.1", "--node=node-1=10.0.0.2"]
     server = command[command.index("--") + 1:]
