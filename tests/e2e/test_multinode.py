@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from facts.replica_node import RAY_NODES
+from facts.replica_node import RAY_NODES, parse_ray_nodes
+from facts.replica_node import alive_addresses as alive_in
 from tests.e2e import stack_helpers as sh
 from tests.e2e.hosts import ok
 from tests.e2e.hosts import sh as run_on
@@ -71,8 +72,8 @@ def active_nodes(status: str) -> int:
 def alive_addresses() -> set[str]:
     """The addresses of the nodes Ray's node table has alive (the worker's join check's driver,
     run in the head's container)."""
-    out = ok(HEAD, f"docker exec {HEAD_CONTAINER} python3 -c {shlex.quote(RAY_NODES)} {GCS}")
-    return {line.split()[1] for line in out.splitlines() if line.startswith("alive ")}
+    out = run_on(HEAD, f"docker exec {HEAD_CONTAINER} python3 -c {shlex.quote(RAY_NODES)} {GCS}")
+    return set(alive_in(parse_ray_nodes(out.stdout.splitlines())))
 
 
 def connect(host: str) -> None:
