@@ -406,6 +406,15 @@ def test_infiniband_hands_the_devices_and_memory_locking_to_the_nodes(tmp_path: 
     assert service["cap_add"] == ["IPC_LOCK"] and service["ulimits"]["memlock"] == -1
 
 
+def test_docker_init_reaps_rays_daemons_on_vllm_nodes_only(tmp_path: Path) -> None:
+    """The launcher and `ray start --block` run as PID 1 and reap nothing; Ray's daemons that
+    exit would stay zombies: Docker's init (init: true) runs as PID 1 instead."""
+    for plan in node_plans(tmp_path, fleet_text()):
+        assert next(iter(compose_document(plan)["services"].values()))["init"] is True
+    for plan in node_plans(tmp_path, fleet_text(group='inference = { engine = "sglang" }')):
+        assert "init" not in compose_document(plan)["services"]["engine-0"]
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose")
 @pytest.mark.parametrize("group", ["", 'inference = { engine = "sglang" }'])
 def test_docker_compose_accepts_every_node_file(tmp_path: Path, group: str) -> None:
@@ -417,6 +426,7 @@ def test_docker_compose_accepts_every_node_file(tmp_path: Path, group: str) -> N
         assert proc.returncode == 0, proc.stderr
         service = next(iter(yaml.safe_load(proc.stdout)["services"].values()))
         assert service["network_mode"] == "host"
+        assert service.get("init") is (True if not group else None)
 
 
 # --- what a node reads of the network --------------------------------------------------------------
