@@ -26,7 +26,7 @@ from inventory.pins import load_pins
 from inventory.schema import AlertSettings
 from rules import compat
 from rules.canary_verdict import canary_queries
-from rules.engine_metrics import ENGINE_METRICS, ENGINES
+from rules.engine_metrics import ENGINE_METRICS, ENGINES, METRICS_NEED_KEY
 from rules.monitoring import DASHBOARDS, render_dashboard, render_rules
 from rules.multinode import VLLM_ONLINE_PP, replica_layout
 from rules.serving import (
@@ -278,6 +278,18 @@ def test_a_wrong_key_variable_fails_the_check_and_leaves_the_standin_open(
         assert engine_module.api_key(engine, version, argparse.Namespace(api_key=None),
                                      {right: "k"}) == "k"
     assert engine_module.api_key(engine, version, argparse.Namespace(api_key="f"), {}) == "f"
+
+
+@pytest.mark.parametrize(("pin_set", "engine", "version"), pinned())
+def test_the_key_guards_metrics_where_the_monitoring_sends_it(
+        pin_set: str, engine: str, version: str) -> None:
+    """Which paths the released key middleware guards (released/: api_key_scope, read from
+    its source): the chat API always, /health never, /metrics exactly where the monitoring
+    scrapes with the key (rules.engine_metrics.METRICS_NEED_KEY). The stand-in answers so."""
+    guards = standin().key_guards
+    assert guards(engine, version, "/v1/chat/completions")
+    assert not guards(engine, version, "/health")
+    assert guards(engine, version, "/metrics") is METRICS_NEED_KEY[engine], (pin_set, version)
 
 
 def test_every_rendered_command_line_parses_with_the_standin(tmp_path: Path) -> None:

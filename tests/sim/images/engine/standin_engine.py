@@ -174,6 +174,15 @@ def api_key(kind: str, version: str, args: argparse.Namespace,
     return args.api_key or (environ.get(variable) if reads and variable else None)
 
 
+def key_guards(kind: str, version: str, path: str) -> bool:
+    """Whether that version's key middleware asks for the key on ``path`` (released/: vLLM's
+    guards /v1 only; SGLang's every path but /health, /metrics included)."""
+    scope = released(kind, version)["api_key_scope"]
+    if any(path.startswith(prefix) for prefix in scope["open"]):
+        return False
+    return not scope["guarded"] or any(path.startswith(p) for p in scope["guarded"])
+
+
 def sglang_memory_fraction(version: str, tp: int) -> float:
     """SGLang's --mem-fraction-static default for a tensor parallel size (its __post_init__)."""
     for least, fraction in released("sglang", version)["mem_fraction_static_by_tp"]:
@@ -617,8 +626,8 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def authorized(self) -> bool:
-            if not engine.api_key or not self.path.startswith("/v1"):
-                return True  # /health and /metrics are open, as in vLLM
+            if not engine.api_key or not key_guards(engine.kind, engine.version, self.path):
+                return True
             if self.headers.get("Authorization") == f"Bearer {engine.api_key}":
                 return True
             self.send_json(401, {"error": "Unauthorized"})
