@@ -429,6 +429,26 @@ def extract_key_scope(pkg: Package, top: str) -> dict[str, list[str]] | None:
     return None
 
 
+# The requirements of the wheel's METADATA that decide what loads a model's config in the
+# engine's image: transformers, or the vLLM an engine runs on (SGLang's [srt] extra).
+REQUIREMENT_NAMES = ("transformers", "vllm")
+
+
+def extract_requirements(pkg: Package) -> list[str]:
+    """Its Requires-Dist lines for REQUIREMENT_NAMES, as the METADATA writes them."""
+    found = []
+    for name in sorted(pkg.names):
+        if name.count("/") == 1 and name.endswith(".dist-info/METADATA"):
+            for line in pkg.zip.read(name).decode().splitlines():
+                if not line.startswith("Requires-Dist:"):
+                    continue
+                requirement = line.split(":", 1)[1].strip()
+                project = re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0]
+                if project.lower() in REQUIREMENT_NAMES:
+                    found.append(requirement)
+    return found
+
+
 def extract(locked: Locked, wheel: Path) -> dict[str, Any]:
     pkg = Package(wheel)
     top = {"vllm": "vllm", "sglang": "sglang"}[locked.engine]
@@ -441,6 +461,7 @@ def extract(locked: Locked, wheel: Path) -> dict[str, Any]:
         "arguments": extract_arguments(pkg, locked.engine),
         "env_vars": extract_env_vars(pkg, top),
         "api_key_scope": extract_key_scope(pkg, top),
+        "requires_dist": extract_requirements(pkg),
         "metric_files": METRIC_FILES[locked.engine],
         "metrics": extract_metrics(pkg, locked.engine),
         "architectures": extract_architectures(pkg, locked.engine),
