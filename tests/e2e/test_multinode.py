@@ -76,6 +76,14 @@ def alive_addresses() -> set[str]:
     return set(alive_in(parse_ray_nodes(out.stdout.splitlines())))
 
 
+def zombies(host: str, container: str) -> list[str]:
+    """The processes in a container left to PID 1 that exited and were never reaped (state Z,
+    parent 1): what a PID 1 that reaps nothing accumulates."""
+    script = ("for f in /proc/[0-9]*/status; do awk '/^State:/ {s=$2} /^PPid:/ {p=$2} "
+              "END {if (s == \"Z\" && p == 1) print FILENAME}' $f 2>/dev/null; done")
+    return ok(host, f"docker exec {container} sh -c {shlex.quote(script)}").split()
+
+
 def connect(host: str) -> None:
     subprocess.run(["docker", "network", "connect", "--ip", ADDRESS[host], NETWORK, host],
                    check=True, capture_output=True)
@@ -216,3 +224,8 @@ def test_the_head_waits_for_a_stopped_worker_which_rejoins_when_started(story: P
     wait_for("ray status listing both nodes", 30, lambda: active_nodes(ray_status()) == 2)
     assert alive_addresses() == {ADDRESS[HEAD], ADDRESS[WORKER]}
     assert completion()["choices"]
+    # Docker's init, PID 1 of both, reaped the Ray processes that exited meanwhile
+    for host, container in ((HEAD, HEAD_CONTAINER), (WORKER, NODE_CONTAINER)):
+        assert ok(host, f"docker inspect -f '{{{{.HostConfig.Init}}}}' {container}").strip() \
+            == "true"
+        assert zombies(host, container) == [], (host, container)
