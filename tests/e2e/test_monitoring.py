@@ -48,9 +48,11 @@ TTFT_FOR_SECONDS = 30
 def write_fleet(tmp: Path, auto_rollback: bool = False) -> Path:
     return sh.write_fleet(tmp, [STABLE, CANARY, MONITOR], inference=True, settings={
         STABLE: {"inference": {"replicas": 2}},
-        # the canary: the same served model on the other engine, with other flags
+        # the canary: the same served model on the other engine, with other flags; the
+        # memory share vLLM takes by default (SGLang's own at tp 1, 0.88, leaves a replica
+        # of this model too little KV cache on one 40 GB A100 as the catalog sizes it)
         CANARY: {"inference": {"replicas": 2, "variant": "canary", "max_num_seqs": 16,
-                               "engine": "sglang"}},
+                               "engine": "sglang"}, "gpu_memory_utilization": 0.9},
         MONITOR: {"monitoring": {"scrape_interval": "5s",
                                  "alerts": {"ttft_for": f"{TTFT_FOR_SECONDS}s"}},
                   "gateway": {"bind": "0.0.0.0"},
