@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from facts.host_state import host_state
+from facts.host_state import SCRAPE_KEY_PATH, host_state
 from inventory.fleet import HostSpec
+from inventory.key_files import read_key_file
 from operations.apt_pins import packages_present
 from operations.checks import refuse_host
 from operations.host_files import managed_file, validated_file
@@ -65,6 +67,7 @@ from rules.monitoring import (
     render_grafana_provider,
     render_prometheus_config,
     render_rules,
+    scrape_key,
 )
 from rules.network import apt_context
 
@@ -180,6 +183,13 @@ def monitoring_host(spec: HostSpec, fleet: list[HostSpec]) -> None:
     rules = validated_file(name="Ensure the recording and alerting rules (promtool check rules)",
                            path=RULES_PATH, content=render_rules(alerts),
                            check="promtool check rules {}")
+    # SGLang asks for its API key on /metrics too: Prometheus reads it from this file.
+    key_file = scrape_key(spec, fleet)
+    managed_file(name="Ensure Prometheus has the API key the engines ask for on /metrics "
+                      "(readable by prometheus only)" if key_file
+                 else "Ensure no engine API key is left for Prometheus",
+                 path=SCRAPE_KEY_PATH, mode="640", owner="root:prometheus", secret=True,
+                 content=read_key_file(Path(key_file)) + "\n" if key_file else None)
     config = validated_file(name="Ensure Prometheus scrapes every replica, exporter and gateway "
                                  "(promtool check config)",
                             path=PROMETHEUS_CONFIG,

@@ -85,7 +85,9 @@ API_KEY_PATH = "/etc/gpufleet/inference/api-key.env"
 HUB_TOKEN_PATH = "/etc/gpufleet/hub-token"
 PROXY_ENV_PATH = "/etc/gpufleet/proxy.env"
 APT_PROXY_PATH = "/etc/apt/apt.conf.d/90gpufleet-proxy"
-SECRET_FILES = (API_KEY_PATH, HUB_TOKEN_PATH, PROXY_ENV_PATH, APT_PROXY_PATH)
+# On a monitoring host: the key Prometheus scrapes engines with whose key guards /metrics.
+SCRAPE_KEY_PATH = "/etc/gpufleet/monitoring/engine-api-key"
+SECRET_FILES = (API_KEY_PATH, HUB_TOKEN_PATH, PROXY_ENV_PATH, APT_PROXY_PATH, SCRAPE_KEY_PATH)
 DAEMON_JSON_PATH = "/etc/docker/daemon.json"
 SECRET_DIRS = ("/etc/docker",)  # but DAEMON_JSON_PATH
 # A secret's staging copy beside it while it is written (operations.host_files): secret too.

@@ -28,6 +28,9 @@ ENGINE_METRICS: dict[str, dict[str, str]] = {
     "requests_waiting": {"vllm": "vllm:num_requests_waiting", "sglang": "sglang:num_queue_reqs"},
 }
 ENGINES = ("vllm", "sglang")
+# Whether the engine's API key guards its /metrics too: SGLang's key middleware answers 401 on
+# every path but /health, vLLM's only under /v1 (tests/conformance reads each pinned version's).
+METRICS_NEED_KEY = {"vllm": False, "sglang": True}
 
 
 def any_engine(figure: str, suffix: str = "", selector: str = "",

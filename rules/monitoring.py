@@ -24,9 +24,10 @@ from typing import Any
 
 import yaml
 
+from facts.host_state import SCRAPE_KEY_PATH
 from inventory.fleet import MISSING, HostSpec, Problem
 from inventory.schema import AlertSettings, MonitoringSettings
-from rules.engine_metrics import any_engine
+from rules.engine_metrics import METRICS_NEED_KEY, any_engine
 from rules.serving import memory_fraction
 
 MONITORING_DIR = "/etc/gpufleet/monitoring"
@@ -60,6 +61,8 @@ class Target:
     job: str
     address: str
     labels: dict[str, str] = field(default_factory=dict)
+    # The controller's file with the key the target asks for on /metrics (None: open).
+    key_file: str | None = None
 
 
 def is_monitor(spec: HostSpec) -> bool:
@@ -130,8 +133,24 @@ def engine_targets(spec: HostSpec) -> list[Target]:
     cfg = spec.settings.inference
     return [Target("engine", host_port(address, cfg.port + i),
                    {**_host_labels(spec), "replica": str(i), "variant": cfg.variant,
-                    "engine": cfg.engine})
+                    "engine": cfg.engine}, scrape_key_file(spec))
             for i in range(replicas)]
+
+
+def scrape_key_file(spec: HostSpec) -> str | None:
+    """The controller's key file a monitoring host scrapes ``spec``'s engines with: its API
+    key where the engine guards /metrics with it (SGLang), else None."""
+    cfg = spec.settings.inference
+    if not METRICS_NEED_KEY[cfg.engine] or cfg.api_key_file is None:
+        return None
+    return str(spec.controller_path(cfg.api_key_file))
+
+
+def scrape_key(monitor: HostSpec, specs: list[HostSpec]) -> str | None:
+    """The controller's key file ``monitor``'s Prometheus needs (at SCRAPE_KEY_PATH), if any
+    (monitoring_problems refuses a fleet whose guarded engines have different ones)."""
+    files = sorted({t.key_file for t in fleet_targets(monitor, specs) if t.key_file})
+    return files[0] if files else None
 
 
 def exporter_targets(spec: HostSpec) -> list[Target]:
@@ -205,6 +224,13 @@ def monitoring_problems(specs: list[HostSpec]) -> list[Problem]:
                 "the monitoring host scrapes each replica, so the fleet file must say how many "
                 "this host runs: set settings.inference.replicas, or settings.gpus.count "
                 "together with settings.tensor_parallel"))
+        key_file, first = scrape_key_file(spec), scrape_key(monitors[0], specs)
+        if cfg.enabled and key_file and first and key_file != first:
+            problems.append(Problem(
+                spec.where, "settings.inference.api_key_file", key_file,
+                f"{inference.engine} asks for its API key on /metrics too, and Prometheus on "
+                f"{monitors[0].name} scrapes with one key ({first}): give the hosts whose "
+                "engine guards its metrics the same api_key_file"))
         threshold = cfg.alerts.gpu_memory_percent
         # The most the engine takes at any tensor parallel size (SGLang's default: at tp 1).
         taken = memory_fraction(inference.engine, 1, spec.settings.gpu_memory_utilization)
@@ -233,13 +259,28 @@ def render_prometheus_config(monitor: HostSpec, specs: list[HostSpec]) -> str:
         "alerting": {"alertmanagers": [
             {"static_configs": [{"targets": [host_port(listen, ALERTMANAGER_PORT)]}]}]},
         "scrape_configs": [
-            {"job_name": job, "metrics_path": "/metrics",
-             "static_configs": [{"targets": [t.address], "labels": t.labels}
-                                for t in sorted(targets, key=lambda t: t.address)]}
+            scrape_config(job, keyed, targets)
             for job, targets in jobs.items()
+            for keyed in (False, True)
+            if any((t.key_file is not None) == keyed for t in targets)
         ],
     }
     return _yaml("Prometheus: scrape targets from the fleet file", config)
+
+
+def scrape_config(job: str, keyed: bool, targets: list[Target]) -> dict[str, Any]:
+    """One job's scrape configuration: its targets that ask for the key (``keyed``: under a
+    job of their own, sending SCRAPE_KEY_PATH's key, their series still labelled job=JOB), or
+    those that do not."""
+    config: dict[str, Any] = {
+        "job_name": f"{job}-with-key" if keyed else job, "metrics_path": "/metrics"}
+    if keyed:
+        config["authorization"] = {"type": "Bearer", "credentials_file": SCRAPE_KEY_PATH}
+        config["relabel_configs"] = [{"target_label": "job", "replacement": job}]
+    config["static_configs"] = [
+        {"targets": [t.address], "labels": t.labels}
+        for t in sorted(targets, key=lambda t: t.address) if (t.key_file is not None) == keyed]
+    return config
 
 
 def prometheus_args(monitor: HostSpec) -> str:

@@ -36,11 +36,13 @@ DEFAULT_PORT = {"vllm": 6379, "sglang": 5000}
 # vLLM image carries (vllm 0.7.3 pins ray[adag]==2.40.0; ray/scripts/scripts.py of that
 # release defines every one below, and so does 2.9.0's, the floor `ray>=2.9` of vLLM 0.4.2
 # and 0.6.6.post1; --port on the head only, refused on a worker: "should only be specified
-# when starting head node"). No --ray-client-server-port: Ray refuses it unless ray[client]
-# (grpcio) is installed ("Ray Client requires pip package `ray[client]`",
+# when starting head node"). The simulator runs them on the real Ray 2.20.0 (the default
+# set's image; tests/sim/images/engine/ray.lock). No --ray-client-server-port: Ray refuses it
+# unless ray[client] (grpcio) is installed ("Ray Client requires pip package `ray[client]`",
 # ray/_private/parameter.py), and vLLM asks for Ray without that extra (0.4.2 and
-# 0.6.6.post1: ray>=2.9; 0.7.3: ray[adag]); where ray[client] is installed, Ray starts its
-# client server on the head at its default, 10001, which stays among the ports checked.
+# 0.6.6.post1: ray>=2.9; 0.7.3: ray[adag]), so nothing puts grpcio there; where ray[client]
+# is installed, Ray starts its client server on the head at its default, 10001, which stays
+# among the ports checked between nodes.
 RAY_NODE_MANAGER_PORT = 6380
 RAY_OBJECT_MANAGER_PORT = 6381
 RAY_DASHBOARD_AGENT_GRPC_PORT = 6382

@@ -393,6 +393,11 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
                    "org.gpufleet.gpus": ",".join(str(g) for g in replica.gpus),
                    "org.gpufleet.node-rank": str(span.rank)},
     }
+    if plan.engine == "vllm":
+        # Ray's daemons (raylet, GCS, workers) outlive the processes that started them, and
+        # those started them as PID 1 (the launcher, `ray start --block`), which reap nothing:
+        # Docker's init is PID 1 instead and reaps them. SGLang's ranks wait for their own.
+        service["init"] = True
     if span.infiniband_hca is not None:
         environment["NCCL_IB_HCA"] = span.infiniband_hca
         service["devices"] = ["/dev/infiniband:/dev/infiniband"]

@@ -161,3 +161,31 @@ def engine_argv(service: dict[str, Any], environment: dict[str, str]) -> tuple[s
         if module in words:
             return engine, [*words[words.index(module) + 1:], *appended]
     raise ValueError(f"no engine server in {words}")
+
+
+def declared_minimum(data: dict[str, Any], project: str) -> str | None:
+    """The lowest ``project`` release the engine's METADATA accepts unconditionally (its
+    Requires-Dist ``>=`` or ``==`` bound; None: it declares none)."""
+    from packaging.requirements import Requirement
+
+    for line in data["requires_dist"]:
+        requirement = Requirement(line)
+        if requirement.name.lower() != project or requirement.marker is not None:
+            continue
+        for spec in requirement.specifier:
+            if spec.operator in (">=", "=="):
+                return spec.version
+    return None
+
+
+def transformers_problems(data: dict[str, Any], pinned: str) -> list[str]:
+    """pins.toml's transformers of an engine image is the engine's own requirement (the lowest
+    release its image can carry): what preflight judges a model's architecture against."""
+    who = f"{data['engine']} {data['version']}"
+    declared = declared_minimum(data, "transformers")
+    if declared is None:
+        return [f"{who}: its METADATA declares no transformers requirement of its own"]
+    if declared != pinned:
+        return [f"{who}: pins.toml says transformers {pinned}, its METADATA requires "
+                f"transformers>={declared}"]
+    return []

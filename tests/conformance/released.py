@@ -388,6 +388,67 @@ def extract_mem_fraction_defaults(pkg: Package) -> list[list[float]] | None:
     return None
 
 
+def _prefix(node: ast.expr) -> str | None:
+    """The path prefix a ``....startswith(X)`` test names: a string, or an f-string's text
+    (f"{root_path}/v1": /v1, the root path being empty unless configured)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(v.value for v in node.values
+                       if isinstance(v, ast.Constant) and isinstance(v.value, str))
+    return None
+
+
+def extract_key_scope(pkg: Package, top: str) -> dict[str, list[str]] | None:
+    """Which paths the engine's API key guards, read from its key middleware (the function
+    answering 401 "Unauthorized"): its branches that pass a request on before the key is
+    compared. ``if not path.startswith(P): pass on``: only P is guarded ("guarded");
+    ``if path.startswith(P): pass on``: everything but P is ("open")."""
+    for path in pkg.python_files():
+        if not path.startswith(f"{top}/"):
+            continue
+        for func in ast.walk(pkg.tree(path)):
+            if not isinstance(func, ast.AsyncFunctionDef) or not any(
+                    isinstance(n, ast.Constant) and n.value == "Unauthorized"
+                    for n in ast.walk(func)):
+                continue
+            scope: dict[str, list[str]] = {"guarded": [], "open": []}
+            for node in func.body:
+                if not (isinstance(node, ast.If) and isinstance(node.body[0], ast.Return)
+                        and "call_next" in ast.unparse(node.body[0])):
+                    continue
+                test, kind = node.test, "open"
+                if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not):
+                    test, kind = test.operand, "guarded"
+                if isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute) \
+                        and test.func.attr == "startswith" and test.args:
+                    prefix = _prefix(test.args[0])
+                    if prefix is not None:
+                        scope[kind].append(prefix)
+            return scope
+    return None
+
+
+# The requirements of the wheel's METADATA that decide what loads a model's config in the
+# engine's image: transformers, or the vLLM an engine runs on (SGLang's [srt] extra).
+REQUIREMENT_NAMES = ("transformers", "vllm")
+
+
+def extract_requirements(pkg: Package) -> list[str]:
+    """Its Requires-Dist lines for REQUIREMENT_NAMES, as the METADATA writes them."""
+    found = []
+    for name in sorted(pkg.names):
+        if name.count("/") == 1 and name.endswith(".dist-info/METADATA"):
+            for line in pkg.zip.read(name).decode().splitlines():
+                if not line.startswith("Requires-Dist:"):
+                    continue
+                requirement = line.split(":", 1)[1].strip()
+                project = re.split(r"[\s<>=!~;\[(]", requirement, maxsplit=1)[0]
+                if project.lower() in REQUIREMENT_NAMES:
+                    found.append(requirement)
+    return found
+
+
 def extract(locked: Locked, wheel: Path) -> dict[str, Any]:
     pkg = Package(wheel)
     top = {"vllm": "vllm", "sglang": "sglang"}[locked.engine]
@@ -399,6 +460,8 @@ def extract(locked: Locked, wheel: Path) -> dict[str, Any]:
         "parser_files": PARSER_FILES[locked.engine],
         "arguments": extract_arguments(pkg, locked.engine),
         "env_vars": extract_env_vars(pkg, top),
+        "api_key_scope": extract_key_scope(pkg, top),
+        "requires_dist": extract_requirements(pkg),
         "metric_files": METRIC_FILES[locked.engine],
         "metrics": extract_metrics(pkg, locked.engine),
         "architectures": extract_architectures(pkg, locked.engine),

@@ -1,7 +1,9 @@
 """End-to-end: monitoring, the gateway and a 20 % canary, against live traffic.
 
-Three simulated hosts of this module's own: a stable GPU host (H100 copy, 2 replicas), a
-canary GPU host (A100 copy, 2 replicas with other engine flags) and a GPU-less monitoring host
+Three simulated hosts of this module's own: a stable GPU host (H100 copy, 2 vLLM replicas), a
+canary GPU host (A100 copy, 2 SGLang replicas: the same model on the other engine, so its
+metrics go through rules/engine_metrics.py's SGLang names, its key guarding /metrics as the
+release's does) and a GPU-less monitoring host
 running Debian's real Prometheus, Alertmanager and nginx. The engines and the DCGM exporter
 are stand-ins (tests/sim/images) with knobs for latency and errors; everything else is real.
 
@@ -51,8 +53,11 @@ TTFT_FOR_SECONDS = 30
 def write_fleet(tmp: Path, auto_rollback: bool = False) -> Path:
     return sh.write_fleet(tmp, [STABLE, CANARY, MONITOR], inference=True, settings={
         STABLE: {"inference": {"replicas": 2}},
-        # the canary: the same served model, other engine flags
-        CANARY: {"inference": {"replicas": 2, "variant": "canary", "max_num_seqs": 16}},
+        # the canary: the same served model on the other engine, with other flags; the
+        # memory share vLLM takes by default (SGLang's own at tp 1, 0.88, leaves a replica
+        # of this model too little KV cache on one 40 GB A100 as the catalog sizes it)
+        CANARY: {"inference": {"replicas": 2, "variant": "canary", "max_num_seqs": 16,
+                               "engine": "sglang"}, "gpu_memory_utilization": 0.9},
         MONITOR: {"monitoring": {"scrape_interval": "5s",
                                  "alerts": {"ttft_for": f"{TTFT_FOR_SECONDS}s"}},
                   "gateway": {"bind": "0.0.0.0"},
@@ -80,16 +85,19 @@ def stack(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack
     sh.start_hosts([STABLE, CANARY, MONITOR])
     tree = sh.product_copy(tmp / "tree")
     fleet, auto = write_fleet(tmp), write_fleet(tmp, auto_rollback=True)
-    with sh.process_lists([STABLE, CANARY]) as seen:
+    # SGLang takes its key only as --api-key, so the canary's process list shows it (the
+    # trade-off README states); vLLM's reads it from its environment: watched on STABLE.
+    with sh.process_lists([STABLE]) as seen:
         run = sh.deploy(tree, fleet, "-vvv")
     assert run.rc == 0, run.output[-6000:]
     # The engines listen beyond loopback: the fleet got a key, and the converge showed it
-    # nowhere: not in pyinfra's -vvv output, not on the hosts' command lines.
+    # nowhere: not in pyinfra's -vvv output, not on the vLLM host's command lines.
     key = sh.api_key(fleet)
     assert key is not None and len(key) >= 32
     assert seen and key not in run.output and not any(key in line for line in seen)
-    env_b64 = base64.b64encode(f"VLLM_API_KEY={key}\n".encode()).decode()
-    assert env_b64 not in run.output and not any(env_b64 in line for line in seen)
+    for variable in ("VLLM_API_KEY", "GPUFLEET_API_KEY"):
+        env_b64 = base64.b64encode(f"{variable}={key}\n".encode()).decode()
+        assert env_b64 not in run.output and not any(env_b64 in line for line in seen)
     yield Stack(tree, fleet, auto, f"{address_of(MONITOR)}:8080", key)
 
 
@@ -155,6 +163,19 @@ def test_every_engine_exporter_and_gateway_is_scraped(stack: Stack) -> None:
                for t in found if t["labels"]["job"] == "engine"}
     assert engines == {(STABLE, "0", "stable"), (STABLE, "1", "stable"),
                        (CANARY, "0", "canary"), (CANARY, "1", "canary")}
+    # SGLang refuses a request without the key, its metrics too; Prometheus sends it (above:
+    # the canary's replicas are up, scraped under their own pool as job=engine)
+    pools = {t["scrapePool"] for t in found if t["labels"]["host"] == CANARY
+             and t["labels"]["job"] == "engine"}
+    assert pools == {"engine-with-key"}
+    for path in ("/v1/models", "/metrics"):
+        code = ok(CANARY, f"curl -s -o /dev/null -w '%{{http_code}}' http://127.0.0.1:8000{path}")
+        assert code == "401", (path, code)
+    assert ok(CANARY, "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8000/health") \
+        == "200"
+    metrics = ok(CANARY, f"curl -sf -H 'Authorization: Bearer {stack.key}' "
+                         "http://127.0.0.1:8000/metrics")
+    assert "sglang:time_to_first_token_seconds_bucket" in metrics and "vllm:" not in metrics
     # The real services, listening where the fleet file says
     for unit in ("prometheus", "prometheus-alertmanager", "nginx", "prometheus-nginx-exporter"):
         assert ok(MONITOR, f"systemctl is-active {unit}").strip() == "active"
@@ -235,6 +256,13 @@ def test_a_slow_canary_fires_the_latency_alert_and_status_rolls_it_back(stack: S
               f"canary slowed (for: {TTFT_FOR_SECONDS} s)")
         assert {a["labels"]["variant"] for a in fired} == {"canary"}
         assert {a["labels"]["host"] for a in fired} <= {CANARY}
+        # fed by SGLang's own histogram (rules/engine_metrics.py): the canary exports no vLLM's
+        def series(name: str) -> list[dict]:
+            query = f'{name}{{host="{CANARY}"}}'
+            return prometheus("/api/v1/query", query=query)["data"]["result"]
+
+        assert series("sglang:time_to_first_token_seconds_bucket")
+        assert series("vllm:time_to_first_token_seconds_bucket") == []
         # the rate window must first fill with slow requests, then `for` must pass
         assert delay <= TTFT_FOR_SECONDS + 90
         status = stack.canary("status")

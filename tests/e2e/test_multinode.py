@@ -1,6 +1,8 @@
-"""End-to-end: one replica across two simulated hosts (settings.multinode), on vLLM's Ray
-runtime as the stand-in engine plays it: the head starts Ray's head and waits for the other
-node to join over a real TCP connection between the two hosts, and serves only then.
+"""End-to-end: one replica across two simulated hosts (settings.multinode), on the real Ray
+(the engine image's, tests/sim/images/engine/ray.lock) with the stand-in vLLM on it: the head
+starts Ray's head and waits for the other node to join over the network between the two
+hosts, and serves only then; the stand-in vLLM places its workers on both Ray nodes (a Ray
+task on each looks at the model folder there).
 
 The two hosts are this module's own copies of the A100 host (2 GPUs each: tensor parallel 4
 across them), joined by a private Docker network of their own (their eth1: the inter-node
@@ -16,6 +18,8 @@ for; started again, the worker rejoins and the head serves again.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from facts.replica_node import RAY_NODES, parse_ray_nodes
+from facts.replica_node import alive_addresses as alive_in
 from tests.e2e import stack_helpers as sh
 from tests.e2e.hosts import ok
 from tests.e2e.hosts import sh as run_on
@@ -41,6 +47,41 @@ ADDRESS = {HEAD: "10.213.7.11", WORKER: "10.213.7.12"}
 MODEL = "deepseek-r1-distill-qwen-7b"
 HEAD_CONTAINER = "gpufleet-inference-engine-0"
 NODE_CONTAINER = "gpufleet-inference-ray-node"
+GCS = f"{ADDRESS[HEAD]}:6379"
+RAY_LOCK = simctl.SIM_DIR / "images" / "engine" / "ray.lock"
+
+
+def locked_ray() -> str:
+    """The Ray version the engine image installs (ray.lock)."""
+    found = re.search(r"^ray==(\S+)", RAY_LOCK.read_text(), re.M)
+    assert found, RAY_LOCK
+    return found.group(1)
+
+
+def ray_status() -> str:
+    """Real `ray status`, run in the head's container."""
+    return ok(HEAD, f"docker exec {HEAD_CONTAINER} ray status --address {GCS}")
+
+
+def active_nodes(status: str) -> int:
+    """The nodes `ray status` lists as active: one ` 1 node_<id>` line each (by id only)."""
+    active = status.split("Active:", 1)[1].split("Pending:", 1)[0]
+    return len(re.findall(r"^ 1 node_[0-9a-f]+$", active, re.M))
+
+
+def alive_addresses() -> set[str]:
+    """The addresses of the nodes Ray's node table has alive (the worker's join check's driver,
+    run in the head's container)."""
+    out = run_on(HEAD, f"docker exec {HEAD_CONTAINER} python3 -c {shlex.quote(RAY_NODES)} {GCS}")
+    return set(alive_in(parse_ray_nodes(out.stdout.splitlines())))
+
+
+def zombies(host: str, container: str) -> list[str]:
+    """The processes in a container left to PID 1 that exited and were never reaped (state Z,
+    parent 1): what a PID 1 that reaps nothing accumulates."""
+    script = ("for f in /proc/[0-9]*/status; do awk '/^State:/ {s=$2} /^PPid:/ {p=$2} "
+              "END {if (s == \"Z\" && p == 1) print FILENAME}' $f 2>/dev/null; done")
+    return ok(host, f"docker exec {container} sh -c {shlex.quote(script)}").split()
 
 
 def connect(host: str) -> None:
@@ -142,8 +183,17 @@ def test_both_converge_and_the_head_serves_once_both_joined(story: Path) -> None
     joined = log.index("all 2 nodes joined the Ray cluster at 10.213.7.11:6379")
     # the server (the stand-in's startup lines) comes after the join, never before
     assert "GPUs visible" not in log[:joined], log
-    status = ok(WORKER, f"docker exec {NODE_CONTAINER} ray status --address 10.213.7.11:6379")
-    assert ADDRESS[HEAD] in status and ADDRESS[WORKER] in status
+    # the real Ray, at the locked version, in both containers
+    for host, container in ((HEAD, HEAD_CONTAINER), (WORKER, NODE_CONTAINER)):
+        assert ok(host, f"docker exec {container} ray --version").strip().endswith(
+            f"version {locked_ray()}")
+    # Ray's monitor refreshes what `ray status` reports every few seconds
+    wait_for("ray status listing both nodes", 30, lambda: active_nodes(ray_status()) == 2)
+    assert " 0.0/4.0 GPU" in ray_status()
+    assert alive_addresses() == {ADDRESS[HEAD], ADDRESS[WORKER]}
+    # the stand-in vLLM ran a Ray task on each node (the model folder there)
+    assert (f"Ray placement: {ADDRESS[HEAD]} (2 GPUs), {ADDRESS[WORKER]} (2 GPUs)"
+            in head_log()), head_log()[-4000:]
     # the engine is on the host's network, told which interface and address are inter-node
     env = ok(WORKER, f"docker inspect --format '{{{{json .Config.Env}}}}' {NODE_CONTAINER}")
     assert "NCCL_SOCKET_IFNAME==eth1" in env and f"VLLM_HOST_IP={ADDRESS[WORKER]}" in env
@@ -170,6 +220,12 @@ def test_the_head_waits_for_a_stopped_worker_which_rejoins_when_started(story: P
     ok(WORKER, "systemctl start gpufleet-inference")
     wait_for("serving again", 180, serving)
     assert int(ok(HEAD, f"docker inspect -f '{{{{.RestartCount}}}}' {HEAD_CONTAINER}")) > restarts
-    status = ok(WORKER, f"docker exec {NODE_CONTAINER} ray status --address 10.213.7.11:6379")
-    assert ADDRESS[WORKER] in status
+    assert "RayActorError: The actor died unexpectedly" in head_log(since)
+    wait_for("ray status listing both nodes", 30, lambda: active_nodes(ray_status()) == 2)
+    assert alive_addresses() == {ADDRESS[HEAD], ADDRESS[WORKER]}
     assert completion()["choices"]
+    # Docker's init, PID 1 of both, reaped the Ray processes that exited meanwhile
+    for host, container in ((HEAD, HEAD_CONTAINER), (WORKER, NODE_CONTAINER)):
+        assert ok(host, f"docker inspect -f '{{{{.HostConfig.Init}}}}' {container}").strip() \
+            == "true"
+        assert zombies(host, container) == [], (host, container)

@@ -57,6 +57,11 @@ CUDA_IMAGE = "gpufleet-sim/cuda-base:12.1"
 CUDA_TAR = BUILD_DIR / "images" / "cuda-base.tar"
 ENGINE_IMAGE = "gpufleet-sim/engine"
 ENGINE_TAR = BUILD_DIR / "images" / "engine.tar"
+# The real Ray of the engine image: ray.lock's wheels, downloaded here (hashes checked) and put
+# into the image's build context (the build itself reaches no package index).
+ENGINE_WHEELS = BUILD_DIR / "wheels" / "engine"
+ENGINE_WHEEL_PLATFORM = ["--only-binary=:all:", "--platform", "manylinux2014_x86_64",
+                         "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311"]
 DCGM_IMAGE = "gpufleet-sim/dcgm-exporter"
 DCGM_TAR = BUILD_DIR / "images" / "dcgm-exporter.tar"
 WEIGHTS_DIR = BUILD_DIR / "weights"
@@ -359,9 +364,30 @@ def ensure_engine(base: str) -> str:
             "SGLANG_VERSION": versions.get("lmsysorg", "")}
     context = SIM_DIR / "images/engine"
     tag = f"{ENGINE_IMAGE}:{tree_hash(base, context, json.dumps(args, sort_keys=True))}"
-    build(tag, context, args)
+    if not image_exists(tag):
+        build(tag, engine_context(context), args)
     saved_as(tag, list(tags), ENGINE_TAR)
     return tag
+
+
+def engine_context(context: Path) -> Path:
+    """The engine image's build context: its folder, plus wheels/ with the wheels ray.lock
+    names (pip download --require-hashes: a wheel whose hash differs stops the build)."""
+    ENGINE_WHEELS.mkdir(parents=True, exist_ok=True)
+    # Exactly the lock: no constraints file of this machine's pip configuration applies.
+    env = {**os.environ, "PIP_CONSTRAINT": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+         "--disable-pip-version-check", "--quiet", *ENGINE_WHEEL_PLATFORM,
+         "-d", str(ENGINE_WHEELS), "-r", str(context / "ray.lock")],
+        capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SimError(f"pip download of {context / 'ray.lock'} failed:\n{proc.stderr[-3000:]}")
+    staged = BUILD_DIR / "engine-context"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(context, staged, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ENGINE_WHEELS, staged / "wheels")
+    return staged
 
 
 def saved_as(tag: str, names: list[str], archive: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from facts.host_state import SCRAPE_KEY_PATH
 from inventory.fleet import load_fleet
 from inventory.schema import AlertSettings
 from rules.fleet_checks import fleet_problems
@@ -30,6 +31,7 @@ from rules.monitoring import (
     render_grafana_datasource,
     render_prometheus_config,
     render_rules,
+    scrape_key,
 )
 
 TOOLS = Path(__file__).resolve().parents[2] / ".tools" / "bin"
@@ -104,6 +106,51 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     assert data["global"]["scrape_interval"] == "15s"
     assert data["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
         "127.0.0.1:9093"]
+
+
+SGLANG_CANARY = FLEET.replace('inference = { variant = "canary" }',
+                             'inference = { variant = "canary", engine = "sglang" }')
+
+
+def test_prometheus_sends_the_key_to_engines_that_guard_their_metrics(tmp_path: Path) -> None:
+    """SGLang answers 401 on /metrics without its key (its key middleware guards every path
+    but /health; vLLM's only /v1): its replicas are scraped with the key, still as job=engine."""
+    loaded = fleet(tmp_path, SGLANG_CANARY)
+    monitor = next(s for s in loaded.hosts if is_monitor(s))
+    canary = next(s for s in loaded.hosts if s.name == "gpu-02")
+    assert canary.settings.inference.api_key_file is not None  # generated: bound beyond loopback
+    assert scrape_key(monitor, loaded.hosts) == str(
+        canary.controller_path(canary.settings.inference.api_key_file))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(render_prometheus_config(monitor, loaded.hosts))
+    result = run(PROMTOOL, "check", "config", "--syntax-only", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = {job["job_name"]: job for job in yaml.safe_load(config.read_text())["scrape_configs"]}
+    assert "authorization" not in jobs["engine"]  # vLLM's /metrics is open
+    assert [t["targets"] for t in jobs["engine"]["static_configs"]] == [
+        [f"10.0.0.11:{8000 + i}"] for i in range(8)]
+    keyed = jobs["engine-with-key"]
+    assert keyed["authorization"] == {"type": "Bearer", "credentials_file": SCRAPE_KEY_PATH}
+    assert keyed["relabel_configs"] == [{"target_label": "job", "replacement": "engine"}]
+    assert [t["targets"] for t in keyed["static_configs"]] == [
+        ["gpu-02.example.internal:8000"], ["gpu-02.example.internal:8001"]]
+    # an all-vLLM fleet: no key for Prometheus
+    loaded = fleet(tmp_path)
+    assert scrape_key(next(s for s in loaded.hosts if is_monitor(s)), loaded.hosts) is None
+
+
+def test_guarded_engines_with_different_keys_are_refused(tmp_path: Path) -> None:
+    from inventory.fleet import FleetError
+    for name in ("a.key", "b.key"):
+        (tmp_path / name).write_text(name[0] * 40 + "\n")
+        (tmp_path / name).chmod(0o600)
+    text = SGLANG_CANARY.replace('[settings.inference]\n', '[settings.inference]\n'
+                                 'engine = "sglang"\napi_key_file = "a.key"\n').replace(
+        'engine = "sglang" }', 'engine = "sglang", api_key_file = "b.key" }')
+    with pytest.raises(FleetError) as err:
+        fleet(tmp_path, text)
+    lines = [line for line in err.value.lines if "api_key_file" in line]
+    assert lines and "the same api_key_file" in lines[0], err.value.lines
 
 
 def test_a_broken_config_is_refused_by_promtool(tmp_path: Path) -> None:

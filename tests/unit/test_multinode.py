@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +18,7 @@ import yaml
 from facts.node_network import NodeNetworkResult, node_network_script, parse_node_network
 from facts.nvidia import NvidiaPci, PciDevice
 from facts.probe import HostProbe
-from facts.replica_node import parse_replica_node
+from facts.replica_node import parse_replica_node, replica_node_script
 from facts.weights_files import WeightsListing
 from inventory.fleet import FleetError, HostSpec, load_fleet
 from rules.assessment import assess
@@ -405,6 +406,15 @@ def test_infiniband_hands_the_devices_and_memory_locking_to_the_nodes(tmp_path: 
     assert service["cap_add"] == ["IPC_LOCK"] and service["ulimits"]["memlock"] == -1
 
 
+def test_docker_init_reaps_rays_daemons_on_vllm_nodes_only(tmp_path: Path) -> None:
+    """The launcher and `ray start --block` run as PID 1 and reap nothing; Ray's daemons that
+    exit would stay zombies: Docker's init (init: true) runs as PID 1 instead."""
+    for plan in node_plans(tmp_path, fleet_text()):
+        assert next(iter(compose_document(plan)["services"].values()))["init"] is True
+    for plan in node_plans(tmp_path, fleet_text(group='inference = { engine = "sglang" }')):
+        assert "init" not in compose_document(plan)["services"]["engine-0"]
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="needs docker-compose")
 @pytest.mark.parametrize("group", ["", 'inference = { engine = "sglang" }'])
 def test_docker_compose_accepts_every_node_file(tmp_path: Path, group: str) -> None:
@@ -416,6 +426,7 @@ def test_docker_compose_accepts_every_node_file(tmp_path: Path, group: str) -> N
         assert proc.returncode == 0, proc.stderr
         service = next(iter(yaml.safe_load(proc.stdout)["services"].values()))
         assert service["network_mode"] == "host"
+        assert service.get("init") is (True if not group else None)
 
 
 # --- what a node reads of the network --------------------------------------------------------------
@@ -547,6 +558,76 @@ def test_another_nodes_refusal_refuses_the_replica_and_other_weights_too(tmp_pat
     assert weights_agreement_findings(head.replica, {"node-0": "a", "node-1": None}) == []
     differ = weights_agreement_findings(head.replica, {"node-0": "a", "node-1": "b"})
     assert [f.measured for f in differ] == ["manifest differs on node-1"]
+
+
+# Real output of Ray 2.20.0 (the simulator's engine image) for one two-node cluster: `ray
+# status` names the nodes by id only; the join check's driver (RAY_NODES) prints the node
+# table, tests/fixtures/facts/ray_nodes/*.txt (their .source files say how each was captured).
+RAY_NODE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts" / "ray_nodes"
+RAY_STATUS = """======== Autoscaler status: 2026-12-07 15:37:47.695700 ========
+Node status
+---------------------------------------------------------------
+Active:
+ 1 node_3f408485120e1661d24ea7526ab9ebaa5e73447c96fba739cf97338a
+ 1 node_c53b9a43484f163e30ea3bf93fb7d7566eaf08ce5e0c6b6901bfb7a3
+Pending:
+ (no pending nodes)
+Recent failures:
+ (no failures)
+"""
+# What `import ray` finds in the test's container: a Ray whose node table is a fixture's.
+FAKE_RAY = """import json, os
+def init(**_kwargs):
+    pass
+def nodes():
+    line = open(os.environ["RAY_NODES_FIXTURE"]).read().splitlines()[0]
+    return json.loads(line.split("=", 1)[1])
+"""
+
+
+@pytest.mark.parametrize(("fixture", "address", "joined"), [
+    ("two_nodes_joined", "10.219.3.12", True),
+    ("two_nodes_joined", "10.219.3.13", False),  # not in the cluster
+    ("two_nodes_joined", "10.219.3.1", False),  # an address, not a prefix of one
+    ("worker_stopped", "10.219.3.12", False),  # in the table, dead
+    ("worker_started_again", "10.219.3.12", True),  # alive again beside its dead entry
+])
+def test_the_join_check_asks_rays_node_table_not_ray_status(
+        tmp_path: Path, fixture: str, address: str, joined: bool) -> None:
+    """`ray status` names no address, so the worker's check runs its driver in the node's
+    container: a `docker` on PATH runs that driver here, the GCS being a port that listens,
+    its `import ray` answering with the fixture's table (or `ray status` with the real one)."""
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text(FAKE_RAY)
+    shim = tmp_path / "docker"
+    shim.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        if [ "$1" = exec ] && [ "$3" = timeout ] && [ "$5" = python3 ]; then
+          shift 2; exec "$@"
+        elif [ "$1" = exec ] && [ "$3" = ray ] && [ "$4" = status ]; then
+          cat <<'OUT'
+        {RAY_STATUS}OUT
+        fi
+        """))
+    shim.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "PYTHONPATH": str(tmp_path),
+           "RAY_NODES_FIXTURE": str(RAY_NODE_FIXTURES / f"{fixture}.txt")}
+    with socket.create_server(("127.0.0.1", 0)) as gcs:
+        rendezvous = f"127.0.0.1:{gcs.getsockname()[1]}"
+        script = replica_node_script("c", "vllm", rendezvous, address, 0)
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env,
+                             timeout=60).stdout
+    seen = parse_replica_node(out.splitlines())
+    assert seen.joined is joined, out
+    assert "alive 10.219.3.11 (node 3f408485120e)" in seen.detail.splitlines()
+
+
+def test_the_join_check_says_when_the_head_is_not_reachable() -> None:
+    out = (RAY_NODE_FIXTURES / "head_unreachable.txt").read_text()
+    seen = parse_replica_node(["__gpufleet_node=missing", *out.splitlines(), "@log"])
+    assert not seen.joined
+    assert seen.detail == ("Ray's GCS at 10.219.3.99:6379 not reachable: [Errno 113] "
+                           "No route to host")
 
 
 def test_the_join_check_reads_its_verdict_and_the_log() -> None:

@@ -1,5 +1,9 @@
-"""The simulator's stand-in engine in distributed mode (tests/sim/images/engine: the stand-in
-`ray`, vLLM on a Ray cluster, SGLang's --nnodes), run as plain processes on this machine.
+"""The simulator's stand-in engine in distributed mode (tests/sim/images/engine: SGLang's
+--nnodes, and vLLM's multi-node flags), run as plain processes on this machine.
+
+vLLM on a Ray cluster runs on the real Ray (the engine image installs it from
+tests/sim/images/engine/ray.lock; it is not in the controller's venv): the two-node rehearsal,
+tests/e2e/test_multinode.py, proves it there.
 
 Each "node" is a process with its own node address on loopback (127.0.0.2, 127.0.0.3, ...) and
 its own working directory: the model path is relative (models/m), so every node resolves the same
@@ -8,7 +12,6 @@ path in its own folder, as each host of a real cluster has its own disk.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -33,7 +36,6 @@ CONFIG = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_
 GPU = {"name": "NVIDIA A100-PCIE-40GB", "memory_total_mib": 40960, "memory_used_mib": 0}
 VLLM = ["-m", "vllm.entrypoints.openai.api_server", "--model", MODEL, "--max-model-len", "4096"]
 SGLANG = ["-m", "sglang.launch_server", "--model-path", MODEL, "--context-length", "4096"]
-RAY = ["-m", "ray.scripts.scripts"]
 
 
 def free_port(ip: str) -> int:
@@ -139,39 +141,9 @@ class Cluster:
         code = proc.wait(seconds)
         return code, proc.output
 
-    def head(self, port: int, *extra: str) -> Proc:
-        proc = self.start("head", [*RAY, "start", "--head", f"--node-ip-address={HEAD_IP}",
-                                   f"--port={port}", "--block", *extra])
-        wait_for(lambda: listening(HEAD_IP, port) or proc.popen.poll() is not None, 10,
-                 "the head listens")
-        assert proc.popen.poll() is None, proc.output
-        return proc
-
-    def worker(self, port: int, ip: str = WORKER_IP, node: str = "worker", **env: str) -> Proc:
-        proc = self.start(node, [*RAY, "start", f"--address={HEAD_IP}:{port}",
-                                 f"--node-ip-address={ip}", "--block"], **env)
-        wait_for(lambda: "joined the cluster" in proc.output or proc.popen.poll() is not None,
-                 10, "the worker joins")
-        return proc
-
-    def nodes(self) -> list[dict]:
-        code, out = self.run("head", ["-c", "import json, ray; ray.init(); "
-                                            "print(json.dumps(ray.nodes()))"])
-        assert code == 0, out
-        found: list[dict] = json.loads(out.strip().splitlines()[-1])
-        return found
-
     def close(self) -> None:
         for proc in self.procs:
             proc.kill()
-        # `ray start` without --block leaves its node in a session of its own: its pid file
-        # names it (checked to still be a stand-in node before it is killed).
-        for path in self.dirs:
-            for pid_file in (path / "ray" / "standin-pids").glob("*"):
-                with contextlib.suppress(OSError, ValueError):
-                    cmdline = Path(f"/proc/{int(pid_file.name)}/cmdline").read_bytes()
-                    if b"ray.scripts.scripts" in cmdline.split(b"\0"):
-                        os.kill(int(pid_file.name), signal.SIGKILL)
 
 
 @pytest.fixture
@@ -183,170 +155,26 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-# --- ray ---------------------------------------------------------------------------------------
-def test_head_and_worker_join_and_ray_status_lists_both(cluster: Cluster) -> None:
-    port = free_port(HEAD_IP)
-    # Without --block, `ray start` returns once the head listens, leaving it in the background.
-    code, out = cluster.run("head", [*RAY, "start", "--head", f"--node-ip-address={HEAD_IP}",
-                                     f"--port={port}", "--num-gpus=2", "--disable-usage-stats",
-                                     "--include-dashboard=false"])
-    assert code == 0, out
-    assert "Ray runtime started" in out
-    address_file = cluster.node_dir("head") / "ray" / "ray_current_cluster"
-    assert address_file.read_text().strip() == f"{HEAD_IP}:{port}"
-    worker = cluster.worker(port)  # its GPUs: the two of hardware.json
-    assert worker.popen.poll() is None, worker.output
-
-    code, out = cluster.run("head", [*RAY, "status"])
-    assert code == 0, out
-    assert "Node status" in out and f"({HEAD_IP})" in out and f"({WORKER_IP})" in out
-    assert " 0.0/4.0 GPU" in out
-    nodes = {n["NodeManagerAddress"]: n for n in cluster.nodes()}
-    assert set(nodes) == {HEAD_IP, WORKER_IP}
-    assert all(n["Alive"] and n["Resources"]["GPU"] == 2.0 for n in nodes.values())
-
-    worker.kill()  # the node is alive only while its connection is
-    wait_for(lambda: not {n["NodeManagerAddress"]: n for n in cluster.nodes()}[WORKER_IP]["Alive"],
-             10, "the worker is marked dead")
-
-    code, out = cluster.run("head", [*RAY, "stop"])
-    assert code == 0 and "Stopped all 1 Ray processes." in out, out
-    assert not listening(HEAD_IP, port)
-    code, out = cluster.run("head", [*RAY, "status"])
-    assert code != 0 and "Could not find any running Ray instance" in out
-
-
-def test_worker_exits_when_the_head_goes_away(cluster: Cluster) -> None:
-    port = free_port(HEAD_IP)
-    head = cluster.head(port, "--num-gpus=2")
-    worker = cluster.worker(port)
-    head.kill()
-    assert worker.wait(10) != 0
-    assert "[raylet] Failed to connect to GCS at" in worker.output
-
-
-def test_worker_with_a_wrong_head_address_fails_with_the_gcs_message(cluster: Cluster) -> None:
-    port = free_port(HEAD_IP)  # nothing listens there
-    code, out = cluster.run("worker", [*RAY, "start", f"--address={HEAD_IP}:{port}",
-                                       f"--node-ip-address={WORKER_IP}", "--block"],
-                            GPUFLEET_SIM_CONNECT_TIMEOUT_SECONDS="1")
-    assert code != 0
-    assert (f"ConnectionError: Unable to connect to GCS at {HEAD_IP}:{port}. Check that (1) Ray "
-            "GCS with matching version started successfully at the specified address, (2) this "
-            "node can reach the specified address, and (3) there is no firewall setting "
-            "preventing access.") in out
-
-
-def test_head_on_an_address_this_host_lacks_fails_like_bind(cluster: Cluster) -> None:
-    code, out = cluster.run("head", [*RAY, "start", "--head", "--node-ip-address=192.0.2.1",
-                                     "--port=6379"])
-    assert code != 0
-    assert "OSError: [Errno 99] Cannot assign requested address" in out
-
-
+# --- vLLM's multi-node flags, before any Ray -------------------------------------------------------
 def test_wrong_socket_interface_fails_as_gloo_does(cluster: Cluster) -> None:
     gloo = ("RuntimeError: [enforce fail at ../third_party/gloo/gloo/transport/tcp/device.cc:83] "
             "ifa != nullptr. Unable to find address for: nosuch0")
-    code, out = cluster.run("head", [*RAY, "start", "--head", f"--node-ip-address={HEAD_IP}",
-                                     f"--port={free_port(HEAD_IP)}", "--block"],
-                            GLOO_SOCKET_IFNAME="nosuch0")
-    assert code != 0 and gloo in out
-    code, out = cluster.run("worker", [*RAY, "start", f"--address={HEAD_IP}:6379",
-                                       f"--node-ip-address={WORKER_IP}", "--block"],
-                            NCCL_SOCKET_IFNAME="nosuch0")
-    assert code != 0 and gloo in out
     write_model(cluster.node_dir("head") / MODEL)
     code, out = cluster.run("head", [*SGLANG, "--tp", "4", "--nnodes", "2", "--node-rank", "0",
                                      "--dist-init-addr", f"{HEAD_IP}:{free_port(HEAD_IP)}"],
                             GLOO_SOCKET_IFNAME="nosuch0")
     assert code != 0 and gloo in out
-    # A name that exists passes (lo is on every Linux host).
-    assert cluster.head(free_port(HEAD_IP), "--num-gpus=2").popen.poll() is None
+    code, out = cluster.run("head", [*VLLM, "-tp", "4", "--worker-use-ray"],
+                            NCCL_SOCKET_IFNAME="nosuch0")
+    assert code != 0 and gloo in out
 
 
-def test_worker_of_another_version_is_refused(cluster: Cluster) -> None:
-    port = free_port(HEAD_IP)
-    cluster.head(port, "--num-gpus=2")
-    worker = cluster.worker(port, GPUFLEET_SIM_VLLM_VERSION="0.6.6.post1")
-    assert worker.wait(10) != 0
-    python = f"{sys.version_info[0]}.{sys.version_info[1]}.{sys.version_info[2]}"
-    assert ("RuntimeError: Version mismatch: The cluster was started with:\n    Ray: 0.4.2\n"
-            f"    Python: {python}\nThis process on node {WORKER_IP} was started with:\n"
-            f"    Ray: 0.6.6.post1\n    Python: {python}") in worker.output
-
-
-def test_ray_init_without_a_cluster(cluster: Cluster) -> None:
-    code, out = cluster.run("head", ["-c", "import ray; ray.init()"])
-    assert code != 0
-    assert ("ConnectionError: Could not find any running Ray instance. Please specify the one to "
-            "connect to by setting `--address` flag or `RAY_ADDRESS` environment variable.") in out
-
-
-# --- vLLM on Ray -------------------------------------------------------------------------------
-def test_vllm_serves_across_two_nodes_only_once_the_second_joined(cluster: Cluster) -> None:
-    port, http = free_port(HEAD_IP), free_port(HEAD_IP)
-    write_model(cluster.node_dir("head") / MODEL, {"files": {"model.safetensors": {"size": 1024}}})
-    write_model(cluster.node_dir("worker") / MODEL,
-                {"model": "m", "source": "hub", "files": {"model.safetensors": {"size": 1024}}})
-    cluster.head(port)  # 2 GPUs from hardware.json
-    server = [*VLLM, "--tensor-parallel-size", "4", "--worker-use-ray", "--host", HEAD_IP,
-              "--port", str(http)]
-
-    code, out = cluster.run("head", server)
-    assert code != 0
-    assert ("ValueError: The number of required GPUs exceeds the total number of available GPUs "
-            "in the placement group") in out
-
-    worker = cluster.worker(port)
-    api = cluster.start("head", server)
-    wait_for(lambda: listening(HEAD_IP, http) or api.popen.poll() is not None, 15, "serving")
-    assert api.popen.poll() is None, api.output
-    assert get_json(f"http://{HEAD_IP}:{http}/v1/models")["data"][0]["id"] == MODEL
-    assert f"{WORKER_IP} (2 GPUs)" in api.output
-
-    worker.kill()
-    assert api.wait(10) == 1
-    assert "ray.exceptions.RayActorError: The actor died unexpectedly before finishing this task." \
-        in api.output
-    assert f"ip: {WORKER_IP}" in api.output
-
-
-def test_vllm_names_the_node_whose_model_folder_differs(cluster: Cluster) -> None:
-    port = free_port(HEAD_IP)
-    write_model(cluster.node_dir("head") / MODEL, {"files": {"model.safetensors": {"size": 1}}})
-    cluster.head(port)
-    cluster.worker(port)
-    server = [*VLLM, "-tp", "4", "--worker-use-ray", "--port", str(free_port(HEAD_IP))]
-
-    code, out = cluster.run("head", server)  # no model folder at all on the worker
-    assert code != 0
-    assert (f", ip={WORKER_IP}) OSError: {MODEL} does not appear to have a file named "
-            "config.json") in out
-    assert "(RayWorkerWrapper pid=" in out
-
-    write_model(cluster.node_dir("worker") / MODEL, {"files": {"model.safetensors": {"size": 2}}})
-    code, out = cluster.run("head", server)
-    assert code != 0
-    assert f"the model weights in {MODEL} on node {WORKER_IP} differ from the driver's" in out
-
-
-def test_vllm_05_takes_the_backend_flag_and_pipeline_parallel(cluster: Cluster) -> None:
-    write_model(cluster.node_dir("head") / MODEL)  # no manifest: names and sizes compare
-    write_model(cluster.node_dir("worker") / MODEL)
+def test_vllm_04_lacks_the_backend_flag_and_pipeline_parallel(cluster: Cluster) -> None:
+    write_model(cluster.node_dir("head") / MODEL)
     code, out = cluster.run("head", [*VLLM, "-tp", "2", "--distributed-executor-backend", "ray"])
     assert code == 2 and "unrecognized arguments: --distributed-executor-backend" in out  # 0.4.2
     code, out = cluster.run("head", [*VLLM, "-pp", "2", "--worker-use-ray"])  # 0.4.2
     assert code != 0 and "NotImplementedError: Pipeline parallelism is not supported yet." in out
-
-    version = {"GPUFLEET_SIM_VLLM_VERSION": "0.6.6.post1"}
-    cluster.env.update(version)
-    port, http = free_port(HEAD_IP), free_port(HEAD_IP)
-    cluster.head(port)
-    cluster.worker(port)
-    api = cluster.start("head", [*VLLM, "-tp", "2", "-pp", "2", "--distributed-executor-backend",
-                                 "ray", "--host", HEAD_IP, "--port", str(http)])
-    wait_for(lambda: listening(HEAD_IP, http) or api.popen.poll() is not None, 15, "serving")
-    assert api.popen.poll() is None, api.output
 
 
 # --- SGLang --nnodes ---------------------------------------------------------------------------

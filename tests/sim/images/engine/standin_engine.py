@@ -17,8 +17,9 @@ max_tokens words.
     python3 -m sglang.launch_server --model-path /models/m ...            (SGLang's)
 
 Multi-node: vLLM with --distributed-executor-backend ray (or 0.4's --worker-use-ray) and more
-GPUs than this node has joins the Ray cluster (the stand-in ray package), checks the cluster's
-GPUs and the model folder on every node, and exits 1 when a node of its placement dies. SGLang
+GPUs than this node has joins the Ray cluster (real Ray, as the image carries it: ray.lock),
+checks the cluster's GPUs, looks at the model folder on every node with a Ray task placed on
+that node, and exits 1 when a node of its placement dies. SGLang
 with --nnodes N --node-rank R --dist-init-addr HOST:PORT meets its other nodes at HOST:PORT
 (rank 0 listens there, checks that every rank runs the same tp, nnodes, version and weights, and
 serves HTTP once all joined); a lost node ends the others with exit 1, as NCCL's watchdog does.
@@ -41,7 +42,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NoReturn
 
-from ray import _standin as standin
+import standin_net as standin
 
 # Knobs a test turns on a running engine (docker exec ... to write it): JSON with
 # "ttft_seconds" (wait before the first token), "tpot_seconds" (per further token) and
@@ -171,6 +172,15 @@ def api_key(kind: str, version: str, args: argparse.Namespace,
     variable = KEY_VARIABLE.get(kind)
     reads = variable is not None and variable in released(kind, version)["env_vars"]
     return args.api_key or (environ.get(variable) if reads and variable else None)
+
+
+def key_guards(kind: str, version: str, path: str) -> bool:
+    """Whether that version's key middleware asks for the key on ``path`` (released/: vLLM's
+    guards /v1 only; SGLang's every path but /health, /metrics included)."""
+    scope = released(kind, version)["api_key_scope"]
+    if any(path.startswith(prefix) for prefix in scope["open"]):
+        return False
+    return not scope["guarded"] or any(path.startswith(p) for p in scope["guarded"])
 
 
 def sglang_memory_fraction(version: str, tp: int) -> float:
@@ -407,17 +417,31 @@ def ray_worker_prefix(answer: dict[str, Any]) -> str:
     return f"(RayWorkerWrapper pid={answer.get('pid', 0)}, ip={answer.get('ip', '?')})"
 
 
-def place_on_ray(engine: Engine, need: int) -> list[dict[str, Any]]:
-    """vLLM's Ray executor: find `need` GPUs among the cluster's alive nodes (the driver's node
-    first), then have every node of that placement look at the model folder: the same path,
-    with the same weights, on every node. Returns the placement's nodes."""
+def node_weights(model_dir: str) -> dict[str, Any]:
+    """Run as a Ray task on one node (as vLLM's workers start on every node): that node's
+    weights_digest, or the error it met, with the worker's pid and the node's address."""
     import ray
 
+    where = {"pid": os.getpid(), "ip": ray.util.get_node_ip_address()}
+    try:
+        return {"result": weights_digest(model_dir), **where}
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", **where}
+
+
+def place_on_ray(engine: Engine, need: int) -> list[dict[str, Any]]:
+    """vLLM's Ray executor: find `need` GPUs among the cluster's alive nodes (the driver's node
+    first), then have every node of that placement look at the model folder (a Ray task pinned
+    to that node): the same path, with the same weights, on every node. Returns the
+    placement's nodes."""
     bad_interface = standin.socket_ifname_error()
     if bad_interface:
         fail(bad_interface)
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     try:
-        ray.init(ignore_reinit_error=True)
+        ray.init(ignore_reinit_error=True)  # RAY_ADDRESS, else the cluster this node is in
         nodes = [n for n in ray.nodes() if n["Alive"]]
     except (ConnectionError, RuntimeError) as exc:
         fail(f"{type(exc).__name__}: {exc}")
@@ -436,9 +460,15 @@ def place_on_ray(engine: Engine, need: int) -> list[dict[str, Any]]:
             placement.append(node)
             placed += int(node["Resources"]["GPU"])
     here = weights_digest(engine.model_dir)
+    task = ray.remote(num_cpus=0)(node_weights)
     for node in placement:
-        answer = ray._run_on_node(node["NodeID"], "standin_engine:weights_digest",
-                                  engine.model_dir)
+        pinned = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        try:
+            answer = ray.get(task.options(scheduling_strategy=pinned).remote(engine.model_dir),
+                             timeout=120)
+        except ray.exceptions.RayError as exc:
+            fail(f"{ray_worker_prefix({'ip': node['NodeManagerAddress']})} "
+                 f"{type(exc).__name__}: {exc}")
         node["worker_pid"] = answer.get("pid", 0)
         if "error" in answer:
             fail(f"{ray_worker_prefix(answer)} {answer['error']}")
@@ -462,8 +492,9 @@ def watch_placement(placement: list[dict[str, Any]]) -> None:
         time.sleep(0.5)
         try:
             alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
-        except (ConnectionError, RuntimeError, OSError):
-            die(standin.gcs_lost(ray.find_address(None)))
+        except Exception as exc:  # the GCS is gone: whatever the client raises then
+            die(f"Failed to reach the Ray cluster's GCS ({type(exc).__name__}: {exc}). The "
+                "program will terminate.")
         for node in placement:
             if node["NodeID"] not in alive:
                 die("ray.exceptions.RayActorError: The actor died unexpectedly before finishing "
@@ -595,8 +626,8 @@ def handler(engine: Engine) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def authorized(self) -> bool:
-            if not engine.api_key or not self.path.startswith("/v1"):
-                return True  # /health and /metrics are open, as in vLLM
+            if not engine.api_key or not key_guards(engine.kind, engine.version, self.path):
+                return True
             if self.headers.get("Authorization") == f"Bearer {engine.api_key}":
                 return True
             self.send_json(401, {"error": "Unauthorized"})

@@ -1,10 +1,6 @@
-"""TEST STAND-IN plumbing (gpufleet simulator) shared by the stand-in `ray` package and the
-stand-in engines: this node's GPUs, versions and Ray's temp dir, the socket-interface check
-NCCL/Gloo make, and JSON lines over TCP with heartbeats (the stand-in GCS protocol and SGLang's
-rendezvous). Nothing here exists in real Ray.
-
-It lives in the ray package because `ray start` needs it without the engine; the engines import
-it from here.
+"""TEST STAND-IN plumbing (gpufleet simulator) of the stand-in engines: this node's GPUs, the
+socket-interface check NCCL/Gloo make, and JSON lines over TCP with heartbeats (SGLang's
+rendezvous). Ray is the real one (the image installs it from tests/sim/images/engine/ray.lock).
 """
 
 from __future__ import annotations
@@ -13,7 +9,6 @@ import contextlib
 import errno
 import json
 import os
-import platform
 import socket
 import sys
 import threading
@@ -22,8 +17,7 @@ from typing import Any
 
 HARDWARE = "/etc/gpufleet-sim/hardware.json"
 # Silence on a node's connection (no message, no heartbeat) for this long = the peer is gone:
-# catches a cut network, where no FIN ever arrives. Real Ray's health check gives up after
-# about as long (5 misses x 3 s).
+# catches a cut network, where no FIN ever arrives.
 HEARTBEAT_SECONDS = 1.0
 DEAD_AFTER_SECONDS = float(os.environ.get("GPUFLEET_SIM_DEAD_AFTER_SECONDS", "15"))
 
@@ -43,24 +37,6 @@ def local_gpus() -> list[dict[str, Any]] | None:
     return gpus
 
 
-def ray_version() -> str:
-    """The stand-in's Ray version is the image's engine version: the sim pins no Ray."""
-    return os.environ.get("GPUFLEET_SIM_VLLM_VERSION") or "0.4.2"
-
-
-def python_version() -> str:
-    return platform.python_version()
-
-
-def ray_temp_dir() -> str:
-    """Ray's /tmp/ray (RAY_TMPDIR moves it, as in real Ray: the unit tests use one each)."""
-    return os.path.join(os.environ.get("RAY_TMPDIR") or "/tmp", "ray")
-
-
-def address_file() -> str:
-    return os.path.join(ray_temp_dir(), "ray_current_cluster")
-
-
 def connect_timeout(default: float) -> float:
     """How long a joining node retries; GPUFLEET_SIM_CONNECT_TIMEOUT_SECONDS shortens it (tests)."""
     return float(os.environ.get("GPUFLEET_SIM_CONNECT_TIMEOUT_SECONDS") or default)
@@ -73,13 +49,6 @@ def log(message: str, stream: Any = None) -> None:
 
 def error(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def gcs_lost(address: str) -> str:
-    """What Ray's raylet and driver print when the GCS is gone for good."""
-    return (f"Failed to connect to GCS at {address}. GCS may have been killed. It's either GCS "
-            "is terminated by `ray stop` or is killed unexpectedly. If it is killed "
-            "unexpectedly, see the log file gcs_server.out. The program will terminate.")
 
 
 # --- the interface check torch.distributed makes (Gloo; NCCL's variable read the same way) ---------

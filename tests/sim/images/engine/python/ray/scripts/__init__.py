@@ -1,1 +1,0 @@
-"""TEST STAND-IN package (gpufleet simulator): the `ray` CLI, see scripts.py."""
