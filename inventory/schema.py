@@ -710,6 +710,12 @@ class RolloutSettings(Strict):
 class PreflightSettings(Strict):
     # Turn these preflight errors (by code, or "all") into warnings: for people who know better.
     downgrade_errors: list[str] = Field(default_factory=list)
+    # Warnings this fleet expects (by code): its preflight says them in one line, "expected
+    # <expected_because>: CODE, ...", instead of in full. For a fleet whose hosts cannot be
+    # otherwise (the simulator's overlayfs disks); a real fleet leaves it empty and sees them.
+    expected_warnings: list[str] = Field(default_factory=list)
+    expected_because: str = Field(default="in this fleet", min_length=1, max_length=80,
+                                  pattern=r"^[^\x00-\x1f\x7f]+$")
 
 
 # --- generation defaults --------------------------------------------------------------------
