@@ -226,7 +226,12 @@ def charts(model: CostModel, currency: str) -> list[tuple[str, str]]:
     return out
 
 
-def _cell(text: object, ok: bool | None = None) -> str:
+def _cell(text: object) -> str:
+    return f"<td>{html.escape(str(text))}</td>"
+
+
+def _status(text: object, ok: bool | None) -> str:
+    """A coloured cell: True good, False bad, None not known (its command never ran)."""
     css = {True: "ok", False: "bad", None: "unknown"}[ok]
     return f'<td class="{css}">{html.escape(str(text))}</td>'
 
@@ -264,8 +269,8 @@ def render_html(fleet: Fleet, rows: list[HostRow], smoke: dict | None, audit: di
             for r in row.replicas) or "-"
         pins_ok = row.recorded_pin_set == row.pin_set
         body.append(f"<tr>{_cell(row.name)}{_cell(row.group)}{_cell(row.role)}"
-                    f"{_cell(pins, pins_ok)}"
-                    f"{_cell(row.drift, row.drift_ok)}{_cell(row.serving, row.serving_ok)}"
+                    f"{_status(pins, pins_ok)}"
+                    f"{_status(row.drift, row.drift_ok)}{_status(row.serving, row.serving_ok)}"
                     f"<td>{replicas}</td></tr>")
     body.append("</table>")
     body.append("<h2>Canary</h2>")
@@ -297,13 +302,15 @@ def render_html(fleet: Fleet, rows: list[HostRow], smoke: dict | None, audit: di
             + "".join(f"<p class=\"meta\">{e(note)}</p>" for note in model.notes))
     if chart_note:
         body.append(f"<p>{e(chart_note)}</p>")
-    for title, svg in drawn:
-        body.append(f"<figure><figcaption>{e(title)}</figcaption>{svg}</figure>")
+    body.append('<div class="charts">' + "".join(
+        f"<figure><figcaption>{e(title)}</figcaption>{svg}</figure>" for title, svg in drawn)
+        + "</div>")
     style = ("body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
              "td,th{border:1px solid #bbb;padding:4px 8px;text-align:left;vertical-align:top}"
              "th{background:#eee}.ok{background:#dff3df}.bad{background:#f8d7d7}"
              ".unknown{background:#f3f0d8}.meta{color:#555;font-size:90%}"
-             "figure{margin:1em 0}figcaption{font-weight:bold}svg{max-width:100%;height:auto}")
+             ".charts{display:flex;flex-wrap:wrap;gap:1em}figure{margin:0;flex:1 1 480px;"
+             "max-width:640px}figcaption{font-weight:bold}svg{max-width:100%;height:auto}")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>gpufleet report: {e(fleet.name)}</title><style>{style}</style></head>"
             "<body>\n" + "\n".join(body) + "\n</body></html>\n")
