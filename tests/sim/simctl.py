@@ -640,10 +640,10 @@ def down(hosts_only: bool = False) -> None:
 
 
 def reset(names: list[str] | None = None, quiet: bool = False) -> dict[str, str]:
-    """Recreate hosts from scratch (all, or the named ones); the repo may stay."""
+    """Recreate hosts from scratch (the rehearsal's, or the named ones); the repo may stay."""
     require_engine()
     remove_hosts(names)
-    hosts = load_hosts()
+    hosts = load_hosts() if names is not None else rehearsal_hosts()
     if names is not None:
         unknown = set(names) - {h.name for h in hosts}
         if unknown:
