@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inventory.controller_files import write_atomically
-from inventory.fleet import Fleet, FleetError, HostSpec, load_fleet
+from inventory.fleet import Fleet, FleetError, HostSpec, load_fleet, unedited_example_problem
 from rules.capacity import at_batch
 from rules.cost import totals
 from rules.fleet_checks import fleet_problems
@@ -347,6 +347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.fleet or Path(os.environ.get("GPUFLEET_FLEET") or "inventory/fleet.toml")
     try:
         fleet = load_fleet(path, checks=fleet_problems)
+        example = unedited_example_problem(fleet)
+        if example:  # a page of hosts that cannot exist would only mislead
+            raise ReportError(example)
         rows, audit, smoke = host_rows(fleet)
         canary = read_record(fleet.hosts[0].state_dir / "canary.json")
     except FleetError as exc:

@@ -169,6 +169,15 @@ def test_bad_flags_are_one_line_and_exit_2(recorded: Path, tmp_path: Path,
     assert not (tmp_path / "x.html").exists()
 
 
+def test_the_unedited_example_is_refused_like_everywhere_else(tmp_path: Path) -> None:
+    result = gpufleet("report", "--fleet", str(REPO / "inventory" / "fleet.toml"), "--out",
+                      str(tmp_path / "x.html"))
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "is the unedited example" in line and "make rehearse" in line
+    assert not (tmp_path / "x.html").exists()
+
+
 def test_a_corrupt_record_is_one_line(recorded: Path, tmp_path: Path) -> None:
     (tmp_path / "fleet-state" / "report-test" / "smoke.json").write_text("{not json")
     result = gpufleet("report", "--fleet", str(recorded), "--out", str(tmp_path / "x.html"))
