@@ -18,6 +18,11 @@ from typing import Any
 
 import pytest
 
+from facts.canary_figures import CanaryFiguresResult, VariantFigures
+from inventory.schema import CanarySettings
+from rules.canary_verdict import judge, verdict_record
+from rules.gateway import canary_share
+
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 COST_FLAGS = ("--gpus", "1xa100-40gb", "--requests-per-day", "100000",
@@ -87,14 +92,15 @@ def recorded(tmp_path: Path) -> Path:
          "completion_ms": 95.2, "e2e_p50_ms": 177.1},
         {"endpoint": "gpu-b", "url": "http://10.0.0.2:8001", "ok": False,
          "problem": "ConnectionError: refused", "completion_ms": None}]})
-    write_json(state / "canary.json", {
-        "written_at": "2026-12-07T15:50:00Z", "model": "deepseek-r1-distill-qwen-7b",
-        "phase": "running", "share_percent": 20, "verdict": "hold",
-        "reasons": ["the canary answered 12 requests in the window; 50 are needed"],
-        "canary": {"requests": 12, "errors": 0, "error_rate": 0.0, "ttft_p99_s": 0.0421,
-                   "tokens_per_second": 31.5},
-        "stable": {"requests": 48, "errors": 0, "error_rate": 0.0, "ttft_p99_s": 0.0388,
-                   "tokens_per_second": 33.0}})
+    # what `canary status` records (deploys/canary.py), from a real verdict
+    verdict = judge(CanaryFiguresResult({
+        "canary": VariantFigures(requests=12, ttft_p99=0.0421, tokens_per_second=31.5),
+        "stable": VariantFigures(requests=48, ttft_p99=0.0388, tokens_per_second=33.0)}),
+        CanarySettings(), ttft_alert_seconds=0.5)
+    assert verdict.verdict == "hold"
+    (state / "canary.json").write_text(verdict_record(
+        verdict, "running", canary_share("running", CanarySettings().weight),
+        "deepseek-r1-distill-qwen-7b", "2026-12-07T15:50:00Z"))
     return fleet
 
 
@@ -121,7 +127,7 @@ def test_the_page_is_self_contained_and_shows_what_the_controller_recorded(
     assert "<script" not in page
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
     assert page.count("<svg") == 3
-    text = re.sub(r"<[^>]+>", " ", page)
+    text = " ".join(re.sub(r"<[^>]+>", " ", page).split())
     assert "83.8 ms" in text and "91.4 ms" in text  # each replica's last completion
     assert "FAILED: ConnectionError: refused" in text
     assert "NOT serving: 1/2 replica(s) answered" in text
@@ -129,7 +135,9 @@ def test_the_page_is_self_contained_and_shows_what_the_controller_recorded(
     assert "no drift" in text
     assert "drifted: files: /etc/gpufleet/inference/docker-compose.yml changed" in text
     assert "behind: made with r535-cuda121, the fleet file asks for r535-fwdcompat" in text
-    assert "20 %" in text and "HOLD" in text
+    assert "Phase running : the canary gets 20 %" in text and "HOLD" in text
+    assert "the canary answered 12 requests in the window; 50 are needed" in text
+    assert "42.1 ms" in text and "38.8 ms" in text  # both variants' TTFT P99
     figures = cost_json()
     assert f"break-even {figures['break_even_requests_per_day']:,.0f} requests/day" in text
 
