@@ -6,7 +6,8 @@ read-only, `rollout --behind-only` finds no host behind, `drain` without --yes a
 closed stops at its question, `canary status` is refused (the rehearsal has no canary host).
 
 It starts and removes no container: without the rehearsal fleet up and converged (run `make
-rehearse` first) it is skipped, saying so. `apply`'s output is held to the newcomer's checks
+rehearse` first) it is skipped, saying so. It uses the rehearsal's API key where `make
+rehearse` keeps it (the user's config folder; the test run's own would be a new key). `apply`'s output is held to the newcomer's checks
 (tests/sim/rehearsal_log.py): no escape code, no absurd ETA, one row per step, no warning not
 explained as expected in the simulator.
 """
@@ -19,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,16 @@ pytestmark = pytest.mark.sim
 REPO = Path(__file__).resolve().parents[2]
 SIM = str(REPO / "inventory" / "sim.toml")
 STATE = REPO / "inventory" / "fleet-state" / "sim"
+# The rehearsal fleet's API key is where `make rehearse` keeps it: the user's config folder,
+# not the test run's own (tests/conftest.py), or `apply` would put a new key on the hosts.
+TEST_CONFIG = os.path.join(tempfile.gettempdir(), "gpufleet-test-config-")
+
+
+def user_environ() -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if k != "GPUFLEET_FLEET"}
+    if environ.get("GPUFLEET_CONFIG_DIR", "").startswith(TEST_CONFIG):
+        del environ["GPUFLEET_CONFIG_DIR"]
+    return environ
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,13 +56,18 @@ def rehearsed() -> None:
             pytest.skip(f"{host.name} is not running: run `make rehearse` first")
         if not (STATE / f"{host.name.removeprefix('gpufleet-')}.json").is_file():
             pytest.skip(f"{host.name} has no manifest in {STATE}: run `make rehearse` first")
+    key = subprocess.run([sys.executable, "-c", "from inventory.key_files import "
+                          "generated_key_path; print(generated_key_path('sim'))"], cwd=REPO,
+                         env=user_environ(), capture_output=True, text=True, check=True)
+    if not Path(key.stdout.strip()).is_file():
+        pytest.skip(f"no key of the rehearsal fleet at {key.stdout.strip()}: run `make "
+                    "rehearse` first")
 
 
 def gpufleet(*args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess[str], float]:
-    environ = {k: v for k, v in os.environ.items() if k != "GPUFLEET_FLEET"}
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "gpufleet", *args], cwd=REPO, text=True,
-                         capture_output=True, env=environ, stdin=subprocess.DEVNULL,
+                         capture_output=True, env=user_environ(), stdin=subprocess.DEVNULL,
                          timeout=timeout)
     return run, time.monotonic() - started
 
