@@ -2,6 +2,7 @@
 
     pyinfra inventory.py deploys/canary.py --data action=start      # weight % to the canary
     pyinfra inventory.py deploys/canary.py --data action=status     # promote / hold / roll back
+                                          # (recorded in fleet-state/<fleet>/canary.json)
     pyinfra inventory.py deploys/canary.py --data action=promote    # everything to the canary
     pyinfra inventory.py deploys/canary.py --data action=rollback   # nothing to the canary
 
@@ -26,21 +27,30 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from pyinfra import host, state
 
 from deploys.inference import engine_check
 from deploys.locking import run_lock_done, run_lock_held, say_holder
-from deploys.monitoring_host import gateway_change, recorded_drain, warn_pending
+from deploys.monitoring_host import gateway_change, recorded_drain, recorded_phase, warn_pending
 from deploys.preflight import read_host
 from deploys.spec import fleet_specs, host_spec
 from facts.canary_figures import CanaryFigures
+from inventory.controller_files import write_atomically
 from inventory.fleet import HostSpec, pyinfra_host_name
 from operations.checks import check, completed, completed_hosts, refuse_host
 from operations.model_weights import weights_verified
 from rules.assessment import assess
-from rules.canary_verdict import CanaryProof, canary_proof, canary_queries, duration_seconds, judge
-from rules.gateway import ACTIONS, GATEWAY_LOG, Phase, drain_report
+from rules.canary_verdict import (
+    CanaryProof,
+    canary_proof,
+    canary_queries,
+    duration_seconds,
+    judge,
+    verdict_record,
+)
+from rules.gateway import ACTIONS, GATEWAY_LOG, Phase, canary_share, drain_report
 from rules.monitoring import is_monitor, prometheus_url, served_name
 
 logger = logging.getLogger("gpufleet")
@@ -117,6 +127,10 @@ def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
         "log": GATEWAY_LOG, "window_seconds": duration_seconds(cfg.window),
     }, sort_keys=True))
     verdict = judge(figures, cfg, spec.settings.monitoring.alerts.ttft_p99_seconds)
+    phase = recorded_phase()
+    write_atomically(spec.state_dir / "canary.json", verdict_record(
+        verdict, phase, canary_share(phase, cfg.weight), served_name(spec),
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
     for line in verdict.render().splitlines():
         host.log_styled(line, fg="red" if verdict.verdict == "roll back" else None,
                         log_func=logger.warning)

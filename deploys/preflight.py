@@ -23,7 +23,7 @@ from inventory.fleet import HostSpec
 from operations.checks import refuse_host
 from rules.assessment import Assessment, assess, render
 from rules.exposure import exposure_findings
-from rules.findings import Finding, Findings
+from rules.findings import Finding, accept
 from rules.host_plan import HostPlan
 from rules.monitoring import fleet_replicas
 from rules.multinode import (
@@ -155,10 +155,12 @@ def preflight(spec: HostSpec, probe: HostProbe,
 def monitor_preflight(spec: HostSpec, fleet: list[HostSpec]) -> None:
     """A monitoring host has nothing to refuse before its small stack; preflight only says
     what it would leave reachable from other machines."""
-    found = Findings(exposure_findings(spec, fleet))
+    preflight_settings = spec.settings.preflight
+    found = accept(exposure_findings(spec, fleet), (), preflight_settings.expected_warnings)
     if len(found):
-        log_report("\n".join([f"gpufleet preflight for {spec.name}:",
-                              *("  " + line for line in found.render().splitlines())]))
+        log_report("\n".join([f"gpufleet preflight for {spec.name}:", *(
+            "  " + line for line in found.render(
+                expected_because=preflight_settings.expected_because).splitlines())]))
 
 
 def replicas_agree(spec: HostSpec, plan: HostPlan) -> bool:

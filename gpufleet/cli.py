@@ -24,7 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 FLEET_ENV = "GPUFLEET_FLEET"
 CANARY_ACTIONS = ("start", "promote", "rollback", "status")
 # The tools whose own flags pass through unchanged: `gpufleet size --model ...`.
-PASSTHROUGH = {"size": "tools/size.py", "cost": "tools/cost.py", "smoke": "tools/smoke.py"}
+PASSTHROUGH = {"size": "tools/size.py", "cost": "tools/cost.py", "smoke": "tools/smoke.py",
+               "report": "tools/report.py"}
+# Those of them that read a fleet file: --fleet is taken here and passed as $GPUFLEET_FLEET.
+FLEET_TOOLS = ("smoke", "report")
 
 
 class UsageError(Exception):
@@ -203,7 +206,7 @@ def cmd_drain(args: argparse.Namespace) -> Command:
 
 
 def cmd_tool(args: argparse.Namespace, extra: list[str]) -> Command:
-    fleet = _fleet(args) if args.command == "smoke" else None
+    fleet = _fleet(args) if args.command in FLEET_TOOLS else None
     return Command([sys.executable, str(REPO / PASSTHROUGH[args.command]), *extra],
                    env=_fleet_env(fleet))
 
@@ -227,6 +230,8 @@ EXAMPLES = {
     "cost": "gpufleet cost --model deepseek-r1-distill-llama-70b --precision fp8 --gpus 2xh100 "
             "--requests-per-day 100000 --cloud-per-million-tokens 0.6",
     "smoke": "gpufleet smoke --fleet inventory/sim.toml --requests 20 --seconds 30",
+    "report": "gpufleet report --fleet inventory/sim.toml --out fleet.html --gpus 1xa100-40gb "
+              "--requests-per-day 100000 --cloud-per-million-tokens 0.6",
 }
 
 RUNS = {
@@ -241,6 +246,7 @@ RUNS = {
     "size": "tools/size.py (its flags)",
     "cost": "tools/cost.py (its flags)",
     "smoke": "tools/smoke.py (its flags)",
+    "report": "tools/report.py (its flags: the cost tool's, --out)",
 }
 
 SUMMARY = {
@@ -255,6 +261,7 @@ SUMMARY = {
     "size": "will a model fit these GPUs, how many for a load (offline)",
     "cost": "owning against renting for a load (offline)",
     "smoke": "a completion from every endpoint and a short latency probe",
+    "report": "one offline HTML page: hosts, drift, serving, canary, capacity and cost charts",
 }
 
 
@@ -310,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
                             "by hand)")
     drain.add_argument("--undo", action="store_true", help="put every host back")
     for name in PASSTHROUGH:
-        add(name, fleet=name == "smoke", passthrough=True)
+        add(name, fleet=name in FLEET_TOOLS, passthrough=True)
     return main
 
 

@@ -65,6 +65,7 @@ class Assessment:
     sizing: SizingResult | None = None
     context: int = 0
     plan: HostPlan | None = None  # None when the host cannot be planned
+    expected_because: str = "in this fleet"  # settings.preflight.expected_because
 
     @property
     def refused(self) -> bool:
@@ -340,8 +341,9 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
     findings.extend(unchecked_daemon_json(spec))
     findings.extend(extra)
 
-    return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors),
-                      gpus, sizing, context, plan)
+    return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors,
+                                        settings.preflight.expected_warnings),
+                      gpus, sizing, context, plan, settings.preflight.expected_because)
 
 
 def _transformers(spec: HostSpec) -> list[Finding]:
@@ -493,7 +495,8 @@ def render(assessment: Assessment) -> str:
     lines = [f"gpufleet preflight for {assessment.host}:"]
     if assessment.gpus:
         lines.append("  GPUs: " + render_gpus(assessment.gpus))
-    lines += ["  " + line for line in assessment.findings.render().splitlines()]
+    lines += ["  " + line for line in assessment.findings.render(
+        expected_because=assessment.expected_because).splitlines()]
     return "\n".join(lines)
 
 

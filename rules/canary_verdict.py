@@ -12,6 +12,7 @@ against the manifest and a completion from each replica. A host left out (`--lim
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
@@ -124,3 +125,17 @@ def judge(figures: CanaryFiguresResult, settings: CanarySettings,
                          canary, stable)
     return Judgement("promote", ["the canary is as good as stable on errors, TTFT and decode "
                                  "speed"], canary, stable)
+
+
+def verdict_record(judgement: Judgement, phase: str, share: int, served: str,
+                   written_at: str) -> str:
+    """The last `canary status` as the controller keeps it (fleet-state/<fleet>/canary.json):
+    the phase, the share of requests the canary gets, the verdict, its reasons and figures."""
+    def figures(f: VariantFigures) -> dict[str, object]:
+        return {"requests": f.requests, "errors": f.errors, "error_rate": f.error_rate,
+                "ttft_p99_s": f.ttft_p99, "tokens_per_second": f.tokens_per_second}
+
+    return json.dumps({"written_at": written_at, "model": served, "phase": phase,
+                       "share_percent": share, "verdict": judgement.verdict,
+                       "reasons": judgement.reasons, "canary": figures(judgement.canary),
+                       "stable": figures(judgement.stable)}, indent=2) + "\n"

@@ -139,6 +139,9 @@ class Finding:
     measured: str
     required: str
     fix: str
+    # A warning the fleet file expects (settings.preflight.expected_warnings): said in one
+    # line with the others expected, not in full.
+    expected: bool = False
 
     def __post_init__(self) -> None:
         if self.code not in CODES:
@@ -193,26 +196,40 @@ class Findings:
     def codes(self) -> list[str]:
         return [f.code for f in self.items]
 
-    def render(self, host: str | None = None) -> str:
-        """Errors first, then warnings, then info; a summary line last."""
+    def render(self, host: str | None = None, expected_because: str = "in this fleet") -> str:
+        """Errors first, then warnings, then info; the warnings the fleet expects in one line
+        (``expected <expected_because>: CODE, CODE x2``); a summary line last."""
         ordered = sorted(self.items, key=lambda f: _ORDER[f.severity])
-        body = [f.render(host) for f in ordered]
+        body = [f.render(host) for f in ordered if not f.expected]
+        expected = [f.code for f in ordered if f.expected]
+        if expected:
+            counted = {code: expected.count(code) for code in expected}
+            body.append(f"expected {expected_because}: " + ", ".join(
+                code + (f" x{n}" if n > 1 else "") for code, n in counted.items())
+                + " (settings.preflight.expected_warnings)")
+        shown = len(self.warnings) - len(expected)
         summary = (
-            f"{len(self.errors)} error(s), {len(self.warnings)} warning(s), "
-            f"{len(self.of('info'))} note(s)"
+            f"{len(self.errors)} error(s), {shown} warning(s)"
+            + (f" and {len(expected)} expected" if expected else "")
+            + f", {len(self.of('info'))} note(s)"
         )
         return "\n".join([*body, summary])
 
 
-def accept(findings: Iterable[Finding], accepted: Iterable[str]) -> Findings:
+def accept(findings: Iterable[Finding], accepted: Iterable[str],
+           expected: Iterable[str] = ()) -> Findings:
     """The one rule for "does this stop the host": errors whose code the operator accepted
-    (settings.preflight.downgrade_errors, or "all") become warnings that say so."""
-    codes = set(accepted)
+    (settings.preflight.downgrade_errors, or "all") become warnings that say so. Warnings
+    whose code the fleet expects (settings.preflight.expected_warnings) are marked expected;
+    an error is never expected (it is accepted or it stops the host)."""
+    codes, foreseen = set(accepted), set(expected)
     result = Findings()
     for finding in findings:
         if finding.severity == "error" and ("all" in codes or finding.code in codes):
             finding = replace(finding, severity="warning",
                               fix=f"{finding.fix} (accepted: settings.preflight.downgrade_errors)")
+        elif finding.severity == "warning" and finding.code in foreseen:
+            finding = replace(finding, expected=True)
         result.add(finding)
     return result
 

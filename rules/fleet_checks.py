@@ -112,22 +112,25 @@ def _context_length(spec: HostSpec) -> list[Problem]:
 
 
 def _downgrade_codes(where: str, layer: Mapping[str, Any]) -> list[Problem]:
-    """Unknown codes in one settings table, reported where they are written (once, not once
-    per host that inherits them). Wrong types were reported by the schema: skipped here."""
+    """Unknown codes in one settings table (downgrade_errors, expected_warnings), reported
+    where they are written (once, not once per host that inherits them). Wrong types were
+    reported by the schema: skipped here."""
     preflight = layer.get("preflight")
-    codes = preflight.get("downgrade_errors") if isinstance(preflight, Mapping) else None
-    if not isinstance(codes, list):
-        return []
     problems = []
-    for code in codes:
-        if not isinstance(code, str) or code == DOWNGRADE_ALL or code in CODES:
+    for key, extra in (("downgrade_errors", [DOWNGRADE_ALL]), ("expected_warnings", [])):
+        codes = preflight.get(key) if isinstance(preflight, Mapping) else None
+        if not isinstance(codes, list):
             continue
-        close = get_close_matches(code.lower(), [*CODES, DOWNGRADE_ALL], n=3, cutoff=0.6)
-        hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close
-                else "the codes are the keys of CODES in rules/findings.py (or preflight's "
-                     "report, in brackets)")
-        problems.append(Problem(
-            where, "settings.preflight.downgrade_errors", code,
-            f"unknown finding code; allowed: \"all\" or a finding code; {hint}",
-        ))
+        for code in codes:
+            if not isinstance(code, str) or code in extra or code in CODES:
+                continue
+            close = get_close_matches(code.lower(), [*CODES, *extra], n=3, cutoff=0.6)
+            hint = (f"did you mean {', '.join(repr(c) for c in close)}?" if close
+                    else "the codes are the keys of CODES in rules/findings.py (or preflight's "
+                         "report, in brackets)")
+            allowed = "\"all\" or a finding code" if extra else "a finding code"
+            problems.append(Problem(
+                where, f"settings.preflight.{key}", code,
+                f"unknown finding code; allowed: {allowed}; {hint}",
+            ))
     return problems

@@ -74,7 +74,13 @@ class Routing:
     @property
     def weight(self) -> int:
         """Percent of requests to the canary in this phase."""
-        return {"running": self.configured_weight, "promoted": 100}.get(self.phase, 0)
+        return canary_share(self.phase, self.configured_weight)
+
+
+def canary_share(phase: Phase, configured_weight: int) -> int:
+    """Percent of requests the gateway sends to the canary in a phase (settings.canary.weight
+    while it runs, all once promoted, none otherwise)."""
+    return {"running": configured_weight, "promoted": 100}.get(phase, 0)
 
 
 def replicas_of(spec: HostSpec) -> tuple[str, ...]:

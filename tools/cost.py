@@ -18,6 +18,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -226,12 +227,30 @@ def render(fleet: Fleet, per_day: float, even: BreakEven, cur: str, money_notes:
     lines += ["", f"  utilisation sweep (the {n}-replica fleet, load as a share of what it "
                   f"carries):",
               f"  {'util.':>6}{'requests/day':>14}{'owned/Mtok':>12}{'cloud/Mtok':>12}  cheaper"]
+    for point in sweep(fleet, n):
+        lines.append(f"  {point.utilisation:>6.0%}{point.requests_per_day:>14,.0f}"
+                     f"{point.owned:>12,.2f}{point.cloud:>12,.2f}  "
+                     f"{'owned' if point.owned <= point.cloud else 'cloud'}")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """The n-replica fleet at one utilisation: its load and cost per million tokens."""
+
+    utilisation: float
+    requests_per_day: float
+    owned: float
+    cloud: float
+
+
+def sweep(fleet: Fleet, n: int) -> list[SweepPoint]:
+    """The utilisation sweep: the same n replicas, loaded to each share of what they carry."""
+    points = []
     for share in SWEEP:
         load = share * n * (fleet.replica_requests_per_day or 0)
-        o, c = _fixed_fleet_per_million(fleet, load, n)
-        lines.append(f"  {share:>6.0%}{load:>14,.0f}{o:>12,.2f}{c:>12,.2f}  "
-                     f"{'owned' if o <= c else 'cloud'}")
-    return "\n".join(lines)
+        points.append(SweepPoint(share, load, *_fixed_fleet_per_million(fleet, load, n)))
+    return points
 
 
 def _fixed_fleet_per_million(fleet: Fleet, per_day: float, n: int) -> tuple[float, float]:
@@ -274,13 +293,9 @@ def as_json(fleet: Fleet, per_day: float, even: BreakEven, cur: str,
         "per_million_tokens": {"owned": owned_m, "cloud": cloud_m},
         "break_even_requests_per_day": even.requests_per_day,
         "stays_cheaper_from_requests_per_day": even.stays_cheaper_from,
-        "sweep": [dict(zip(("utilisation", "requests_per_day", "owned_per_million_tokens",
-                            "cloud_per_million_tokens"),
-                           (s, s * n * (fleet.replica_requests_per_day or 0),
-                            *_fixed_fleet_per_million(
-                                fleet, s * n * (fleet.replica_requests_per_day or 0), n)),
-                           strict=True))
-                  for s in SWEEP],
+        "sweep": [{"utilisation": p.utilisation, "requests_per_day": p.requests_per_day,
+                   "owned_per_million_tokens": p.owned, "cloud_per_million_tokens": p.cloud}
+                  for p in sweep(fleet, n)],
         "assumptions": {"gpu_price": fleet.gpu_price, "host_price": fleet.host_price,
                         "gpu_watts": fleet.gpu_watts, "host_watts": fleet.host_watts,
                         "pue": fleet.pue, "kwh_price": fleet.price_per_kwh,
@@ -291,32 +306,42 @@ def as_json(fleet: Fleet, per_day: float, even: BreakEven, cur: str,
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = parse(parser(), argv)
-        req, load = collect(lambda: _request(args), lambda: load_from_args(args, required=True))
-        assert isinstance(load, Load)
-        gpu, _ = collect(lambda: catalog_gpu(args), lambda: check_context(args, load))
-        assert isinstance(gpu, GpuSpec) and isinstance(req, SizingRequest)
-        (money,) = collect(lambda: _money(args, gpu))
-        assert isinstance(money, dict)
-        result = sized(req)
-    except (BadInput, BadInputs) as exc:
-        return print_problems(exc)
+class DoesNotServe(Exception):
+    """The model does not fit the GPUs, or one replica cannot meet the targets: one line."""
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Everything the cost of a load rests on, from the flags: what the table, the JSON and
+    `gpufleet report`'s charts are drawn from."""
+
+    gpu: GpuSpec
+    capacity: CapacityPlan
+    fleet: Fleet
+    per_day: float
+    even: BreakEven
+    notes: list[str]
+
+
+def cost_model(args: argparse.Namespace) -> CostModel:
+    """The model of the flags' load; BadInput(s) for bad flags (nothing computed),
+    DoesNotServe when the GPUs cannot carry it."""
+    req, load = collect(lambda: _request(args), lambda: load_from_args(args, required=True))
+    assert isinstance(load, Load)
+    gpu, _ = collect(lambda: catalog_gpu(args), lambda: check_context(args, load))
+    assert isinstance(gpu, GpuSpec) and isinstance(req, SizingRequest)
+    (money,) = collect(lambda: _money(args, gpu))
+    assert isinstance(money, dict)
+    result = sized(req)
     if not result.fits:
-        print(f"{req.model.id} at {req.precision} does not fit {args.gpus}: see "
-              f"tools/size.py with the same flags.", file=sys.stderr)
-        return EXIT_DOES_NOT_FIT
+        raise DoesNotServe(f"{req.model.id} at {req.precision} does not fit {args.gpus}: see "
+                           "tools/size.py with the same flags.")
     capacity = capacity_plan(result, gpu, load)
     if capacity.estimate.best is None:
-        print(f"one replica on {args.gpus} cannot meet the targets "
-              f"({capacity.estimate.limited_by}): see tools/size.py with the same flags.",
-              file=sys.stderr)
-        return EXIT_DOES_NOT_FIT
+        raise DoesNotServe(f"one replica on {args.gpus} cannot meet the targets "
+                           f"({capacity.estimate.limited_by}): see tools/size.py with the "
+                           "same flags.")
     fleet = fleet_for(args, gpu, capacity, money)
-    per_day = daily_load(load)
-    even = break_even(fleet)
-    cur = args.currency
     notes = []
     if args.gpu_price is None:
         notes.append(f"GPU price {fleet.gpu_price:,.0f}: the catalog's EXAMPLE; give "
@@ -328,11 +353,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.staff_per_year == 0:
         notes.append("operations staff: 0 (give --staff-per-year; the brief counts "
                      "120,000 CNY a year)")
+    return CostModel(gpu, capacity, fleet, daily_load(load), break_even(fleet), notes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse(parser(), argv)
+        model = cost_model(args)
+    except (BadInput, BadInputs) as exc:
+        return print_problems(exc)
+    except DoesNotServe as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+    fleet, per_day, cur = model.fleet, model.per_day, args.currency
     total = totals(fleet.table(per_day))
     if args.json:
-        print(json.dumps({"cost": as_json(fleet, per_day, even, cur, capacity)}, indent=2))
+        print(json.dumps({"cost": as_json(fleet, per_day, model.even, cur, model.capacity)},
+                         indent=2))
     else:
-        print(render(fleet, per_day, even, cur, notes, gpu))
+        print(render(fleet, per_day, model.even, cur, model.notes, model.gpu))
     return EXIT_FITS if total.owned <= total.cloud else EXIT_DOES_NOT_FIT
 
 

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Make sure this controller has what the simulator needs: a running Docker engine,
-# debootstrap (to build the base image without a registry), docker-compose and ip.
+# debootstrap (to build the base image without a registry), docker-compose, ip, and a
+# headless browser (Debian's chromium) that opens `gpufleet report`'s page in the tests.
 # On Debian/Ubuntu as root it installs and starts them; elsewhere it says what is missing.
 # It also raises the kernel's inotify instance limit, which many simulated hosts outgrow.
 set -eu
@@ -12,6 +13,8 @@ command -v debootstrap >/dev/null 2>&1 || missing="$missing debootstrap"
 command -v docker-compose >/dev/null 2>&1 || missing="$missing docker-compose"
 # ip: the unit tests run the probe's inter-node network reading on this machine
 command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+# chromium: tests/unit/test_report.py renders the fleet report and screenshots it
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
 missing=$(echo "$missing" | tr ' ' '\n' | sort -u | tr '\n' ' ' | sed 's/^ *//; s/ *$//')
 
 if [ -n "$missing" ]; then

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import os
 import statistics
 import subprocess
@@ -33,6 +34,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from inventory.controller_files import write_atomically
 from inventory.fleet import Fleet, FleetError, HostSpec, load_fleet
 from rules.gateway import behind_gateway
 from rules.monitoring import fleet_replicas, served_name
@@ -156,9 +158,19 @@ def _endpoint(spec: HostSpec, label: str, address: str, port: int, key: str | No
                     sampling.temperature, sampling.top_p)
 
 
-def fleet_endpoints(path: Path) -> tuple[list[Endpoint], list[str]]:
+def fleet_endpoints(path: Path) -> tuple[list[Endpoint], list[str], Path | None]:
+    """The fleet's endpoints, the hosts skipped, and where its results are recorded."""
     fleet = load_fleet(path)
-    return select_endpoints(fleet, api_keys(fleet), host_address)
+    endpoints, skipped = select_endpoints(fleet, api_keys(fleet), host_address)
+    return endpoints, skipped, fleet.hosts[0].state_dir if fleet.hosts else None
+
+
+def record(path: Path, results: list[dict[str, object]]) -> None:
+    """The run's results beside the host manifests (fleet-state/<fleet>/smoke.json): what
+    `gpufleet report` shows as each replica's last completion."""
+    write_atomically(path, json.dumps({
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "endpoints": results}, indent=2) + "\n")
 
 
 def url_endpoint(url: str, model: str | None, key: str | None) -> Endpoint:
@@ -243,8 +255,10 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
 
 
-def endpoints_from(args: argparse.Namespace) -> tuple[list[Endpoint], list[str]]:
-    """What to test, every input checked first (BadInput / FleetError: nothing was sent)."""
+def endpoints_from(args: argparse.Namespace
+                   ) -> tuple[list[Endpoint], list[str], Path | None]:
+    """What to test, every input checked first (BadInput / FleetError: nothing was sent), and
+    where to record the results (a fleet's state folder; None for --url)."""
     if not 0 <= args.requests <= MAX_REQUESTS:
         raise BadInput(f"--requests {args.requests}: 0 to {MAX_REQUESTS}")
     if not 0 < args.seconds <= MAX_SECONDS:
@@ -256,7 +270,7 @@ def endpoints_from(args: argparse.Namespace) -> tuple[list[Endpoint], list[str]]
                 key = read_key_file(args.api_key_file)
             except KeyFileError as exc:
                 raise BadInput(f"--api-key-file {shown(args.api_key_file)}: {exc}") from None
-        return [url_endpoint(args.url, args.model, key)], []
+        return [url_endpoint(args.url, args.model, key)], [], None
     if args.api_key_file is not None or args.model is not None:
         raise BadInput("--api-key-file and --model go with --url (a fleet's hosts use their "
                        "settings.inference.api_key_file and served name)")
@@ -279,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     args = parser.parse_args(argv)
     try:
-        endpoints, skipped = endpoints_from(args)
+        endpoints, skipped, state_dir = endpoints_from(args)
     except BadInput as exc:
         print(printable(f"smoke: {exc}"), file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -290,8 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     for line in skipped:
         print(f"skipped {line}")
     failed = 0
+    results: list[dict[str, object]] = []
     for endpoint in endpoints:
+        started = time.monotonic()
         problem = smoke(endpoint)
+        result: dict[str, object] = {
+            "endpoint": endpoint.host, "url": endpoint.url, "model": endpoint.model,
+            "ok": problem is None, "problem": problem,
+            "completion_ms": None if problem else (time.monotonic() - started) * 1000}
+        results.append(result)
         if problem:
             failed += 1
             print(printable(f"FAIL {endpoint.host} {endpoint.url}: {problem}"))
@@ -302,9 +323,15 @@ def main(argv: list[str] | None = None) -> int:
                 figures = probe(endpoint, args.requests, args.seconds)
             except (requests.RequestException, ValueError) as exc:
                 failed += 1  # it answered one completion, then failed under the probe
+                result.update(ok=False, problem=f"latency probe: {type(exc).__name__}: {exc}")
                 print(printable(f"FAIL {endpoint.host} {endpoint.url}: latency probe: "
                                 f"{type(exc).__name__}: {exc}"))
                 continue
+            if figures["ttft"]:
+                result.update(requests=len(figures["ttft"]),
+                              ttft_p50_ms=percentile(figures["ttft"], 0.5) * 1000,
+                              e2e_p50_ms=percentile(figures["e2e"], 0.5) * 1000,
+                              e2e_p99_ms=percentile(figures["e2e"], 0.99) * 1000)
             if figures["ttft"]:
                 print("     " + ", ".join(
                     f"{label} P50 {percentile(v, 0.5) * scale:.1f}{unit} "
@@ -318,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                    if figures["e2e"] else ")"))
     if not endpoints:
         print("no endpoint to test (inference disabled, or bound to loopback)")
+    if state_dir is not None and endpoints:
+        record(state_dir / "smoke.json", results)
     return 1 if failed else 0
 
 

@@ -26,6 +26,7 @@ import re
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -270,6 +271,15 @@ def test_a_slow_canary_fires_the_latency_alert_and_status_rolls_it_back(stack: S
         assert "canary verdict: ROLL BACK" in status.output
         assert "> the alert's 500 ms" in status.output
         assert split(gateway_conf()) == ["20% canary;", "* stable;"]  # status changes nothing
+        # the controller kept the verdict: `gpufleet report` shows the share and the verdict
+        page = stack.tree.parent / "report.html"
+        made = subprocess.run([sys.executable, "-m", "gpufleet", "report", "--fleet",
+                               str(stack.fleet), "--out", str(page)], cwd=sh.REPO,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert made.returncode == 0, made.stderr
+        shown = page.read_text()
+        assert "Phase <b>running</b>: the canary gets <b>20 %</b>" in shown
+        assert "ROLL BACK" in shown
         auto = stack.canary("status", stack.auto_fleet)
         assert auto.rc == 0, auto.output[-4000:]
         conf = gateway_conf()

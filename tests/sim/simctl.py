@@ -4,7 +4,8 @@
 The simulator stands in for NVIDIA hardware and NVIDIA's apt repositories only; apt, dpkg,
 systemd, the Docker engine, files and permissions inside the hosts are real.
 
-    python tests/sim/simctl.py up       build missing images, start repo + hosts, wait for systemd
+    python tests/sim/simctl.py up       build missing images, start repo + the hosts of
+                                        inventory/sim.toml (the rehearsal's), wait for systemd
     python tests/sim/simctl.py up --hosts 8
                                         N identical A100 hosts instead (gpufleet-sim-node01..N)
                                         and their fleet file, tests/sim/build/scale-fleet.toml
@@ -614,6 +615,15 @@ def ensure_shared() -> dict[str, str]:
     return images
 
 
+def rehearsal_hosts(fleet: Path = SIM_FLEET) -> list[HostSpec]:
+    """The hosts of hosts.toml that the rehearsal fleet (inventory/sim.toml) targets: what
+    `simctl up` starts. The others (the RTX 4090: a GPU too small for the model) are for the
+    end-to-end tests, which start their own copies of every host they use."""
+    targets = {spec.get("target") for group in tomllib.loads(fleet.read_text())
+               .get("groups", {}).values() for spec in group.get("hosts", {}).values()}
+    return [h for h in load_hosts() if f"@docker/{h.name}" in targets]
+
+
 def up(hosts: list[HostSpec] | None = None, quiet: bool = False) -> dict[str, str]:
     """Bring the simulator up (idempotent). Returns {container name: systemd state}."""
     require_engine()
@@ -656,10 +666,10 @@ def down(hosts_only: bool = False) -> None:
 
 
 def reset(names: list[str] | None = None, quiet: bool = False) -> dict[str, str]:
-    """Recreate hosts from scratch (all, or the named ones); the repo may stay."""
+    """Recreate hosts from scratch (the rehearsal's, or the named ones); the repo may stay."""
     require_engine()
     remove_hosts(names)
-    hosts = load_hosts()
+    hosts = load_hosts() if names is not None else rehearsal_hosts()
     if names is not None:
         unknown = set(names) - {h.name for h in hosts}
         if unknown:
@@ -674,7 +684,7 @@ def status(hosts: list[HostSpec] | None = None) -> list[dict[str, str]]:
     if hosts is None:
         nodes = docker("ps", "-a", "--filter", "name=^gpufleet-sim-node", "--format",
                        "{{.Names}}").stdout.split()
-        hosts = [*load_hosts(), *scale_hosts(len(nodes))]
+        hosts = [*rehearsal_hosts(), *scale_hosts(len(nodes))]
     gpus = {h.name: h.hardware["gpus"] for h in hosts}
     rows = []
     for name in [REPO_CONTAINER, *(h.name for h in hosts)]:
@@ -715,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"  GPUFLEET_FLEET={os.path.relpath(fleet)} "
                 ".venv/bin/pyinfra -y inventory.py deploys/gpu_host.py")
         elif args.command == "up":
-            up()
+            up(rehearsal_hosts())
         elif args.command == "down":
             down()
         elif args.command == "reset":

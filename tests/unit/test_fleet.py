@@ -1064,6 +1064,9 @@ def checked_problems(tmp_path: Path, text: str) -> list[str]:
          "allowed: \"all\" or a finding code; did you mean 'storage-hdd'"),
         ('preflight = { downgrade_errors = ["ALL"] }', "did you mean 'all'"),
         ('preflight = { downgrade_errors = ["zzzz"] }', "the codes are the keys of CODES"),
+        ('preflight = { expected_warnings = ["image-not-pined"] }',
+         "fleet: settings.preflight.expected_warnings = 'image-not-pined': unknown finding "
+         "code; allowed: a finding code; did you mean 'image-not-pinned'"),
     ],
 )
 def test_catalog_checks(tmp_path: Path, settings: str, expected: str) -> None:

@@ -284,3 +284,36 @@ def test_every_image_the_fleet_pulls_is_warned_about_until_pinned_by_digest(
     digest = "sha256:" + "0" * 64
     pinned = spec(tmp_path, f'verify = {{ gpu_test_image = "nvidia/cuda@{digest}" }}')
     assert not any("GPU test image" in w for w in unpinned(pinned))
+
+
+def test_expected_warnings_are_said_in_one_line_and_only_where_the_fleet_expects_them(
+        tmp_path: Path) -> None:
+    """A clean rehearsal shows no warning a user cannot act on: the simulator's fleet file
+    declares its own (settings.preflight.expected_warnings) and preflight says them in one
+    line; a fleet that declares nothing (a real one) still sees every warning in full."""
+    probe = bare_host()
+    plain = render(assess(spec(tmp_path), probe))
+    tagged = [f.code for f in assess(spec(tmp_path), probe).findings.warnings]
+    assert "image-not-pinned" in tagged, plain  # the serving image is pinned by tag only
+    assert "WARNING [image-not-pinned]" in plain
+    expecting = ('preflight = { expected_warnings = ["image-not-pinned"], '
+                 'expected_because = "in the simulator" }\n')
+    report = render(assess(spec(tmp_path, expecting), probe))
+    assert "WARNING [image-not-pinned]" not in report
+    count = tagged.count("image-not-pinned")
+    line = next(x for x in report.splitlines() if "expected in the simulator:" in x)
+    assert line.strip() == ("expected in the simulator: image-not-pinned"
+                            + (f" x{count}" if count > 1 else "")
+                            + " (settings.preflight.expected_warnings)")
+    assert f"and {count} expected" in report.splitlines()[-1]
+    # the other warnings are still said in full
+    others = [c for c in tagged if c != "image-not-pinned"]
+    for code in others:
+        assert f"WARNING [{code}]" in report
+
+
+def test_an_expected_code_never_hides_an_error(tmp_path: Path) -> None:
+    probe = bare_host(weights_location=nvme_location("hdd", "sata", True))
+    found = assess(spec(tmp_path, 'preflight = { expected_warnings = ["storage-hdd"] }\n'), probe)
+    assert found.refused
+    assert "ERROR [storage-hdd]" in render(found)

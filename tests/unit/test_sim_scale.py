@@ -35,3 +35,11 @@ def test_the_scale_fleet_file_is_the_rehearsal_fleet_with_one_group_of_n_hosts(
     assert {name: h["target"] for name, h in group["hosts"].items()} == {
         f"sim-node0{i}": f"@docker/gpufleet-sim-node0{i}" for i in range(1, 9)}
     assert set(fleet["groups"]) == {simctl.SCALE_GROUP}  # no monitoring host
+
+
+def test_sim_up_starts_only_the_hosts_the_rehearsal_fleet_uses() -> None:
+    """`make sim-up` starts what `make rehearse` converges, not the tests' RTX 4090 host."""
+    names = [h.name for h in simctl.rehearsal_hosts()]
+    assert sorted(names) == ["gpufleet-sim-a100x2", "gpufleet-sim-h100x8",
+                             "gpufleet-sim-monitor"]
+    assert "gpufleet-sim-rtx4090" in [h.name for h in simctl.load_hosts()]
