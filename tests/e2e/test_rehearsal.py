@@ -82,15 +82,18 @@ def test_apply_on_the_rehearsed_fleet_is_clean_for_a_newcomer() -> None:
 
 def test_plan_doctor_and_audit_read_the_hosts() -> None:
     plan, _ = gpufleet("plan", "--fleet", SIM, "--limit", "sim-a100x2")
-    assert plan.returncode == 0, plan.stderr[-4000:]
-    assert "[@docker/gpufleet-sim-a100x2]" in plan.stdout
-    assert "gpufleet-sim-h100x8" not in plan.stdout  # --limit took the fleet's name
+    said = plan.stdout + plan.stderr  # pyinfra writes its progress to stderr
+    assert plan.returncode == 0, said[-4000:]
+    assert "gpufleet preflight for sim-a100x2" in said
+    assert "gpufleet-sim-h100x8" not in said  # --limit took the fleet's name
     doctor, _ = gpufleet("doctor", "--fleet", SIM, "--limit", "pcie")
-    assert doctor.returncode == 0, doctor.stderr[-4000:]
-    assert "gpufleet doctor for sim-a100x2" in doctor.stdout
+    said = doctor.stdout + doctor.stderr
+    assert doctor.returncode == 0, said[-4000:]
+    assert "gpufleet doctor for sim-a100x2" in said
     audit, _ = gpufleet("audit", "--fleet", SIM)
-    assert audit.returncode == 0, audit.stdout[-4000:]
-    assert "no drift on 3 host(s)" in audit.stdout
+    said = audit.stdout + audit.stderr
+    assert audit.returncode == 0, said[-4000:]
+    assert "no drift on 3 host(s)" in said
     assert json.loads((STATE / "audit.json").read_text()) == {
         "sim-a100x2": [], "sim-h100x8": [], "sim-monitor": []}
 
@@ -114,7 +117,7 @@ def test_drain_stops_at_its_question_and_canary_status_needs_a_canary() -> None:
 
 def test_smoke_then_the_report_in_a_headless_browser(tmp_path: Path) -> None:
     smoke, _ = gpufleet("smoke", "--fleet", SIM, "--requests", "3", "--seconds", "10")
-    assert smoke.returncode == 0, smoke.stdout[-4000:]
+    assert smoke.returncode == 0, (smoke.stdout + smoke.stderr)[-4000:]
     recorded = json.loads((STATE / "smoke.json").read_text())["endpoints"]
     assert len(recorded) == 11 and all(e["ok"] for e in recorded)  # 8 + 2 replicas, gateway
     page = tmp_path / "fleet.html"
