@@ -142,3 +142,20 @@ def host_outcomes(state: Any) -> dict[str, dict[str, Any]]:
                 changed.append(name)
         outcomes[host.name] = {"ops": len(ops), "changed": changed, "failed": failed}
     return outcomes
+
+
+def host_op_meta(state: Any, host: Any, op_hash: str) -> OperationMeta | None:
+    """``host``'s result of the operation ``op_hash``; None when the host does not run it.
+    pyinfra keeps the per-host operation table in ``state.ops``."""
+    op_data = state.ops.get(host, {}).get(op_hash)
+    return None if op_data is None else op_data.operation_meta
+
+
+def executing_op_arguments(state: Any, host: Any) -> dict[str, Any]:
+    """The global arguments (_sudo, _su_user, ...) of the operation ``host`` is executing
+    (the innermost, for a nested one); empty outside execution. pyinfra keeps the executing
+    operation's hash on the host."""
+    op_hash = host.nested_executing_op_hash or host.executing_op_hash
+    if op_hash is None:
+        return {}
+    return dict(state.get_op_data_for_host(host, op_hash).global_arguments)

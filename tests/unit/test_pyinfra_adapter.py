@@ -106,3 +106,27 @@ def test_use_connector_answers_a_connector_name_with_the_given_class(
     inv = pyinfra_inventory.Inventory((["@docker/some-container"], {}))
     host = inv.get_host("@docker/some-container")
     assert host.connector_cls is Stand
+
+
+def test_per_host_tables_and_the_executing_operation_are_read_where_pyinfra_keeps_them(
+) -> None:
+    from pyinfra.api import Config, State
+    from pyinfra.api.state import StateOperationHostData
+
+    inv = pyinfra_inventory.Inventory((["@local"], {}))
+    state = State(inv, Config())
+    host = inv.get_host("@local")
+    assert adapter.host_op_meta(state, host, "nope") is None
+    assert adapter.executing_op_arguments(state, host) == {}
+    meta = pyinfra_operation.OperationMeta(hash="op1", is_change=True)
+    state.ops[host]["op1"] = StateOperationHostData(
+        command_generator=lambda: iter(()), global_arguments={"_sudo": True},  # type: ignore[typeddict-item]
+        operation_meta=meta)
+    assert adapter.host_op_meta(state, host, "op1") is meta
+    host.executing_op_hash = "op1"
+    assert adapter.executing_op_arguments(state, host) == {"_sudo": True}
+    host.nested_executing_op_hash = "nested"
+    state.ops[host]["nested"] = StateOperationHostData(
+        command_generator=lambda: iter(()), global_arguments={"_su_user": "x"},  # type: ignore[typeddict-item]
+        operation_meta=pyinfra_operation.OperationMeta(hash="nested", is_change=None))
+    assert adapter.executing_op_arguments(state, host) == {"_su_user": "x"}
