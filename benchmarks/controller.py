@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.replay import (  # noqa: E402
+    ENV_BASELINE,
     ENV_FILE,
     ENV_RUN,
     RECORDING,
@@ -76,28 +77,40 @@ def write_fleet(where: Path, counts: dict[str, int]) -> Path:
     return path
 
 
-def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None
-           ) -> tuple[float, str, dict[str, Any]]:
-    """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report)."""
+def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
+           baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
+    """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report).
+    ``baseline``: with pyinfra's own operation order (inspect.stack()), as before."""
     env = {ENV_FILE: str(RECORDING), ENV_RUN: label,
-           **({"GPUFLEET_REPLAY_PROFILE": str(profile)} if profile else {})}
+           **({"GPUFLEET_REPLAY_PROFILE": str(profile)} if profile else {}),
+           **({ENV_BASELINE: "1"} if baseline else {})}
     limit = [arg for group in groups for arg in ("--limit", group)]
     t0 = time.monotonic()
     output, report = run_child("replay", fleet, [*RUNS[label], *limit], env)
     return time.monotonic() - t0, output, report
 
 
-def measure(sizes: list[int], labels: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+def measure(sizes: list[int], labels: list[str], baseline: bool = False,
+            same_order_at: int | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Each run at each size. ``same_order_at``: at that size, also run with pyinfra's own
+    operation order and require the very same order of operations."""
     figures: dict[tuple[str, int], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             fleet = write_fleet(Path(tmp) / f"n{n}", {"pcie": n})
             for label in labels:
-                wall, output, report = replay(label, fleet, ["pcie"])
+                wall, output, report = replay(label, fleet, ["pcie"], baseline=baseline)
                 problem = unchanged(report, n)
                 if problem:
                     print(output[-4000:])
                     raise SystemExit(f"controller: {label} at N={n}: {problem}")
+                if n == same_order_at and not baseline:
+                    theirs = replay(label, fleet, ["pcie"], baseline=True)[2]
+                    if theirs["order"] != report["order"] or not report["order"]:
+                        raise SystemExit(f"controller: {label} at N={n}: the operation order "
+                                         "differs from pyinfra's own (inspect.stack())")
+                    print(f"  {label:8s} N={n:5d}: the same order of {len(report['order'])} "
+                          "operations as pyinfra's own")
                 exchanges = report["exchanges"]
                 figures[(label, n)] = {
                     "wall": wall, "cpu": report["cpu"], "rss_mib": report["maxrss_kib"] / 1024,
@@ -131,11 +144,12 @@ def table(figures: dict[tuple[str, int], dict[str, Any]], sizes: list[int],
     return "\n".join(lines)
 
 
-def profile(n: int, label: str, top: int) -> None:
+def profile(n: int, label: str, top: int, baseline: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         fleet = write_fleet(Path(tmp) / "fleet", {"pcie": n})
         stats_path = Path(tmp) / "profile.out"
-        wall, output, report = replay(label, fleet, ["pcie"], profile=stats_path)
+        wall, output, report = replay(label, fleet, ["pcie"], profile=stats_path,
+                                      baseline=baseline)
         problem = unchanged(report, n)
         if problem:
             print(output[-4000:])
@@ -198,6 +212,8 @@ def main() -> int:
     parser.add_argument("--profile", type=int, metavar="N",
                         help="profile one run (--runs' first) at N hosts instead")
     parser.add_argument("--top", type=int, default=25, help="profile entries shown")
+    parser.add_argument("--baseline", action="store_true",
+                        help="pyinfra's own operation order (inspect.stack()), as before")
     parser.add_argument("--shards", type=int, metavar="N",
                         help="audit N hosts by one controller and by two shards; merge")
     args = parser.parse_args()
@@ -210,12 +226,13 @@ def main() -> int:
                      "`flock /tmp/gpufleet-e2e.lock .venv/bin/python benchmarks/replay.py "
                      "record`")
     if args.profile:
-        profile(args.profile, labels[0], args.top)
+        profile(args.profile, labels[0], args.top, args.baseline)
         return 0
     if args.shards:
         return shards(args.shards)
     sizes = sorted({int(size) for size in args.sizes.split(",")})
-    figures = measure(sizes, labels)
+    figures = measure(sizes, labels, args.baseline,
+                      same_order_at=10 if 10 in sizes else sizes[-1])
     print()
     print(table(figures, sizes, labels))
     return 0

@@ -64,6 +64,7 @@ CLONE = re.compile(r"--\d{4,}")
 # Environment of a child pyinfra process: which recording, which run, record or replay.
 ENV_FILE = "GPUFLEET_REPLAY_FILE"
 ENV_RUN = "GPUFLEET_REPLAY_RUN"
+ENV_BASELINE = "GPUFLEET_REPLAY_BASELINE"
 
 
 class ReplayMiss(RuntimeError):
@@ -182,13 +183,24 @@ class ReplayConnector(BaseConnector):
     def __init__(self, state: Any, host: Any) -> None:
         super().__init__(state, host)
         self.recorded = _recorded_name(host.name)
-        self.suffix = host.name[len(self.recorded):] if host.name.startswith(
-            self.recorded[:-1]) else ""
+        found = CLONE.search(host.name)
+        self.suffix = found.group(0) if found else ""
+        # The recorded host's fleet name (@docker/gpufleet-sim-a100x2 -> sim-a100x2), not
+        # followed by a clone suffix already.
+        fleet_name = self.recorded.rsplit("/", 1)[-1].removeprefix("gpufleet-")
+        self.plain_name = re.compile(re.escape(fleet_name) + r"(?![\w-])")
         self.seen: dict[str, int] = defaultdict(int)
 
     @staticmethod
     def make_names_data(name: str | None = None) -> Iterator[tuple[str, dict, list[str]]]:
         return DockerConnector.make_names_data(name)
+
+    def _as_clone(self, text: str) -> str:
+        """A recorded answer as the clone gives it: its own name where the host said its name
+        (the manifest's host, ...)."""
+        if not self.suffix:
+            return text
+        return self.plain_name.sub(lambda found: found.group(0) + self.suffix, text)
 
     def _answer(self, key: str) -> dict[str, Any]:
         EXCHANGES[self.host.name] += 1
@@ -209,7 +221,7 @@ class ReplayConnector(BaseConnector):
                           print_input: bool = False, **arguments: Any
                           ) -> tuple[bool, CommandOutput]:
         entry = self._answer(command_key(self, command, arguments))
-        lines = [OutputLine(buffer, line) for buffer, line in entry.get("out", [])]
+        lines = [OutputLine(buffer, self._as_clone(line)) for buffer, line in entry.get("out", [])]
         return bool(entry["ok"]), CommandOutput(lines)
 
     def put_file(self, filename_or_io: Any, remote_filename: str,
@@ -240,6 +252,11 @@ def child(mode: str, out: str | None, pyinfra_args: list[str]) -> int:
     from operations.pyinfra_adapter import host_outcomes, use_connector
 
     use_connector("docker", RecordingConnector if mode == "record" else ReplayConnector)
+    if os.environ.get(ENV_BASELINE):
+        # Measure pyinfra's own operation order (inspect.stack()), as before the adapter.
+        import operations.pyinfra_adapter as adapter
+
+        setattr(adapter, "install_operation_order_from_frames", lambda: None)  # noqa: B010
     sys.argv = ["pyinfra", *pyinfra_args]
     profile_path = os.environ.get("GPUFLEET_REPLAY_PROFILE", "")
     profiler = None
@@ -256,12 +273,16 @@ def child(mode: str, out: str | None, pyinfra_args: list[str]) -> int:
         profiler.disable()
         profiler.dump_stats(profile_path)
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    outcomes = host_outcomes(ctx_state.get()) if ctx_state.isset() else {}
+    state = ctx_state.get() if ctx_state.isset() else None
+    outcomes = host_outcomes(state) if state is not None else {}
+    # The operations in pyinfra's order (names): the same whichever way the order is found.
+    order = [sorted(state.get_op_meta(op_hash).names)
+             for op_hash in state.get_op_order()] if state is not None else []
     if out:
         Path(out).write_text(json.dumps({
             "rc": int(rc or 0), "cpu": usage.ru_utime + usage.ru_stime,
             "maxrss_kib": usage.ru_maxrss, "exchanges": dict(EXCHANGES),
-            "outcomes": outcomes, "entries": dict(RECORDER.entries)}))
+            "outcomes": outcomes, "order": order, "entries": dict(RECORDER.entries)}))
     return int(rc or 0)
 
 
