@@ -19,8 +19,10 @@ the fleet file names), as the recording did.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import pstats
+import secrets
 import sys
 import tempfile
 import time
@@ -33,7 +35,9 @@ sys.path.insert(0, str(REPO))
 from benchmarks.replay import (  # noqa: E402
     ENV_BASELINE,
     ENV_FILE,
+    ENV_RELEASE,
     ENV_RUN,
+    ENV_SWAP,
     RECORDING,
     RUNS,
     SIM_FLEET,
@@ -41,6 +45,10 @@ from benchmarks.replay import (  # noqa: E402
     unchanged,
 )
 
+# The recorded hosts' gpufleet release: the replayed runs are that release's, so a commit
+# made since the recording does not read as a manifest to rewrite.
+RELEASE: dict[str, Any] = (json.loads(RECORDING.read_text())["release"]
+                           if RECORDING.exists() else {})
 # Which recorded host each group's clones copy (inventory/sim.toml's groups).
 CLONED = {"pcie": "sim-a100x2", "hgx": "sim-h100x8"}
 
@@ -77,11 +85,27 @@ def write_fleet(where: Path, counts: dict[str, int]) -> Path:
     return path
 
 
+def key_env(config: Path) -> dict[str, str]:
+    """The benchmark's own API key for the fleet (never the rehearsal fleet's): a config folder
+    holding a fresh one, and the recorded hash of the hosts' key file swapped for its hash in
+    the replayed answers (the hosts then hold this key, as after a converge with it)."""
+    recording = json.loads(RECORDING.read_text())
+    key = secrets.token_urlsafe(32)
+    path = config / "keys" / "sim.api-key"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    content = f"{recording['api_key_variable']}={key}\n"
+    swap = [[recording["api_key_env_sha256"], hashlib.sha256(content.encode()).hexdigest()]]
+    return {"GPUFLEET_CONFIG_DIR": str(config), ENV_SWAP: json.dumps(swap)}
+
+
 def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
            baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
     """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report).
     ``baseline``: with pyinfra's own operation order (inspect.stack()), as before."""
-    env = {ENV_FILE: str(RECORDING), ENV_RUN: label,
+    env = {ENV_FILE: str(RECORDING), ENV_RUN: label, ENV_RELEASE: json.dumps(RELEASE),
+           **key_env(fleet.parent / "config"),
            **({"GPUFLEET_REPLAY_PROFILE": str(profile)} if profile else {}),
            **({ENV_BASELINE: "1"} if baseline else {})}
     limit = [arg for group in groups for arg in ("--limit", group)]

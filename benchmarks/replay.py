@@ -65,6 +65,15 @@ CLONE = re.compile(r"--\d{4,}")
 ENV_FILE = "GPUFLEET_REPLAY_FILE"
 ENV_RUN = "GPUFLEET_REPLAY_RUN"
 ENV_BASELINE = "GPUFLEET_REPLAY_BASELINE"
+# The gpufleet release (version, git commit) the recorded hosts' manifests name: the child
+# runs as that release, so that a commit made since does not read as a manifest to rewrite.
+ENV_RELEASE = "GPUFLEET_REPLAY_RELEASE"
+ENV_CANONICAL = "GPUFLEET_REPLAY_CANONICAL"
+# Replay: [recorded, replayed] strings to swap in every answer (the SHA-256 of the host's API
+# key file, recorded with the rehearsal fleet's key, replayed with the benchmark's own key).
+ENV_SWAP = "GPUFLEET_REPLAY_SWAP"
+# Where the hosts keep the fleet's API key (rules/serving.py's engines read it from there).
+API_KEY_ENV = "/etc/gpufleet/inference/api-key.env"
 
 
 class ReplayMiss(RuntimeError):
@@ -108,6 +117,10 @@ class Recorder:
 
     def add(self, host: str, key: str, ok: bool, output: CommandOutput | None = None,
             data: bytes | None = None) -> None:
+        # Hosts recorded under other names (the e2e suite's copies) are written down under the
+        # names they copy: GPUFLEET_REPLAY_CANONICAL, a JSON list of [name, recorded name].
+        for name, canonical in json.loads(os.environ.get(ENV_CANONICAL) or "[]"):
+            host, key = host.replace(name, canonical), key.replace(name, canonical)
         entry: dict[str, Any] = {"key": key, "ok": ok}
         if output is not None:
             entry["out"] = [[line.buffer_name, line.line] for line in output.combined_lines]
@@ -189,6 +202,7 @@ class ReplayConnector(BaseConnector):
         # followed by a clone suffix already.
         fleet_name = self.recorded.rsplit("/", 1)[-1].removeprefix("gpufleet-")
         self.plain_name = re.compile(re.escape(fleet_name) + r"(?![\w-])")
+        self.swaps: list[list[str]] = json.loads(os.environ.get(ENV_SWAP) or "[]")
         self.seen: dict[str, int] = defaultdict(int)
 
     @staticmethod
@@ -198,6 +212,8 @@ class ReplayConnector(BaseConnector):
     def _as_clone(self, text: str) -> str:
         """A recorded answer as the clone gives it: its own name where the host said its name
         (the manifest's host, ...)."""
+        for recorded, replayed in self.swaps:
+            text = text.replace(recorded, replayed)
         if not self.suffix:
             return text
         return self.plain_name.sub(lambda found: found.group(0) + self.suffix, text)
@@ -252,6 +268,11 @@ def child(mode: str, out: str | None, pyinfra_args: list[str]) -> int:
     from operations.pyinfra_adapter import host_outcomes, use_connector
 
     use_connector("docker", RecordingConnector if mode == "record" else ReplayConnector)
+    if os.environ.get(ENV_RELEASE):
+        import rules.manifest
+
+        release = json.loads(os.environ[ENV_RELEASE])
+        setattr(rules.manifest, "gpufleet_release", lambda: release)  # noqa: B010
     if os.environ.get(ENV_BASELINE):
         # Measure pyinfra's own operation order (inspect.stack()), as before the adapter.
         import operations.pyinfra_adapter as adapter
@@ -305,10 +326,51 @@ def run_child(mode: str, fleet: Path, args: list[str], env: dict[str, str] | Non
     return proc.stdout + proc.stderr, report
 
 
-def record_run(label: str, fleet: Path, limit: list[str]) -> tuple[str, dict[str, Any]]:
+def record_run(label: str, fleet: Path, limit: list[str], release: dict[str, Any],
+               canonical: list[tuple[str, str]] | None = None) -> tuple[str, dict[str, Any]]:
     """One pyinfra run against the real hosts, recorded."""
     return run_child("record", fleet,
-                     [*RUNS[label], *[arg for name in limit for arg in ("--limit", name)]])
+                     [*RUNS[label], *[arg for name in limit for arg in ("--limit", name)]],
+                     {ENV_RELEASE: json.dumps(release),
+                      ENV_CANONICAL: json.dumps(canonical or [])})
+
+
+def host_file(fleet: Path, hosts: tuple[str, ...], path: str) -> str:
+    """The file ``path``, the same on every one of ``hosts`` (read with docker exec)."""
+    from inventory.fleet import load_fleet
+
+    specs = {spec.name: spec for spec in load_fleet(fleet).hosts}
+    found = {}
+    for name in hosts:
+        container = specs[name].target.removeprefix("@docker/")
+        proc = subprocess.run(["docker", "exec", container, "cat", path],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"replay: {name} ({container}) has no {path}: converge it first")
+        found[name] = proc.stdout
+    if len(set(found.values())) != 1:
+        raise SystemExit(f"replay: {path} differs between {', '.join(hosts)}: converge them "
+                         "with one checkout first")
+    return next(iter(found.values()))
+
+
+def hosts_release(fleet: Path, hosts: tuple[str, ...]) -> dict[str, Any]:
+    """The gpufleet release the hosts' manifests name (the same on every host)."""
+    from rules.manifest import MANIFEST_PATH
+
+    releases = set()
+    for name in hosts:
+        try:
+            releases.add(json.dumps(json.loads(host_file(fleet, (name,), MANIFEST_PATH))
+                                    ["gpufleet"], sort_keys=True))
+        except (ValueError, KeyError):
+            raise SystemExit(f"replay: {name}'s manifest names no gpufleet release: "
+                             "converge it first") from None
+    if len(releases) != 1:
+        raise SystemExit(f"replay: the hosts were converged by different gpufleet releases: "
+                         f"{releases}; converge them with one checkout first")
+    release: dict[str, Any] = json.loads(releases.pop())
+    return release
 
 
 def unchanged(report: dict[str, Any], hosts: int) -> str | None:
@@ -326,25 +388,47 @@ def unchanged(report: dict[str, Any], hosts: int) -> str | None:
     return "; ".join(problems) or None
 
 
-def record(fleet: Path = SIM_FLEET, hosts: tuple[str, ...] = RECORDED_HOSTS
-           ) -> dict[str, Any]:
+def record(fleet: Path = SIM_FLEET, hosts: tuple[str, ...] = RECORDED_HOSTS,
+           canonical: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Preview, no-op and audit of the converged GPU hosts, recorded. Refuses (SystemExit)
     when the preview shows a change: a recording is of a converged host, and the no-op run
     must not change anything."""
     import pyinfra
 
+    release = hosts_release(fleet, hosts)
+    key_env = host_file(fleet, hosts, API_KEY_ENV)
     runs: dict[str, Any] = {}
-    for label in RUNS:
-        output, report = record_run(label, fleet, list(hosts))
-        problem = unchanged(report, len(hosts))
-        if problem:
-            raise SystemExit(f"replay: the {label} run of {', '.join(hosts)} (fleet {fleet}): "
-                             f"{problem}; the recording needs converged hosts (converge them "
-                             f"first: GPUFLEET_FLEET={fleet} .venv/bin/pyinfra -y inventory.py "
-                             f"deploys/gpu_host.py):\n{output[-3000:]}")
-        runs[label] = report["entries"]
-    return {"pyinfra": pyinfra.__version__, "fleet": str(fleet.relative_to(REPO)),
-            "hosts": list(hosts), "runs": runs}
+    with tempfile.TemporaryDirectory() as config:
+        # The controller's key for this fleet: the one the hosts have (the rehearsal fleet's
+        # converge may have used another config folder than this one).
+        from inventory.fleet import load_fleet, safe_name
+        from inventory.key_files import generated_key_path
+
+        os.environ["GPUFLEET_CONFIG_DIR"] = config
+        key_path = generated_key_path(safe_name(load_fleet(fleet).name))
+        key_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key_path.write_text(key_env.split("=", 1)[1])
+        key_path.chmod(0o600)
+        for label in RUNS:
+            runs[label] = record_one(label, fleet, hosts, release, canonical)
+    return {"pyinfra": pyinfra.__version__, "fleet": str(SIM_FLEET.relative_to(REPO)),
+            "release": release, "hosts": list(hosts), "runs": runs,
+            "api_key_variable": key_env.split("=", 1)[0],
+            "api_key_env_sha256": hashlib.sha256(key_env.encode()).hexdigest()}
+
+
+def record_one(label: str, fleet: Path, hosts: tuple[str, ...], release: dict[str, Any],
+               canonical: list[tuple[str, str]] | None) -> dict[str, Any]:
+    """One run recorded; refused (SystemExit) unless nothing changed and nothing failed."""
+    output, report = record_run(label, fleet, list(hosts), release, canonical)
+    problem = unchanged(report, len(hosts))
+    if problem:
+        raise SystemExit(f"replay: the {label} run of {', '.join(hosts)} (fleet {fleet}): "
+                         f"{problem}; the recording needs converged hosts (converge them "
+                         f"first: GPUFLEET_FLEET={fleet} .venv/bin/pyinfra -y inventory.py "
+                         f"deploys/gpu_host.py):\n{output[-3000:]}")
+    entries: dict[str, Any] = report["entries"]
+    return entries
 
 
 def keys(recording: dict[str, Any]) -> dict[str, dict[str, list[str]]]:
