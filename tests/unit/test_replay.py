@@ -80,3 +80,19 @@ def test_a_recording_is_stale_when_the_product_sends_something_else() -> None:
     lines = replay.stale_lines(old, new)
     assert lines[0] == "no-op h: 2 -> 2 exchanges; 1 new, 1 no longer sent; first new: run c"
     assert "benchmarks/replay.py record" in lines[-1]
+
+
+def test_the_benchmark_fleet_is_valid_with_distinct_clones(tmp_path: Path) -> None:
+    from benchmarks.controller import write_fleet
+    from inventory.fleet import load_fleet
+
+    fleet = load_fleet(write_fleet(tmp_path, {"pcie": 3, "hgx": 2}))
+    names = [(spec.name, spec.group, spec.target) for spec in fleet.hosts]
+    assert names[:5] == [
+        ("sim-a100x2--0001", "pcie", "@docker/gpufleet-sim-a100x2--0001"),
+        ("sim-a100x2--0002", "pcie", "@docker/gpufleet-sim-a100x2--0002"),
+        ("sim-a100x2--0003", "pcie", "@docker/gpufleet-sim-a100x2--0003"),
+        ("sim-h100x8--0001", "hgx", "@docker/gpufleet-sim-h100x8--0001"),
+        ("sim-h100x8--0002", "hgx", "@docker/gpufleet-sim-h100x8--0002")]
+    # The monitoring host stays, as in the recording's fleet.
+    assert names[5][:2] == ("sim-monitor", "monitor") and len(names) == 6
