@@ -82,17 +82,23 @@ def test_a_recording_is_stale_when_the_product_sends_something_else() -> None:
     assert "benchmarks/replay.py record" in lines[-1]
 
 
-def test_the_benchmark_fleet_is_valid_with_distinct_clones(tmp_path: Path) -> None:
-    from benchmarks.controller import write_fleet
-    from inventory.fleet import load_fleet
+def test_the_benchmark_fleet_has_distinct_clones_and_the_recordings_settings() -> None:
+    import tomllib
 
-    fleet = load_fleet(write_fleet(tmp_path, {"pcie": 3, "hgx": 2}))
-    names = [(spec.name, spec.group, spec.target) for spec in fleet.hosts]
-    assert names[:5] == [
-        ("sim-a100x2--0001", "pcie", "@docker/gpufleet-sim-a100x2--0001"),
-        ("sim-a100x2--0002", "pcie", "@docker/gpufleet-sim-a100x2--0002"),
-        ("sim-a100x2--0003", "pcie", "@docker/gpufleet-sim-a100x2--0003"),
-        ("sim-h100x8--0001", "hgx", "@docker/gpufleet-sim-h100x8--0001"),
-        ("sim-h100x8--0002", "hgx", "@docker/gpufleet-sim-h100x8--0002")]
-    # The monitoring host stays, as in the recording's fleet.
-    assert names[5][:2] == ("sim-monitor", "monitor") and len(names) == 6
+    from benchmarks.controller import fleet_text
+
+    fleet = tomllib.loads(fleet_text({"pcie": 3, "hgx": 2}))
+    sim = tomllib.loads(replay.SIM_FLEET.read_text())
+    hosts = {group: {name: host["target"] for name, host in table["hosts"].items()}
+             for group, table in fleet["groups"].items()}
+    assert hosts == {
+        "pcie": {f"sim-a100x2--000{i}": f"@docker/gpufleet-sim-a100x2--000{i}"
+                 for i in (1, 2, 3)},
+        "hgx": {f"sim-h100x8--000{i}": f"@docker/gpufleet-sim-h100x8--000{i}" for i in (1, 2)},
+        # The monitoring host stays, as in the recording's fleet.
+        "monitor": {"sim-monitor": "@docker/gpufleet-sim-monitor"}}
+    # The recording's settings, only the controller paths made absolute.
+    assert fleet["settings"]["inference"]["image_archives"] == [
+        str(replay.REPO / "tests/sim/build/images/engine.tar")]
+    for group in ("pcie", "hgx"):
+        assert fleet["groups"][group]["settings"] == sim["groups"][group]["settings"]
