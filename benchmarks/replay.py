@@ -25,6 +25,7 @@ pyinfra (operations/pyinfra_adapter.py: use_connector): a fleet file keeps its
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -61,6 +62,7 @@ RUNS: dict[str, list[str]] = {
     "audit": ["-y", "inventory.py", "deploys/audit.py"],
 }
 CLONE = re.compile(r"--\d{4,}")
+BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{24,}={0,2}(?![A-Za-z0-9+/=])")
 # Environment of a child pyinfra process: which recording, which run, record or replay.
 ENV_FILE = "GPUFLEET_REPLAY_FILE"
 ENV_RUN = "GPUFLEET_REPLAY_RUN"
@@ -216,7 +218,19 @@ class ReplayConnector(BaseConnector):
             text = text.replace(recorded, replayed)
         if not self.suffix:
             return text
+        # File contents travel base64-encoded (the state read): renamed inside as well.
+        text = BASE64.sub(self._as_clone_base64, text)
         return self.plain_name.sub(lambda found: found.group(0) + self.suffix, text)
+
+    def _as_clone_base64(self, found: re.Match[str]) -> str:
+        try:
+            decoded = base64.b64decode(found.group(0), validate=True).decode()
+        except ValueError:
+            return found.group(0)
+        if not self.plain_name.search(decoded):
+            return found.group(0)
+        renamed = self.plain_name.sub(lambda name: name.group(0) + self.suffix, decoded)
+        return base64.b64encode(renamed.encode()).decode()
 
     def _answer(self, key: str) -> dict[str, Any]:
         EXCHANGES[self.host.name] += 1
