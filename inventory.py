@@ -82,3 +82,15 @@ def _summarise_faults() -> None:
 
 
 _summarise_faults()
+
+
+def _order_operations_from_frames() -> None:
+    """pyinfra orders each operation by the lines of the deploy code that called it; read
+    them from the frames, not from inspect.stack()'s source lines (the same order, ~5 ms
+    less per operation and host: operations/pyinfra_adapter.py)."""
+    from operations.pyinfra_adapter import install_operation_order_from_frames
+
+    install_operation_order_from_frames()
+
+
+_order_operations_from_frames()

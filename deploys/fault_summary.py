@@ -19,6 +19,7 @@ from collections import defaultdict
 from pyinfra.api import State
 from pyinfra.api.host import Host
 
+from operations.pyinfra_adapter import host_op_meta
 from rules.faults import HostFault, cause_of, clean, lost_before_any_step, render_summary
 
 _PREFIX = re.compile(r"^\[(?P<host>[^\]]+)\]")
@@ -55,10 +56,9 @@ class _HostLines(logging.Handler):
 
 def _failed_step(state: State, host: Host) -> str | None:
     for op_hash in state.get_op_order():
-        op_data = state.ops.get(host, {}).get(op_hash)
-        if op_data is None:
+        meta = host_op_meta(state, host, op_hash)
+        if meta is None:
             continue
-        meta = op_data.operation_meta
         if meta.is_complete() and meta.did_error():
             return ", ".join(state.get_op_meta(op_hash).names) or "an operation"
     return None

@@ -13,11 +13,13 @@ from typing import Any
 
 from pyinfra.api.operation import OperationMeta
 
+from operations.pyinfra_adapter import change_detected
+
 
 def may_change(op: OperationMeta) -> bool:
     """False only when the change-detection pass found that ``op`` changes nothing."""
-    # pyinfra records the detection result here; None means it was not run (-y).
-    return op._maybe_is_change is not False
+    # None means the detection was not run (-y).
+    return change_detected(op) is not False
 
 
 def after_change(*ops: OperationMeta) -> dict[str, Any] | None:

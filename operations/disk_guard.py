@@ -24,6 +24,7 @@ from pyinfra.api.host import Host
 from pyinfra.api.util import log_host_command_error, print_host_combined_output
 
 from operations.messages import fail_host, tell
+from operations.pyinfra_adapter import executing_op_arguments
 from rules.disk_space import (
     FreeSpace,
     SpaceNeed,
@@ -40,12 +41,8 @@ from rules.disk_space import (
 def _connector_arguments(state: State, host: Host) -> dict[str, Any]:
     """The connector arguments (_sudo, _su_user, ...) of the operation running this command,
     as pyinfra gives them to the commands it runs itself (api/operations.py)."""
-    op_hash = host.nested_executing_op_hash or host.executing_op_hash
-    if op_hash is None:
-        return {}
-    arguments = state.get_op_data_for_host(host, op_hash).global_arguments
-    return {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS  # type: ignore[literal-required]
-            if key in arguments}
+    arguments = executing_op_arguments(state, host)
+    return {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
 
 
 def read_free_space(state: State, host: Host, need: SpaceNeed) -> FreeSpace | None:

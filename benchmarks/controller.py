@@ -1,0 +1,266 @@
+"""The controller alone, at 1 to 1,000 hosts: preview, no-op and audit of replayed hosts.
+
+    .venv/bin/python benchmarks/controller.py                    # N = 1, 10, 100, 1000
+    .venv/bin/python benchmarks/controller.py --sizes 1,10 --runs no-op
+    .venv/bin/python benchmarks/controller.py --profile 100      # cProfile, top entries
+    .venv/bin/python benchmarks/controller.py --shards 100       # split by group, merge
+
+Every host is a clone of the rehearsal fleet's converged A100 host, answered by the replay
+connector (benchmarks/replay.py) from the committed recording
+(benchmarks/recordings/sim.json): no network, no container, so the figures are the
+controller's own. Each run is its own process (its CPU time and peak RSS are the run's), and
+each must report what the real host reported: nothing changed (nor would in the preview) and
+nothing failed, on every host; a command the recording has no answer for fails the run.
+
+Needs the simulator's build outputs (tests/sim/build: the image archives and stand-in weights
+the fleet file names), as the recording did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pstats
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.replay import (  # noqa: E402
+    ENV_BASELINE,
+    ENV_FILE,
+    ENV_RELEASE,
+    ENV_RUN,
+    ENV_SWAP,
+    RECORDING,
+    RUNS,
+    SIM_FLEET,
+    run_child,
+    unchanged,
+)
+
+# The recorded hosts' gpufleet release: the replayed runs are that release's, so a commit
+# made since the recording does not read as a manifest to rewrite.
+RELEASE: dict[str, Any] = (json.loads(RECORDING.read_text())["release"]
+                           if RECORDING.exists() else {})
+# Which recorded host each group's clones copy (inventory/sim.toml's groups).
+CLONED = {"pcie": "sim-a100x2", "hgx": "sim-h100x8"}
+
+
+def clone_name(recorded: str, index: int) -> str:
+    return f"{recorded}--{index:04d}"
+
+
+def fleet_text(counts: dict[str, int]) -> str:
+    """inventory/sim.toml with ``counts[group]`` clones of that group's recorded host, the
+    monitoring host kept (it is in the recording's fleet, so the GPU hosts' exporters and
+    firewall answers are the same), its relative paths made absolute."""
+    text = SIM_FLEET.read_text().replace('"../tests/', f'"{REPO}/tests/')
+    head, _, rest = text.partition("# --- an HGX")
+    monitor = rest[rest.index("# --- no GPU"):]
+    groups = {"pcie": text[text.index("[groups.pcie.settings]"):text.index("[groups.pcie.hosts")],
+              "hgx": text[text.index("[groups.hgx.settings]"):text.index("[groups.hgx.hosts")]}
+    lines = [head.rstrip(), ""]
+    for group, count in counts.items():
+        if not count:
+            continue
+        lines.append(groups[group].rstrip())
+        for i in range(1, count + 1):
+            name = clone_name(CLONED[group], i)
+            lines += [f"[groups.{group}.hosts.{name}]", f'target = "@docker/gpufleet-{name}"', ""]
+    lines.append(monitor)
+    return "\n".join(lines)
+
+
+def write_fleet(where: Path, counts: dict[str, int]) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / "fleet.toml"
+    path.write_text(fleet_text(counts))
+    return path
+
+
+def key_env(config: Path) -> dict[str, str]:
+    """The benchmark's own API key for the fleet (never the rehearsal fleet's): a config folder
+    holding a fresh one, and the recorded hash of the hosts' key file swapped for its hash in
+    the replayed answers (the hosts then hold this key, as after a converge with it)."""
+    recording = json.loads(RECORDING.read_text())
+    key = secrets.token_urlsafe(32)
+    path = config / "keys" / "sim.api-key"
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    content = f"{recording['api_key_variable']}={key}\n"
+    swap = [[recording["api_key_env_sha256"], hashlib.sha256(content.encode()).hexdigest()]]
+    return {"GPUFLEET_CONFIG_DIR": str(config), ENV_SWAP: json.dumps(swap)}
+
+
+def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
+           baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
+    """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report).
+    ``baseline``: with pyinfra's own operation order (inspect.stack()), as before."""
+    env = {ENV_FILE: str(RECORDING), ENV_RUN: label, ENV_RELEASE: json.dumps(RELEASE),
+           **key_env(fleet.parent / "config"),
+           **({"GPUFLEET_REPLAY_PROFILE": str(profile)} if profile else {}),
+           **({ENV_BASELINE: "1"} if baseline else {})}
+    limit = [arg for group in groups for arg in ("--limit", group)]
+    t0 = time.monotonic()
+    output, report = run_child("replay", fleet, [*RUNS[label], *limit], env)
+    return time.monotonic() - t0, output, report
+
+
+def measure(sizes: list[int], labels: list[str], baseline: bool = False,
+            same_order_at: int | None = None) -> dict[tuple[str, int], dict[str, Any]]:
+    """Each run at each size. ``same_order_at``: at that size, also run with pyinfra's own
+    operation order and require the very same order of operations."""
+    figures: dict[tuple[str, int], dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            fleet = write_fleet(Path(tmp) / f"n{n}", {"pcie": n})
+            for label in labels:
+                wall, output, report = replay(label, fleet, ["pcie"], baseline=baseline)
+                problem = unchanged(report, n)
+                if problem:
+                    print(output[-4000:])
+                    raise SystemExit(f"controller: {label} at N={n}: {problem}")
+                if n == same_order_at and not baseline:
+                    theirs = replay(label, fleet, ["pcie"], baseline=True)[2]
+                    if theirs["order"] != report["order"]:
+                        raise SystemExit(f"controller: {label} at N={n}: the operation order "
+                                         "differs from pyinfra's own (inspect.stack())")
+                    print(f"  {label:8s} N={n:5d}: the same order of {len(report['order'])} "
+                          "operations as pyinfra's own")
+                exchanges = report["exchanges"]
+                figures[(label, n)] = {
+                    "wall": wall, "cpu": report["cpu"], "rss_mib": report["maxrss_kib"] / 1024,
+                    "commands": max(exchanges.values()), "commands_min": min(exchanges.values()),
+                    "ops": max(o["ops"] for o in report["outcomes"].values())}
+                f = figures[(label, n)]
+                print(f"  {label:8s} N={n:5d}: wall {wall:7.1f} s, CPU {f['cpu']:7.1f} s "
+                      f"({1000 * f['cpu'] / n:6.0f} ms/host), peak RSS {f['rss_mib']:6.0f} MiB, "
+                      f"{f['commands']} remote commands/host, no change on all {n}",
+                      flush=True)
+    return figures
+
+
+def table(figures: dict[tuple[str, int], dict[str, Any]], sizes: list[int],
+          labels: list[str]) -> str:
+    lines = ["| run | N | wall (s) | controller CPU (s) | CPU per host (ms) | marginal CPU per "
+             "host (ms) | peak RSS (MiB) | wall N/1 | CPU N/1 | remote commands per host |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label in labels:
+        base = figures[(label, sizes[0])]
+        for n in sizes:
+            f = figures[(label, n)]
+            marginal = ((f["cpu"] - base["cpu"]) / (n - sizes[0]) * 1000
+                        if n > sizes[0] else float("nan"))
+            lines.append(
+                f"| {label} | {n} | {f['wall']:.1f} | {f['cpu']:.1f} | "
+                f"{1000 * f['cpu'] / n:.0f} | "
+                + ("–" if marginal != marginal else f"{marginal:.0f}")
+                + f" | {f['rss_mib']:.0f} | {f['wall'] / base['wall']:.1f} | "
+                f"{f['cpu'] / base['cpu']:.1f} | {f['commands']} |")
+    return "\n".join(lines)
+
+
+def profile(n: int, label: str, top: int, baseline: bool = False) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet = write_fleet(Path(tmp) / "fleet", {"pcie": n})
+        stats_path = Path(tmp) / "profile.out"
+        wall, output, report = replay(label, fleet, ["pcie"], profile=stats_path,
+                                      baseline=baseline)
+        problem = unchanged(report, n)
+        if problem:
+            print(output[-4000:])
+            raise SystemExit(f"controller: profile {label} at N={n}: {problem}")
+        print(f"{label} of {n} replayed hosts: wall {wall:.1f} s, CPU {report['cpu']:.1f} s "
+              f"({1000 * report['cpu'] / n:.0f} ms per host)")
+        stats = pstats.Stats(str(stats_path))
+        stats.sort_stats("cumulative").print_stats(top)
+        stats.sort_stats("tottime").print_stats(top)
+
+
+def shards(n: int) -> int:
+    """N/2 A100 clones (group pcie) and N/2 H100 clones (group hgx): the audit by one
+    controller, then by two (one shard per group, each its own fleet file and fleet-state,
+    run side by side), and the shards' audits merged. The merge must equal the one
+    controller's audit, host for host."""
+    from rules.shards import merge_audits
+
+    half = {"pcie": n // 2, "hgx": n - n // 2}
+    with tempfile.TemporaryDirectory() as tmp:
+        whole = write_fleet(Path(tmp) / "whole", half)
+        wall, output, report = replay("audit", whole, ["pcie", "hgx"])
+        if unchanged(report, n):
+            print(output[-4000:])
+            raise SystemExit(f"controller: one-controller audit: {unchanged(report, n)}")
+        one = json.loads((whole.parent / "fleet-state" / "sim" / "audit.json").read_text())
+        print(f"one controller: audit of {n} hosts, wall {wall:.1f} s, CPU {report['cpu']:.1f} s,"
+              f" peak RSS {report['maxrss_kib'] / 1024:.0f} MiB")
+        import concurrent.futures
+
+        fleets = {group: write_fleet(Path(tmp) / f"shard-{group}", {group: count})
+                  for group, count in half.items()}
+        t0 = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(len(fleets)) as pool:
+            runs = dict(zip(fleets, pool.map(
+                lambda item: replay("audit", item[1], [item[0]]), fleets.items()), strict=True))
+        shard_wall = time.monotonic() - t0
+        documents = []
+        for group, (wall, output, report) in runs.items():
+            if unchanged(report, half[group]):
+                print(output[-4000:])
+                raise SystemExit(f"controller: shard {group}: {unchanged(report, half[group])}")
+            path = fleets[group].parent / "fleet-state" / "sim" / "audit.json"
+            documents.append((str(path), path.read_text()))
+            print(f"shard {group}: audit of {half[group]} hosts, wall {wall:.1f} s, CPU "
+                  f"{report['cpu']:.1f} s, peak RSS {report['maxrss_kib'] / 1024:.0f} MiB")
+        merged = merge_audits(documents)
+        print(f"two shards side by side: wall {shard_wall:.1f} s; merged audit: "
+              f"{len(merged)} hosts, {sum(1 for d in merged.values() if d)} drifted")
+        same = {h: [vars(d) for d in found] for h, found in merged.items()} == one
+        print("merged audit equals the one controller's: " + ("yes" if same else "NO"))
+        return 0 if same and len(merged) == n else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1,10,100,1000",
+                        help="host counts (default 1,10,100,1000)")
+    parser.add_argument("--runs", default=",".join(RUNS), help="preview,no-op,audit")
+    parser.add_argument("--profile", type=int, metavar="N",
+                        help="profile one run (--runs' first) at N hosts instead")
+    parser.add_argument("--top", type=int, default=25, help="profile entries shown")
+    parser.add_argument("--baseline", action="store_true",
+                        help="pyinfra's own operation order (inspect.stack()), as before")
+    parser.add_argument("--shards", type=int, metavar="N",
+                        help="audit N hosts by one controller and by two shards; merge")
+    args = parser.parse_args()
+    labels = [label for label in args.runs.split(",") if label]
+    unknown = [label for label in labels if label not in RUNS]
+    if unknown:
+        parser.error(f"--runs: {', '.join(unknown)}: allowed {', '.join(RUNS)}")
+    if not RECORDING.exists():
+        parser.error(f"no recording at {RECORDING.relative_to(REPO)}: make one with "
+                     "`flock /tmp/gpufleet-e2e.lock .venv/bin/python benchmarks/replay.py "
+                     "record`")
+    if args.profile:
+        profile(args.profile, labels[0], args.top, args.baseline)
+        return 0
+    if args.shards:
+        return shards(args.shards)
+    sizes = sorted({int(size) for size in args.sizes.split(",")})
+    figures = measure(sizes, labels, args.baseline,
+                      same_order_at=10 if 10 in sizes else sizes[-1])
+    print()
+    print(table(figures, sizes, labels))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Every use of pyinfra's private API, in one place, pinned to the locked pyinfra.
+
+gpufleet otherwise uses pyinfra's public API (operations, facts, deploys, the CLI). What it
+needs beyond that lives here, each with the reason, and tests/unit/test_pyinfra_adapter.py
+checks each against the locked version (PYINFRA_VERSION): a pyinfra upgrade that moves any of
+them fails that test first, with the name of what moved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyinfra
+from pyinfra.api.operation import OperationMeta
+
+# The pyinfra these reach-ins were written against (requirements lock, pyproject.toml).
+PYINFRA_VERSION = "3.10.0"
+
+
+def locked_version_problem() -> str | None:
+    """None when the running pyinfra is the one this module was written against."""
+    if pyinfra.__version__ != PYINFRA_VERSION:
+        return (f"pyinfra {pyinfra.__version__} is not the locked {PYINFRA_VERSION}: "
+                "check operations/pyinfra_adapter.py against it")
+    return None
+
+
+def change_detected(op: OperationMeta) -> bool | None:
+    """What the change-detection pass (the preview) found for ``op``: True, False, or None
+    when it did not run (-y). pyinfra keeps it in the private ``_maybe_is_change``."""
+    value: bool | None = op._maybe_is_change
+    return value
+
+
+def use_connector(name: str, connector: type) -> None:
+    """Make ``@name/...`` hosts use ``connector`` in this process (the benchmark's replay and
+    recording connectors stand in for @docker). pyinfra finds connectors by entry point only;
+    the inventory module imports the two look-ups by name, so those are what is replaced."""
+    import importlib
+
+    inventory = importlib.import_module("pyinfra.api.inventory")
+    found_all = getattr(inventory, "get_all_connectors")  # noqa: B009
+    found_exec = getattr(inventory, "get_execution_connectors")  # noqa: B009
+
+    def all_connectors() -> dict[str, Any]:
+        return {**found_all(), name: connector}
+
+    def execution_connectors() -> dict[str, Any]:
+        return {**found_exec(), name: connector}
+
+    setattr(inventory, "get_all_connectors", all_connectors)  # noqa: B010
+    setattr(inventory, "get_execution_connectors", execution_connectors)  # noqa: B010
+
+
+# --- operation order without source lines ---------------------------------------------------
+# In CLI mode pyinfra orders (and hashes) each operation by the line numbers of the deploy
+# code that called it: pyinfra.api.util.get_operation_order_from_stack, which builds
+# inspect.stack() -- a FrameInfo with the source line of every frame, read through linecache
+# and inspect.getmodule -- and then getframeinfo() again for each frame. Only the file names
+# and line numbers are used. The walk below takes the same two things straight from the
+# frames: the same order and the same operation hashes, without reading any source.
+_SOURCE_FILES: dict[str, str] = {}
+
+
+def _frame_file(frame: Any) -> str:
+    """inspect.getframeinfo(frame).filename, cached per code file name."""
+    name: str = frame.f_code.co_filename
+    found = _SOURCE_FILES.get(name)
+    if found is None:
+        import inspect
+
+        found = inspect.getsourcefile(frame) or inspect.getfile(frame)
+        _SOURCE_FILES[name] = found
+    return found
+
+
+def _frame_line(frame: Any) -> int:
+    """inspect.getframeinfo(frame).lineno: the first line of the instruction running."""
+    positions = getattr(frame.f_code, "co_positions", None)
+    if positions is not None and frame.f_lasti >= 0:
+        from itertools import islice
+
+        line = next(islice(positions(), frame.f_lasti // 2, None))[0]
+        if line is not None:
+            return int(line)
+    return int(frame.f_lineno)
+
+
+def operation_order_from_frames(state: Any) -> list[int]:
+    """pyinfra.api.util.get_operation_order_from_stack, from the frames alone."""
+    import sys
+
+    from pyinfra.api.util import PYINFRA_INSTALL_DIR
+
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back  # type: ignore[assignment]
+    frames.reverse()
+    start = 0
+    if state.current_deploy_filename:
+        # pyinfra's loop ends on its own (skipped) frame when the deploy file is not found.
+        start = next((i for i, frame in enumerate(frames)
+                      if _frame_file(frame) == state.current_deploy_filename), len(frames))
+    line_numbers = []
+    if pyinfra.is_cli:
+        line_numbers.append(state.current_op_file_number)
+    for frame in frames[start:]:
+        if _frame_file(frame).startswith(PYINFRA_INSTALL_DIR):
+            continue
+        line_numbers.append(_frame_line(frame))
+    return line_numbers
+
+
+def install_operation_order_from_frames() -> None:
+    """Make pyinfra order operations with operation_order_from_frames (idempotent)."""
+    import importlib
+
+    operation = importlib.import_module("pyinfra.api.operation")
+    setattr(operation, "get_operation_order_from_stack",  # noqa: B010
+            operation_order_from_frames)
+
+
+# --- what a run did, per host ------------------------------------------------------------------
+def host_outcomes(state: Any) -> dict[str, dict[str, Any]]:
+    """For each host pyinfra ran: its operations, those that changed it (executed) or would
+    (the preview's detection), and those that failed. Reads pyinfra's per-host op table."""
+    outcomes: dict[str, dict[str, Any]] = {}
+    for host in state.inventory.iter_activated_hosts():
+        changed, failed = [], []
+        ops = state.ops.get(host, {})
+        for op_hash, op_data in ops.items():
+            meta = op_data.operation_meta
+            name = ", ".join(sorted(state.get_op_meta(op_hash).names))
+            if meta.is_complete():
+                if not meta.did_succeed():
+                    failed.append(name)
+                elif meta.did_change():
+                    changed.append(name)
+            elif change_detected(meta):
+                changed.append(name)
+        outcomes[host.name] = {"ops": len(ops), "changed": changed, "failed": failed}
+    return outcomes
+
+
+def host_op_meta(state: Any, host: Any, op_hash: str) -> OperationMeta | None:
+    """``host``'s result of the operation ``op_hash``; None when the host does not run it.
+    pyinfra keeps the per-host operation table in ``state.ops``."""
+    op_data = state.ops.get(host, {}).get(op_hash)
+    return None if op_data is None else op_data.operation_meta
+
+
+def executing_op_arguments(state: Any, host: Any) -> dict[str, Any]:
+    """The global arguments (_sudo, _su_user, ...) of the operation ``host`` is executing
+    (the innermost, for a nested one); empty outside execution. pyinfra keeps the executing
+    operation's hash on the host."""
+    op_hash = host.nested_executing_op_hash or host.executing_op_hash
+    if op_hash is None:
+        return {}
+    return dict(state.get_op_data_for_host(host, op_hash).global_arguments)
