@@ -121,12 +121,15 @@ def gateway_change(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
                               content=render_pending(intended), record=False, **gate)
     gateway(spec, fleet, phase, drained=frozenset(drained), **gate)
     if phase != applied.phase:
+        # Routing state, not configuration: canary and drain actions change it between
+        # converges, so no manifest records it (a converge that changed it would, the next
+        # one would not, and the manifest would change on a run that changes nothing).
         managed_file(name=f"Record the canary phase as applied: {phase}", path=CANARY_STATE,
-                     content=render_canary_state(phase), **gate)
+                     content=render_canary_state(phase), record=False, **gate)
     if intended.drained != applied.drained:
         managed_file(name="Record the drained hosts as applied: " + drain_report(drained),
                      path=DRAIN_STATE, content=render_drained(drained) if drained else None,
-                     **gate)
+                     record=False, **gate)
     if record is not None or pending is not None:
         ready = gate.get("_if")
         server.shell(name="Clear the pending gateway change (applied)",
