@@ -234,12 +234,12 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
 
     weights(spec, listing)
 
+    key_env = render_api_key_env(engine.engine, read_key_file(spec.controller_path(
+        cfg.api_key_file))) if cfg.api_key_file else None
     managed_file(
         name="Ensure the API key is on the host (root-only)" if cfg.api_key_file
         else "Ensure no API key file is left",
-        path=API_KEY_PATH, mode="600", secret=True,
-        content=render_api_key_env(engine.engine, read_key_file(spec.controller_path(
-            cfg.api_key_file))) if cfg.api_key_file else None,
+        path=API_KEY_PATH, mode="600", secret=True, content=key_env,
     )
     if engine.span is not None and engine.engine == "vllm":
         managed_file(
@@ -273,7 +273,7 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
         name="Ensure the engine runs the current compose file",
         unit=UNIT_NAME, compose=compose.path,
         project=COMPOSE_PROJECT, compose_path=COMPOSE_PATH, stamp=APPLIED_PATH,
-        digest=compose_digest(compose_text),
+        digest=compose_digest(compose_text, key_env),
     )
     if engine.serves_api:
         engine_check(engine)

@@ -28,7 +28,7 @@ def compose_applied(unit: str, compose: str, project: str, compose_path: str, st
     + compose: how to call Compose: "/usr/bin/docker-compose" or "/usr/bin/docker compose"
     + project / compose_path: the Compose project name and file
     + stamp: file recording the digest of the compose file last applied
-    + digest: the current compose file's digest
+    + digest: the current compose file's digest (rules.serving.compose_digest: with its API key's)
 
     **Example:**
 

@@ -519,9 +519,16 @@ def render_api_key_env(engine: str, key: str) -> str:
     return f"{API_KEY_VARIABLE[engine]}={key.strip()}\n"
 
 
-def compose_digest(compose_text: str) -> str:
-    """What the applied-stamp records: the compose file that was brought up."""
-    return hashlib.sha256(compose_text.encode()).hexdigest()
+def compose_digest(compose_text: str, key_env: str | None = None) -> str:
+    """What the applied-stamp records: the compose file that was brought up, and the API key
+    file its services read. The key lives in an env file, not in the compose file, so a new
+    key alone must bring the services up again (Compose recreates a container whose
+    environment changed), or the engines keep answering to the old key. Only a digest of the
+    key's digest goes into the stamp."""
+    digest = hashlib.sha256(compose_text.encode())
+    if key_env is not None:
+        digest.update(b"\0api-key\0" + hashlib.sha256(key_env.encode()).digest())
+    return digest.hexdigest()
 
 
 def smoke_request(plan: EnginePlan) -> str:

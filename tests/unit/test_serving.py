@@ -442,3 +442,20 @@ def test_with_a_key_the_check_shows_a_request_without_it_is_refused(
     else:
         (finding,) = problems
         assert "without it answered 200, not 401" in finding.measured
+
+
+def test_a_new_api_key_alone_brings_the_engine_up_again() -> None:
+    """The key lives in an env file the compose file names, so the applied-stamp must change
+    with it: before, a rotated key left the engines answering to the old one."""
+    import hashlib
+
+    from rules.serving import compose_digest
+
+    compose = "services:\n  engine-0:\n    env_file: [/etc/gpufleet/api-key.env]\n"
+    old = compose_digest(compose, "VLLM_API_KEY=" + "a" * 40 + "\n")
+    new = compose_digest(compose, "VLLM_API_KEY=" + "b" * 40 + "\n")
+    assert old != new
+    assert compose_digest(compose, "VLLM_API_KEY=" + "a" * 40 + "\n") == old  # no-op stays one
+    # a host without a key keeps the stamp it has (no restart on upgrade)
+    assert compose_digest(compose) == hashlib.sha256(compose.encode()).hexdigest()
+    assert old != compose_digest(compose)
