@@ -9,8 +9,13 @@ machine (README, Performance). Files not listed keep their order, after these.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +45,65 @@ def _rank(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_rank)  # stable: the order within a file, and of the rest, is kept
+
+
+# --- per-module times, printed at the end of every run (issue 23 item 4) -----------------------
+# Setup + call + teardown of every test, summed per file, as the controller receives the reports
+# (under xdist too: the workers send theirs). A module-scoped fixture's start and clean-up fall
+# in its first test's setup and its last test's teardown, so they count. Also written to
+# tests/sim/build/module-times.json for comparing runs.
+_MODULE_SECONDS: dict[str, float] = {}
+_MODULE_WORKER: dict[str, set[str]] = {}
+_RUN_START = time.monotonic()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _MODULE_SECONDS[path] = _MODULE_SECONDS.get(path, 0.0) + report.duration
+    node = getattr(report, "node", None)  # xdist: the worker that ran it
+    gateway = getattr(node, "gateway", None)
+    if gateway is not None:
+        _MODULE_WORKER.setdefault(path, set()).add(str(gateway.id))
+
+
+def module_times_table(seconds: dict[str, float], workers: dict[str, set[str]],
+                       unit_rows: int = 5) -> list[str]:
+    """Lines of the per-module table, longest first: every end-to-end file, the longest
+    ``unit_rows`` unit files and the rest of them in one row; then the totals per suite and
+    per worker (with --dist loadfile a file runs on one worker)."""
+    def worker(path: str) -> str:
+        return "+".join(sorted(workers.get(path, {"-"})))
+
+    rows = sorted(seconds.items(), key=lambda kv: -kv[1])
+    unit = [(p, s) for p, s in rows if p.startswith("tests/unit/")]
+    shown = [(p, s) for p, s in rows if not p.startswith("tests/unit/")] + unit[:unit_rows]
+    lines = [f"{'seconds':>8}  {'worker':<7}  module"]
+    for path, secs in sorted(shown, key=lambda kv: -kv[1]):
+        lines.append(f"{secs:8.1f}  {worker(path):<7}  {path}")
+    if len(unit) > unit_rows:
+        rest = unit[unit_rows:]
+        lines.append(f"{sum(s for _, s in rest):8.1f}  {'':<7}  ({len(rest)} other unit files)")
+    lines.append(f"{sum(s for _, s in unit):8.1f}  {'':<7}  (all of tests/unit)")
+    e2e = sum(s for p, s in rows if p.startswith("tests/e2e/"))
+    lines.append(f"{e2e:8.1f}  {'':<7}  (all of tests/e2e)")
+    per_worker: dict[str, float] = {}
+    for path, secs in rows:
+        per_worker[worker(path)] = per_worker.get(worker(path), 0.0) + secs
+    for name, secs in sorted(per_worker.items()):
+        lines.append(f"{secs:8.1f}  {name:<7}  (worker total)")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not _MODULE_SECONDS or hasattr(config, "workerinput"):
+        return
+    wall = time.monotonic() - _RUN_START
+    terminalreporter.write_sep("=", f"time per module (setup + call + teardown), wall {wall:.0f} s")
+    for line in module_times_table(_MODULE_SECONDS, _MODULE_WORKER):
+        terminalreporter.write_line(line)
+    out = Path(__file__).resolve().parent / "sim" / "build" / "module-times.json"
+    with contextlib.suppress(OSError):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"wall": round(wall, 1), "modules": {
+            p: {"seconds": round(s, 1), "workers": sorted(_MODULE_WORKER.get(p, ()))}
+            for p, s in sorted(_MODULE_SECONDS.items())}}, indent=1) + "\n")
