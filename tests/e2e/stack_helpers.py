@@ -58,11 +58,17 @@ def copy_specs(names: list[str]) -> dict[str, simctl.HostSpec]:
             for n in names}
 
 
+# Every test copy this process started: tests/e2e/conftest.py removes a module's at its end.
+STARTED: set[str] = set()
+
+
 def start_hosts(names: list[str], fresh: bool = True,
                 run_args: dict[str, tuple[str, ...]] | None = None) -> None:
     """Start (fresh: recreate) test copies of simulated hosts, named gpufleet-<prefix>-<hw>;
     the repository container is shared. ``run_args``: extra `docker run` flags per host."""
+    assert not any(n.startswith(SIM_PREFIX) for n in names), "the rehearsal fleet is not a test's"
     hosts = list(copy_specs(names).values())
+    STARTED.update(names)
     images = simctl.ensure_shared()
     if fresh:
         simctl.remove_hosts(names)
