@@ -47,6 +47,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_rank)  # stable: the order within a file, and of the rest, is kept
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile, but a worker is given its next file only when it starts the last test
+    of the one it has (xdist's own gives it when two are left: a worker then holds two
+    files of minutes each, and the longest-first order no longer decides who runs what)."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class JustInTime(LoadFileScheduling):
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            # 1: the test the worker holds back until it knows the next one (its teardown
+            # depends on it); it has started the one before it.
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    return JustInTime(config, log)
+
+
 # --- per-module times, printed at the end of every run (issue 23 item 4) -----------------------
 # Setup + call + teardown of every test, summed per file, as the controller receives the reports
 # (under xdist too: the workers send theirs). A module-scoped fixture's start and clean-up fall
