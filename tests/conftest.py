@@ -24,13 +24,14 @@ import pytest
 # run inherit it, so test and deploy see the same key.
 os.environ.setdefault("GPUFLEET_CONFIG_DIR", tempfile.mkdtemp(prefix="gpufleet-test-config-"))
 
-# End-to-end files, longest first (minutes on the 2-core machine, one worker each).
+# End-to-end files, longest first (minutes on the 2-core machine, one worker each). Measured
+# with the per-module table every run prints at its end (below).
 LONGEST_FIRST = (
-    "tests/e2e/test_rollout.py",  # 7.5: five hosts, two rollouts under load
-    "tests/e2e/test_faults.py",  # 6.5: locks, dpkg, lost hosts, reboots, mirror, disks
-    "tests/e2e/test_fleet_state.py",  # 5: converge, drift, rebuild from bare
+    "tests/e2e/test_faults.py",  # 6.5 (11 with the machine loaded): faults need bare hosts
+    "tests/e2e/test_rollout.py",  # 7.5 from bare; less from the converged snapshot
+    "tests/e2e/test_fleet_state.py",  # 5 from bare: drift, rebuild from bare
     "tests/e2e/test_monitoring.py",  # 4: monitoring host, gateway, canary
-    "tests/e2e/test_python_env.py",  # 4: the real torch lock on the HGX copy
+    "tests/e2e/test_python_env.py",  # 4: small locks on a plain host container
     "tests/e2e/test_inference.py",
     "tests/e2e/test_gpu_host.py",  # 2.7
     "tests/e2e/test_multinode.py",  # 1.8: two hosts, one replica across them
