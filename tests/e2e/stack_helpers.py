@@ -177,7 +177,10 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
                 tree = product_copy(Path(tmp) / "tree")
                 if pins:
                     set_pins(tree, *pins)
-                fleet = write_fleet(Path(tmp), names, inference=True)
+                # Two replicas on each GPU host, as the modules' fleets run (a fleet with a
+                # monitoring host must say how many).
+                fleet = write_fleet(Path(tmp), names, inference=True, settings={
+                    n: {"inference": {"replicas": 2}} for n in names if "monitor" not in n})
                 # A fleet name of its own: its generated API key is not the modules' fleets'
                 # ("sim"), so each module's converge writes its own key to the hosts.
                 text = fleet.read_text()
