@@ -24,18 +24,20 @@ import pytest
 # run inherit it, so test and deploy see the same key.
 os.environ.setdefault("GPUFLEET_CONFIG_DIR", tempfile.mkdtemp(prefix="gpufleet-test-config-"))
 
-# End-to-end files, longest first (minutes on the 2-core machine, one worker each). Measured
-# with the per-module table every run prints at its end (below).
+# End-to-end files, longest first (seconds on the 2-core machine, one worker each, from the
+# per-module table every run prints at its end (below); 2026-12-07, load 5-6, all from bare).
 LONGEST_FIRST = (
-    "tests/e2e/test_faults.py",  # 6.5 (11 with the machine loaded): faults need bare hosts
-    "tests/e2e/test_rollout.py",  # 7.5 from bare; less from the converged snapshot
-    "tests/e2e/test_fleet_state.py",  # 5 from bare: drift, rebuild from bare
-    "tests/e2e/test_monitoring.py",  # 4: monitoring host, gateway, canary
-    "tests/e2e/test_python_env.py",  # 4: small locks on a plain host container
-    "tests/e2e/test_inference.py",
-    "tests/e2e/test_gpu_host.py",  # 2.7
-    "tests/e2e/test_multinode.py",  # 1.8: two hosts, one replica across them
-    "tests/e2e/test_nvidia_stack.py",
+    "tests/e2e/test_faults.py",  # 488: faults need bare hosts
+    "tests/e2e/test_rollout.py",  # 454: five hosts, two rollouts under load
+    "tests/e2e/test_monitoring.py",  # 250: monitoring host, gateway, canary
+    "tests/e2e/test_gpu_host.py",  # 220
+    "tests/e2e/test_fleet_state.py",  # 188: converge, drift, rebuild from bare
+    "tests/e2e/test_nvidia_stack.py",  # 164
+    "tests/e2e/test_inference.py",  # 130
+    "tests/e2e/test_multinode.py",  # 122: two hosts, one replica across them
+    "tests/e2e/test_simulator.py",  # 86
+    "tests/e2e/test_ssh.py",  # 85
+    "tests/e2e/test_python_env.py",  # 29: small locks on a plain host container
 )
 
 
