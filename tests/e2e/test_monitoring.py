@@ -72,7 +72,7 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
-    sh.start_converged([STABLE, CANARY, MONITOR])  # a converged fleet is the start
+    sh.start_hosts([STABLE, CANARY, MONITOR])
     tree = sh.product_copy(tmp / "tree")
     fleet, auto = write_fleet(tmp), write_fleet(tmp, auto_rollback=True)
     with sh.process_lists([STABLE, CANARY]) as seen:

@@ -60,7 +60,7 @@ def address_of(container: str) -> str:
 @pytest.fixture(scope="module")
 def rollout(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
     tmp = tmp_path_factory.mktemp("rollout")
-    sh.start_converged([*GPUS, MONITOR], pins=OLD)  # the rollout is the subject
+    sh.start_hosts([*GPUS, MONITOR])
     tree = sh.product_copy(tmp / "tree")
     (tree / "tools").mkdir()
     shutil.copy2(sh.REPO / "tools" / "rollout.py", tree / "tools" / "rollout.py")
