@@ -9,8 +9,13 @@ machine (docs/performance.md). Files not listed keep their order, after these.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,17 +24,20 @@ import pytest
 # run inherit it, so test and deploy see the same key.
 os.environ.setdefault("GPUFLEET_CONFIG_DIR", tempfile.mkdtemp(prefix="gpufleet-test-config-"))
 
-# End-to-end files, longest first (minutes on the 2-core machine, one worker each).
+# End-to-end files, longest first (seconds on the 2-core machine, one worker each, from the
+# per-module table every run prints at its end (below); 2026-12-07, load 5-6, all from bare).
 LONGEST_FIRST = (
-    "tests/e2e/test_rollout.py",  # 7.5: five hosts, two rollouts under load
-    "tests/e2e/test_faults.py",  # 6.5: locks, dpkg, lost hosts, reboots, mirror, disks
-    "tests/e2e/test_fleet_state.py",  # 5: converge, drift, rebuild from bare
-    "tests/e2e/test_monitoring.py",  # 4: monitoring host, gateway, canary
-    "tests/e2e/test_python_env.py",  # 4: the real torch lock on the HGX copy
-    "tests/e2e/test_inference.py",
-    "tests/e2e/test_gpu_host.py",  # 2.7
-    "tests/e2e/test_multinode.py",  # 1.8: two hosts, one replica across them
-    "tests/e2e/test_nvidia_stack.py",
+    "tests/e2e/test_faults.py",  # 488: faults need bare hosts
+    "tests/e2e/test_rollout.py",  # 454: five hosts, two rollouts under load
+    "tests/e2e/test_monitoring.py",  # 250: monitoring host, gateway, canary
+    "tests/e2e/test_gpu_host.py",  # 220
+    "tests/e2e/test_fleet_state.py",  # 188: converge, drift, rebuild from bare
+    "tests/e2e/test_nvidia_stack.py",  # 164
+    "tests/e2e/test_inference.py",  # 130
+    "tests/e2e/test_multinode.py",  # 122: two hosts, one replica across them
+    "tests/e2e/test_simulator.py",  # 86
+    "tests/e2e/test_ssh.py",  # 85
+    "tests/e2e/test_python_env.py",  # 29: small locks on a plain host container
 )
 
 
@@ -40,3 +48,89 @@ def _rank(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_rank)  # stable: the order within a file, and of the rest, is kept
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadfile, but a worker is given its next file only when it starts the last test
+    of the one it has (xdist's own gives it when two are left: a worker then holds two
+    files of minutes each, and the longest-first order no longer decides who runs what)."""
+    if config.getoption("dist", None) != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class JustInTime(LoadFileScheduling):
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            # 1: the test the worker holds back until it knows the next one (its teardown
+            # depends on it); it has started the one before it.
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    return JustInTime(config, log)
+
+
+# --- per-module times, printed at the end of every run (issue 23 item 4) -----------------------
+# Setup + call + teardown of every test, summed per file, as the controller receives the reports
+# (under xdist too: the workers send theirs). A module-scoped fixture's start and clean-up fall
+# in its first test's setup and its last test's teardown, so they count. Also written to
+# tests/sim/build/module-times.json for comparing runs.
+_MODULE_SECONDS: dict[str, float] = {}
+_MODULE_WORKER: dict[str, set[str]] = {}
+_RUN_START = time.monotonic()
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    path = report.nodeid.split("::", 1)[0]
+    _MODULE_SECONDS[path] = _MODULE_SECONDS.get(path, 0.0) + report.duration
+    node = getattr(report, "node", None)  # xdist: the worker that ran it
+    gateway = getattr(node, "gateway", None)
+    if gateway is not None:
+        _MODULE_WORKER.setdefault(path, set()).add(str(gateway.id))
+
+
+def module_times_table(seconds: dict[str, float], workers: dict[str, set[str]],
+                       unit_rows: int = 5) -> list[str]:
+    """Lines of the per-module table, longest first: every end-to-end file, the longest
+    ``unit_rows`` unit files and the rest of them in one row; then the totals per suite and
+    per worker (with --dist loadfile a file runs on one worker)."""
+    def worker(path: str) -> str:
+        return "+".join(sorted(workers.get(path, {"-"})))
+
+    rows = sorted(seconds.items(), key=lambda kv: -kv[1])
+    unit = [(p, s) for p, s in rows if p.startswith("tests/unit/")]
+    shown = [(p, s) for p, s in rows if not p.startswith("tests/unit/")] + unit[:unit_rows]
+    lines = [f"{'seconds':>8}  {'worker':<7}  module"]
+    for path, secs in sorted(shown, key=lambda kv: -kv[1]):
+        lines.append(f"{secs:8.1f}  {worker(path):<7}  {path}")
+    if len(unit) > unit_rows:
+        rest = unit[unit_rows:]
+        lines.append(f"{sum(s for _, s in rest):8.1f}  {'':<7}  ({len(rest)} other unit files)")
+    lines.append(f"{sum(s for _, s in unit):8.1f}  {'':<7}  (all of tests/unit)")
+    e2e = sum(s for p, s in rows if p.startswith("tests/e2e/"))
+    lines.append(f"{e2e:8.1f}  {'':<7}  (all of tests/e2e)")
+    per_worker: dict[str, float] = {}
+    for path, secs in rows:
+        per_worker[worker(path)] = per_worker.get(worker(path), 0.0) + secs
+    for name, secs in sorted(per_worker.items()):
+        lines.append(f"{secs:8.1f}  {name:<7}  (worker total)")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if not _MODULE_SECONDS or hasattr(config, "workerinput"):
+        return
+    wall = time.monotonic() - _RUN_START
+    terminalreporter.write_sep("=", f"time per module (setup + call + teardown), wall {wall:.0f} s")
+    for line in module_times_table(_MODULE_SECONDS, _MODULE_WORKER):
+        terminalreporter.write_line(line)
+    out = Path(__file__).resolve().parent / "sim" / "build" / "module-times.json"
+    with contextlib.suppress(OSError):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"wall": round(wall, 1), "modules": {
+            p: {"seconds": round(s, 1), "workers": sorted(_MODULE_WORKER.get(p, ()))}
+            for p, s in sorted(_MODULE_SECONDS.items())}}, indent=1) + "\n")

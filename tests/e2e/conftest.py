@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,22 @@ def sim() -> None:
     if not simctl.engine_reachable():
         pytest.skip("no Docker engine reachable: run `make test` (it installs and starts one)")
     simctl.ensure_shared()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_the_module_hosts() -> Iterator[None]:
+    """Every test module's host copies are removed (containers and volumes) when it ends, even
+    when it failed: a running host costs the rest of the run CPU (systemd, dockerd, engines),
+    and a full run leaves no simulated host but the rehearsal fleet's. Autouse and set up
+    first, so it is torn down after the module's own fixtures."""
+    from tests.e2e import stack_helpers
+
+    before = set(stack_helpers.STARTED)
+    yield
+    started = sorted(stack_helpers.STARTED - before)
+    stack_helpers.STARTED.difference_update(started)
+    if started and simctl.engine_reachable():
+        simctl.remove_hosts(started)
 
 
 @dataclass

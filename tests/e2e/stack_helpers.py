@@ -10,14 +10,18 @@ inventory/pins.toml there exactly as a user would.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -58,11 +62,17 @@ def copy_specs(names: list[str]) -> dict[str, simctl.HostSpec]:
             for n in names}
 
 
+# Every test copy this process started: tests/e2e/conftest.py removes a module's at its end.
+STARTED: set[str] = set()
+
+
 def start_hosts(names: list[str], fresh: bool = True,
                 run_args: dict[str, tuple[str, ...]] | None = None) -> None:
     """Start (fresh: recreate) test copies of simulated hosts, named gpufleet-<prefix>-<hw>;
     the repository container is shared. ``run_args``: extra `docker run` flags per host."""
+    assert not any(n.startswith(SIM_PREFIX) for n in names), "the rehearsal fleet is not a test's"
     hosts = list(copy_specs(names).values())
+    STARTED.update(names)
     images = simctl.ensure_shared()
     if fresh:
         simctl.remove_hosts(names)
@@ -71,6 +81,155 @@ def start_hosts(names: list[str], fresh: bool = True,
     for spec in hosts:
         simctl.wait_for_systemd(spec.name)
 
+
+
+# --- converged host snapshots ----------------------------------------------------------------
+# Most modules test what a converged host does (a rollout, the canary, the engines' settings),
+# not the converge from bare, which test_gpu_host, test_nvidia_stack, test_fleet_state and
+# test_faults prove. Those modules start their copies from a snapshot: one host of each kind
+# converged by the standard test fleet (write_fleet, inference on), stopped, its container
+# committed to an image and its volumes (the host's Docker data, /sys/module) copied. It is
+# made at most once per key: the product tree, the simulator's images, the pins. A copy of a
+# snapshot still gets the module's own converge (its names, settings, key); that converge
+# starts from a converged host instead of a bare one.
+SNAPSHOT_KINDS = ("h100x8", "a100x2", "monitor")
+SNAPSHOT_LABEL = f"{simctl.LABEL}=snapshot"
+
+
+def snapshot_key(images: dict[str, str], pins: tuple[str, str, str] | None,
+                 kinds: list[str]) -> str:
+    """Everything a converged snapshot depends on: the product files, the simulator's images
+    (host, repository, engine...), the pins, the hosts of its fleet and the code here that
+    writes the test fleet."""
+    digest = hashlib.sha256(json.dumps([images, pins, kinds], sort_keys=True).encode())
+    for top in [*(REPO / name for name in PRODUCT), Path(__file__)]:
+        files = [top] if top.is_file() else sorted(
+            p for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        for path in files:
+            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _snapshot_volume(key: str, kind: str, volume: str) -> str:
+    return f"gpufleet-snapshot-{key}-{kind}-{volume}"
+
+
+def _copy_volume(image: str, source: str, dest: str, label: str = f"{simctl.LABEL}=host"
+                 ) -> None:
+    """dest (created, labelled) := a copy of source: owners, modes, device nodes and extended
+    attributes kept (the host's Docker keeps its overlay2 layers there)."""
+    subprocess.run(["docker", "volume", "create", "--label", label, dest],
+                   check=True, capture_output=True)
+    subprocess.run(["docker", "run", "--rm", "--cap-add", "SYS_ADMIN", "--cap-add", "MKNOD",
+                    "-v", f"{source}:/from:ro", "-v", f"{dest}:/to", "--entrypoint", "cp",
+                    image, "-a", "/from/.", "/to/"], check=True, capture_output=True, text=True)
+
+
+def _prune_snapshots(keep: int = 4) -> None:
+    """Remove the snapshots (images, volumes) of all but the ``keep`` newest keys: each product
+    change makes new ones."""
+    volumes = simctl.docker("volume", "ls", "-q", "--filter", f"label={SNAPSHOT_LABEL}"
+                            ).stdout.split()
+    if not volumes:
+        return
+    created: dict[str, str] = {}
+    for entry in json.loads(simctl.docker("volume", "inspect", *volumes).stdout):
+        key = entry["Name"].removeprefix("gpufleet-snapshot-").split("-", 1)[0]
+        created[key] = max(created.get(key, ""), entry.get("CreatedAt", ""))
+    old = sorted(created, key=lambda k: created[k], reverse=True)[keep:]
+    for key in old:
+        simctl.docker("volume", "rm", "-f",
+                      *[v for v in volumes if v.startswith(f"gpufleet-snapshot-{key}-")],
+                      check=False)
+        tags = simctl.docker("images", "--format", "{{.Repository}}:{{.Tag}}",
+                             "gpufleet-sim/converged").stdout.split()
+        stale = [t for t in tags if t.startswith(f"gpufleet-sim/converged:{key}-")]
+        if stale:
+            simctl.docker("rmi", *stale, check=False)
+
+
+def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
+                       ) -> tuple[str, dict[str, str]]:
+    """(key, kind -> image) of converged hosts of the ``kinds`` (with the default pins: all
+    of SNAPSHOT_KINDS, as one fleet) converged with ``pins`` (driver, CUDA, container toolkit;
+    None: inventory/pins.toml's); made when missing, one process at a time (xdist workers ask
+    at the same time). A monitoring host is converged beside a GPU host (its targets)."""
+    made = set(SNAPSHOT_KINDS) if pins is None else set(kinds)
+    if made == {"monitor"}:
+        made.add("a100x2")
+    order = [kind for kind in SNAPSHOT_KINDS if kind in made]
+    images = simctl.ensure_shared()
+    key = snapshot_key(images, pins, order)
+    tags = {kind: f"gpufleet-sim/converged:{key}-{kind}" for kind in order}
+    volumes = [_snapshot_volume(key, kind, v) for kind in order for v in ("docker", "sysmodule")]
+    simctl.BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    with open(simctl.BUILD_DIR / ".snapshot.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if all(simctl.image_exists(t) for t in tags.values()) and all(
+                simctl.docker("volume", "inspect", v, check=False).returncode == 0
+                for v in volumes):
+            return key, tags
+        started = time.monotonic()
+        names = [copy_name("snap", SIM_PREFIX + kind) for kind in order]
+        try:
+            start_hosts(names)
+            with tempfile.TemporaryDirectory(prefix="gpufleet-snapshot-") as tmp:
+                tree = product_copy(Path(tmp) / "tree")
+                if pins:
+                    set_pins(tree, *pins)
+                # Two replicas on each GPU host, as the modules' fleets run (a fleet with a
+                # monitoring host must say how many).
+                fleet = write_fleet(Path(tmp), names, inference=True, settings={
+                    n: {"inference": {"replicas": 2}} for n in names if "monitor" not in n})
+                # A fleet name of its own: its generated API key is not the modules' fleets'
+                # ("sim"), so each module's converge writes its own key to the hosts.
+                text = fleet.read_text()
+                assert '\nname = "sim"\n' in text
+                fleet.write_text(text.replace('\nname = "sim"\n', '\nname = "snapshot"\n', 1))
+                run = deploy(tree, fleet)
+                assert run.rc == 0, "the snapshot's converge failed:\n" + run.output[-5000:]
+            for name, kind in zip(names, order, strict=True):
+                simctl.docker("update", "--restart=no", name)
+                simctl.docker("stop", "-t", "120", name)  # systemd halts: Docker's data settles
+                simctl.docker("commit", name, tags[kind])
+                for volume in ("docker", "sysmodule"):
+                    target = _snapshot_volume(key, kind, volume)
+                    simctl.docker("volume", "rm", "-f", target, check=False)
+                    _copy_volume(images["host"], f"{name}-{volume}", target, SNAPSHOT_LABEL)
+        finally:
+            simctl.remove_hosts(names)
+            STARTED.difference_update(names)
+        _prune_snapshots()
+        print(f"[snapshot] {', '.join(order)} converged and saved in "
+              f"{time.monotonic() - started:.0f} s (key {key})", flush=True)
+        return key, tags
+
+
+def start_converged(names: list[str], pins: tuple[str, str, str] | None = None) -> None:
+    """Start test copies (recreated) from the converged snapshot of their kind (see above);
+    bare, with a warning in the run's summary, when the snapshot cannot be made (the bare
+    converge's own modules then say why), or when $GPUFLEET_TEST_SNAPSHOTS is 0."""
+    if os.environ.get("GPUFLEET_TEST_SNAPSHOTS", "1") == "0":  # every module from bare
+        start_hosts(names)
+        return
+    try:
+        key, tags = converged_snapshot({hardware_of(n) for n in names}, pins)
+    except (AssertionError, simctl.SimError, subprocess.SubprocessError) as exc:
+        warnings.warn(f"no converged snapshot ({exc}); {', '.join(names)} start bare",
+                      stacklevel=2)
+        start_hosts(names)
+        return
+    images = simctl.ensure_shared()
+    simctl.remove_hosts(names)
+    for name in names:
+        kind = hardware_of(name)
+        for volume in ("docker", "sysmodule"):
+            _copy_volume(images["host"], _snapshot_volume(key, kind, volume), f"{name}-{volume}")
+    STARTED.update(names)
+    for spec in copy_specs(names).values():
+        simctl.ensure_host(spec, tags[hardware_of(spec.name)])
+    for name in names:
+        simctl.wait_for_systemd(name)
 
 
 def product_copy(dest: Path) -> Path:

@@ -48,7 +48,7 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("fleet-state")
-    sh.start_hosts([HOST])
+    sh.start_converged([HOST])  # the story starts converged; the last test rebuilds from bare
     tree = sh.product_copy(tmp / "tree")
     path = sh.write_fleet(tmp, [HOST], inference=True)
     name = next(line.split('"')[1] for line in path.read_text().splitlines()

@@ -15,10 +15,13 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.unit.forked_tools import ToolServer
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_LINE = 400  # characters: one clear line, not a dump
@@ -130,13 +133,37 @@ BATTERY = [
 ]
 
 
-def run(case: Case, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+def _environment(case: Case) -> dict[str, str]:
     env = {**os.environ, **dict(case.env)}
     env.pop("GPUFLEET_FLEET", None)
     env.update(dict(case.env))
+    return env
+
+
+def run_process(case: Case, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`python tools/<tool>.py ARGS`, a new interpreter, as an operator runs it."""
     return subprocess.run([sys.executable, str(ROOT / "tools" / f"{case.tool}.py"), *case.args],
                           cwd=cwd, capture_output=True, text=True, timeout=60, check=False,
-                          env=env, errors="backslashreplace")
+                          env=_environment(case), errors="backslashreplace")
+
+
+_SERVER: list[ToolServer] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tool_server() -> Iterator[None]:
+    yield
+    while _SERVER:
+        _SERVER.pop().close()
+
+
+def run(case: Case, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """The same run, forked from one process that has imported the tools' libraries
+    (tests/unit/forked_tools.py): the battery's hundreds of runs without a second of start
+    each. test_a_forked_run_is_the_same_as_a_new_interpreter checks the two agree."""
+    if not _SERVER:
+        _SERVER.append(ToolServer())
+    return _SERVER[0].run(case.tool, case.args, cwd, _environment(case))
 
 
 def assert_refused(p: subprocess.CompletedProcess[str], case: Case) -> str:
@@ -159,6 +186,25 @@ def test_the_battery_is_large_and_systematic() -> None:
     by_tool = {t: sum(c.tool == t for c in BATTERY) for t in ("size", "cost", "smoke")}
     assert sum(by_tool.values()) >= 200 and min(by_tool.values()) >= 30, by_tool
     assert len({c.id for c in BATTERY}) == len(BATTERY)  # no case twice
+
+
+# Cases whose forked run must equal a new interpreter's: the first two of each tool, those
+# with control characters or a secret in an argument, and one that reads the environment.
+SAME_EITHER_WAY = [
+    *[c for tool in ("size", "cost", "smoke") for c in [b for b in BATTERY if b.tool == tool][:2]],
+    *[c for c in BATTERY if any(not a.isprintable() or "s3cret" in a for a in c.args)][:6],
+    Case("smoke", ("--requests=0",), env=(("GPUFLEET_FLEET", "/nonexistent/fleet.toml"),),
+         label="GPUFLEET_FLEET"),
+    Case("size", ("--help",), label="--help: status 0, text on stdout"),
+    Case("size", (*_with(SIZE_BASE, "--model", SIZE_BASE["--model"]),), label="a valid run"),
+]
+
+
+@pytest.mark.parametrize("case", SAME_EITHER_WAY, ids=[c.id for c in SAME_EITHER_WAY])
+def test_a_forked_run_is_the_same_as_a_new_interpreter(case: Case) -> None:
+    forked, new = run(case), run_process(case)
+    assert (forked.returncode, forked.stdout, forked.stderr) == (
+        new.returncode, new.stdout, new.stderr)
 
 
 @pytest.mark.parametrize("case", BATTERY, ids=[c.id for c in BATTERY])
