@@ -44,6 +44,7 @@ from benchmarks.replay import (  # noqa: E402
     run_child,
     unchanged,
 )
+from rules.serving import key_stamp  # noqa: E402
 
 # The recorded hosts' gpufleet release: the replayed runs are that release's, so a commit
 # made since the recording does not read as a manifest to rewrite.
@@ -96,7 +97,10 @@ def key_env(config: Path) -> dict[str, str]:
     path.write_text(key + "\n")
     path.chmod(0o600)
     content = f"{recording['api_key_variable']}={key}\n"
-    swap = [[recording["api_key_env_sha256"], hashlib.sha256(content.encode()).hexdigest()]]
+    recorded = recording["api_key_env_sha256"]
+    replayed = hashlib.sha256(content.encode()).hexdigest()
+    # the key file's digest, and the engine's applied-stamp made from it
+    swap = [[recorded, replayed], [key_stamp(recorded), key_stamp(replayed)]]
     return {"GPUFLEET_CONFIG_DIR": str(config), ENV_SWAP: json.dumps(swap)}
 
 

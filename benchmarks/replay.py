@@ -82,7 +82,13 @@ class ReplayMiss(RuntimeError):
     """The product sent something the recording has no answer for."""
 
 
+# The run lock's holder record (rules/run_lock.py): who, from where, which pid, since when and
+# a fresh token, so it differs in every run. Commands are matched with it left out.
+HOLDER = re.compile(r"\{\"boot_id\": .*?\"token\": \"[0-9a-f]+\", \"who\": \"[^\"]*\"\}")
+
+
 def _key(kind: str, text: str, stdin: Any = None) -> str:
+    text = HOLDER.sub("<run lock holder>", text)
     if stdin is None:
         return f"{kind} {text}"
     data = stdin if isinstance(stdin, str) else "\n".join(str(line) for line in stdin)
@@ -213,23 +219,31 @@ class ReplayConnector(BaseConnector):
 
     def _as_clone(self, text: str) -> str:
         """A recorded answer as the clone gives it: its own name where the host said its name
-        (the manifest's host, ...)."""
-        for recorded, replayed in self.swaps:
-            text = text.replace(recorded, replayed)
-        if not self.suffix:
+        (the manifest's host, ...), and the swapped strings (its key's digests) replaced."""
+        text = self._swapped(text)
+        if not self.suffix and not self.swaps:
             return text
         # File contents travel base64-encoded (the state read): renamed inside as well.
         text = BASE64.sub(self._as_clone_base64, text)
+        if not self.suffix:
+            return text
         return self.plain_name.sub(lambda found: found.group(0) + self.suffix, text)
+
+    def _swapped(self, text: str) -> str:
+        for recorded, replayed in self.swaps:
+            text = text.replace(recorded, replayed)
+        return text
 
     def _as_clone_base64(self, found: re.Match[str]) -> str:
         try:
             decoded = base64.b64decode(found.group(0), validate=True).decode()
         except ValueError:
             return found.group(0)
-        if not self.plain_name.search(decoded):
+        renamed = self._swapped(decoded)
+        if self.suffix:
+            renamed = self.plain_name.sub(lambda name: name.group(0) + self.suffix, renamed)
+        if renamed == decoded:
             return found.group(0)
-        renamed = self.plain_name.sub(lambda name: name.group(0) + self.suffix, decoded)
         return base64.b64encode(renamed.encode()).decode()
 
     def _answer(self, key: str) -> dict[str, Any]:

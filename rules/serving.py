@@ -523,12 +523,17 @@ def compose_digest(compose_text: str, key_env: str | None = None) -> str:
     """What the applied-stamp records: the compose file that was brought up, and the API key
     file its services read. The key lives in an env file, not in the compose file, so a new
     key alone must bring the services up again (Compose recreates a container whose
-    environment changed), or the engines keep answering to the old key. Only a digest of the
-    key's digest goes into the stamp."""
-    digest = hashlib.sha256(compose_text.encode())
-    if key_env is not None:
-        digest.update(b"\0api-key\0" + hashlib.sha256(key_env.encode()).digest())
-    return digest.hexdigest()
+    environment changed), or the engines keep answering to the old key."""
+    digest = hashlib.sha256(compose_text.encode()).hexdigest()
+    if key_env is None:
+        return digest
+    return f"{digest} key:{key_stamp(hashlib.sha256(key_env.encode()).hexdigest())}"
+
+
+def key_stamp(key_env_sha256: str) -> str:
+    """The key's part of the applied-stamp, from the key file's SHA-256 (what the state read
+    reports for it): a digest of that digest, so the stamp never shows the same value."""
+    return hashlib.sha256(f"gpufleet-applied-key:{key_env_sha256}".encode()).hexdigest()
 
 
 def smoke_request(plan: EnginePlan) -> str:

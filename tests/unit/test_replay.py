@@ -102,3 +102,30 @@ def test_the_benchmark_fleet_has_distinct_clones_and_the_recordings_settings() -
         str(replay.REPO / "tests/sim/build/images/engine.tar")]
     for group in ("pcie", "hgx"):
         assert fleet["groups"][group]["settings"] == sim["groups"][group]["settings"]
+
+
+def test_the_run_locks_holder_record_is_matched_whatever_run_wrote_it() -> None:
+    """Every run takes the host's lock with its own holder (pid, time, token): the replay
+    matches the command with the record left out, or no no-op could be replayed."""
+    from rules.run_lock import Holder
+
+    def take(pid: int, token: str) -> str:
+        record = Holder(who="ops", origin="ctl", command="pyinfra -y x", pid=pid,
+                        boot_id="b", since=1.5 * pid, token=token).render()
+        return f"sh -c 'printf %s {record} > /var/lib/gpufleet/run.lock'"
+
+    assert take(1, "aa") != take(2, "bb")
+    assert replay._key("run", take(1, "aa")) == replay._key("run", take(2, "bb"))
+    assert "<run lock holder>" in replay._key("run", take(1, "aa"))
+
+
+def test_a_swapped_digest_is_replaced_inside_base64_file_contents(host: Any) -> None:
+    """The engine's applied-stamp travels base64-encoded in the state read; the benchmark's
+    own key changes it, so the swap reaches inside."""
+    import base64
+
+    connector = host
+    connector.swaps = [["old-digest", "new-digest"]]
+    inside = base64.b64encode(b"compose-digest key:old-digest\n").decode()
+    swapped = connector._as_clone(f"file {inside}")
+    assert base64.b64decode(swapped.split()[1]).decode() == "compose-digest key:new-digest\n"
