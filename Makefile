@@ -17,10 +17,12 @@ $(VENV)/.installed: requirements/controller.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \
 	  { echo "gpufleet: Python >= 3.10 is needed (found $$($(PYTHON) --version 2>&1))"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	@# A machine-wide pip constraint file must not change what the lock installs.
-	PIP_CONSTRAINT= $(BIN)/pip install --quiet --disable-pip-version-check \
+	@# A machine-wide pip constraint file must not change what the lock installs. -qq: pip's
+	@# warnings about the machine's own pip configuration (an index folder that does not
+	@# exist) are not gpufleet's to show; its errors (a hash that does not match) still are.
+	PIP_CONSTRAINT= $(BIN)/pip install -qq --disable-pip-version-check \
 	  --require-hashes -r requirements/controller.lock
-	PIP_CONSTRAINT= $(BIN)/pip install --quiet --disable-pip-version-check \
+	PIP_CONSTRAINT= $(BIN)/pip install -qq --disable-pip-version-check \
 	  --no-deps --no-build-isolation --no-index -e .
 	touch $@
 
