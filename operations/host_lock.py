@@ -34,6 +34,7 @@ from pyinfra.api.host import Host
 from pyinfra.api.state import BaseStateCallback
 
 from operations.messages import fail_host, tell
+from operations.pyinfra_adapter import may_have_changed
 from rules.run_lock import (
     HOLDER_ENV,
     LAST_PATH,
@@ -200,7 +201,8 @@ class ReleaseOnFailure(BaseStateCallback):
     def operation_host_error(state: State, host: Host, op_hash: Any,
                              retry_count: int = 0, max_retries: int = 0) -> None:
         with suppress(Exception):  # the failure itself is what the operator reads
-            release(host)
+            # a host refused before anything ran on it keeps no trace of this run
+            release(host, changed=may_have_changed(state, host, op_hash))
 
 
 def _release_all() -> None:

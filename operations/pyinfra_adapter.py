@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyinfra
+from pyinfra.api.command import FunctionCommand
 from pyinfra.api.operation import OperationMeta
 
 # The pyinfra these reach-ins were written against (requirements lock, pyproject.toml).
@@ -159,3 +160,20 @@ def executing_op_arguments(state: Any, host: Any) -> dict[str, Any]:
     if op_hash is None:
         return {}
     return dict(state.get_op_data_for_host(host, op_hash).global_arguments)
+
+
+def may_have_changed(state: Any, host: Any, failing_op_hash: str) -> bool:
+    """Whether this run may have changed ``host`` by the time its operation ``failing_op_hash``
+    fails: an earlier operation ran a command on the host (not only Python on the controller),
+    or the failing one is not a refusal. A refusal ("Refuse: ...", operations/checks.py) runs
+    only on the controller; pyinfra completes the failing operation after its error callbacks,
+    so its own commands are not known yet. Reads the per-host op table and the private
+    ``_commands`` of each completed operation."""
+    if not all(name.startswith("Refuse") for name in state.get_op_meta(failing_op_hash).names):
+        return True
+    for op_data in state.ops.get(host, {}).values():
+        meta = op_data.operation_meta
+        commands = meta._commands or [] if meta.is_complete() else []
+        if any(not isinstance(command, FunctionCommand) for command in commands):
+            return True
+    return False

@@ -130,3 +130,34 @@ def test_per_host_tables_and_the_executing_operation_are_read_where_pyinfra_keep
         command_generator=lambda: iter(()), global_arguments={"_su_user": "x"},  # type: ignore[typeddict-item]
         operation_meta=pyinfra_operation.OperationMeta(hash="nested", is_change=None))
     assert adapter.executing_op_arguments(state, host) == {"_su_user": "x"}
+
+
+def test_a_host_refused_before_any_command_ran_on_it_was_not_changed() -> None:
+    """A preflight refusal runs only on the controller: the run lock's release then keeps no
+    record of the run on the host (nothing changed), unlike a failure after a command ran."""
+    from pyinfra.api import Config, State, StringCommand
+    from pyinfra.api.command import FunctionCommand
+    from pyinfra.api.state import StateOperationHostData, StateOperationMeta
+    from pyinfra.connectors.util import CommandOutput
+
+    inv = pyinfra_inventory.Inventory((["@local"], {}))
+    state = State(inv, Config())
+    host = inv.get_host("@local")
+
+    def add(op_hash: str, name: str, commands: list[Any] | None) -> None:
+        state.op_meta[op_hash] = StateOperationMeta((len(state.op_meta),))
+        state.op_meta[op_hash].names.add(name)
+        meta = pyinfra_operation.OperationMeta(hash=op_hash, is_change=None)
+        if commands is not None:
+            meta.set_complete(True, commands, CommandOutput([]))
+        state.ops[host][op_hash] = StateOperationHostData(
+            command_generator=lambda: iter(()), global_arguments={},  # type: ignore[typeddict-item]
+            operation_meta=meta)
+
+    add("lock", "Hold the run lock", [FunctionCommand(print, (), {})])
+    add("refuse", "Refuse: preflight found problems", None)
+    assert adapter.may_have_changed(state, host, "refuse") is False
+    add("apt", "Install the driver", None)
+    assert adapter.may_have_changed(state, host, "apt") is True  # not a refusal
+    add("write", "Ensure a file", [StringCommand("true")])
+    assert adapter.may_have_changed(state, host, "refuse") is True  # a command ran before
