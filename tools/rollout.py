@@ -141,10 +141,18 @@ def main(argv: list[str] | None = None) -> int:
             print("rollout: another run holds a host's lock (named above); nothing was "
                   "changed", file=sys.stderr)
             return 1
+        failed: list[str] = []
         try:
-            return roll(fleet, plan, gateways, args)
+            return roll(fleet, plan, gateways, args, failed)
         finally:
-            if pyinfra("deploys/lock.py", everyone, "lock=release"):
+            # A failed batch's hosts are not contacted again: one that did not come back from
+            # its reboot is down. Their locks stay, held by this process, which is gone once
+            # this ends: the resumed rollout (--behind-only) takes them over and says so.
+            if failed:
+                print(f"rollout: the run locks of {', '.join(failed)} stay on them; "
+                      "`tools/rollout.py --behind-only` takes them over", file=sys.stderr)
+            back = [name for name in everyone if name not in failed]
+            if back and pyinfra("deploys/lock.py", back, "lock=release"):
                 print("rollout: could not give every host's run lock back (named above)",
                       file=sys.stderr)
     finally:
@@ -152,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def roll(fleet: Fleet, plan: list[list[HostSpec]], gateways: list[str],
-         args: argparse.Namespace) -> int:
+         args: argparse.Namespace, failed: list[str]) -> int:
+    """Converge ``plan`` batch by batch; a failed batch's pyinfra host names go to ``failed``."""
     started = time.monotonic()
     for number, batch in enumerate(plan, 1):
         names = [s.name for s in batch]
@@ -170,6 +179,7 @@ def roll(fleet: Fleet, plan: list[list[HostSpec]], gateways: list[str],
         rc = pyinfra("deploys/gpu_host.py", [pyinfra_host_name(s) for s in batch],
                      f"{ROLLOUT_BATCH_DATA}={number}")
         if rc != 0:
+            failed.extend(pyinfra_host_name(s) for s in batch)
             print(f"rollout: batch {number} ({', '.join(names)}) failed (pyinfra exit {rc}); "
                   "stopped here" + (": the batch stays drained from the gateway" if gateways
                                     else "") + ". Fix what the fault summary above says, then "

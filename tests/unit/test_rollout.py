@@ -289,10 +289,12 @@ def test_the_rollout_holds_every_hosts_lock_and_gives_it_back_even_when_a_batch_
 
     fleet_of(tmp_path, 2)
     ran: list[tuple[str, tuple[str, ...], str | None]] = []
+    limits: list[list[str]] = []
     fail = {"deploys/lock.py:lock=take"}
 
     def pyinfra(script: str, limit: list[str], *data: str) -> int:
         ran.append((script, data, os.environ.get(HOLDER_ENV)))
+        limits.append(list(limit))
         return 1 if f"{script}:{data[0]}" in fail else 0
 
     monkeypatch.setattr(tool, "pyinfra", pyinfra)
@@ -308,8 +310,16 @@ def test_the_rollout_holds_every_hosts_lock_and_gives_it_back_even_when_a_batch_
     ran.clear()
     fail.clear()
     fail.add("deploys/gpu_host.py:gpufleet_rollout_batch=1")
+    limits.clear()
+    capsys.readouterr()
     assert tool.main([]) == 1
     assert ran[-1][:2] == ("deploys/lock.py", ("lock=release",))
+    # ... but not to the failed batch's hosts: one that did not come back from its reboot
+    # is not contacted again (the resumed rollout takes its lock over)
+    batch = next(limit for (script, _, _), limit in zip(ran, limits, strict=True)
+                 if script == "deploys/gpu_host.py")
+    assert batch and not set(batch) & set(limits[-1]), (batch, limits[-1])
+    assert f"the run locks of {', '.join(batch)} stay on them" in capsys.readouterr().err
     holders = {record for _, _, record in ran}
     assert len(holders) == 1 and parse_holder(holders.pop()) is not None
     assert HOLDER_ENV not in os.environ  # not left to whatever runs next in this process
