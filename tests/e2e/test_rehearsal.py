@@ -3,7 +3,8 @@ converged): the `gpufleet` commands a newcomer runs next, run as they run them (
 script's module, from the checkout), each on the real simulated hosts. Nothing here changes
 the fleet: `apply` on a converged fleet changes nothing, `plan`, `doctor` and `audit` are
 read-only, `rollout --behind-only` finds no host behind, `drain` without --yes and with stdin
-closed stops at its question, `canary status` is refused (the rehearsal has no canary host).
+closed stops at its question, `canary status` is refused (the rehearsal has no canary host). The benchmark's recording is
+checked against what the product sends to the same fleet now.
 
 It starts and removes no container: without the rehearsal fleet up and converged (run `make
 rehearse` first) it is skipped, saying so. It uses the rehearsal's API key where `make
@@ -137,3 +138,20 @@ def test_smoke_then_the_report_in_a_headless_browser(tmp_path: Path) -> None:
     assert "serving: 8/8 replica(s) answered" in text
     assert text.count("no drift") == 3
     assert dom.stdout.count("<svg") == 3
+
+
+def test_the_benchmarks_recording_is_what_the_product_sends_now(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/recordings/sim.json is still what the product sends to the converged
+    rehearsal fleet (preview, no-op and audit, command by command), so the controller
+    benchmark never replays an old probe format. Recorded here, on the rehearsed fleet (a
+    no-op), instead of on copies converged for it; a difference fails with the command that
+    refreshes the recording."""
+    from benchmarks import replay
+
+    # record() points the controller at a config folder holding the hosts' own key
+    monkeypatch.setenv("GPUFLEET_CONFIG_DIR", os.environ.get("GPUFLEET_CONFIG_DIR", ""))
+    fresh = replay.record(replay.SIM_FLEET, replay.RECORDED_HOSTS)
+    committed = json.loads(replay.RECORDING.read_text())
+    stale = replay.stale_lines(committed, fresh)
+    assert stale == [], "\n".join(stale)
