@@ -79,18 +79,19 @@ def run_lock_held() -> bool:
             return False
         run_lock(name="Hold the run lock", mine=mine, wait=wait, seen_last=None, held=True)
         return True
-    say_holder(lock_text, "this run would wait for it (--data lock_wait=SECONDS) or stop")
+    say_holder_of(lock_text, "this run would wait for it (--data lock_wait=SECONDS) or stop")
     run_lock(name="Hold the run lock", mine=mine, wait=wait, seen_last=parse_holder(last_text),
              held=False)
     return True
 
 
-def say_holder(lock_text: str | None = None, then: str = "a run here would wait or stop",
-               ) -> None:
-    """Say who holds this host's lock, if anyone (the preview, a status): reads nothing more
-    when given the record."""
-    if lock_text is None:
-        lock_text = host.get_fact(LockRecords, lock=LOCK_PATH, last=LAST_PATH)[0]
+def say_holder(then: str = "a run here would wait or stop") -> None:
+    """Say who holds this host's lock, if anyone (a status): one read of the lock record."""
+    say_holder_of(host.get_fact(LockRecords, lock=LOCK_PATH, last=LAST_PATH)[0], then)
+
+
+def say_holder_of(lock_text: str | None, then: str) -> None:
+    """Say who holds the lock whose record (None: no lock) was read already (the preview)."""
     mine = this_run()
     found = parse_holder(lock_text)
     seen = verdict(found, mine, alive)
