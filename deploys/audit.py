@@ -22,10 +22,11 @@ from pyinfra import host
 
 from deploys.preflight import read_host
 from deploys.spec import host_spec
-from facts.host_state import host_state
 from facts.weights_files import WeightsListing
 from inventory.controller_files import write_atomically
 from operations.checks import refuse_host
+from operations.host_reading import host_state
+from operations.run_context import run_context
 from rules.manifest import (
     MANIFEST_PATH,
     Drift,
@@ -48,13 +49,13 @@ def report(results: dict[str, list[Drift]], path: Path) -> None:
 
 
 def fleet_results(state_dir: Path) -> dict[str, list[Drift]]:
-    """Every host's drift, one table for the run. Kept on pyinfra's State: pyinfra runs this
+    """Every host's drift, one table for the run. In the run's context: pyinfra runs this
     file once per host, each time with fresh module globals."""
-    results: dict[str, list[Drift]] | None = host.state.__dict__.get("gpufleet_audit")
-    if results is None:
-        results = host.state.__dict__.setdefault("gpufleet_audit", {})
-        atexit.register(report, results, state_dir / "audit.json")
-    return results
+    context = run_context(host.state)
+    if context.audit is None:
+        context.audit = {}
+        atexit.register(report, context.audit, state_dir / "audit.json")
+    return context.audit
 
 
 spec = host_spec()

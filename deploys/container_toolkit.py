@@ -11,11 +11,11 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
 
-from facts.host_state import host_state
 from inventory.fleet import HostSpec
 from operations.apt_pins import apt_hold, apt_preferences, exact_versions
 from operations.conditions import after_change
 from operations.docker_config import daemon_json
+from operations.host_reading import host_state
 from rules.container_runtime import (
     CDI_SPEC_PATH,
     DAEMON_JSON_CLAIMS_PATH,

@@ -20,6 +20,7 @@ from pyinfra.api import State
 from pyinfra.api.host import Host
 
 from operations.pyinfra_adapter import host_op_meta
+from operations.run_context import run_context
 from rules.faults import HostFault, cause_of, clean, lost_before_any_step, render_summary
 
 _PREFIX = re.compile(r"^\[(?P<host>[^\]]+)\]")
@@ -81,15 +82,12 @@ def faults(state: State, lines: dict[str, list[str]],
     return found
 
 
-_installed = False
-
-
 def install_fault_summary(state: State) -> None:
     """Print the fault summary when this run ends (once per run, whichever host asks)."""
-    global _installed
-    if _installed:  # one pyinfra run per process; the deploy file runs once per host
+    context = run_context(state)
+    if context.fault_summary_installed:  # the deploy file runs once per host
         return
-    _installed = True
+    context.fault_summary_installed = True
     lines = _HostLines()
     # pyinfra's logger has pyinfra's handler: one more changes nothing it prints. gpufleet's
     # lines are read by a filter on its logger (which lets every record through to its own

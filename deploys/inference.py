@@ -18,7 +18,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from facts.engine_answers import EngineAnswers
-from facts.host_state import HUB_TOKEN_PATH, host_state
+from facts.host_state import HUB_TOKEN_PATH
 from facts.replica_node import ReplicaNodeJoined
 from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec
@@ -28,6 +28,7 @@ from operations.compose import compose_applied
 from operations.conditions import after_change
 from operations.docker_config import image_from_archive, image_pulled
 from operations.host_files import managed_file, validated_file
+from operations.host_reading import host_state
 from operations.model_weights import (
     weights_downloaded,
     weights_pushed,

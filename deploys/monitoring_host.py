@@ -20,12 +20,13 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import server
 
-from facts.host_state import SCRAPE_KEY_PATH, host_state
+from facts.host_state import SCRAPE_KEY_PATH
 from inventory.fleet import HostSpec
 from inventory.key_files import read_key_file
 from operations.apt_pins import packages_present
 from operations.checks import refuse_host
 from operations.host_files import managed_file, validated_file
+from operations.host_reading import host_state
 from operations.services import reloaded_after, restarted_after, service
 from rules.gateway import (
     APPLY_PENDING_DATA,

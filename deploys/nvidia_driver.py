@@ -20,12 +20,12 @@ from pyinfra.api import deploy
 from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
 
-from facts.host_state import host_state
 from inventory.fleet import HostSpec
 from operations.apt_pins import apt_hold, apt_preferences, exact_versions, installed_if_offered
 from operations.checks import check
 from operations.conditions import after_change
 from operations.host_files import managed_file
+from operations.host_reading import host_state
 from operations.reboot import rebooted
 from operations.services import service
 from rules.driver_state import (

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from pyinfra.api import deploy
 
-from facts.host_state import host_state
 from inventory.fleet import HostSpec
 from operations.apt_pins import dpkg_run_finished, packages_present
 from operations.apt_repos import apt_lists_refreshed, keyring
 from operations.checks import versions_offered
 from operations.host_files import managed_file, moved_aside
+from operations.host_reading import host_state
 from rules.apt_sources import (
     REPLACED_SOURCES_DIR,
     SOURCES_DIR,

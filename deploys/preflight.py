@@ -16,11 +16,12 @@ from pyinfra import host, inventory
 from pyinfra.api import Host
 
 from deploys.spec import fleet_specs
-from facts.host_state import remember_host_state
 from facts.probe import GpuHostProbe, HostProbe
 from facts.storage import ReadSpeed
 from inventory.fleet import HostSpec
 from operations.checks import refuse_host
+from operations.host_reading import remember_host_state
+from operations.run_context import run_context
 from rules.assessment import Assessment, assess, render
 from rules.exposure import exposure_findings
 from rules.findings import Finding, accept
@@ -45,11 +46,8 @@ def _probe(target: Host, spec: HostSpec) -> HostProbe:
 
 def _probes(current: Host) -> dict[str, tuple[HostProbe | None, float]]:
     # Every probe of this run by pyinfra host name, with when it was read: a replica's other
-    # nodes are read during one node's pass and that reading serves their own pass. On
-    # pyinfra's State, so a new run starts empty.
-    probes: dict[str, tuple[HostProbe | None, float]] = current.state.__dict__.setdefault(
-        "gpufleet_probes", {})
-    return probes
+    # nodes are read during one node's pass and that reading serves their own pass.
+    return run_context(current.state).probes
 
 
 def read_host(spec: HostSpec) -> HostProbe:

@@ -6,6 +6,7 @@ from pyinfra import host, inventory
 from pyinfra.api.host import Host
 
 from inventory.fleet import HostSpec
+from operations.run_context import run_context
 
 
 def host_spec(current: Host | None = None) -> HostSpec:
@@ -20,13 +21,11 @@ def host_spec(current: Host | None = None) -> HostSpec:
     return HostSpec.model_validate(data)
 
 
-_FLEET: list[HostSpec] = []
-
-
 def fleet_specs() -> list[HostSpec]:
-    """Every host of the fleet inventory, in the fleet file's order (validated once): what a
-    monitoring host scrapes and its gateway routes to, whatever `--limit` selects."""
-    if not _FLEET:
-        _FLEET.extend(HostSpec.model_validate(h.data.get("gpufleet")) for h in inventory
-                      if h.data.get("gpufleet") is not None)
-    return list(_FLEET)
+    """Every host of the fleet inventory, in the fleet file's order (validated once per run):
+    what a monitoring host scrapes and its gateway routes to, whatever `--limit` selects."""
+    fleet = run_context(host.state).fleet
+    if not fleet:
+        fleet.extend(HostSpec.model_validate(h.data.get("gpufleet")) for h in inventory
+                     if h.data.get("gpufleet") is not None)
+    return list(fleet)

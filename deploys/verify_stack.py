@@ -10,10 +10,10 @@ from pyinfra import host
 from pyinfra.api import deploy
 
 from facts.gpu_stack import StackVerification
-from facts.host_state import host_state
 from inventory.fleet import HostSpec
 from operations.checks import check
 from operations.docker_config import image_from_archive
+from operations.host_reading import host_state
 from rules.driver_state import FABRICMANAGER_SERVICE
 from rules.findings import refusal_message
 from rules.host_plan import HostPlan

@@ -3,9 +3,9 @@
 Packages and holds, every file in the folders gpufleet writes to (content, sha256, mode, owner,
 mtime; a secret's content stays on the host, see ``SECRET_FILES``), systemd services, the
 loaded NVIDIA module, Docker and its images, the keys of apt keyrings, and the host's clock.
-Operations ask for it themselves through ``host_state()``: it reads the host once per phase
-(change detection, execution) and again only after an operation on that host changed something,
-because pyinfra does not cache facts and every read is a round trip.
+Operations ask for it themselves through ``operations.host_reading.host_state()``: it reads
+the host once per phase (change detection, execution) and again only after an operation on that
+host changed something, because pyinfra does not cache facts and every read is a round trip.
 ``facts.probe.GpuHostProbe`` carries the same reading, so the change-detection pass costs no
 command of its own (``remember_host_state``), nor does an execution that follows promptly.
 
@@ -21,14 +21,11 @@ import base64
 import binascii
 import fnmatch
 import hashlib
-import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from pyinfra import host
 from pyinfra.api import FactBase, OperationValueError
-from pyinfra.api.host import Host
 
 from facts import docker as docker_facts
 from facts import nvidia as nvidia_facts
@@ -442,65 +439,3 @@ class HostState(FactBase[HostStateResult]):
 
     def process(self, output: list[str]) -> HostStateResult:
         return parse_host_state(output)
-
-
-# --- one read per phase, again after each change -------------------------------------------------
-def _changes_so_far(current: Host) -> int:
-    """How many operations have changed this host so far in this run."""
-    count = 0
-    for op_data in current.state.ops.get(current, {}).values():
-        meta = op_data.operation_meta
-        if meta.is_complete() and meta.did_change():
-            count += 1
-    return count
-
-
-# A reading taken while the deploy loaded (the probe's) still stands when execution starts
-# this soon after and nothing has changed the host since: with -y that is seconds later, and a
-# second read would double a no-op's remote work. After a longer pause (an operator reading
-# the preview) execution reads again.
-REUSE_ACROSS_PHASES_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class _Reading:
-    executing: bool
-    changes: int
-    taken: float  # time.monotonic()
-    result: HostStateResult
-
-
-def _memo(current: Host) -> dict[str, _Reading]:
-    # Kept on pyinfra's State object: a new run (or a test's new State) starts empty.
-    memo: dict[str, _Reading] = current.state.__dict__.setdefault("gpufleet_host_state", {})
-    return memo
-
-
-def _still_current(reading: _Reading, executing: bool, changes: int) -> bool:
-    if reading.changes != changes:
-        return False
-    if reading.executing == executing:
-        return True
-    return (executing and not reading.executing
-            and time.monotonic() - reading.taken <= REUSE_ACROSS_PHASES_SECONDS)
-
-
-def host_state() -> HostStateResult:
-    """This host's state: read once per phase (the probe's reading carries over into a prompt
-    execution), and again after an operation changed it."""
-    executing = bool(host.state.is_executing)
-    changes = _changes_so_far(host)
-    memo = _memo(host)
-    cached = memo.get(host.name)
-    if cached is not None and _still_current(cached, executing, changes):
-        return cached.result
-    result = host.get_fact(HostState)
-    memo[host.name] = _Reading(executing, changes, time.monotonic(), result)
-    return result
-
-
-def remember_host_state(result: HostStateResult, taken: float | None = None) -> None:
-    """Use a reading taken in this phase (by the probe) as the current one. ``taken``: when
-    it was read (time.monotonic()), if not just now."""
-    _memo(host)[host.name] = _Reading(bool(host.state.is_executing), _changes_so_far(host),
-                                      time.monotonic() if taken is None else taken, result)

@@ -19,11 +19,12 @@ from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, ope
 
 from facts._shell import quote
 from facts.apt import AptOffered
-from facts.host_state import host_state, require_watched, sha256_text
+from facts.host_state import require_watched, sha256_text
 from inventory.schema import APT_LOCK_TIMEOUT_SECONDS
 from operations.apt_lock import after_apt_lock, apt_get
 from operations.desired import desired
 from operations.host_files import file_commands, write_file_command
+from operations.host_reading import host_state
 from operations.messages import tell
 from rules.packages import PIN_PRIORITY
 from rules.render import render_apt_preferences

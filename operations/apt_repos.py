@@ -10,13 +10,14 @@ from pyinfra import host
 from pyinfra.api import FunctionCommand, OperationValueError, StringCommand, operation
 
 from facts._shell import quote
-from facts.host_state import KEYRING_DIR, host_state, require_watched
+from facts.host_state import KEYRING_DIR, require_watched
 from inventory.schema import APT_LOCK_TIMEOUT_SECONDS
 from inventory.urls import http_url_problem, mask_url
 from operations.apt_lock import after_apt_lock, apt_get
 from operations.apt_pins import APT_ENV, with_env_file
 from operations.desired import desired
 from operations.host_files import write_file_command
+from operations.host_reading import host_state
 from operations.messages import tell
 
 _FINGERPRINT = re.compile(r"[0-9A-F]{40}")

@@ -9,8 +9,9 @@ from pyinfra import host
 from pyinfra.api import OperationValueError, StringCommand, operation
 
 from facts._shell import quote
-from facts.host_state import host_state, require_watched
+from facts.host_state import require_watched
 from operations.host_files import write_file_command
+from operations.host_reading import host_state
 
 
 @operation()

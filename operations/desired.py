@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from pyinfra import host
 
+from operations.run_context import run_context
+
 
 @dataclass
 class DesiredState:
@@ -47,10 +49,7 @@ class DesiredState:
             self.held.difference_update(names)
 
 
-_BY_HOST: dict[str, DesiredState] = {}
-
-
 def desired() -> DesiredState:
-    """The record of the host being deployed."""
-    return _BY_HOST.setdefault(host.name, DesiredState())
+    """The record of the host being deployed (kept in the run's context)."""
+    return run_context(host.state).desired.setdefault(host.name, DesiredState())
 

@@ -13,9 +13,10 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
 
 from facts._shell import quote
-from facts.host_state import host_state, require_watched
+from facts.host_state import require_watched
 from operations.desired import desired
 from operations.host_files import write_file_command
+from operations.host_reading import host_state
 from operations.messages import fail_host
 from rules.daemon_json import (
     DaemonJsonError,

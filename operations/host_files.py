@@ -26,12 +26,12 @@ from facts._shell import quote
 from facts.host_state import (
     SECRET_STAGING_PREFIX,
     FileState,
-    host_state,
     require_secret,
     require_watched,
     sha256_text,
 )
 from operations.desired import desired
+from operations.host_reading import host_state
 
 _MODE = re.compile(r"[0-7]{3,4}")
 _OWNER = re.compile(r"[a-z_][a-z0-9_-]*:[a-z_][a-z0-9_-]*")

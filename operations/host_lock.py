@@ -35,6 +35,7 @@ from pyinfra.api.state import BaseStateCallback
 
 from operations.messages import fail_host, tell
 from operations.pyinfra_adapter import may_have_changed
+from operations.run_context import run_context
 from rules.run_lock import (
     HOLDER_ENV,
     LAST_PATH,
@@ -55,8 +56,9 @@ MAX_QUICK_TRIES = 10  # retries without a wait: released or taken over just now
 logger = logging.getLogger("gpufleet")
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
-# What this process holds, per host name: the holder record (released at the end).
-_TAKEN: dict[str, tuple[Host, Holder]] = {}
+def _taken(host: Host) -> dict[str, tuple[Host, Holder]]:
+    """What this run holds, per host name: the holder record (released at the end)."""
+    return run_context(host.state).locks_taken
 
 
 def boot_id() -> str:
@@ -163,7 +165,7 @@ def take(host: Host, mine: Holder, wait: int, sleep: Callable[[float], None] = t
         if not ok or not lines:
             return f"{label(host)}: could not take the run lock ({LOCK_PATH}): {text.strip()}"
         if lines[0] == "taken":
-            _TAKEN[host.name] = (host, mine)
+            _taken(host)[host.name] = (host, mine)
             return None
         record = "\n".join(lines[1:])
         found = parse_holder(record)
@@ -185,13 +187,13 @@ def take(host: Host, mine: Holder, wait: int, sleep: Callable[[float], None] = t
 
 def release(host: Host, changed: bool = True) -> None:
     """Give back ``host``'s lock if this process took it."""
-    taken = _TAKEN.pop(host.name, None)
+    taken = _taken(host).pop(host.name, None)
     if taken is not None:
         _run(taken[0], release_script(taken[1], changed))
 
 
 def holds(host: Host) -> bool:
-    return host.name in _TAKEN
+    return host.name in _taken(host)
 
 
 class ReleaseOnFailure(BaseStateCallback):
@@ -205,23 +207,22 @@ class ReleaseOnFailure(BaseStateCallback):
             release(host, changed=may_have_changed(state, host, op_hash))
 
 
-def _release_all() -> None:
-    for name in list(_TAKEN):
-        host = _TAKEN[name][0]
+def _release_all(state: State) -> None:
+    taken = run_context(state).locks_taken
+    for name in list(taken):
+        host = taken[name][0]
         with suppress(Exception):  # a host lost: its lock is the dead holder's (rules)
             release(host)
 
 
-_installed: set[int] = set()
-
-
 def release_when_done(state: State) -> None:
     """Once per run: a failed host releases at once; whatever is left, when the process ends."""
-    if id(state) in _installed:
+    context = run_context(state)
+    if context.lock_release_installed:
         return
-    _installed.add(id(state))
+    context.lock_release_installed = True
     state.add_callback_handler(ReleaseOnFailure())
-    atexit.register(_release_all)
+    atexit.register(_release_all, state)
 
 
 def take_checked(host: Host, mine: Holder, wait: int, seen_last: Holder | None) -> str | None:
@@ -284,7 +285,7 @@ def run_lock_released():
 
 def forget(host: Host) -> None:
     """Keep ``host``'s lock held after this process ends (a tool holds it across its runs)."""
-    _TAKEN.pop(host.name, None)
+    _taken(host).pop(host.name, None)
 
 
 def _keep(state: State, host: Host, mine: Holder, wait: int) -> bool:
@@ -296,7 +297,7 @@ def _keep(state: State, host: Host, mine: Holder, wait: int) -> bool:
 
 
 def _give_back(state: State, host: Host, mine: Holder) -> bool:
-    _TAKEN[host.name] = (host, mine)
+    _taken(host)[host.name] = (host, mine)
     release(host)
     return True
 

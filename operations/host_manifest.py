@@ -9,10 +9,10 @@ from typing import Any
 from pyinfra import host
 from pyinfra.api import operation
 
-from facts.host_state import host_state
 from inventory.controller_files import write_atomically
 from operations.desired import desired
 from operations.host_files import write_file_command
+from operations.host_reading import host_state
 from rules.manifest import (
     MANIFEST_PATH,
     carry_over,

@@ -145,6 +145,13 @@ def host_outcomes(state: Any) -> dict[str, dict[str, Any]]:
     return outcomes
 
 
+def changes_so_far(state: Any, host: Any) -> int:
+    """How many operations have changed ``host`` so far in this run (completed, changed).
+    Reads pyinfra's per-host op table."""
+    return sum(1 for op_data in state.ops.get(host, {}).values()
+               if op_data.operation_meta.is_complete() and op_data.operation_meta.did_change())
+
+
 def host_op_meta(state: Any, host: Any, op_hash: str) -> OperationMeta | None:
     """``host``'s result of the operation ``op_hash``; None when the host does not run it.
     pyinfra keeps the per-host operation table in ``state.ops``."""

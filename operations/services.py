@@ -10,9 +10,9 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.operations import server
 
 from facts._shell import quote
-from facts.host_state import host_state
 from operations.conditions import after_change
 from operations.desired import desired
+from operations.host_reading import host_state
 
 
 @operation()

@@ -62,7 +62,6 @@ CASES_DIR = Path(__file__).resolve().parents[1] / "operations"
 OPERATION_MODULES = ("host_files", "apt_pins", "apt_repos", "services", "reboot",
                      "docker_config", "checks", "locked_venv", "compose", "model_weights",
                      "host_manifest")
-desired_records = importlib.import_module("operations.desired")._BY_HOST
 FIXED_UUID = uuid.UUID("12345678123456781234567812345678")
 
 
@@ -104,7 +103,6 @@ class Run:
         self.state = State(Inventory((["somehost"], {})), Config())
         self.state.is_executing = executing
         self.host = self.state.inventory.get_host("somehost")
-        desired_records.clear()  # each case on a host nothing was recorded for yet
         self.noops: list[str] = []
         self.facts_read: list[str] = []
 

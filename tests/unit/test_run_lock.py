@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -112,6 +113,7 @@ class ShellHost:
     root: Path
     data: dict[str, Any] = field(default_factory=dict)
     said: list[str] = field(default_factory=list)
+    state: Any = field(default_factory=SimpleNamespace)  # pyinfra's State: the run context
 
     def log_styled(self, message: str, **kwargs: Any) -> None:
         self.said.append(message)
@@ -127,7 +129,6 @@ class ShellHost:
 
 @pytest.fixture
 def shell_host(tmp_path: Path) -> ShellHost:
-    host_lock._TAKEN.clear()
     return ShellHost("gpu-01", tmp_path)
 
 
@@ -177,7 +178,7 @@ def test_a_dead_holder_is_never_waited_for_its_lock_is_taken_over_and_named(
         shell_host: ShellHost, monkeypatch: pytest.MonkeyPatch) -> None:
     dead = on_ctl1(ALICE)
     assert host_lock.take(shell_host, dead, 0) is None  # type: ignore[arg-type]
-    host_lock._TAKEN.clear()  # its process is gone (it never gave the lock back)
+    shell_host.state = SimpleNamespace()  # its process is gone (it never gave the lock back)
     monkeypatch.setattr(host_lock, "alive", lambda pid: False)
     assert host_lock.take(shell_host, on_ctl1(BOB), 600,  # type: ignore[arg-type]
                           sleep=lambda s: pytest.fail("waited for a dead holder")) is None
@@ -190,7 +191,7 @@ def test_a_dead_holder_is_never_waited_for_its_lock_is_taken_over_and_named(
 def test_the_same_holder_on_another_controller_is_only_named_never_taken_over(
         shell_host: ShellHost, monkeypatch: pytest.MonkeyPatch) -> None:
     assert host_lock.take(shell_host, ALICE, 0) is None  # type: ignore[arg-type]
-    host_lock._TAKEN.clear()
+    shell_host.state = SimpleNamespace()  # a new run
     monkeypatch.setattr(host_lock, "alive", lambda pid: False)  # a pid of ctl-1, not ours
     message = host_lock.take(shell_host, BOB, 0)  # type: ignore[arg-type]
     assert message is not None and break_command("gpu-01", ALICE) in message

@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -188,27 +187,3 @@ def test_services_outside_the_watched_patterns_are_refused_not_reported_absent()
     with pytest.raises(OperationValueError, match="WATCHED_SERVICES"):
         state.service("sshd")
     assert all(f"{p}.service" in SERVICES_SCRIPT for p in WATCHED_SERVICES)
-
-
-def _reading(executing: bool, changes: int = 0, age: float = 0.0) -> host_state_module._Reading:
-    return host_state_module._Reading(executing, changes, time.monotonic() - age,
-                                      HostStateResult())
-
-
-def test_a_reading_stands_within_its_phase_until_an_operation_changes_the_host() -> None:
-    still_current = host_state_module._still_current
-    assert still_current(_reading(executing=False), executing=False, changes=0)
-    assert still_current(_reading(executing=True, age=600), executing=True, changes=0)
-    assert not still_current(_reading(executing=True, changes=1), executing=True, changes=2)
-
-
-def test_the_probe_reading_carries_into_a_prompt_execution_only() -> None:
-    still_current = host_state_module._still_current
-    limit = host_state_module.REUSE_ACROSS_PHASES_SECONDS
-    # `pyinfra -y`: execution starts seconds after the deploy loaded.
-    assert still_current(_reading(executing=False, age=2), executing=True, changes=0)
-    # An operator read the preview for a while: read again.
-    assert not still_current(_reading(executing=False, age=limit + 1), executing=True,
-                             changes=0)
-    # Never backwards: an execution reading does not stand in for a later preview.
-    assert not still_current(_reading(executing=True), executing=False, changes=0)
