@@ -28,16 +28,10 @@ from inventory.key_files import (
 )
 from inventory.merge import deep_merge
 from inventory.pins import PINS_FILE, PinFile, PinFileError, PinSet, load_pins
-from inventory.schema import (
-    FleetFile,
-    GroupEntry,
-    HostEntry,
-    Settings,
-    mask_url,
-    target_problem,
-    valid_host_name,
-)
+from inventory.schema import FleetFile, GroupEntry, HostEntry, Settings
 from inventory.toml import MiB, TOMLDecodeError, TomlFileError, read_toml_file
+from inventory.urls import mask_url
+from inventory.validation import target_problem, valid_host_name
 
 DEFAULT_FLEET_FILE = "inventory/fleet.toml"
 FLEET_ENV = "GPUFLEET_FLEET"

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from inventory.schema import CGROUP_DRIVER_OPT
+from inventory.validation import CGROUP_DRIVER_OPT
 
 # What `nvidia-ctk runtime configure --runtime=docker` writes (NVIDIA container toolkit docs).
 NVIDIA_RUNTIME: dict[str, Any] = {"args": [], "path": "nvidia-container-runtime"}

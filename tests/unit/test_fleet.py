@@ -29,7 +29,8 @@ from inventory.fleet import (
 )
 from inventory.key_files import read_key_file
 from inventory.merge import deep_merge
-from inventory.schema import AptRepo, NetworkSettings, Settings, mask_url
+from inventory.schema import AptRepo, NetworkSettings, Settings
+from inventory.urls import mask_url
 from rules.fleet_checks import fleet_problems
 
 REPO = Path(__file__).resolve().parents[2]
