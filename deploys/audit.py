@@ -20,8 +20,7 @@ from pathlib import Path
 
 from pyinfra import host
 
-from deploys.preflight import read_host
-from deploys.spec import host_spec
+from deploys.runner import Entry, EntryRun, run_entry
 from facts.weights_files import WeightsListing
 from inventory.controller_files import write_atomically
 from operations.checks import refuse_host
@@ -58,19 +57,25 @@ def fleet_results(state_dir: Path) -> dict[str, list[Drift]]:
     return context.audit
 
 
-spec = host_spec()
-if is_monitor(spec):
-    state, weights = host_state(), WeightsListing("absent")
-else:
-    probe = read_host(spec)
-    state, weights = probe.state, probe.weights
-found = drift(parse_manifest(state.content(MANIFEST_PATH)), state, weights,
-              pins_digest(spec.pins), spec.pin_set_name)
-fleet_results(spec.state_dir)[spec.name] = found
-if found:
-    refuse_host(name="Drift: the host is not what its last converge made it",
-                message="\n".join(f"{d.area}: {d.what}" + (f" (since {d.since})" if d.since
-                                                           else "") for d in found)
-                + "\nrun `pyinfra inventory.py deploys/gpu_host.py` to bring it back")
-else:
-    host.noop("no drift")
+def audit(run: EntryRun) -> None:
+    """Compare the host with its manifest; fail it when anything drifted."""
+    spec = run.spec
+    if run.probe is None:  # the monitoring host: its state read alone (no GPU to probe)
+        state, weights = host_state(), WeightsListing("absent")
+    else:
+        state, weights = run.probe.state, run.probe.weights
+    found = drift(parse_manifest(state.content(MANIFEST_PATH)), state, weights,
+                  pins_digest(spec.pins), spec.pin_set_name)
+    fleet_results(spec.state_dir)[spec.name] = found
+    if found:
+        refuse_host(name="Drift: the host is not what its last converge made it",
+                    message="\n".join(f"{d.area}: {d.what}" + (f" (since {d.since})" if d.since
+                                                               else "") for d in found)
+                    + "\nrun `pyinfra inventory.py deploys/gpu_host.py` to bring it back")
+    else:
+        host.noop("no drift")
+
+
+# Read-only: no run lock; a GPU host is read with the probe, the monitoring host's state alone.
+AUDIT = Entry("audit", audit, probes=lambda spec, fleet: not is_monitor(spec))
+run_entry(AUDIT)

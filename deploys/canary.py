@@ -35,7 +35,7 @@ from deploys.inference import engine_check
 from deploys.locking import run_lock_done, run_lock_held, say_holder
 from deploys.monitoring_host import gateway_change, recorded_drain, recorded_phase, warn_pending
 from deploys.preflight import read_host
-from deploys.spec import fleet_specs, host_spec
+from deploys.runner import Entry, EntryRun, run_entry
 from facts.canary_figures import CanaryFigures
 from inventory.controller_files import write_atomically
 from inventory.fleet import HostSpec, pyinfra_host_name
@@ -140,45 +140,53 @@ def status(spec: HostSpec, fleet: list[HostSpec]) -> None:
         host.noop(f"canary status: {verdict.verdict}")
 
 
-# Canary hosts prove themselves first, and the gateway's change (below) checks they passed.
-# pyinfra 3 orders operations by merging each host's own sequence (a topological sort), not
-# by line: operations of different hosts are ordered only through an operation they share.
-# The barrier below is that operation: every host runs it, after the proofs and before the
-# routing, so the gateway never reads the proofs before they are made.
-action = host.data.get("action")
-locked = False  # this host's run lock held by this run (deploys/locking.py)
-spec = host_spec()
-fleet = fleet_specs()
-is_gateway = is_monitor(spec) and spec.settings.gateway.enabled
-if action not in CHOICES:
-    refuse_host(name="Refuse: no canary action",
-                message=f"--data action={action!r}: allowed: {', '.join(CHOICES)}")
-elif action in PROVED_ACTIONS and spec.settings.role == "gpu" and \
-        spec.settings.inference.variant == "canary":
-    # A canary host proving itself is held against a converge changing it meanwhile.
-    locked = run_lock_held()
-    if locked:
-        prove_canary(spec)
-elif not is_gateway:
-    host.noop(f"canary {action}: nothing to do on this host")
-if action in PROVED_ACTIONS:
-    check(name="Wait until every canary host's proof has run",
-          verdict=lambda: (None, "the canary hosts' proofs come before the routing"))
+def canary(run: EntryRun) -> None:
+    # Canary hosts prove themselves first, and the gateway's change (below) checks they passed.
+    # pyinfra 3 orders operations by merging each host's own sequence (a topological sort), not
+    # by line: operations of different hosts are ordered only through an operation they share.
+    # The barrier below is that operation: every host runs it, after the proofs and before the
+    # routing, so the gateway never reads the proofs before they are made.
+    # The run lock is taken here, not by the runner: a canary host's lock is held from before
+    # its proof until the routing is done (one release, shared with the gateway), and the
+    # gateway's is taken after the barrier; one lock call site would order it before the
+    # barrier, so that the gateway would hold its lock while the proofs run.
+    action = host.data.get("action")
+    locked = False  # this host's run lock held by this run (deploys/locking.py)
+    spec, fleet = run.spec, run.fleet
+    is_gateway = is_monitor(spec) and spec.settings.gateway.enabled
+    if action not in CHOICES:
+        refuse_host(name="Refuse: no canary action",
+                    message=f"--data action={action!r}: allowed: {', '.join(CHOICES)}")
+    elif action in PROVED_ACTIONS and spec.settings.role == "gpu" and \
+            spec.settings.inference.variant == "canary":
+        # A canary host proving itself is held against a converge changing it meanwhile.
+        locked = run_lock_held()
+        if locked:
+            prove_canary(spec)
+    elif not is_gateway:
+        host.noop(f"canary {action}: nothing to do on this host")
+    if action in PROVED_ACTIONS:
+        check(name="Wait until every canary host's proof has run",
+              verdict=lambda: (None, "the canary hosts' proofs come before the routing"))
 
-if action in CHOICES and is_gateway:
-    canaries = canary_hosts(fleet, spec)
-    # The gateway's lock for every action that may route (status only with auto_rollback).
-    wanted = action != "status" or spec.settings.canary.auto_rollback
-    locked = wanted and run_lock_held()
-    if wanted and not locked:
-        pass  # refused by run_lock_held: the gateway stops here, nothing read or changed
-    elif not canaries and action != "rollback":
-        refuse_host(name="Refuse: no canary host behind this gateway",
-                    message=f"no GPU host serving {served_name(spec)} has "
-                            "settings.inference.variant = 'canary'")
-    elif action == "status":
-        status(spec, fleet)
-    else:
-        route(spec, fleet, ACTIONS[action], canaries if action in PROVED_ACTIONS else None)
-if locked:
-    run_lock_done()
+    if action in CHOICES and is_gateway:
+        canaries = canary_hosts(fleet, spec)
+        # The gateway's lock for every action that may route (status only with auto_rollback).
+        wanted = action != "status" or spec.settings.canary.auto_rollback
+        locked = wanted and run_lock_held()
+        if wanted and not locked:
+            pass  # refused by run_lock_held: the gateway stops here, nothing read or changed
+        elif not canaries and action != "rollback":
+            refuse_host(name="Refuse: no canary host behind this gateway",
+                        message=f"no GPU host serving {served_name(spec)} has "
+                                "settings.inference.variant = 'canary'")
+        elif action == "status":
+            status(spec, fleet)
+        else:
+            route(spec, fleet, ACTIONS[action], canaries if action in PROVED_ACTIONS else None)
+    if locked:
+        run_lock_done()
+
+
+CANARY = Entry("canary", canary)
+run_entry(CANARY)

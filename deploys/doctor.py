@@ -15,14 +15,14 @@ from pathlib import Path
 from pydantic import ValidationError
 from pyinfra import host
 
-from deploys.preflight import log_report, measured_read_speed, read_host, replica_findings
+from deploys.preflight import log_report, measured_read_speed, replica_findings
+from deploys.runner import Entry, EntryRun, run_entry
 from deploys.spec import host_spec
 from facts.probe import HostProbe
 from inventory.catalog import CatalogError, find_gpu, find_model
 from inventory.fleet import HostSpec
 from inventory.pins import load_pins
 from inventory.schema import Settings
-from operations.checks import refuse_host
 from rules.assessment import assess, effective_context, model_needs, render
 from rules.capacity import replica_summary
 from rules.driver_state import FABRICMANAGER_SERVICE, PERSISTENCED_SERVICE
@@ -128,12 +128,14 @@ def _capacity(gpus: list[GpuView], sizing: SizingResult) -> str | None:
     return replica_summary(sizing, gpu)
 
 
-def doctor() -> None:
-    spec = host_spec() if host.data.get("gpufleet") else spec_from_data()
-    if isinstance(spec, str):
-        refuse_host(name="Doctor: the input is not usable", message=spec)
-        return
-    probe = read_host(spec)
+def spec_of_host() -> HostSpec | str:
+    """The fleet file's spec, or (no fleet file: `pyinfra @local ...`) one from `--data`."""
+    return host_spec() if host.data.get("gpufleet") else spec_from_data()
+
+
+def doctor(run: EntryRun) -> None:
+    spec, probe = run.spec, run.probe
+    assert probe is not None  # DOCTOR reads every host
     # a node of a replica across hosts: also what its other nodes show (read once per run)
     assessment = assess(spec, probe, measured_read_speed(spec), replica_findings(spec, probe))
     log_report(render(assessment).replace("gpufleet preflight", "gpufleet doctor", 1))
@@ -150,4 +152,7 @@ def doctor() -> None:
     log_report(f"  verdict: {spec.model.id} at {spec.settings.precision} {verdict}")
 
 
-doctor()
+# Read-only: no run lock; every host is read with the probe.
+DOCTOR = Entry("doctor", doctor, probes=lambda spec, fleet: True, spec=spec_of_host,
+               unusable="Doctor: the input is not usable")
+run_entry(DOCTOR)

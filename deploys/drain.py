@@ -24,9 +24,9 @@ import logging
 
 from pyinfra import host
 
-from deploys.locking import run_lock_done, run_lock_held
 from deploys.monitoring_host import gateway_change, recorded_drain, recorded_phase, warn_pending
-from deploys.spec import fleet_specs, host_spec
+from deploys.runner import Entry, EntryRun, run_entry
+from inventory.fleet import HostSpec
 from operations.checks import refuse_host
 from rules.gateway import HAND, ROLLOUT, drain_hosts, drain_report, restore_hosts
 from rules.monitoring import is_monitor
@@ -46,21 +46,43 @@ def names_of(raw: object) -> frozenset[str]:
     return frozenset(n.strip() for n in str(raw or "").split(",") if n.strip())
 
 
-spec = host_spec()
-fleet = fleet_specs()
-raw_drain, raw_restore = host.data.get("drain"), host.data.get("restore")
-# pyinfra reads a --data value as a number where it can (batch 0: the rollout's last sweep)
-by = ROLLOUT if host.data.get(ROLLOUT_BATCH_DATA) is not None else HAND
-names, back = names_of(raw_drain), names_of(raw_restore)
-unknown = sorted((names | back) - {s.name for s in fleet if s.settings.role == "gpu"})
-if not (is_monitor(spec) and spec.settings.gateway.enabled):
-    host.noop("no gateway on this host")
-elif (raw_drain is None) == (raw_restore is None) or unknown:
-    refuse_host(name="Refuse: which hosts to drain or restore?",
-                message=(f"not GPU hosts of this fleet: {', '.join(unknown)}; " if unknown
-                         else "") + "--data drain=HOST,HOST (out of the gateway), "
-                "--data restore=HOST,HOST (back), or drain= (every host back); one of them")
-elif run_lock_held():  # the gateway's lock: one change of its routing at a time
+def unknown_hosts(fleet: list[HostSpec]) -> list[str]:
+    """The names asked for that are not GPU hosts of this fleet."""
+    asked = names_of(host.data.get("drain")) | names_of(host.data.get("restore"))
+    return sorted(asked - {s.name for s in fleet if s.settings.role == "gpu"})
+
+
+def has_gateway(spec: HostSpec) -> bool:
+    return is_monitor(spec) and spec.settings.gateway.enabled
+
+
+def asked_once(fleet: list[HostSpec]) -> bool:
+    """Exactly one of drain= and restore=, naming only GPU hosts of this fleet."""
+    raw_drain, raw_restore = host.data.get("drain"), host.data.get("restore")
+    return (raw_drain is None) != (raw_restore is None) and not unknown_hosts(fleet)
+
+
+def gateway_locks(spec: HostSpec, fleet: list[HostSpec]) -> bool:
+    """The gateway's lock, for a well-formed request: one change of its routing at a time."""
+    return has_gateway(spec) and asked_once(fleet)
+
+
+def drain(run: EntryRun) -> None:
+    spec, fleet = run.spec, run.fleet
+    raw_drain, raw_restore = host.data.get("drain"), host.data.get("restore")
+    # pyinfra reads a --data value as a number where it can (batch 0: the rollout's last sweep)
+    by = ROLLOUT if host.data.get(ROLLOUT_BATCH_DATA) is not None else HAND
+    names, back = names_of(raw_drain), names_of(raw_restore)
+    unknown = unknown_hosts(fleet)
+    if not has_gateway(spec):
+        host.noop("no gateway on this host")
+        return
+    if not asked_once(fleet):
+        refuse_host(name="Refuse: which hosts to drain or restore?",
+                    message=(f"not GPU hosts of this fleet: {', '.join(unknown)}; " if unknown
+                             else "") + "--data drain=HOST,HOST (out of the gateway), "
+                    "--data restore=HOST,HOST (back), or drain= (every host back); one of them")
+        return
     recorded = recorded_drain()
     # A rollout's batches, from this one on, against the hosts out of the gateway already.
     plan = parse_plan(str(host.data.get(ROLLOUT_PLAN_DATA) or ""))
@@ -72,14 +94,18 @@ elif run_lock_held():  # the gateway's lock: one change of its routing at a time
                         "replica in rotation (put drained hosts back: deploys/drain.py --data "
                         "restore=HOST, or accept the outage: tools/rollout.py "
                         f"{ALLOW_OUTAGE_FLAG}):", *(o.render() for o in found)]))
-    else:
-        if raw_restore is not None:
-            state = restore_hosts(recorded, back, by)
-        elif names:
-            state = drain_hosts(recorded, names, by)
-        else:  # drain= : every host back (by hand; a rollout always names its batch)
-            state = {} if by == HAND else dict(recorded)
-        warn_pending()  # replaced by this change
-        host.log_styled(drain_report(state), log_func=logger.warning)
-        gateway_change(spec, fleet, recorded_phase(), state)
-    run_lock_done()
+        return
+    if raw_restore is not None:
+        state = restore_hosts(recorded, back, by)
+    elif names:
+        state = drain_hosts(recorded, names, by)
+    else:  # drain= : every host back (by hand; a rollout always names its batch)
+        state = {} if by == HAND else dict(recorded)
+    warn_pending()  # replaced by this change
+    host.log_styled(drain_report(state), log_func=logger.warning)
+    gateway_change(spec, fleet, recorded_phase(), state)
+
+
+# Only the gateway host holds its lock (a drain changes nothing elsewhere); no probe.
+DRAIN = Entry("drain", drain, locks=gateway_locks)
+run_entry(DRAIN)

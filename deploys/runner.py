@@ -15,7 +15,8 @@ shows twice.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Literal, cast
 
 from pyinfra import state
@@ -37,6 +38,9 @@ from deploys.preflight import monitor_preflight, preflight, read_host, replicas_
 from deploys.python_env import python_env, python_env_plan
 from deploys.spec import fleet_specs, host_spec
 from deploys.verify_stack import verify_stack
+from facts.probe import HostProbe
+from inventory.fleet import HostSpec
+from operations.checks import refuse_host
 from rules.assessment import exporter_pin_findings
 from rules.monitoring import is_monitor
 from rules.serving import dcgm_exporter
@@ -116,3 +120,52 @@ def _run_steps(steps: Collection[Step]) -> None:
     if converge and "record" in steps:
         host_record(spec=spec, plan=plan, venv=venv,
                     partial=any(step not in steps for step in STEPS if step != "record"))
+
+
+# --- the entries that do not converge: canary, drain, audit, doctor ----------------------------
+@dataclass(frozen=True)
+class EntryRun:
+    """What the runner hands an entry's step: the host's spec, the fleet's, and the probe
+    (the one reading of the host, facts.probe) when the entry asked for it."""
+
+    spec: HostSpec
+    fleet: list[HostSpec]
+    probe: HostProbe | None
+
+
+def _nowhere(spec: HostSpec, fleet: list[HostSpec]) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An entry that does not converge, declared: where the host's spec comes from, on which
+    hosts it holds the run lock (taken before the host is read, given back last), which hosts
+    it reads with the probe, and its own step. ``run_entry`` takes them in that order for
+    every entry, so no entry prepares a host its own way."""
+
+    name: str
+    step: Callable[[EntryRun], None]
+    locks: Callable[[HostSpec, list[HostSpec]], bool] = _nowhere
+    probes: Callable[[HostSpec, list[HostSpec]], bool] = _nowhere
+    # The fleet file's spec (deploys/spec.py), or one built otherwise (the doctor's --data):
+    # a message instead stops the host with ``unusable`` as the refusal's title.
+    spec: Callable[[], HostSpec | str] = host_spec
+    unusable: str = "Refuse: no usable spec for this host"
+
+
+def run_entry(entry: Entry) -> None:
+    """Run ``entry`` on the host being deployed: spec -> run lock (where it locks) -> probe
+    (where it reads) -> its step -> the lock given back."""
+    spec = entry.spec()
+    if isinstance(spec, str):
+        refuse_host(name=entry.unusable, message=spec)
+        return
+    fleet = fleet_specs()
+    locked = entry.locks(spec, fleet)
+    if locked and not run_lock_held():
+        return  # refused by run_lock_held: nothing read or changed here
+    probe = read_host(spec) if entry.probes(spec, fleet) else None
+    entry.step(EntryRun(spec, fleet, probe))
+    if locked:
+        run_lock_done()
