@@ -66,15 +66,14 @@ def run(steps: Collection[Step]) -> None:
     # Every run ends with a summary of the hosts it lost: step, cause, what to do.
     install_fault_summary(state)
     # One run at a time on a host (deploys/locking.py): the lock is taken before the host
-    # is read and given back last.
-    if run_lock_held():
-        _run_steps(steps)
-        run_lock_done()
+    # is read and given back last; a GPU host is read with the probe (the monitoring host's
+    # preflight reads its own state). The same runner as every other entry's (below).
+    run_entry(Entry("converge", lambda run: _run_steps(steps, run), locks=_everywhere,
+                    probes=lambda spec, fleet: not is_monitor(spec)))
 
 
-def _run_steps(steps: Collection[Step]) -> None:
-    spec = host_spec()
-    fleet = fleet_specs()
+def _run_steps(steps: Collection[Step], run: EntryRun) -> None:
+    spec, fleet = run.spec, run.fleet
     if is_monitor(spec):
         # A monitoring host needs no GPU: its own small stack, read from one state read.
         monitor_preflight(spec, fleet)
@@ -82,7 +81,8 @@ def _run_steps(steps: Collection[Step]) -> None:
         converge = True
         monitored = False
     else:
-        probe = read_host(spec)
+        assert run.probe is not None  # every GPU host is read (the entry's probes)
+        probe = run.probe
         venv = python_env_plan(spec)
         # A fleet with a monitoring host scrapes every replica: the host must run what the
         # fleet file says (rules.monitoring.fleet_replicas), checked before anything changes.
@@ -135,6 +135,10 @@ class EntryRun:
 
 def _nowhere(spec: HostSpec, fleet: list[HostSpec]) -> bool:
     return False
+
+
+def _everywhere(spec: HostSpec, fleet: list[HostSpec]) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
