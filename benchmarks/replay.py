@@ -302,10 +302,11 @@ def child(mode: str, out: str | None, pyinfra_args: list[str]) -> int:
         release = json.loads(os.environ[ENV_RELEASE])
         setattr(rules.manifest, "gpufleet_release", lambda: release)  # noqa: B010
     if os.environ.get(ENV_BASELINE):
-        # Measure pyinfra's own operation order (inspect.stack()), as before the adapter.
+        # Measure pyinfra as it is (its own operation order with inspect.stack(), its own
+        # global arguments), as before the adapter's replacements.
         import operations.pyinfra_adapter as adapter
 
-        setattr(adapter, "install_operation_order_from_frames", lambda: None)  # noqa: B010
+        setattr(adapter, "install_faster_pyinfra", lambda: None)  # noqa: B010
     sys.argv = ["pyinfra", *pyinfra_args]
     profile_path = os.environ.get("GPUFLEET_REPLAY_PROFILE", "")
     profiler = None

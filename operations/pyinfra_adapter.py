@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import pyinfra
+import pyinfra.api.arguments as pyinfra_arguments
 from pyinfra.api.command import FunctionCommand
+from pyinfra.api.host import HostData
 from pyinfra.api.operation import OperationMeta
 
 # The pyinfra these reach-ins were written against (requirements lock, pyproject.toml).
@@ -177,3 +179,78 @@ def may_have_changed(state: Any, host: Any, failing_op_hash: str) -> bool:
         if any(not isinstance(command, FunctionCommand) for command in commands):
             return True
     return False
+
+
+# --- global arguments: the type hints resolved once, the host data read once per call --------
+# Every operation, fact and @deploy call runs pyinfra.api.arguments.pop_global_arguments. For
+# each of the ~32 global arguments it (a) calls all_global_arguments(), i.e.
+# typing.get_type_hints(AllArguments), resolved again on every call, and (b) reads the host's
+# data with getattr(host.data, key): HostData evaluates its five data sources each time
+# (override, host, the host's groups -- a dict merged from every group --, inventory, @deploy
+# data), so one call merges the group data ~32 times. Below: (a) the hints resolved once
+# (AllArguments is a class of pyinfra's, never changed at run time); (b) pyinfra's own
+# pop_global_arguments, run with a view of the host whose data sources were evaluated once at
+# the start of the call: HostData returns the first source holding a key, which is what the
+# sources merged last-to-first hold (HostData.dict()), shallow-copied as HostData does.
+_GLOBAL_ARGUMENT_TYPES: list[tuple[str, type]] = []
+# pyinfra's own, kept before anything here replaces it (the test compares against it).
+PYINFRA_ALL_GLOBAL_ARGUMENTS = pyinfra_arguments.all_global_arguments
+
+
+def all_global_arguments_once() -> list[tuple[str, type]]:
+    """pyinfra.api.arguments.all_global_arguments, its type hints resolved once."""
+    if not _GLOBAL_ARGUMENT_TYPES:
+        from typing import get_type_hints
+
+        _GLOBAL_ARGUMENT_TYPES.extend(get_type_hints(pyinfra_arguments.AllArguments).items())
+    return list(_GLOBAL_ARGUMENT_TYPES)
+
+
+class _HostDataReadOnce:
+    """A host as pop_global_arguments sees it: the host, its data sources evaluated once."""
+
+    __slots__ = ("_host", "data")
+
+    def __init__(self, host: Any) -> None:
+        data = host.data
+        once = HostData.__new__(HostData)
+        # The same override dict (a write lands where HostData would put it); one source:
+        # every source merged, the first holding a key winning.
+        once.__dict__.update(host=host, override_datas=data.override_datas,
+                             datas=(data.dict(),))
+        self._host = host
+        self.data = once
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+
+def pop_global_arguments_data_read_once(state: Any, host: Any, kwargs: dict[str, Any]
+                                        ) -> tuple[Any, list[str]]:
+    """pyinfra.api.arguments.pop_global_arguments (pyinfra's own, which stays in its module),
+    the host's data sources evaluated once per call instead of once per global argument."""
+    if type(host.data) is not HostData:
+        return pyinfra_arguments.pop_global_arguments(state, host, kwargs)
+    view: Any = _HostDataReadOnce(host)  # reads like the host: data, current_deploy_kwargs
+    return pyinfra_arguments.pop_global_arguments(state, view, kwargs)
+
+
+def install_global_arguments_once() -> None:
+    """Make pyinfra's operation, fact and @deploy calls use all_global_arguments_once and
+    pop_global_arguments_data_read_once (idempotent). The three modules imported the
+    function by name, so each module's name is replaced."""
+    import importlib
+
+    for name in ("pyinfra.api.arguments", "pyinfra.api.facts"):
+        setattr(importlib.import_module(name), "all_global_arguments",  # noqa: B010
+                all_global_arguments_once)
+    for name in ("pyinfra.api.operation", "pyinfra.api.facts", "pyinfra.api.deploy"):
+        setattr(importlib.import_module(name), "pop_global_arguments",  # noqa: B010
+                pop_global_arguments_data_read_once)
+
+
+def install_faster_pyinfra() -> None:
+    """Both of the above (idempotent): pyinfra's results, less of the controller's CPU per
+    operation and host. Installed by inventory.py when pyinfra loads the fleet."""
+    install_operation_order_from_frames()
+    install_global_arguments_once()
