@@ -262,13 +262,21 @@ def test_the_global_arguments_with_the_data_read_once_are_pyinfras_own(
         assert _outcome(adapter.pop_global_arguments_data_read_once, state, host, bad) == theirs
 
 
-def test_a_host_data_written_through_the_view_lands_where_pyinfra_puts_it() -> None:
+def test_the_view_reads_the_data_as_hostdata_does() -> None:
     inv = _fleet()
-    host = inv.get_host("@local")
+    host = inv.get_host("@docker/x")
     view = adapter._HostDataReadOnce(host)
-    view.data._retries = 2
-    assert host.data._retries == 2
     assert view.name == host.name and view.groups == host.groups
+    for key in ("_sudo", "_sudo_user", "_env", "_chdir", "_shell_executable"):
+        assert getattr(view.data, key) == getattr(host.data, key)
+    # a shallow copy, as HostData hands out
+    assert view.data._env is not inv.host_data["@docker/x"]["_env"]
+    with pytest.raises(AttributeError) as theirs:
+        host.data._nope  # noqa: B018
+    with pytest.raises(AttributeError) as ours:
+        view.data._nope  # noqa: B018
+    assert str(ours.value) == str(theirs.value)
+    assert getattr(view.data, "_nope", "absent") == "absent"
 
 
 def _operations_global_arguments() -> dict[str, list[dict[str, Any]]]:
@@ -308,3 +316,26 @@ def test_a_run_gives_the_same_global_arguments_installed_or_not(
     assert len(ours["@docker/x"]) == 3
     assert ours["@docker/x"][2]["_su_user"] == "svc"
     assert ours["@docker/x"][0]["_sudo_user"] == "hostuser"
+
+
+def test_the_connectors_are_found_once_and_are_pyinfras(monkeypatch: pytest.MonkeyPatch) -> None:
+    own = pyinfra_inventory.get_all_connectors
+    monkeypatch.setattr(pyinfra_inventory, "get_all_connectors", own)
+    looked_up: list[int] = []
+
+    def counted() -> dict[str, Any]:
+        looked_up.append(1)
+        return own()
+
+    monkeypatch.setattr(pyinfra_inventory, "get_all_connectors", counted)
+    adapter.install_connectors_found_once()
+    adapter.install_connectors_found_once()  # idempotent: not wrapped twice
+    inv = pyinfra_inventory.Inventory(
+        ([f"@docker/c{i}" for i in range(5)] + ["@local"], {}))
+    assert len(looked_up) == 1  # pyinfra's own: once per @host, 6 here
+    assert [host.connector_cls for host in inv] == (
+        [own()["docker"]] * 5 + [own()["local"]])
+    found = pyinfra_inventory.get_all_connectors()
+    assert found == own()
+    found.clear()  # each call gets a dict of its own
+    assert pyinfra_inventory.get_all_connectors() == own()
