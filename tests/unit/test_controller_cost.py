@@ -1,0 +1,114 @@
+"""What the controller computes once per run, not once per host: a fleet's checks read every
+host's monitoring targets once (not once per host: 1,000 hosts made it 1,000,000 reads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import rules.monitoring
+from inventory.fleet import load_fleet
+from rules.fleet_checks import fleet_problems
+
+HOSTS = "\n".join(f"[groups.hgx.hosts.gpu-{i:02d}]\ntarget = \"10.0.0.{10 + i}\"\n"
+                  for i in range(1, 6))
+FLEET = f"""
+[settings]
+model = "deepseek-r1-distill-qwen-7b"
+weights_path = "/srv/models/m"
+tensor_parallel = 1
+[settings.inference]
+bind = "0.0.0.0"
+[settings.monitoring]
+bind = "0.0.0.0"
+
+[groups.hgx]
+settings = {{ gpus = {{ count = 8, model = "H100 80GB HBM3" }}, monitoring = {{ dcgm_registry = "mirror.example.internal" }} }}
+{HOSTS}
+[groups.monitor]
+settings = {{ role = "monitor" }}
+[groups.monitor.hosts.mon-01]
+target = "10.0.0.5"
+"""
+
+
+def test_a_fleets_checks_read_the_monitoring_targets_once(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = rules.monitoring.fleet_targets
+
+    def counted(monitor: Any, specs: list[Any]) -> Any:
+        calls.append(len(specs))
+        return real(monitor, specs)
+
+    monkeypatch.setattr(rules.monitoring, "fleet_targets", counted)
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET)
+    loaded = load_fleet(path, checks=fleet_problems)
+    assert len(loaded.hosts) == 6
+    assert calls == [6]  # once for the fleet, not once per GPU host (5)
+
+
+def test_the_gpu_catalog_is_read_once_for_all_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import inventory.catalog
+    import rules.assessment
+    import rules.gpu_inventory
+
+    reads: list[int] = []
+    real = inventory.catalog.load_gpus
+
+    def counted(path: Path | None = None) -> Any:
+        reads.append(1)
+        return real(path)
+
+    monkeypatch.setattr(inventory.catalog, "load_gpus", counted)
+    inventory.catalog._gpus.cache_clear()
+    for _ in range(3):  # three hosts' plans
+        assert rules.gpu_inventory._catalog_by_name()
+        assert rules.assessment._forward_compatible([])  == {}
+    assert len(reads) == 1
+    assert inventory.catalog.catalog_gpus() == real()
+    inventory.catalog._gpus.cache_clear()
+
+
+def _docker_save(path: Path, image: str, digest: str) -> None:
+    import io
+    import json
+    import tarfile
+
+    manifest = json.dumps([{"Config": f"blobs/sha256/{digest}", "RepoTags": [image]}]).encode()
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("blobs/sha256/" + digest, b"{}"), ("manifest.json", manifest)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_an_image_archive_is_read_once_for_all_hosts_and_again_when_it_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import tarfile
+
+    import operations.docker_config as docker_config
+
+    opened: list[str] = []
+    real_open: Any = tarfile.open
+
+    def counted(name: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if mode.startswith("r"):
+            opened.append(str(name))
+        return real_open(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile, "open", counted)
+    archive = tmp_path / "engine.tar"
+    _docker_save(archive, "engine:1", "a" * 64)
+    for _ in range(3):  # three hosts' plans
+        assert docker_config.archive_image_id(str(archive), "engine:1") == "sha256:" + "a" * 64
+    assert docker_config.archive_image_id(str(archive), "other:1") is None
+    assert len(opened) == 2  # once per image asked for, not once per host
+    _docker_save(archive, "engine:1", "b" * 64)  # the archive rebuilt
+    os.utime(archive, ns=(1, 1))
+    assert docker_config.archive_image_id(str(archive), "engine:1") == "sha256:" + "b" * 64
+    assert docker_config.archive_image_id(str(tmp_path / "none.tar"), "engine:1") is None
