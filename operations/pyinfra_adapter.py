@@ -78,8 +78,21 @@ def _frame_file(frame: Any) -> str:
     return found
 
 
+# (code, instruction offset) -> its first line: finding it walks the code's positions up to
+# the instruction; the same call sites run for every host.
+_LINES: dict[tuple[Any, int], int] = {}
+
+
 def _frame_line(frame: Any) -> int:
     """inspect.getframeinfo(frame).lineno: the first line of the instruction running."""
+    key = (frame.f_code, frame.f_lasti)
+    line = _LINES.get(key)
+    if line is None:
+        line = _LINES[key] = _instruction_line(frame)
+    return line
+
+
+def _instruction_line(frame: Any) -> int:
     positions = getattr(frame.f_code, "co_positions", None)
     if positions is not None and frame.f_lasti >= 0:
         from itertools import islice

@@ -112,3 +112,29 @@ def test_an_image_archive_is_read_once_for_all_hosts_and_again_when_it_changes(
     os.utime(archive, ns=(1, 1))
     assert docker_config.archive_image_id(str(archive), "engine:1") == "sha256:" + "b" * 64
     assert docker_config.archive_image_id(str(tmp_path / "none.tar"), "engine:1") is None
+
+
+def test_a_lock_file_is_parsed_once_for_all_hosts_and_again_when_it_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import inventory.python_locks as locks
+
+    parsed: list[int] = []
+    real = locks.parse_lock
+
+    def counted(text: str) -> Any:
+        parsed.append(1)
+        return real(text)
+
+    monkeypatch.setattr(locks, "parse_lock", counted)
+    folder = tmp_path / "x"
+    folder.mkdir()
+    path = folder / locks.lock_file_name("3.11", "x86_64")
+    path.write_text("six==1.16.0 --hash=sha256:" + "a" * 64 + "\n")
+    first = [locks.load_lock("x", "3.11", "x86_64", tmp_path) for _ in range(3)]  # 3 hosts
+    assert len(parsed) == 1
+    assert all(lock.packages == first[0].packages for lock in first)
+    first[0].packages.clear()  # each host's lock is its own
+    assert locks.load_lock("x", "3.11", "x86_64", tmp_path).version("six") == "1.16.0"
+    path.write_text("six==1.17.0 --hash=sha256:" + "b" * 64 + "\n")
+    assert locks.load_lock("x", "3.11", "x86_64", tmp_path).version("six") == "1.17.0"
+    assert len(parsed) == 2
