@@ -61,6 +61,10 @@ RUNS: dict[str, list[str]] = {
     "no-op": ["-y", "inventory.py", "deploys/gpu_host.py"],
     "audit": ["-y", "inventory.py", "deploys/audit.py"],
 }
+# Runs recorded with the host state read again when execution starts (as it is when planning
+# takes longer than facts.host_state.REUSE_ACROSS_PHASES_SECONDS: at 1,000 hosts), so that
+# the replay has that read's answer too. A shorter replayed run simply does not ask for it.
+LATE_READ_RUNS = ("no-op",)
 CLONE = re.compile(r"--\d{4,}")
 BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{24,}={0,2}(?![A-Za-z0-9+/=])")
 # Environment of a child pyinfra process: which recording, which run, record or replay.
@@ -71,6 +75,8 @@ ENV_BASELINE = "GPUFLEET_REPLAY_BASELINE"
 # runs as that release, so that a commit made since does not read as a manifest to rewrite.
 ENV_RELEASE = "GPUFLEET_REPLAY_RELEASE"
 ENV_CANONICAL = "GPUFLEET_REPLAY_CANONICAL"
+# Record: read the host state again when execution starts, however soon (LATE_READ_RUNS).
+ENV_LATE_READ = "GPUFLEET_REPLAY_LATE_READ"
 # Replay: [recorded, replayed] strings to swap in every answer (the SHA-256 of the host's API
 # key file, recorded with the rehearsal fleet's key, replayed with the benchmark's own key).
 ENV_SWAP = "GPUFLEET_REPLAY_SWAP"
@@ -301,6 +307,11 @@ def child(mode: str, out: str | None, pyinfra_args: list[str]) -> int:
 
         release = json.loads(os.environ[ENV_RELEASE])
         setattr(rules.manifest, "gpufleet_release", lambda: release)  # noqa: B010
+    if os.environ.get(ENV_LATE_READ):
+        import facts.host_state
+
+        # The probe's reading never carries over into execution: the state is read again.
+        setattr(facts.host_state, "REUSE_ACROSS_PHASES_SECONDS", -1.0)  # noqa: B010
     if os.environ.get(ENV_BASELINE):
         # Measure pyinfra as it is (its own operation order with inspect.stack(), its own
         # global arguments), as before the adapter's replacements.
@@ -361,7 +372,8 @@ def record_run(label: str, fleet: Path, limit: list[str], release: dict[str, Any
     return run_child("record", fleet,
                      [*RUNS[label], *[arg for name in limit for arg in ("--limit", name)]],
                      {ENV_RELEASE: json.dumps(release),
-                      ENV_CANONICAL: json.dumps(canonical or [])})
+                      ENV_CANONICAL: json.dumps(canonical or []),
+                      **({ENV_LATE_READ: "1"} if label in LATE_READ_RUNS else {})})
 
 
 def host_file(fleet: Path, hosts: tuple[str, ...], path: str) -> str:

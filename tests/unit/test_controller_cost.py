@@ -138,3 +138,34 @@ def test_a_lock_file_is_parsed_once_for_all_hosts_and_again_when_it_changes(
     path.write_text("six==1.17.0 --hash=sha256:" + "b" * 64 + "\n")
     assert locks.load_lock("x", "3.11", "x86_64", tmp_path).version("six") == "1.17.0"
     assert len(parsed) == 2
+
+
+def test_a_hosts_spec_is_validated_once_per_run_and_again_when_its_data_differs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pyinfra.api import Config, State
+    from pyinfra.api.inventory import Inventory
+
+    from deploys.spec import host_spec
+    from inventory.fleet import HostSpec, pyinfra_host_data
+
+    path = tmp_path / "fleet.toml"
+    path.write_text(FLEET)
+    specs = load_fleet(path, checks=fleet_problems).hosts[:2]
+    inv = Inventory(([(spec.name, pyinfra_host_data(spec)) for spec in specs], {}))
+    State(inv, Config())
+    validated: list[str] = []
+    real = HostSpec.model_validate
+
+    def counted(data: Any, *args: Any, **kwargs: Any) -> HostSpec:
+        validated.append(data["name"])
+        return real(data, *args, **kwargs)
+
+    monkeypatch.setattr(HostSpec, "model_validate", counted)
+    for _ in range(3):  # each host's deploy asks several times
+        assert [host_spec(host) for host in inv] == specs
+    assert validated == [specs[0].name, specs[1].name]
+    # the host's data changed (a test, an override): validated again, from the new data
+    host = inv.get_host(specs[0].name)
+    host.data.gpufleet = pyinfra_host_data(specs[1])["gpufleet"]
+    assert host_spec(host) == specs[1]
+    assert len(validated) == 3

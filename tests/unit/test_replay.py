@@ -129,3 +129,21 @@ def test_a_swapped_digest_is_replaced_inside_base64_file_contents(host: Any) -> 
     inside = base64.b64encode(b"compose-digest key:old-digest\n").decode()
     swapped = connector._as_clone(f"file {inside}")
     assert base64.b64decode(swapped.split()[1]).decode() == "compose-digest key:new-digest\n"
+
+
+def test_the_recording_answers_the_state_read_of_a_late_execution(host: Any) -> None:
+    """At 1,000 hosts execution starts more than REUSE_ACROSS_PHASES_SECONDS after the probe,
+    so the no-op reads each host's state again: the recording holds that read's answer (the
+    no-op is recorded with the read forced, LATE_READ_RUNS), or the replay fails with
+    ReplayMiss there."""
+    from facts.host_state import host_state_script
+
+    late = replay.command_key(host, StringCommand(host_state_script()), {})
+    recording = json.loads(replay.RECORDING.read_text())
+    assert "no-op" in replay.LATE_READ_RUNS
+    for name in replay.RECORDED_HOSTS:
+        entries = recording["runs"]["no-op"][f"@docker/gpufleet-{name}"]
+        answers = [entry for entry in entries if entry["key"] == late]
+        assert len(answers) == 1, name
+        assert answers[0]["ok"] and any("__gpufleet_state=dpkg" in line
+                                        for _, line in answers[0]["out"])
