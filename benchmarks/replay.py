@@ -222,6 +222,7 @@ class ReplayConnector(BaseConnector):
         # followed by a clone suffix already.
         fleet_name = self.recorded.rsplit("/", 1)[-1].removeprefix("gpufleet-")
         self.plain_name = re.compile(re.escape(fleet_name) + r"(?![\w-])")
+        self.fleet_name = fleet_name
         self.swaps: list[list[str]] = json.loads(os.environ.get(ENV_SWAP) or "[]")
         self.seen: dict[str, int] = defaultdict(int)
 
@@ -237,7 +238,7 @@ class ReplayConnector(BaseConnector):
             return text
         # File contents travel base64-encoded (the state read): renamed inside as well.
         text = BASE64.sub(self._as_clone_base64, text)
-        if not self.suffix:
+        if not self.suffix or self.fleet_name not in text:  # most lines name no host
             return text
         return self.plain_name.sub(lambda found: found.group(0) + self.suffix, text)
 
