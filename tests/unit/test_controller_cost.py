@@ -169,3 +169,39 @@ def test_a_hosts_spec_is_validated_once_per_run_and_again_when_its_data_differs(
     host.data.gpufleet = pyinfra_host_data(specs[1])["gpufleet"]
     assert host_spec(host) == specs[1]
     assert len(validated) == 3
+
+
+def test_a_compose_document_is_dumped_once_for_all_hosts_with_the_same_plan(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    import rules.serving as serving
+    from tests.unit.test_serving import plan
+
+    dumped: list[Any] = []
+    real_dump = yaml.dump
+
+    def counted(document: Any, *args: Any, **kwargs: Any) -> Any:
+        dumped.append(document)
+        return real_dump(document, *args, **kwargs)
+
+    def direct(document: Any) -> str:
+        text: str = real_dump(document, Dumper=serving._NoAliases, sort_keys=False,
+                              default_flow_style=False, width=100)
+        return text
+
+    monkeypatch.setattr(serving, "_COMPOSE_YAML", {})
+    monkeypatch.setattr(yaml, "dump", counted)
+    engine = plan(tmp_path)
+    texts = [serving.render_compose(engine) for _ in range(3)]  # three hosts, one plan
+    assert len(dumped) == 1 and len(set(texts)) == 1
+    assert direct(serving.compose_document(engine)) in texts[0]
+    # documents that differ only in a value's type or order are told apart
+    variants = [{"a": 1, "b": [1]}, {"a": True, "b": [1]}, {"a": 1.0, "b": [1]},
+                {"b": [1], "a": 1}, {"a": "1", "b": [1]}, {"a": 1, "b": [1]}]
+    assert [serving.compose_yaml(v) for v in variants] == [direct(v) for v in variants]
+    assert len(dumped) == 1 + 5  # the last is the first again
+    # a document holding anything but builtin values is dumped each time
+    odd = {"a": (1, 2)}
+    assert serving.compose_yaml(odd) == serving.compose_yaml(odd) == direct(odd)
+    assert len(dumped) == 6 + 2
