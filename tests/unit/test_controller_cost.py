@@ -197,8 +197,9 @@ def test_a_compose_document_is_dumped_once_for_all_hosts_with_the_same_plan(
     assert len(dumped) == 1 and len(set(texts)) == 1
     assert direct(serving.compose_document(engine)) in texts[0]
     # documents that differ only in a value's type or order are told apart
-    variants = [{"a": 1, "b": [1]}, {"a": True, "b": [1]}, {"a": 1.0, "b": [1]},
-                {"b": [1], "a": 1}, {"a": "1", "b": [1]}, {"a": 1, "b": [1]}]
+    variants: list[dict[str, Any]] = [
+        {"a": 1, "b": [1]}, {"a": True, "b": [1]}, {"a": 1.0, "b": [1]},
+        {"b": [1], "a": 1}, {"a": "1", "b": [1]}, {"a": 1, "b": [1]}]
     assert [serving.compose_yaml(v) for v in variants] == [direct(v) for v in variants]
     assert len(dumped) == 1 + 5  # the last is the first again
     # a document holding anything but builtin values is dumped each time
