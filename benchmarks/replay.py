@@ -61,6 +61,10 @@ RUNS: dict[str, list[str]] = {
     "no-op": ["-y", "inventory.py", "deploys/gpu_host.py"],
     "audit": ["-y", "inventory.py", "deploys/audit.py"],
 }
+# Runs recorded with the host state read again when execution starts (as it is when planning
+# takes longer than facts.host_state.REUSE_ACROSS_PHASES_SECONDS: at 1,000 hosts), so that
+# the replay has that read's answer too. A shorter replayed run simply does not ask for it.
+LATE_READ_RUNS = ("no-op",)
 CLONE = re.compile(r"--\d{4,}")
 BASE64 = re.compile(r"(?<![A-Za-z0-9+/=])[A-Za-z0-9+/]{24,}={0,2}(?![A-Za-z0-9+/=])")
 # Environment of a child pyinfra process: which recording, which run, record or replay.
@@ -71,6 +75,8 @@ ENV_BASELINE = "GPUFLEET_REPLAY_BASELINE"
 # runs as that release, so that a commit made since does not read as a manifest to rewrite.
 ENV_RELEASE = "GPUFLEET_REPLAY_RELEASE"
 ENV_CANONICAL = "GPUFLEET_REPLAY_CANONICAL"
+# Record: read the host state again when execution starts, however soon (LATE_READ_RUNS).
+ENV_LATE_READ = "GPUFLEET_REPLAY_LATE_READ"
 # Replay: [recorded, replayed] strings to swap in every answer (the SHA-256 of the host's API
 # key file, recorded with the rehearsal fleet's key, replayed with the benchmark's own key).
 ENV_SWAP = "GPUFLEET_REPLAY_SWAP"
@@ -196,6 +202,12 @@ def _table(host: str) -> dict[str, list[dict[str, Any]]]:
     return _RECORDINGS[path].get(host, {})
 
 
+# (the recorded host's name pattern, the swaps, a base64 string in its answers) known to need
+# no change in any clone's answer: not decodable, or naming no host and holding no swapped
+# string.
+_UNCHANGED_BASE64: set[tuple[str, str, str]] = set()
+
+
 class ReplayConnector(BaseConnector):
     """Answers each command from the recording of the host it clones; no process is run."""
 
@@ -210,6 +222,7 @@ class ReplayConnector(BaseConnector):
         # followed by a clone suffix already.
         fleet_name = self.recorded.rsplit("/", 1)[-1].removeprefix("gpufleet-")
         self.plain_name = re.compile(re.escape(fleet_name) + r"(?![\w-])")
+        self.fleet_name = fleet_name
         self.swaps: list[list[str]] = json.loads(os.environ.get(ENV_SWAP) or "[]")
         self.seen: dict[str, int] = defaultdict(int)
 
@@ -225,7 +238,7 @@ class ReplayConnector(BaseConnector):
             return text
         # File contents travel base64-encoded (the state read): renamed inside as well.
         text = BASE64.sub(self._as_clone_base64, text)
-        if not self.suffix:
+        if not self.suffix or self.fleet_name not in text:  # most lines name no host
             return text
         return self.plain_name.sub(lambda found: found.group(0) + self.suffix, text)
 
@@ -235,9 +248,18 @@ class ReplayConnector(BaseConnector):
         return text
 
     def _as_clone_base64(self, found: re.Match[str]) -> str:
+        # Most encoded contents name no host and hold no swapped digest: known once for all
+        # clones of the recorded host (the replay's own cost, not the controller's).
+        unchanged_key = (self.plain_name.pattern, repr(self.swaps), found.group(0))
+        if unchanged_key in _UNCHANGED_BASE64:
+            return found.group(0)
         try:
             decoded = base64.b64decode(found.group(0), validate=True).decode()
         except ValueError:
+            _UNCHANGED_BASE64.add(unchanged_key)
+            return found.group(0)
+        if self._swapped(decoded) == decoded and not self.plain_name.search(decoded):
+            _UNCHANGED_BASE64.add(unchanged_key)
             return found.group(0)
         renamed = self._swapped(decoded)
         if self.suffix:
@@ -301,11 +323,17 @@ def child(mode: str, out: str | None, pyinfra_args: list[str]) -> int:
 
         release = json.loads(os.environ[ENV_RELEASE])
         setattr(rules.manifest, "gpufleet_release", lambda: release)  # noqa: B010
+    if os.environ.get(ENV_LATE_READ):
+        import facts.host_state
+
+        # The probe's reading never carries over into execution: the state is read again.
+        setattr(facts.host_state, "REUSE_ACROSS_PHASES_SECONDS", -1.0)  # noqa: B010
     if os.environ.get(ENV_BASELINE):
-        # Measure pyinfra's own operation order (inspect.stack()), as before the adapter.
+        # Measure pyinfra as it is (its own operation order with inspect.stack(), its own
+        # global arguments), as before the adapter's replacements.
         import operations.pyinfra_adapter as adapter
 
-        setattr(adapter, "install_operation_order_from_frames", lambda: None)  # noqa: B010
+        setattr(adapter, "install_faster_pyinfra", lambda: None)  # noqa: B010
     sys.argv = ["pyinfra", *pyinfra_args]
     profile_path = os.environ.get("GPUFLEET_REPLAY_PROFILE", "")
     profiler = None
@@ -360,7 +388,8 @@ def record_run(label: str, fleet: Path, limit: list[str], release: dict[str, Any
     return run_child("record", fleet,
                      [*RUNS[label], *[arg for name in limit for arg in ("--limit", name)]],
                      {ENV_RELEASE: json.dumps(release),
-                      ENV_CANONICAL: json.dumps(canonical or [])})
+                      ENV_CANONICAL: json.dumps(canonical or []),
+                      **({ENV_LATE_READ: "1"} if label in LATE_READ_RUNS else {})})
 
 
 def host_file(fleet: Path, hosts: tuple[str, ...], path: str) -> str:

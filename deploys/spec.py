@@ -18,7 +18,17 @@ def host_spec(current: Host | None = None) -> HostSpec:
             f"{current.name} has no gpufleet spec: run with the fleet inventory, "
             "`pyinfra inventory.py deploys/gpu_host.py`"
         )
-    return HostSpec.model_validate(data)
+    # Validated once per host and run (HostSpec is frozen): kept on pyinfra's State with the
+    # data it was validated from, and validated again should that data differ.
+    memo: dict[str, tuple[object, HostSpec]] = (
+        current.state.__dict__.setdefault("gpufleet_host_specs", {})
+        if getattr(current, "state", None) is not None else {})
+    known = memo.get(current.name)
+    if known is not None and known[0] == data:
+        return known[1]
+    spec = HostSpec.model_validate(data)
+    memo[current.name] = (data, spec)
+    return spec
 
 
 def fleet_specs() -> list[HostSpec]:

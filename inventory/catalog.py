@@ -202,6 +202,12 @@ def _gpus() -> dict[str, GpuSpec]:
     return load_gpus()
 
 
+def catalog_gpus() -> dict[str, GpuSpec]:
+    """The repository's catalog GPUs by id (load_gpus()), read once per process: the plan of
+    every host asks for them."""
+    return dict(_gpus())
+
+
 def find_model(model_id: str) -> ModelSpec:
     """The catalog model with this id; the error lists the known ids."""
     models = _models()

@@ -145,10 +145,21 @@ def load_lock(lock: str, python: str, machine: str, locks_dir: Path | None = Non
         )
     text = path.read_text()
     try:
-        packages = parse_lock(text)
+        packages = _parsed_once(text)
     except LockError as exc:
         raise LockError(f"{path}: {exc}") from None
     return LockFile(lock, python, machine, path, text, packages)
+
+
+# The lock text -> its packages: every host's plan loads the same lock file.
+_PARSED: dict[str, dict[str, LockedPackage]] = {}
+
+
+def _parsed_once(text: str) -> dict[str, LockedPackage]:
+    """parse_lock(text), parsed once per distinct text (each caller gets a dict of its own)."""
+    if text not in _PARSED:
+        _PARSED[text] = parse_lock(text)
+    return dict(_PARSED[text])
 
 
 def pin_problems(lock: LockFile, pins: PythonPins) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tarfile
 import uuid
 
@@ -78,9 +79,27 @@ def daemon_json(path: str, record: str, wanted: DaemonJsonWanted):
         yield write_file_command(record, render_claims(path, claims))
 
 
+# (archive, image, the archive file's identity: inode, size, mtime) -> the id found: every
+# host's plan asks for the same archives, and finding manifest.json reads the headers of the
+# whole archive (tens of members over hundreds of MB).
+_ARCHIVE_IMAGE_IDS: dict[tuple[str, str, int, int, int], str | None] = {}
+
+
 def archive_image_id(archive: str, image: str) -> str | None:
     """The id (sha256:...) of ``image`` in a `docker save` archive on the controller, from the
-    archive's manifest.json; None when the archive cannot tell (then presence is enough)."""
+    archive's manifest.json; None when the archive cannot tell (then presence is enough).
+    Read once per archive file (a changed file is read again)."""
+    try:
+        found = os.stat(archive)
+    except OSError:
+        return None
+    key = (archive, image, found.st_ino, found.st_size, found.st_mtime_ns)
+    if key not in _ARCHIVE_IMAGE_IDS:
+        _ARCHIVE_IMAGE_IDS[key] = _read_archive_image_id(archive, image)
+    return _ARCHIVE_IMAGE_IDS[key]
+
+
+def _read_archive_image_id(archive: str, image: str) -> str | None:
     try:
         with tarfile.open(archive) as tar:
             member = tar.extractfile("manifest.json")

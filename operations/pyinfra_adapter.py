@@ -8,10 +8,13 @@ them fails that test first, with the name of what moved.
 
 from __future__ import annotations
 
+from copy import copy
 from typing import Any
 
 import pyinfra
+import pyinfra.api.arguments as pyinfra_arguments
 from pyinfra.api.command import FunctionCommand
+from pyinfra.api.host import HostData
 from pyinfra.api.operation import OperationMeta
 
 # The pyinfra these reach-ins were written against (requirements lock, pyproject.toml).
@@ -75,8 +78,21 @@ def _frame_file(frame: Any) -> str:
     return found
 
 
+# (code, instruction offset) -> its first line: finding it walks the code's positions up to
+# the instruction; the same call sites run for every host.
+_LINES: dict[tuple[Any, int], int] = {}
+
+
 def _frame_line(frame: Any) -> int:
     """inspect.getframeinfo(frame).lineno: the first line of the instruction running."""
+    key = (frame.f_code, frame.f_lasti)
+    line = _LINES.get(key)
+    if line is None:
+        line = _LINES[key] = _instruction_line(frame)
+    return line
+
+
+def _instruction_line(frame: Any) -> int:
     positions = getattr(frame.f_code, "co_positions", None)
     if positions is not None and frame.f_lasti >= 0:
         from itertools import islice
@@ -184,3 +200,115 @@ def may_have_changed(state: Any, host: Any, failing_op_hash: str) -> bool:
         if any(not isinstance(command, FunctionCommand) for command in commands):
             return True
     return False
+
+
+# --- global arguments: the type hints resolved once, the host data read once per call --------
+# Every operation, fact and @deploy call runs pyinfra.api.arguments.pop_global_arguments. For
+# each of the ~32 global arguments it (a) calls all_global_arguments(), i.e.
+# typing.get_type_hints(AllArguments), resolved again on every call, and (b) reads the host's
+# data with getattr(host.data, key): HostData evaluates its five data sources each time
+# (override, host, the host's groups -- a dict merged from every group --, inventory, @deploy
+# data), so one call merges the group data ~32 times. Below: (a) the hints resolved once
+# (AllArguments is a class of pyinfra's, never changed at run time); (b) pyinfra's own
+# pop_global_arguments, run with a view of the host whose data sources were evaluated once at
+# the start of the call: HostData returns the first source holding a key, which is what the
+# sources merged last-to-first hold (HostData.dict()), shallow-copied as HostData does.
+_GLOBAL_ARGUMENT_TYPES: list[tuple[str, type]] = []
+# pyinfra's own, kept before anything here replaces it (the test compares against it).
+PYINFRA_ALL_GLOBAL_ARGUMENTS = pyinfra_arguments.all_global_arguments
+
+
+def all_global_arguments_once() -> list[tuple[str, type]]:
+    """pyinfra.api.arguments.all_global_arguments, its type hints resolved once."""
+    if not _GLOBAL_ARGUMENT_TYPES:
+        from typing import get_type_hints
+
+        _GLOBAL_ARGUMENT_TYPES.extend(get_type_hints(pyinfra_arguments.AllArguments).items())
+    return list(_GLOBAL_ARGUMENT_TYPES)
+
+
+class _DataReadOnce:
+    """HostData's look-up (the first source holding the key, shallow-copied; AttributeError
+    when none does) over the sources evaluated once: merged last to first, as HostData.dict()
+    merges them, each key holds the first source's value."""
+
+    __slots__ = ("_host", "_merged")
+
+    def __init__(self, data: HostData) -> None:
+        self._merged = data.dict()
+        self._host = data.host
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return copy(self._merged[key])
+        except KeyError:
+            raise AttributeError(f"Host `{self._host}` has no data `{key}`") from None
+
+
+class _HostDataReadOnce:
+    """A host as pop_global_arguments sees it: the host, its data sources evaluated once."""
+
+    __slots__ = ("_host", "data")
+
+    def __init__(self, host: Any) -> None:
+        self._host = host
+        self.data = _DataReadOnce(host.data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+
+def pop_global_arguments_data_read_once(state: Any, host: Any, kwargs: dict[str, Any]
+                                        ) -> tuple[Any, list[str]]:
+    """pyinfra.api.arguments.pop_global_arguments (pyinfra's own, which stays in its module),
+    the host's data sources evaluated once per call instead of once per global argument."""
+    if type(host.data) is not HostData:
+        return pyinfra_arguments.pop_global_arguments(state, host, kwargs)
+    view: Any = _HostDataReadOnce(host)  # reads like the host: data, current_deploy_kwargs
+    return pyinfra_arguments.pop_global_arguments(state, view, kwargs)
+
+
+def install_global_arguments_once() -> None:
+    """Make pyinfra's operation, fact and @deploy calls use all_global_arguments_once and
+    pop_global_arguments_data_read_once (idempotent). The three modules imported the
+    function by name, so each module's name is replaced."""
+    import importlib
+
+    for name in ("pyinfra.api.arguments", "pyinfra.api.facts"):
+        setattr(importlib.import_module(name), "all_global_arguments",  # noqa: B010
+                all_global_arguments_once)
+    for name in ("pyinfra.api.operation", "pyinfra.api.facts", "pyinfra.api.deploy"):
+        setattr(importlib.import_module(name), "pop_global_arguments",  # noqa: B010
+                pop_global_arguments_data_read_once)
+
+
+# --- the connectors, found once -----------------------------------------------------------------
+# pyinfra.api.inventory looks every connector up through the package entry points
+# (get_all_connectors: importlib.metadata scans the installed distributions, ~5 ms) once for
+# each host named @connector/... (@docker, @local): 5 s of a 1,000-host fleet file. The
+# installed packages do not change during a run: look them up once.
+def install_connectors_found_once() -> None:
+    """Make pyinfra's inventory find the connectors (as its current look-up finds them) once
+    per process (idempotent); each call still gets a dict of its own."""
+    import importlib
+
+    inventory = importlib.import_module("pyinfra.api.inventory")
+    current = inventory.get_all_connectors
+    if getattr(current, "__qualname__", "").startswith("install_connectors_found_once"):
+        return
+    found: list[dict[str, Any]] = []
+
+    def all_connectors() -> dict[str, Any]:
+        if not found:
+            found.append(current())
+        return dict(found[0])
+
+    setattr(inventory, "get_all_connectors", all_connectors)  # noqa: B010
+
+
+def install_faster_pyinfra() -> None:
+    """All of the above (idempotent): pyinfra's results, less of the controller's CPU per
+    operation and host. Installed by inventory.py when pyinfra loads the fleet."""
+    install_operation_order_from_frames()
+    install_global_arguments_once()
+    install_connectors_found_once()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 from facts.probe import HostProbe
 from facts.storage import StorageLocationResult
-from inventory.catalog import Precision, load_gpus
+from inventory.catalog import Precision, catalog_gpus
 from inventory.fleet import HostSpec
 from rules import compat
 from rules.checkpoint import config_findings
@@ -179,7 +179,7 @@ def model_needs(spec: HostSpec, context: int) -> str:
         max_num_seqs=settings.inference.max_num_seqs or settings.concurrency,
     )
     gpus = {gpu.names[0]: (gpu.memory_bytes, gpu.compute_capability)
-            for gpu in load_gpus().values()}
+            for gpu in catalog_gpus().values()}
     return render_model_needs(base, serving_configurations(base, gpus))
 
 
@@ -202,7 +202,7 @@ def _kernel_findings(spec: HostSpec, request: SizingRequest) -> list[Finding]:
     problem = kernel_problem(engine, model, precision, capability)
     if problem is None:
         return []
-    able = sorted({gpu.names[0] for gpu in load_gpus().values()
+    able = sorted({gpu.names[0] for gpu in catalog_gpus().values()
                    if kernel_problem(engine, model, precision, gpu.compute_capability) is None})
     ways = [f"GPUs it runs on ({', '.join(able)})"] if able else []
     others: tuple[Precision, ...] = ("int4", "bf16")
@@ -378,7 +378,8 @@ def exporter_pin_findings(spec: HostSpec) -> list[Finding]:
 
 def _forward_compatible(gpus: list[GpuView]) -> dict[str, bool | None]:
     """GPU name -> whether NVIDIA supports CUDA forward compatibility on it (None: unknown)."""
-    catalog = {name: gpu.forward_compatible for gpu in load_gpus().values() for name in gpu.names}
+    catalog = {name: gpu.forward_compatible
+               for gpu in catalog_gpus().values() for name in gpu.names}
     return {gpu.name: catalog.get(gpu.name) for gpu in gpus}
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from facts.nvidia import GpuQuery, MigDevice, NvidiaPci
 from facts.probe import HostProbe
-from inventory.catalog import GpuSpec, load_gpus
+from inventory.catalog import GpuSpec, catalog_gpus
 from inventory.fleet import HostSpec
 from rules.findings import Finding, Findings
 
@@ -63,13 +63,13 @@ def _catalog_by_pci_id() -> dict[str, GpuSpec]:
     """NVIDIA device id (the part after 10de:) -> catalog GPU."""
     return {
         device_id.lower(): gpu
-        for gpu in load_gpus().values()
+        for gpu in catalog_gpus().values()
         for device_id in gpu.pci_device_ids
     }
 
 
 def _catalog_by_name() -> dict[str, GpuSpec]:
-    return {name: gpu for gpu in load_gpus().values() for name in gpu.names}
+    return {name: gpu for gpu in catalog_gpus().values() for name in gpu.names}
 
 
 def gpu_views(gpus: GpuQuery) -> list[GpuView]:

@@ -192,6 +192,7 @@ def monitoring_problems(specs: list[HostSpec]) -> list[Problem]:
     if not monitors:
         return []
     problems: list[Problem] = []
+    first = scrape_key(monitors[0], specs)  # once: it reads every host's targets
     for spec in [s for s in specs if s.settings.role == "gpu"]:
         cfg, inference = spec.settings.monitoring, spec.settings.inference
         if cfg.enabled and _loopback(cfg.bind):
@@ -224,7 +225,7 @@ def monitoring_problems(specs: list[HostSpec]) -> list[Problem]:
                 "the monitoring host scrapes each replica, so the fleet file must say how many "
                 "this host runs: set settings.inference.replicas, or settings.gpus.count "
                 "together with settings.tensor_parallel"))
-        key_file, first = scrape_key_file(spec), scrape_key(monitors[0], specs)
+        key_file = scrape_key_file(spec)
         if cfg.enabled and key_file and first and key_file != first:
             problems.append(Problem(
                 spec.where, "settings.inference.api_key_file", key_file,

@@ -499,9 +499,36 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def render_compose(plan: EnginePlan, exporter: DcgmExporter | None = None) -> str:
-    body = yaml.dump(compose_document(plan, exporter), Dumper=_NoAliases, sort_keys=False,
-                     default_flow_style=False, width=100)
+    body = compose_yaml(compose_document(plan, exporter))
     return render("inference/docker-compose.yml.j2", plan=plan, body=body)
+
+
+# A Compose document's repr (builtin values only: the repr tells them apart, type and order
+# included) -> its YAML. Hosts with the same plan have the same document: dumped once per run.
+_COMPOSE_YAML: dict[str, str] = {}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain(value: Any) -> bool:
+    if type(value) in _PLAIN:
+        return True
+    if type(value) is list:
+        return all(_plain(item) for item in value)
+    if type(value) is dict:
+        return all(type(key) is str and _plain(item) for key, item in value.items())
+    return False
+
+
+def compose_yaml(document: dict[str, Any]) -> str:
+    """The YAML of a Compose document (every service in full, in the document's order)."""
+    key = repr(document) if _plain(document) else None
+    if key is not None and key in _COMPOSE_YAML:
+        return _COMPOSE_YAML[key]
+    body: str = yaml.dump(document, Dumper=_NoAliases, sort_keys=False,
+                          default_flow_style=False, width=100)
+    if key is not None:
+        _COMPOSE_YAML[key] = body
+    return body
 
 
 def render_unit(plan: EnginePlan, compose: Compose) -> str:

@@ -129,3 +129,45 @@ def test_a_swapped_digest_is_replaced_inside_base64_file_contents(host: Any) -> 
     inside = base64.b64encode(b"compose-digest key:old-digest\n").decode()
     swapped = connector._as_clone(f"file {inside}")
     assert base64.b64decode(swapped.split()[1]).decode() == "compose-digest key:new-digest\n"
+
+
+def test_the_recording_answers_the_state_read_of_a_late_execution(host: Any) -> None:
+    """At 1,000 hosts execution starts more than REUSE_ACROSS_PHASES_SECONDS after the probe,
+    so the no-op reads each host's state again: the recording holds that read's answer (the
+    no-op is recorded with the read forced, LATE_READ_RUNS), or the replay fails with
+    ReplayMiss there."""
+    from facts.host_state import host_state_script
+
+    late = replay.command_key(host, StringCommand(host_state_script()), {})
+    recording = json.loads(replay.RECORDING.read_text())
+    assert "no-op" in replay.LATE_READ_RUNS
+    for name in replay.RECORDED_HOSTS:
+        entries = recording["runs"]["no-op"][f"@docker/gpufleet-{name}"]
+        answers = [entry for entry in entries if entry["key"] == late]
+        assert len(answers) == 1, name
+        assert answers[0]["ok"] and any("__gpufleet_state=dpkg" in line
+                                        for _, line in answers[0]["out"])
+
+
+class _Forgetful(set[Any]):
+    def add(self, item: Any) -> None:
+        pass
+
+
+def test_a_clones_answers_are_the_same_with_the_unchanged_contents_remembered(
+        host: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replay remembers which base64 contents no clone changes; a clone's answer (the real
+    recorded state read: files, the manifest naming the host, the key's digest) is the same
+    as when each content is decoded again."""
+    recording = json.loads(replay.RECORDING.read_text())
+    lines = [line for entry in recording["runs"]["no-op"]["@docker/gpufleet-sim-a100x2"]
+             for _, line in entry.get("out", [])]
+    host.swaps = [[recording["api_key_env_sha256"], "f" * 64]]
+    monkeypatch.setattr(replay, "_UNCHANGED_BASE64", _Forgetful())
+    decoded_each_time = [host._as_clone(line) for line in lines]
+    monkeypatch.setattr(replay, "_UNCHANGED_BASE64", set())
+    first = [host._as_clone(line) for line in lines]
+    assert replay._UNCHANGED_BASE64  # remembered
+    assert first == decoded_each_time
+    assert [host._as_clone(line) for line in lines] == decoded_each_time
+    assert decoded_each_time != lines  # the clone's name and the swapped digest went in
