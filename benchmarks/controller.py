@@ -107,7 +107,8 @@ def key_env(config: Path) -> dict[str, str]:
 def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
            baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
     """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report).
-    ``baseline``: with pyinfra's own operation order (inspect.stack()), as before."""
+    ``baseline``: with pyinfra as it ships (its own operation order with inspect.stack(),
+    its own global arguments): operations/pyinfra_adapter.py's replacements left out."""
     env = {ENV_FILE: str(RECORDING), ENV_RUN: label, ENV_RELEASE: json.dumps(RELEASE),
            **key_env(fleet.parent / "config"),
            **({"GPUFLEET_REPLAY_PROFILE": str(profile)} if profile else {}),
@@ -241,7 +242,8 @@ def main() -> int:
                         help="profile one run (--runs' first) at N hosts instead")
     parser.add_argument("--top", type=int, default=25, help="profile entries shown")
     parser.add_argument("--baseline", action="store_true",
-                        help="pyinfra's own operation order (inspect.stack()), as before")
+                        help="pyinfra as it ships (its own operation order and global "
+                        "arguments): the adapter's replacements left out")
     parser.add_argument("--shards", type=int, metavar="N",
                         help="audit N hosts by one controller and by two shards; merge")
     args = parser.parse_args()
