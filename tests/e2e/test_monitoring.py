@@ -83,7 +83,11 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
-    sh.start_hosts([STABLE, CANARY, MONITOR])
+    # From the converged snapshot (stack_helpers): this module is about a converged fleet's
+    # monitoring, gateway and canary, not the converge from bare. The converge below still
+    # changes every host (their names, the canary's engine and flags, the fleet's key, the
+    # gateway's upstreams), and a re-run after it must change nothing.
+    sh.start_converged([STABLE, CANARY, MONITOR])
     tree = sh.product_copy(tmp / "tree")
     fleet, auto = write_fleet(tmp), write_fleet(tmp, auto_rollback=True)
     # SGLang takes its key only as --api-key, so the canary's process list shows it (the
@@ -268,8 +272,8 @@ def test_a_slow_canary_fires_the_latency_alert_and_status_rolls_it_back(stack: S
         assert delay <= TTFT_FOR_SECONDS + 90
         status = stack.canary("status")
         assert status.rc == 0, status.output[-4000:]
-        assert "canary verdict: ROLL BACK" in status.output
-        assert "> the alert's 500 ms" in status.output
+        assert "canary verdict: ROLL BACK" in status.output, status.output[-4000:]
+        assert "> the alert's 500 ms" in status.output, status.output[-4000:]
         assert split(gateway_conf()) == ["20% canary;", "* stable;"]  # status changes nothing
         # the controller kept the verdict: `gpufleet report` shows the share and the verdict
         page = stack.tree.parent / "report.html"
