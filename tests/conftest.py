@@ -30,7 +30,7 @@ LONGEST_FIRST = (
     "tests/e2e/test_faults.py",  # 488: faults need bare hosts
     "tests/e2e/test_rollout.py",  # 454: five hosts, two rollouts under load (from the
     #   converged snapshot, which it makes when first: stack_helpers.converged_snapshot)
-    "tests/e2e/test_monitoring.py",  # 250: monitoring host, gateway, canary (snapshot)
+    "tests/e2e/test_monitoring.py",  # 250: monitoring host, gateway, canary
     "tests/e2e/test_gpu_host.py",  # 220
     "tests/e2e/test_fleet_state.py",  # 188: converge, drift, rebuild from bare
     "tests/e2e/test_nvidia_stack.py",  # 164

@@ -83,11 +83,10 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
-    # From the converged snapshot (stack_helpers): this module is about a converged fleet's
-    # monitoring, gateway and canary, not the converge from bare. The converge below still
-    # changes every host (their names, the canary's engine and flags, the fleet's key, the
-    # gateway's upstreams), and a re-run after it must change nothing.
-    sh.start_converged([STABLE, CANARY, MONITOR])
+    # Bare hosts: from the converged snapshot (stack_helpers.start_converged) 11 of this
+    # module's 12 tests passed (81 s to converge instead of ~200), but the slow canary's
+    # verdict read a TTFT P99 of 99 ms (twice, on a loaded machine): not yet understood.
+    sh.start_hosts([STABLE, CANARY, MONITOR])
     tree = sh.product_copy(tmp / "tree")
     fleet, auto = write_fleet(tmp), write_fleet(tmp, auto_rollback=True)
     # SGLang takes its key only as --api-key, so the canary's process list shows it (the
