@@ -28,7 +28,8 @@ os.environ.setdefault("GPUFLEET_CONFIG_DIR", tempfile.mkdtemp(prefix="gpufleet-t
 # per-module table every run prints at its end (below); 2026-12-07, load 5-6, all from bare).
 LONGEST_FIRST = (
     "tests/e2e/test_faults.py",  # 488: faults need bare hosts
-    "tests/e2e/test_rollout.py",  # 454: five hosts, two rollouts under load
+    "tests/e2e/test_rollout.py",  # 454: five hosts, two rollouts under load (from the
+    #   converged snapshot, which it makes when first: stack_helpers.converged_snapshot)
     "tests/e2e/test_monitoring.py",  # 250: monitoring host, gateway, canary
     "tests/e2e/test_gpu_host.py",  # 220
     "tests/e2e/test_fleet_state.py",  # 188: converge, drift, rebuild from bare
@@ -119,6 +120,25 @@ def module_times_table(seconds: dict[str, float], workers: dict[str, set[str]],
     for name, secs in sorted(per_worker.items()):
         lines.append(f"{secs:8.1f}  {name:<7}  (worker total)")
     return lines
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Wait for the host copies still being removed in the background (stack_helpers.
+    remove_later): a run leaves none behind. In each xdist worker, where they were started."""
+    import sys
+
+    helpers = sys.modules.get("tests.e2e.stack_helpers")
+    if helpers is None:
+        return
+    started = time.monotonic()
+    helpers.wait_for_removals()
+    for error in helpers.REMOVAL_ERRORS:
+        print(f"\nhost copies not removed: {error}", file=sys.stderr)
+    if helpers.REMOVAL_ERRORS:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif time.monotonic() - started > 1:
+        print(f"\nhost copies removed at the end: {time.monotonic() - started:.0f} s",
+              file=sys.stderr)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -47,7 +47,7 @@ def _remove_the_module_hosts() -> Iterator[None]:
     started = sorted(stack_helpers.STARTED - before)
     stack_helpers.STARTED.difference_update(started)
     if started and simctl.engine_reachable():
-        simctl.remove_hosts(started)
+        stack_helpers.remove_later(started)  # in the background; the run's end waits for it
 
 
 @dataclass

@@ -22,13 +22,13 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.hosts import sh
+from tests.e2e.hosts import ok, sh
 from tests.sim import simctl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,12 +65,45 @@ def copy_specs(names: list[str]) -> dict[str, simctl.HostSpec]:
 # Every test copy this process started: tests/e2e/conftest.py removes a module's at its end.
 STARTED: set[str] = set()
 
+# Removals under way in the background (remove_later): the host names, the thread, and what
+# went wrong in it.
+_REMOVALS: list[tuple[frozenset[str], threading.Thread]] = []
+REMOVAL_ERRORS: list[str] = []
+
+
+def remove_later(names: list[str], then: Callable[[], object] | None = None) -> None:
+    """Remove host copies (containers and volumes), then run ``then``, in the background: a
+    host's removal is mostly the deletion of its Docker data (~9 s each on the 2-core machine),
+    which the next module need not wait for. Starting one of ``names`` again waits for it
+    (start_hosts, start_converged); the end of the run waits for all (tests/conftest.py), so a
+    run still leaves no host copy behind."""
+    def work() -> None:
+        try:
+            simctl.remove_hosts(names)
+            if then is not None:
+                then()
+        except Exception as exc:  # reported at the end of the run (wait_for_removals)
+            REMOVAL_ERRORS.append(f"{', '.join(names)}: {exc}")
+
+    thread = threading.Thread(target=work, name=f"remove {' '.join(names)}")
+    thread.start()
+    _REMOVALS.append((frozenset(names), thread))
+
+
+def wait_for_removals(names: list[str] | None = None) -> None:
+    """Wait for the background removals of ``names`` (None: all of them)."""
+    for pending, thread in list(_REMOVALS):
+        if names is None or pending & set(names):
+            thread.join()
+            _REMOVALS.remove((pending, thread))
+
 
 def start_hosts(names: list[str], fresh: bool = True,
                 run_args: dict[str, tuple[str, ...]] | None = None) -> None:
     """Start (fresh: recreate) test copies of simulated hosts, named gpufleet-<prefix>-<hw>;
     the repository container is shared. ``run_args``: extra `docker run` flags per host."""
     assert not any(n.startswith(SIM_PREFIX) for n in names), "the rehearsal fleet is not a test's"
+    wait_for_removals(names)
     hosts = list(copy_specs(names).values())
     STARTED.update(names)
     images = simctl.ensure_shared()
@@ -94,6 +127,9 @@ def start_hosts(names: list[str], fresh: bool = True,
 # starts from a converged host instead of a bare one.
 SNAPSHOT_KINDS = ("h100x8", "a100x2", "monitor")
 SNAPSHOT_LABEL = f"{simctl.LABEL}=snapshot"
+# Where the monitoring host keeps what it saw (rules/monitoring.py's storage paths): emptied
+# before its snapshot is taken.
+MONITORING_HISTORY = ("/var/lib/prometheus/metrics2", "/var/lib/prometheus/alertmanager")
 
 
 def snapshot_key(images: dict[str, str], pins: tuple[str, str, str] | None,
@@ -189,6 +225,13 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
                 run = deploy(tree, fleet)
                 assert run.rc == 0, "the snapshot's converge failed:\n" + run.output[-5000:]
             for name, kind in zip(names, order, strict=True):
+                if kind == "monitor":
+                    # A converged host's configuration, not its history: Prometheus's TSDB
+                    # would answer a copy's queries with the snapshot's own hosts (their
+                    # series stay visible for 5 minutes after the last scrape), and
+                    # Alertmanager's log would hold its alerts.
+                    ok(name, "systemctl stop prometheus prometheus-alertmanager && rm -rf "
+                             + " ".join(f"{d}/*" for d in MONITORING_HISTORY))
                 simctl.docker("update", "--restart=no", name)
                 simctl.docker("stop", "-t", "120", name)  # systemd halts: Docker's data settles
                 simctl.docker("commit", name, tags[kind])
@@ -197,7 +240,7 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
                     simctl.docker("volume", "rm", "-f", target, check=False)
                     _copy_volume(images["host"], f"{name}-{volume}", target, SNAPSHOT_LABEL)
         finally:
-            simctl.remove_hosts(names)
+            remove_later(names)
             STARTED.difference_update(names)
         _prune_snapshots()
         print(f"[snapshot] {', '.join(order)} converged and saved in "
@@ -220,6 +263,7 @@ def start_converged(names: list[str], pins: tuple[str, str, str] | None = None) 
         start_hosts(names)
         return
     images = simctl.ensure_shared()
+    wait_for_removals(names)
     simctl.remove_hosts(names)
     for name in names:
         kind = hardware_of(name)

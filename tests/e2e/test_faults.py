@@ -155,9 +155,9 @@ def tree(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield sh.product_copy(tmp_path_factory.mktemp("faults") / "tree")
     subprocess.run(["docker", "unpause", C], capture_output=True)
     subprocess.run(["docker", "rm", "-f", FAULTS_REPO], capture_output=True)
-    simctl.remove_hosts(HOSTS)  # the machine is left as it was found
-    for volume, _, _ in SMALL_DISKS.values():
+    sh.remove_later(HOSTS, then=lambda: [  # the machine is left as it was found
         subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
+        for volume, _, _ in SMALL_DISKS.values()])  # (in use until the hosts are gone)
 
 
 def fleet(tmp: Path, lock_timeout: int) -> Path:

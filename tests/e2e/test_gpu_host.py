@@ -20,7 +20,6 @@ import pytest
 from tests.e2e import stack_helpers as sh
 from tests.e2e.conftest import FLEETS, PYINFRA, REPO, PyinfraRun, pyinfra
 from tests.e2e.hosts import ok
-from tests.sim import simctl
 
 pytestmark = pytest.mark.sim
 
@@ -47,7 +46,7 @@ NVIDIA_DOCUMENTED_SOURCES = (
 def hosts(sim: None) -> Iterator[list[str]]:
     sh.start_hosts(HOSTS, fresh=True)
     yield HOSTS
-    simctl.remove_hosts([*HOSTS, RTX])  # the machine is left as it was found
+    sh.remove_later([*HOSTS, RTX])  # the machine is left as it was found
 
 
 @pytest.fixture(scope="module")

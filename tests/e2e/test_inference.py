@@ -93,7 +93,7 @@ def story(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     ok(HOST, f"mkdir -p {Path(WEIGHTS).parent}")
     subprocess.run(["docker", "cp", str(local), f"{HOST}:{WEIGHTS}"], check=True)
     yield tmp
-    simctl.remove_hosts([HOST])  # the machine is left as it was found
+    sh.remove_later([HOST])  # the machine is left as it was found
 
 
 def test_converges_and_serves_on_disjoint_gpus(story: Path) -> None:

@@ -83,6 +83,9 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("monitoring")
+    # Bare hosts: from the converged snapshot (stack_helpers.start_converged) 11 of this
+    # module's 12 tests passed (81 s to converge instead of ~200), but the slow canary's
+    # verdict read a TTFT P99 of 99 ms (twice, on a loaded machine): not yet understood.
     sh.start_hosts([STABLE, CANARY, MONITOR])
     tree = sh.product_copy(tmp / "tree")
     fleet, auto = write_fleet(tmp), write_fleet(tmp, auto_rollback=True)
@@ -268,8 +271,8 @@ def test_a_slow_canary_fires_the_latency_alert_and_status_rolls_it_back(stack: S
         assert delay <= TTFT_FOR_SECONDS + 90
         status = stack.canary("status")
         assert status.rc == 0, status.output[-4000:]
-        assert "canary verdict: ROLL BACK" in status.output
-        assert "> the alert's 500 ms" in status.output
+        assert "canary verdict: ROLL BACK" in status.output, status.output[-4000:]
+        assert "> the alert's 500 ms" in status.output, status.output[-4000:]
         assert split(gateway_conf()) == ["20% canary;", "* stable;"]  # status changes nothing
         # the controller kept the verdict: `gpufleet report` shows the share and the verdict
         page = stack.tree.parent / "report.html"

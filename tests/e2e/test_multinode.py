@@ -150,8 +150,8 @@ def story(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     # The weights are pushed from the controller to each node (the rehearsal fleet's
     # settings.weights): the same files at the same path on every node, as the engines need.
     yield tmp
-    simctl.remove_hosts([HEAD, WORKER])  # the machine is left as it was found
-    subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True)
+    sh.remove_later([HEAD, WORKER], then=lambda: subprocess.run(  # (in use until then)
+        ["docker", "network", "rm", NETWORK], capture_output=True))  # left as it was found
 
 
 def test_a_worker_without_the_interface_refuses_the_replica_before_anything_changes(

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.hosts import ok, sh
-from tests.e2e.stack_helpers import copy_name, copy_specs, start_hosts
+from tests.e2e.stack_helpers import copy_name, copy_specs, remove_later, start_hosts
 from tests.sim import simctl
 
 pytestmark = pytest.mark.sim
@@ -82,7 +82,7 @@ def sim() -> Iterator[dict[str, simctl.HostSpec]]:
         pytest.skip("Docker engine unreachable (`docker info` fails): the simulator needs one")
     start_hosts([H100, A100, RTX], fresh=False)
     yield copy_specs([H100, A100, RTX])
-    simctl.remove_hosts([H100, A100, RTX])  # the machine is left as it was found
+    remove_later([H100, A100, RTX])  # the machine is left as it was found
 
 
 

@@ -61,7 +61,7 @@ def ssh_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
     (home / ".ssh").mkdir(parents=True, mode=0o700)
     (home / ".ssh" / "known_hosts").touch(mode=0o600)
     yield tree, fleet, home
-    simctl.remove_hosts([HOST])  # the machine is left as it was found
+    sh.remove_later([HOST])  # the machine is left as it was found
 
 
 def deploy(tree: Path, fleet: Path, home: Path) -> sh.DeployRun:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import module_times_table
 
 
@@ -22,3 +24,47 @@ def test_the_table_lists_e2e_files_longest_first_and_sums_the_unit_files() -> No
     assert lines[6].split()[0] == "400.0" and "(all of tests/e2e)" in lines[6]
     assert [line.split()[:2] for line in lines[7:]] == [
         ["105.0", "gw0"], ["7.0", "gw0+gw1"], ["301.0", "gw1"]]  # the totals per worker
+
+
+def test_a_host_removed_in_the_background_is_waited_for_before_it_starts_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """stack_helpers.remove_later: a module's host copies go in the background, but starting
+    one of them again (or the run's end) waits until its removal is over: a new container
+    never meets the old one's volumes."""
+    import threading
+
+    from tests.e2e import stack_helpers
+
+    events: list[str] = []
+    release = {"gpufleet-t-a100x2": threading.Event(), "gpufleet-u-a100x2": threading.Event()}
+
+    def slow_remove(names: list[str] | None = None) -> None:
+        release[(names or [""])[0]].wait(10)
+        events.append(f"removed {','.join(names or [])}")
+
+    monkeypatch.setattr(stack_helpers.simctl, "remove_hosts", slow_remove)
+    monkeypatch.setattr(stack_helpers, "REMOVAL_ERRORS", [])
+    stack_helpers.remove_later(["gpufleet-t-a100x2"], then=lambda: events.append("then"))
+    stack_helpers.remove_later(["gpufleet-u-a100x2"])
+    assert events == []  # not waited for: the caller goes on
+    threading.Timer(0.2, release["gpufleet-t-a100x2"].set).start()
+    stack_helpers.wait_for_removals(["gpufleet-t-a100x2"])  # what start_hosts does first
+    assert events == ["removed gpufleet-t-a100x2", "then"]  # the other one still under way
+    release["gpufleet-u-a100x2"].set()
+    stack_helpers.wait_for_removals()  # what the run's end does
+    assert events == ["removed gpufleet-t-a100x2", "then", "removed gpufleet-u-a100x2"]
+    assert stack_helpers.REMOVAL_ERRORS == []
+
+
+def test_a_background_removal_that_fails_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.e2e import stack_helpers
+
+    def failing(names: list[str] | None = None) -> None:
+        raise stack_helpers.simctl.SimError("docker rm: device or resource busy")
+
+    monkeypatch.setattr(stack_helpers.simctl, "remove_hosts", failing)
+    monkeypatch.setattr(stack_helpers, "REMOVAL_ERRORS", [])
+    stack_helpers.remove_later(["gpufleet-v-a100x2"])
+    stack_helpers.wait_for_removals()
+    assert stack_helpers.REMOVAL_ERRORS == [
+        "gpufleet-v-a100x2: docker rm: device or resource busy"]
