@@ -61,7 +61,6 @@ from rules.serving import (
     NODE_CONTAINER,
     UNIT_NAME,
     UNIT_PATH,
-    DcgmExporter,
     EnginePlan,
     compose_digest,
     engine_findings,
@@ -204,18 +203,6 @@ def engine_check(plan: EnginePlan) -> None:
 
     check(name=f"Ensure every replica answers a chat completion ({plan.served_name})",
           verdict=verdict)
-
-
-def exporter_image(spec: HostSpec, exporter: DcgmExporter) -> None:
-    """The DCGM exporter's image: loaded from the fleet's archives
-    (settings.monitoring.image_archives), else pulled."""
-    monitoring = spec.settings.monitoring
-    for archive in (str(spec.controller_path(a)) for a in monitoring.image_archives):
-        image_from_archive(name=f"Ensure the DCGM exporter image {exporter.image} is "
-                                "present", image=exporter.image, archive=archive)
-    if not monitoring.image_archives:
-        image_pulled(name=f"Ensure the DCGM exporter image {exporter.image} is present",
-                     image=exporter.image)
 
 
 @deploy("Inference engine")

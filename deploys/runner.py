@@ -16,12 +16,12 @@ shows twice.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from functools import partial
 from typing import Any, Literal, cast
 
 from pyinfra import state
 from pyinfra.api.operation import OperationMeta
 
+from components.dcgm_exporter.component import DCGM_EXPORTER
 from deploys.container_toolkit import container_toolkit
 from deploys.cuda_toolkit import cuda_toolkit
 from deploys.docker_engine import docker_engine
@@ -29,7 +29,7 @@ from deploys.exporters import exporters
 from deploys.fault_summary import install_fault_summary
 from deploys.host_network import host_network
 from deploys.host_record import host_record
-from deploys.inference import exporter_image, inference
+from deploys.inference import inference
 from deploys.locking import run_lock_done, run_lock_held
 from deploys.monitoring_host import monitoring_host
 from deploys.nvidia_driver import nvidia_driver
@@ -38,10 +38,8 @@ from deploys.preflight import monitor_preflight, preflight, read_host, replicas_
 from deploys.python_env import python_env, python_env_plan
 from deploys.spec import fleet_specs, host_spec
 from deploys.verify_stack import verify_stack
-from rules.assessment import exporter_pin_findings
-from rules.component import BesideEngine, Component, beside_engine
+from rules.component import Component, beside_engine
 from rules.monitoring import is_monitor, is_monitored
-from rules.serving import dcgm_exporter, exporter_services
 
 Step = Literal["network", "monitoring_host", "gpu_stack", "python_env", "exporters",
                "inference", "record"]
@@ -55,6 +53,7 @@ GPU_HOST: tuple[Part, ...] = (
     "gpu_stack",
     "python_env",
     "exporters",
+    DCGM_EXPORTER,
     "inference",
     "record",
 )
@@ -64,6 +63,7 @@ STEPS: tuple[Part, ...] = GPU_HOST
 # entries of the steps not taken kept as the last converge recorded them.
 SERVE: tuple[Part, ...] = (
     "monitoring_host",
+    DCGM_EXPORTER,
     "inference",
     "record",
 )
@@ -102,9 +102,7 @@ def _run_steps(steps: Collection[Step], components: Sequence[Component[Any]]) ->
         # A fleet with a monitoring host scrapes every replica: the host must run what the
         # fleet file says (rules.monitoring.fleet_replicas), checked before anything changes.
         monitored = is_monitored(spec, fleet)
-        plan = preflight(spec, probe, extra=[*(venv.findings() if venv else ()),
-                                             *(exporter_pin_findings(spec) if monitored
-                                               else ())],
+        plan = preflight(spec, probe, extra=venv.findings() if venv else (),
                          components=wanted)
         planned = [(component, component.plan(spec, probe)) for component in wanted]
         if plan is not None and monitored and not replicas_agree(spec, plan):
@@ -132,13 +130,10 @@ def _run_steps(steps: Collection[Step], components: Sequence[Component[Any]]) ->
         if monitored and "exporters" in steps:
             exporters(spec=spec)
         if "inference" in steps:
-            beside = [beside_engine(component, spec, part) for component, part in planned]
-            if monitored:
-                exporter = dcgm_exporter(spec)
-                beside.insert(0, BesideEngine(exporter_services(exporter),
-                                              partial(exporter_image, spec, exporter)))
             # Every component so far runs in the engine's compose project.
-            inference(spec=spec, plan=plan, listing=probe.weights, beside=beside)
+            inference(spec=spec, plan=plan, listing=probe.weights,
+                      beside=[beside_engine(component, spec, part)
+                              for component, part in planned])
     if converge and "record" in steps:
         host_record(spec=spec, plan=plan, venv=venv,
                     partial=any(step not in steps for step in STEPS

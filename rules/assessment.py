@@ -34,7 +34,7 @@ from rules.gpu_inventory import (
 )
 from rules.host_plan import HostPlan, plan_host
 from rules.multinode import node_network_findings, replica_layout
-from rules.serving import EnginePlan, dcgm_exporter, memory_fraction, plan_engine
+from rules.serving import EnginePlan, memory_fraction, plan_engine
 from rules.serving import image_reference as serving_image
 from rules.sizing import (
     DEFAULT_ENGINE,
@@ -369,11 +369,6 @@ def unpinned_image(what: str, reference: str, setting: str | None) -> list[Findi
         "record the digest with tools/pin_image.py on a machine that reaches the registry"
         + (f", or give {setting} as name@sha256:<digest>" if setting else ""),
     )]
-
-
-def exporter_pin_findings(spec: HostSpec) -> list[Finding]:
-    """The DCGM exporter's image, on a host of a monitored fleet (it runs beside the engine)."""
-    return unpinned_image("the DCGM exporter image", dcgm_exporter(spec).image, None)
 
 
 def _forward_compatible(gpus: list[GpuView]) -> dict[str, bool | None]:

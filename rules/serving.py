@@ -152,24 +152,6 @@ def image_reference(pinned: EngineImage, override: str | None) -> str:
     return override or pinned.reference()
 
 
-@dataclass(frozen=True)
-class DcgmExporter:
-    """NVIDIA's DCGM exporter beside the engine: GPU metrics for the monitoring host."""
-
-    image: str
-    bind: str
-    port: int
-    service: str = "dcgm-exporter"
-    container: str = f"{COMPOSE_PROJECT}-dcgm-exporter"
-    container_port: int = 9400
-
-
-def dcgm_exporter(spec: HostSpec) -> DcgmExporter:
-    cfg = spec.settings.monitoring
-    image = spec.pins.monitoring.dcgm_exporter.reference(cfg.dcgm_registry)
-    return DcgmExporter(image=image, bind=cfg.bind, port=cfg.dcgm_exporter_port)
-
-
 def plan_replicas(gpu_count: int, tp: int, pp: int, wanted: int | None, first_port: int
                   ) -> tuple[Replica, ...] | list[Finding]:
     """Disjoint GPUs per replica, one port each. Unset ``wanted``: as many as the GPUs hold."""
@@ -482,21 +464,6 @@ def compose_document(plan: EnginePlan, beside: Mapping[str, Any] | None = None
             services[replica.service] = service
     services.update(beside or {})
     return _literal({"services": services})
-
-
-def exporter_services(exporter: DcgmExporter) -> dict[str, Any]:
-    """The exporter's service in the engine's compose file (after the engine's own)."""
-    return {exporter.service: {
-        "image": exporter.image,
-        "container_name": exporter.container,
-        "ports": [port_binding(exporter.bind, exporter.port, exporter.container_port)],
-        # DCGM's profiling metrics (DCGM_FI_PROF_*) need it (NVIDIA's README).
-        "cap_add": ["SYS_ADMIN"],
-        "restart": "unless-stopped",
-        "deploy": {"resources": {"reservations": {"devices": [{
-            "driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}},
-        "labels": {"org.gpufleet.role": "dcgm-exporter"},
-    }}
 
 
 class _NoAliases(yaml.SafeDumper):
