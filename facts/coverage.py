@@ -21,7 +21,7 @@ command is the same text whenever a component declares nothing new.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +93,16 @@ def component_names(folder: Path = COMPONENTS_DIR) -> list[str]:
 
 
 def declared(folder: Path = COMPONENTS_DIR) -> dict[str, Manages]:
-    """Each component's declaration, by name (``folder``: a package on the import path)."""
+    """Each component's declaration, by name. A ``manages.py`` is loaded from its file, so
+    the declarations do not depend on the import path (a tool run from elsewhere, an
+    installed copy that predates the folder)."""
     found: dict[str, Manages] = {}
     for name in component_names(folder):
-        module = importlib.import_module(f"{folder.name}.{name}.manages")
+        spec = importlib.util.spec_from_file_location(f"_gpufleet_manages_{name}",
+                                                      folder / name / "manages.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
         found[name] = Manages(**{field: tuple(getattr(module, field.upper(), ()))
                                  for field in ("dirs", "files", "services", "sections")})
     return found

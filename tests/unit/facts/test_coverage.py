@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from facts import probe
 from facts._shell import SECTION_MARKER
 from facts.coverage import CORE, COVERED, Manages, declared, union
@@ -32,18 +30,15 @@ def test_the_state_read_and_probe_cover_the_union_of_the_declarations() -> None:
 
 
 def test_a_new_component_folder_widens_the_read_and_leaves_the_rest_in_place(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """A component that writes /etc/widget and runs widget.service declares them in its own
     folder; the union keeps every earlier entry where it was (the state read's command is the
     same text when a component declares nothing new)."""
     folder = tmp_path / "fake_components"
     (folder / "widget").mkdir(parents=True)
-    (folder / "__init__.py").write_text("")
-    (folder / "widget" / "__init__.py").write_text("")
     (folder / "widget" / "manages.py").write_text(
         'DIRS = ("/etc/widget", "/etc/default")\nSERVICES = ("widget",)\n')
     (folder / "empty").mkdir()  # no manages.py: not a component
-    monkeypatch.syspath_prepend(str(tmp_path))
     found = declared(folder)
     assert found == {"widget": Manages(dirs=("/etc/widget", "/etc/default"),
                                        services=("widget",))}
