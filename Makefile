@@ -61,7 +61,7 @@ sim-status: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy deploys facts gpufleet inventory operations rules tools benchmarks tests
+	$(BIN)/mypy components deploys facts gpufleet inventory operations rules tools benchmarks tests
 	$(BIN)/mypy inventory.py  # a script beside the package of the same name: checked alone
 
 ## Validate the fleet file offline, no host contacted ($GPUFLEET_FLEET, else inventory/fleet.toml).

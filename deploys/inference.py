@@ -12,6 +12,7 @@ execution, so the preview shows it.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -46,6 +47,7 @@ from rules.checkpoint import (
     to_push,
     weights_check,
 )
+from rules.component import BesideEngine
 from rules.container_runtime import Compose
 from rules.findings import refusal_message
 from rules.host_plan import HostPlan
@@ -60,7 +62,6 @@ from rules.serving import (
     NODE_CONTAINER,
     UNIT_NAME,
     UNIT_PATH,
-    DcgmExporter,
     EnginePlan,
     compose_digest,
     engine_findings,
@@ -207,8 +208,10 @@ def engine_check(plan: EnginePlan) -> None:
 
 @deploy("Inference engine")
 def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
-              exporter: DcgmExporter | None = None) -> None:
-    """``exporter``: the DCGM exporter to run beside the engine (a monitored fleet)."""
+              beside: Sequence[BesideEngine] = ()) -> None:
+    """``beside``: the components that run in the engine's compose project (the DCGM exporter
+    on a monitored host): readied after the serving image, their services in the compose
+    file."""
     cfg = spec.settings.inference
     engine = plan.engine
     if not cfg.enabled or engine is None:
@@ -224,14 +227,8 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
         image_pulled(name=f"Ensure the serving image {engine.image} is present",
                      image=engine.image)
 
-    if exporter is not None:
-        monitoring = spec.settings.monitoring
-        for archive in (str(spec.controller_path(a)) for a in monitoring.image_archives):
-            image_from_archive(name=f"Ensure the DCGM exporter image {exporter.image} is "
-                                    "present", image=exporter.image, archive=archive)
-        if not monitoring.image_archives:
-            image_pulled(name=f"Ensure the DCGM exporter image {exporter.image} is present",
-                         image=exporter.image)
+    for component in beside:
+        component.ready()
 
     weights(spec, listing)
 
@@ -249,7 +246,8 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
             path=MULTINODE_LAUNCHER, mode="644",
             content=render_multinode_launcher() if engine.span.is_head else None,
         )
-    compose_text = render_compose(engine, exporter)
+    compose_text = render_compose(engine, {name: service for component in beside
+                                           for name, service in component.services.items()})
     validated_file(
         name=f"Ensure the compose file serves {engine.served_name} (validated by Compose)",
         path=COMPOSE_PATH, content=compose_text,

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from pyinfra import host, inventory
 from pyinfra.api import Host
@@ -23,6 +24,7 @@ from operations.checks import refuse_host
 from operations.host_reading import remember_host_state
 from operations.run_context import run_context
 from rules.assessment import Assessment, assess, render
+from rules.component import Component
 from rules.exposure import exposure_findings
 from rules.findings import Finding, accept
 from rules.host_plan import HostPlan
@@ -125,14 +127,17 @@ def log_report(text: str) -> None:
         host.log_styled(line, fg=color, log_func=logger.warning)
 
 
-def preflight(spec: HostSpec, probe: HostProbe,
-              extra: Iterable[Finding] = ()) -> HostPlan | None:
+def preflight(spec: HostSpec, probe: HostProbe, extra: Iterable[Finding] = (),
+              components: Sequence[Component[Any]] = ()) -> HostPlan | None:
     """Print the host's report; refuse the host when there is an error, else return its plan.
 
-    ``extra``: findings of the later steps' own questions (the Python environment's).
+    ``extra``: findings of the later steps' own questions (the Python environment's);
+    ``components``: those the host runs, each with its own checks.
     Runs while pyinfra collects operations, i.e. before any operation executes on any host.
     """
-    extra = [*extra, *replica_findings(spec, probe), *exposure_findings(spec, fleet_specs())]
+    extra = [*extra, *(found for component in components
+                       for found in component.checks(spec, probe)),
+             *replica_findings(spec, probe), *exposure_findings(spec, fleet_specs())]
     assessment: Assessment = assess(spec, probe, measured_read_speed(spec), extra)
     log_report(render(assessment))
     if not assessment.refused and assessment.plan is not None:

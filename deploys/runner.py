@@ -15,13 +15,14 @@ shows twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from pyinfra import state
 from pyinfra.api.operation import OperationMeta
 
+from components.dcgm_exporter.component import DCGM_EXPORTER
 from deploys.container_toolkit import container_toolkit
 from deploys.cuda_toolkit import cuda_toolkit
 from deploys.docker_engine import docker_engine
@@ -41,55 +42,75 @@ from deploys.verify_stack import verify_stack
 from facts.probe import HostProbe
 from inventory.fleet import HostSpec
 from operations.checks import refuse_host
-from rules.assessment import exporter_pin_findings
-from rules.monitoring import is_monitor
-from rules.serving import dcgm_exporter
+from rules.component import Component, beside_engine
+from rules.monitoring import is_monitor, is_monitored
 
 Step = Literal["network", "monitoring_host", "gpu_stack", "python_env", "exporters",
                "inference", "record"]
-# The order the steps run in, whichever an entry takes.
-STEPS: tuple[Step, ...] = ("network", "monitoring_host", "gpu_stack", "python_env",
-                           "exporters", "inference", "record")
-# deploys/gpu_host.py: everything.
-GPU_HOST: tuple[Step, ...] = STEPS
+# A part of an entry: a step (a name below), or a component (one folder of components/, the
+# protocol in rules/component.py), each on a line of its own.
+Part = Step | Component[Any]
+# The order the parts run in, whichever an entry takes: deploys/gpu_host.py takes all of them.
+GPU_HOST: tuple[Part, ...] = (
+    "network",
+    "monitoring_host",
+    "gpu_stack",
+    "python_env",
+    "exporters",
+    DCGM_EXPORTER,
+    "inference",
+    "record",
+)
+STEPS: tuple[Part, ...] = GPU_HOST
 # deploys/serve.py: what is served. The monitoring host's step follows the fleet's replicas
 # (its scrape targets and the gateway's upstreams); the manifest is brought up to date, the
 # entries of the steps not taken kept as the last converge recorded them.
-SERVE: tuple[Step, ...] = ("monitoring_host", "inference", "record")
+SERVE: tuple[Part, ...] = (
+    "monitoring_host",
+    DCGM_EXPORTER,
+    "inference",
+    "record",
+)
 
 
-def run(steps: Collection[Step]) -> None:
-    """Run ``steps`` (in ``STEPS`` order) on the host being deployed, after the preflight
+def run(parts: Collection[Part]) -> None:
+    """Run ``parts`` (in ``STEPS`` order) on the host being deployed, after the preflight
     every entry shares; a refused host takes none of them."""
-    unknown = set(steps) - set(STEPS)
-    assert not unknown, f"unknown steps: {sorted(unknown)}"
+    unknown = [part for part in parts if part not in STEPS]
+    assert not unknown, f"unknown steps: {unknown}"
     # Every run ends with a summary of the hosts it lost: step, cause, what to do.
     install_fault_summary(state)
+    steps = [part for part in STEPS if isinstance(part, str) and part in parts]
+    components = [part for part in STEPS if not isinstance(part, str) and part in parts]
     # One run at a time on a host (deploys/locking.py): the lock is taken before the host
     # is read and given back last; a GPU host is read with the probe (the monitoring host's
     # preflight reads its own state). The same runner as every other entry's (below).
-    run_entry(Entry("converge", lambda run: _run_steps(steps, run), locks=_everywhere,
-                    probes=lambda spec, fleet: not is_monitor(spec)))
+    run_entry(Entry("converge", lambda run: _run_steps(steps, components, run),
+                    locks=_everywhere, probes=lambda spec, fleet: not is_monitor(spec)))
 
 
-def _run_steps(steps: Collection[Step], run: EntryRun) -> None:
+def _run_steps(steps: Collection[Step], components: Sequence[Component[Any]],
+               run: EntryRun) -> None:
     spec, fleet = run.spec, run.fleet
+    # The components this host runs, each with its own plan (decided before anything changes).
+    wanted = [component for component in components if component.wanted(spec, fleet)]
     if is_monitor(spec):
         # A monitoring host needs no GPU: its own small stack, read from one state read.
         monitor_preflight(spec, fleet)
         venv, plan = None, None
         converge = True
         monitored = False
+        planned: list[tuple[Component[Any], Any]] = []
     else:
         assert run.probe is not None  # every GPU host is read (the entry's probes)
         probe = run.probe
         venv = python_env_plan(spec)
         # A fleet with a monitoring host scrapes every replica: the host must run what the
         # fleet file says (rules.monitoring.fleet_replicas), checked before anything changes.
-        monitored = spec.settings.monitoring.enabled and any(is_monitor(s) for s in fleet)
-        plan = preflight(spec, probe, extra=[*(venv.findings() if venv else ()),
-                                             *(exporter_pin_findings(spec) if monitored
-                                               else ())])
+        monitored = is_monitored(spec, fleet)
+        plan = preflight(spec, probe, extra=venv.findings() if venv else (),
+                         components=wanted)
+        planned = [(component, component.plan(spec, probe)) for component in wanted]
         if plan is not None and monitored and not replicas_agree(spec, plan):
             plan = None
         converge = plan is not None
@@ -115,11 +136,14 @@ def _run_steps(steps: Collection[Step], run: EntryRun) -> None:
         if monitored and "exporters" in steps:
             exporters(spec=spec)
         if "inference" in steps:
+            # Every component so far runs in the engine's compose project.
             inference(spec=spec, plan=plan, listing=probe.weights,
-                      exporter=dcgm_exporter(spec) if monitored else None)
+                      beside=[beside_engine(component, spec, part)
+                              for component, part in planned])
     if converge and "record" in steps:
         host_record(spec=spec, plan=plan, venv=venv,
-                    partial=any(step not in steps for step in STEPS if step != "record"))
+                    partial=any(step not in steps for step in STEPS
+                                if isinstance(step, str) and step != "record"))
 
 
 # --- the entries that do not converge: canary, drain, audit, doctor ----------------------------

@@ -10,9 +10,10 @@ host changed something, because pyinfra does not cache facts and every read is a
 command of its own (``remember_host_state``), nor does an execution that follows promptly.
 
 The fact takes no arguments: what it covers is ``WATCHED_DIRS``, ``WATCHED_FILES`` and
-``WATCHED_SERVICES``. An operation asked to manage a file or service outside them refuses
-before touching the host (``require_watched``, ``require_watched_service``), so the one read
-can never silently miss what it manages.
+``WATCHED_SERVICES``, the union of what gpufleet's parts declare (``facts.coverage``). An
+operation asked to manage a file or service outside them refuses before touching the host
+(``require_watched``, ``require_watched_service``), so the one read can never silently miss
+what it manages.
 """
 
 from __future__ import annotations
@@ -38,35 +39,14 @@ from facts.apt import (
     parse_keyring_fingerprints,
     parse_showhold,
 )
+from facts.coverage import COVERED
 
-# Folders whose regular files (not recursively) the state reads whole; and single files.
-WATCHED_DIRS = (
-    "/etc/apt/sources.list.d",
-    "/etc/apt/preferences.d",
-    "/etc/apt/keyrings",
-    "/etc/apt/apt.conf.d",
-    "/etc/modprobe.d",
-    "/etc/profile.d",
-    "/etc/docker",
-    "/etc/cdi",
-    "/etc/gpufleet",
-    "/etc/gpufleet/inference",
-    "/etc/gpufleet/monitoring",
-    "/etc/gpufleet/grafana/provisioning/datasources",
-    "/etc/gpufleet/grafana/provisioning/dashboards",
-    "/etc/gpufleet/grafana/dashboards",
-    "/etc/nginx/conf.d",
-    "/etc/default",  # Debian services' command lines (ARGS="..."): the exporters, Prometheus
-    "/etc/systemd/system",
-    "/var/lib/gpufleet",
-    "/usr/local/share/ca-certificates",
-)
-WATCHED_FILES = ("/etc/apt/sources.list",)
-# Services whose unit-file and active states the read covers (systemd unit patterns, without
-# ".service"). Naming them keeps the read cheap: `systemctl list-unit-files` with no pattern
-# weighs every unit file on the host (0.4 s of a 0.5 s state read on the simulated hosts).
-WATCHED_SERVICES = ("docker", "containerd", "nvidia-*", "gpufleet-*", "prometheus*", "nginx",
-                    "unattended-upgrades")
+# Folders whose regular files (not recursively) the state reads whole; single files; services
+# whose unit-file and active states the read covers (systemd unit patterns, without
+# ".service"): the union of what gpufleet's parts declare (facts.coverage).
+WATCHED_DIRS = COVERED.dirs
+WATCHED_FILES = COVERED.files
+WATCHED_SERVICES = COVERED.services
 KEYRING_DIR = "/etc/apt/keyrings"
 # Larger files are compared by sha256 only (a CA bundle need not travel on every run).
 CONTENT_LIMIT = 262144
@@ -101,8 +81,9 @@ def require_watched(path: str) -> None:
     """Raise (before any host is touched) when ``path`` is outside what HostState reads."""
     if not is_watched(path):
         raise OperationValueError(
-            f"{path} is outside what facts.host_state.HostState reads; add its folder to "
-            "WATCHED_DIRS so that one state read keeps covering every managed file"
+            f"{path} is outside what facts.host_state.HostState reads; declare its folder in "
+            "the component's manages.py (or facts.coverage.CORE): WATCHED_DIRS is their "
+            "union, so that one state read keeps covering every managed file"
         )
 
 
@@ -133,8 +114,9 @@ def require_watched_service(name: str) -> None:
     """Raise (before any host is touched) when ``name`` is outside what HostState reads."""
     if not any(fnmatch.fnmatchcase(name, pattern) for pattern in WATCHED_SERVICES):
         raise OperationValueError(
-            f"service {name} is outside what facts.host_state.HostState reads; add it to "
-            "WATCHED_SERVICES so that one state read keeps covering every managed service"
+            f"service {name} is outside what facts.host_state.HostState reads; declare it in "
+            "the component's manages.py (or facts.coverage.CORE): WATCHED_SERVICES is their "
+            "union, so that one state read keeps covering every managed service"
         )
 
 

@@ -26,6 +26,7 @@ from facts import storage as storage_facts
 from facts import system as system_facts
 from facts import weights_files as weights_facts
 from facts._shell import CommandResult, section_script, split_sections
+from facts.coverage import COVERED
 from facts.host_state import HostStateResult, host_state_script, parse_host_state
 
 T = TypeVar("T")
@@ -52,7 +53,8 @@ class HostProbe:
     node_network: node_facts.NodeNetworkResult | None = None
 
 
-# name -> (script builder taking the weights path, parser). Order is the run order.
+# name -> (script builder taking the weights path, parser). Order is the run order. The probe
+# runs those gpufleet's parts declare they read (facts.coverage: today every one).
 _Section = tuple[Callable[[str], str], Callable[[str, int | None], object]]
 # The OS, the loaded kernel module and Docker come from the state read's own parts (read
 # once, not twice: `docker info` alone is 50 ms of the probe on a simulated host).
@@ -77,7 +79,8 @@ SECTIONS: dict[str, _Section] = {
 def probe_script(weights_path: str, node: str = "") -> str:
     """The whole probe as one POSIX sh script. ``node``: the NodeNetwork spec (JSON) on the
     nodes of a replica spanning hosts, else empty."""
-    sections = [section_script(name, build(weights_path)) for name, (build, _) in SECTIONS.items()]
+    sections = [section_script(name, build(weights_path)) for name, (build, _) in SECTIONS.items()
+                if name in COVERED.sections]
     if node:
         sections.append(section_script("node_network", node_facts.node_network_script(node)))
     return "\n".join(sections)

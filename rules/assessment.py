@@ -34,7 +34,7 @@ from rules.gpu_inventory import (
 )
 from rules.host_plan import HostPlan, plan_host
 from rules.multinode import node_network_findings, replica_layout
-from rules.serving import EnginePlan, dcgm_exporter, memory_fraction, plan_engine
+from rules.serving import EnginePlan, memory_fraction, plan_engine
 from rules.serving import image_reference as serving_image
 from rules.sizing import (
     DEFAULT_ENGINE,
@@ -272,11 +272,31 @@ def _python_version(probe: HostProbe) -> str | None:
                default=None)
 
 
+@dataclass(frozen=True)
+class Seen:
+    """What the checks after the GPUs and the sizing read: the spec, the probe, and what the
+    core decided from them (the GPUs, the host plan, the engine)."""
+
+    spec: HostSpec
+    probe: HostProbe
+    gpus: list[GpuView]
+    read_bytes_per_s: int | None
+    planned: HostPlan | list[Finding]  # rules.host_plan.plan_host: a plan, or why not
+    engine: tuple[EnginePlan | None, list[Finding]] | None  # None: serving is off
+
+
+Check = Callable[[Seen], Iterable[Finding]]
+
+
 def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None,
            extra: Iterable[Finding] = ()) -> Assessment:
     """Every check for one host, from its spec and one probe (plus findings of the steps'
-    own questions, ``extra``). Pure: no host is touched."""
-    pins, settings = spec.pins, spec.settings
+    own questions, ``extra``). Pure: no host is touched.
+
+    The core first: the GPUs and the sizing, then the host plan and the engine (whose
+    findings come in their place in ``CHECKS``); then one loop over ``CHECKS``, in report
+    order; then ``extra``."""
+    settings = spec.settings
     findings = Findings()
     gpus, gpu_findings = gpus_of(probe)
     findings.extend(gpu_findings)
@@ -287,63 +307,110 @@ def assess(spec: HostSpec, probe: HostProbe, read_bytes_per_s: int | None = None
     sizing, sizing_findings = _sizing(spec, gpus, context)
     findings.extend(sizing_findings)
 
-    torch_build = f"{pins.python.torch}+cu{pins.cuda.release.replace('.', '')}"
-    for capability, names in _by_capability(gpus).items():
-        findings.extend(compat.check_compute_capability(capability, torch_build, names))
-    if settings.python_env.enabled:
-        python = _python_version(probe)
-        if python is None:
-            findings.add(Finding(
-                "error", "no-python", "no Python 3 interpreter on the host",
-                "python3 not found", "Python 3.8-3.11 for torch " + pins.python.torch,
-                "install python3 (apt-get install python3 python3-venv)",
-            ))
-        else:
-            findings.extend(compat.check_python_for_torch(python, torch_build))
-
-    # The pin set must be coherent before any of it is installed.
-    findings.extend(compat.check_driver_for_cuda(pins.driver.upstream, pins.cuda.release))
-    findings.extend(_transformers(spec))
-
-    os_release = probe.system.os
-    if os_release and os_release.id and os_release.version_id:
-        findings.extend(compat.check_distro_for_cuda(
-            os_release.id, os_release.version_id, pins.cuda.release,
-            mirror_provides=settings.repos.cuda.url is not None,
-        ))
-    findings.extend(compat.check_secure_boot(probe.secure_boot.enforcing, pins.driver.flavour,
-                                             probe.secure_boot.reason))
-    findings.extend(compat.check_sampling(settings.sampling.temperature,
-                                          settings.sampling.top_p, spec.model))
-    findings.extend(_storage(spec, probe, read_bytes_per_s))
-    findings.extend(node_network_findings(spec, probe.node_network))
-
-    # What the stack would run into on this host, before any of it is installed.
     planned = plan_host(spec, probe)
-    plan = None
-    if isinstance(planned, list):
-        findings.extend(planned)
-    else:
-        plan = planned
-        findings.extend(cdi_findings(settings.docker.gpu_device_protection,
-                                     plan.docker_packages["docker.io"], plan.distro))
-    os_id = os_release.id if os_release and os_release.id else "unknown"
-    if settings.inference.enabled:
-        engine, engine_findings = _engine(spec, probe, gpus, sizing, context, read_bytes_per_s)
-        findings.extend(engine_findings)
-        if plan is not None and engine is not None:
-            plan = replace(plan, engine=engine)
-    findings.extend(unpinned_image("the GPU test image", settings.verify.gpu_test_image,
-                                   "settings.verify.gpu_test_image"))
-    findings.extend(precompiled_findings(pins.driver.flavour, os_id))
-    findings.extend(docker_ce_findings(probe.state.installed))
-    findings.extend(_daemon_json(probe))
-    findings.extend(unchecked_daemon_json(spec))
+    engine = (_engine(spec, probe, gpus, sizing, context, read_bytes_per_s)
+              if settings.inference.enabled else None)
+    seen = Seen(spec, probe, gpus, read_bytes_per_s, planned, engine)
+    for check in CHECKS:
+        findings.extend(check(seen))
     findings.extend(extra)
 
+    plan = None if isinstance(planned, list) else planned
+    if plan is not None and engine is not None and engine[0] is not None:
+        plan = replace(plan, engine=engine[0])
     return Assessment(spec.name, accept(findings, settings.preflight.downgrade_errors,
                                         settings.preflight.expected_warnings),
                       gpus, sizing, context, plan, settings.preflight.expected_because)
+
+
+def _torch_build(spec: HostSpec) -> str:
+    return f"{spec.pins.python.torch}+cu{spec.pins.cuda.release.replace('.', '')}"
+
+
+def _compute_capability(seen: Seen) -> Iterable[Finding]:
+    for capability, names in _by_capability(seen.gpus).items():
+        yield from compat.check_compute_capability(capability, _torch_build(seen.spec), names)
+
+
+def _python(seen: Seen) -> list[Finding]:
+    if not seen.spec.settings.python_env.enabled:
+        return []
+    python = _python_version(seen.probe)
+    if python is None:
+        return [Finding(
+            "error", "no-python", "no Python 3 interpreter on the host",
+            "python3 not found", "Python 3.8-3.11 for torch " + seen.spec.pins.python.torch,
+            "install python3 (apt-get install python3 python3-venv)",
+        )]
+    return compat.check_python_for_torch(python, _torch_build(seen.spec))
+
+
+def _driver_for_cuda(seen: Seen) -> list[Finding]:
+    """The pin set must be coherent before any of it is installed."""
+    pins = seen.spec.pins
+    return compat.check_driver_for_cuda(pins.driver.upstream, pins.cuda.release)
+
+
+def _distro(seen: Seen) -> list[Finding]:
+    os_release = seen.probe.system.os
+    if not (os_release and os_release.id and os_release.version_id):
+        return []
+    return compat.check_distro_for_cuda(
+        os_release.id, os_release.version_id, seen.spec.pins.cuda.release,
+        mirror_provides=seen.spec.settings.repos.cuda.url is not None)
+
+
+def _secure_boot(seen: Seen) -> list[Finding]:
+    return compat.check_secure_boot(seen.probe.secure_boot.enforcing,
+                                    seen.spec.pins.driver.flavour,
+                                    seen.probe.secure_boot.reason)
+
+
+def _sampling(seen: Seen) -> list[Finding]:
+    sampling = seen.spec.settings.sampling
+    return compat.check_sampling(sampling.temperature, sampling.top_p, seen.spec.model)
+
+
+def _host_plan(seen: Seen) -> list[Finding]:
+    """What the stack would run into on this host, before any of it is installed."""
+    if isinstance(seen.planned, list):
+        return seen.planned
+    return cdi_findings(seen.spec.settings.docker.gpu_device_protection,
+                        seen.planned.docker_packages["docker.io"], seen.planned.distro)
+
+
+def _gpu_test_image(seen: Seen) -> list[Finding]:
+    return unpinned_image("the GPU test image", seen.spec.settings.verify.gpu_test_image,
+                          "settings.verify.gpu_test_image")
+
+
+def _precompiled(seen: Seen) -> list[Finding]:
+    os_release = seen.probe.system.os
+    os_id = os_release.id if os_release and os_release.id else "unknown"
+    return precompiled_findings(seen.spec.pins.driver.flavour, os_id)
+
+
+# Every check after the core (the GPUs and the sizing), in report order. Each is a function of
+# what the core saw, named for the part of the host it belongs to, so a part that becomes a
+# component (rules/component.py) takes its checks along.
+CHECKS: tuple[Check, ...] = (
+    _compute_capability,  # the GPU stack (torch's build against the GPUs)
+    _python,  # the Python environment
+    _driver_for_cuda,  # the GPU stack (the pin set)
+    lambda seen: _transformers(seen.spec),  # serving (the model's transformers)
+    _distro,  # the GPU stack (NVIDIA's repositories)
+    _secure_boot,  # the GPU stack (the driver)
+    _sampling,  # serving
+    lambda seen: _storage(seen.spec, seen.probe, seen.read_bytes_per_s),  # the weights
+    lambda seen: node_network_findings(seen.spec, seen.probe.node_network),  # multi-node
+    _host_plan,  # the GPU stack and Docker (the packages, Compose, CDI)
+    lambda seen: seen.engine[1] if seen.engine else [],  # serving (image, weights, replicas)
+    _gpu_test_image,  # the stack's verification
+    _precompiled,  # the GPU stack (the driver's flavour)
+    lambda seen: docker_ce_findings(seen.probe.state.installed),  # Docker
+    lambda seen: _daemon_json(seen.probe),  # Docker
+    lambda seen: unchecked_daemon_json(seen.spec),  # Docker
+)
 
 
 def _transformers(spec: HostSpec) -> list[Finding]:
@@ -369,11 +436,6 @@ def unpinned_image(what: str, reference: str, setting: str | None) -> list[Findi
         "record the digest with tools/pin_image.py on a machine that reaches the registry"
         + (f", or give {setting} as name@sha256:<digest>" if setting else ""),
     )]
-
-
-def exporter_pin_findings(spec: HostSpec) -> list[Finding]:
-    """The DCGM exporter's image, on a host of a monitored fleet (it runs beside the engine)."""
-    return unpinned_image("the DCGM exporter image", dcgm_exporter(spec).image, None)
 
 
 def _forward_compatible(gpus: list[GpuView]) -> dict[str, bool | None]:

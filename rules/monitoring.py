@@ -19,6 +19,7 @@ design, so TTFT is also the latency a user feels.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +68,13 @@ class Target:
 
 def is_monitor(spec: HostSpec) -> bool:
     return spec.settings.role == "monitor"
+
+
+def is_monitored(spec: HostSpec, fleet: Sequence[HostSpec]) -> bool:
+    """Whether a GPU host is scraped: its monitoring is on and the fleet has a monitoring
+    host (it then runs the exporters and the replicas the fleet file says)."""
+    return (not is_monitor(spec) and spec.settings.monitoring.enabled
+            and any(is_monitor(s) for s in fleet))
 
 
 def monitored(specs: list[HostSpec]) -> list[HostSpec]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -151,24 +152,6 @@ def image_reference(pinned: EngineImage, override: str | None) -> str:
     return override or pinned.reference()
 
 
-@dataclass(frozen=True)
-class DcgmExporter:
-    """NVIDIA's DCGM exporter beside the engine: GPU metrics for the monitoring host."""
-
-    image: str
-    bind: str
-    port: int
-    service: str = "dcgm-exporter"
-    container: str = f"{COMPOSE_PROJECT}-dcgm-exporter"
-    container_port: int = 9400
-
-
-def dcgm_exporter(spec: HostSpec) -> DcgmExporter:
-    cfg = spec.settings.monitoring
-    image = spec.pins.monitoring.dcgm_exporter.reference(cfg.dcgm_registry)
-    return DcgmExporter(image=image, bind=cfg.bind, port=cfg.dcgm_exporter_port)
-
-
 def plan_replicas(gpu_count: int, tp: int, pp: int, wanted: int | None, first_port: int
                   ) -> tuple[Replica, ...] | list[Finding]:
     """Disjoint GPUs per replica, one port each. Unset ``wanted``: as many as the GPUs hold."""
@@ -306,7 +289,8 @@ def engine_args(plan: EnginePlan) -> list[str]:
     return args
 
 
-def _port_binding(bind: str, host_port: int, container_port: int) -> str:
+def port_binding(bind: str, host_port: int, container_port: int) -> str:
+    """A published port in Compose's short syntax (an IPv6 address in brackets)."""
     host = f"[{bind}]" if ipaddress.ip_address(bind).version == 6 else bind
     return f"{host}:{host_port}:{container_port}"
 
@@ -437,9 +421,11 @@ def node_service(plan: EnginePlan) -> dict[str, Any]:
     return service
 
 
-def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> dict[str, Any]:
-    """The Compose file as data: one service per replica, each on its own GPUs and port, and
-    the DCGM exporter when the fleet is monitored."""
+def compose_document(plan: EnginePlan, beside: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
+    """The Compose file as data: one service per replica, each on its own GPUs and port, then
+    ``beside``: the services components run in the engine's compose project (the DCGM exporter
+    on a monitored host: components/dcgm_exporter)."""
     port = ENGINE_PORT[plan.engine]
     services: dict[str, Any] = {}
     if plan.span is not None:
@@ -452,7 +438,7 @@ def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> 
                 "container_name": replica.container,
                 "entrypoint": server_entrypoint(plan, plan.api_key),
                 "command": engine_args(plan),
-                "ports": [_port_binding(plan.bind, replica.port, port)],
+                "ports": [port_binding(plan.bind, replica.port, port)],
                 "volumes": [_bind(plan.model_dir, plan.mount)],
                 # The engine never reaches a hub: the weights are all there, verified.
                 "environment": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
@@ -476,18 +462,7 @@ def compose_document(plan: EnginePlan, exporter: DcgmExporter | None = None) -> 
             if plan.api_key:
                 service["env_file"] = [API_KEY_PATH]
             services[replica.service] = service
-    if exporter is not None:
-        services[exporter.service] = {
-            "image": exporter.image,
-            "container_name": exporter.container,
-            "ports": [_port_binding(exporter.bind, exporter.port, exporter.container_port)],
-            # DCGM's profiling metrics (DCGM_FI_PROF_*) need it (NVIDIA's README).
-            "cap_add": ["SYS_ADMIN"],
-            "restart": "unless-stopped",
-            "deploy": {"resources": {"reservations": {"devices": [{
-                "driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]}}},
-            "labels": {"org.gpufleet.role": "dcgm-exporter"},
-        }
+    services.update(beside or {})
     return _literal({"services": services})
 
 
@@ -498,8 +473,8 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def render_compose(plan: EnginePlan, exporter: DcgmExporter | None = None) -> str:
-    body = compose_yaml(compose_document(plan, exporter))
+def render_compose(plan: EnginePlan, beside: Mapping[str, Any] | None = None) -> str:
+    body = compose_yaml(compose_document(plan, beside))
     return render("inference/docker-compose.yml.j2", plan=plan, body=body)
 
 

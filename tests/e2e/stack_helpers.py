@@ -32,8 +32,8 @@ from tests.e2e.hosts import ok, sh
 from tests.sim import simctl
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCT = ("deploys", "facts", "inventory", "operations", "rules", "templates", "inventory.py",
-           "pyproject.toml")
+PRODUCT = ("components", "deploys", "facts", "inventory", "operations", "rules", "templates",
+           "inventory.py", "pyproject.toml")
 PYINFRA = REPO / ".venv" / "bin" / "pyinfra"
 SIM_PREFIX = "gpufleet-sim-"
 

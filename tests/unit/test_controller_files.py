@@ -14,7 +14,7 @@ from inventory import controller_files
 from inventory.controller_files import write_atomically
 
 REPO = Path(__file__).resolve().parents[2]
-PRODUCT = ("deploys", "facts", "inventory", "operations", "rules", "tools")
+PRODUCT = ("components", "deploys", "facts", "inventory", "operations", "rules", "tools")
 
 
 def test_writes_new_and_replaces_old_keeping_mode(tmp_path: Path) -> None:

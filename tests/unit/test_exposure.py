@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from components.dcgm_exporter.decisions import compose_services, dcgm_exporter
 from inventory.fleet import HostSpec, load_fleet
 from rules.exposure import Listener, exposure_findings, listeners
 from rules.gateway import render_gateway, routing
 from rules.monitoring import alertmanager_args, node_exporter_args, prometheus_args
-from rules.serving import EnginePlan, compose_document, dcgm_exporter, plan_engine
+from rules.serving import EnginePlan, compose_document, plan_engine
 
 GPU = """
 [groups.gpu]
@@ -170,7 +171,7 @@ def test_every_address_and_port_is_the_one_the_renderers_write(tmp_path: Path) -
     gpu, mon = host(specs, "gpu-01"), host(specs, "mon-01")
     plan = plan_engine(gpu, 2, 1, 8192, 8, None)
     assert isinstance(plan, EnginePlan)
-    compose = compose_document(plan, dcgm_exporter(gpu))["services"]
+    compose = compose_document(plan, compose_services(dcgm_exporter(gpu)))["services"]
     published = sorted(p for s in compose.values() for p in s.get("ports", []))
     assert published == ["10.0.0.11:8100:8000", "10.0.0.11:8101:8000", "10.0.0.11:9401:9400"]
     gpu_listeners = by_service(listeners(gpu, specs))

@@ -1,7 +1,12 @@
 """The structure the README promises, checked: each layer imports only the layers below it,
 and no two modules share a name across packages (a newcomer can tell where a decision lives).
 
-    gpufleet/ -> deploys/ -> operations/ -> rules/ -> facts/ -> inventory/
+    gpufleet/ -> deploys/ -> components/ -> operations/ -> rules/ -> facts/ -> inventory/
+
+A component (components/<name>/, one folder) imports only the layers below deploys/ and the
+components it declares (``depends_on``); inside it, each module keeps to its layer:
+manages.py is plain data (facts.coverage reads it), decisions.py is pure rules, deploy.py
+calls operations.
 
 gpufleet/ is the `gpufleet` command (the front door): it runs the deploys and tools/ as the
 commands they are, so it sits above everything and nothing imports it.
@@ -11,11 +16,13 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-LAYERS = ["inventory", "facts", "rules", "operations", "deploys", "gpufleet"]  # bottom to top
+LAYERS = ["inventory", "facts", "rules", "operations", "components", "deploys",
+          "gpufleet"]  # bottom to top
 
 
 def imports_of(path: Path) -> set[str]:
@@ -51,6 +58,54 @@ def test_no_two_modules_share_a_name_across_packages() -> None:
                 clashes.append(f"{seen[path.stem]}/{path.name} and {layer}/{path.name}")
             seen[path.stem] = layer
     assert clashes == []
+
+
+# The layers a component's module may import, by its file name (besides its own folder and the
+# components it declares); any other file of a component may import every layer below deploys.
+COMPONENT_MODULE_LAYERS = {
+    "manages": set(),
+    "decisions": {"inventory", "facts", "rules"},
+    "deploy": {"inventory", "facts", "rules", "operations"},
+}
+PROJECT = set(LAYERS) | {"tools", "benchmarks", "tests"}
+
+
+def component_imports(path: Path) -> set[str]:
+    """The modules ``path`` imports by absolute name, in full (``components.x.decisions``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_a_component_imports_only_the_layers_below_it_and_the_components_it_declares() -> None:
+    from deploys.runner import STEPS
+
+    parts: list[Any] = list(STEPS)  # the steps' names and the components
+    declared = {part.name: set(part.depends_on) for part in parts if not isinstance(part, str)}
+    wrong: dict[str, list[str]] = {}
+    for folder in sorted(p for p in (REPO / "components").iterdir() if p.is_dir()
+                         and not p.name.startswith("__")):
+        allowed_components = {folder.name} | declared.get(folder.name, set())
+        for path in sorted(folder.glob("*.py")):
+            layers = COMPONENT_MODULE_LAYERS.get(path.stem, set(LAYERS[:LAYERS.index(
+                "components")]))
+            bad = sorted(
+                module for module in component_imports(path)
+                if module.split(".")[0] in PROJECT and not (
+                    module.split(".")[0] in layers
+                    or (module.split(".")[0] == "components" and len(module.split(".")) > 1
+                        and module.split(".")[1] in allowed_components
+                        and path.stem != "manages")))
+            if bad:
+                wrong[str(path.relative_to(REPO))] = bad
+    assert wrong == {}
+    # manages.py imports nothing at all: facts.coverage loads it while facts/ is importing.
+    for path in (REPO / "components").glob("*/manages.py"):
+        assert component_imports(path) <= {"__future__"}, path
 
 
 def calls_by_line(path: Path, names: set[str]) -> dict[str, set[int]]:
@@ -93,3 +148,4 @@ def test_every_converging_entry_is_a_list_of_the_runners_steps() -> None:
         assert [ast.unparse(c) for c in calls] in (["run(GPU_HOST)"], ["run(SERVE)"]), entry
     assert GPU_HOST == STEPS
     assert set(SERVE) < set(STEPS) and "record" in SERVE and "inference" in SERVE
+    assert [part for part in STEPS if part in SERVE] == list(SERVE)  # in the one order

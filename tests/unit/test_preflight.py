@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from components.dcgm_exporter.decisions import exporter_pin_findings
 from facts.docker import ContainerToolkitResult, DockerInfoResult
 from facts.host_state import HostStateResult
 from facts.nvidia import (
@@ -32,7 +33,7 @@ from facts.system import (
 )
 from facts.weights_files import WeightsListing
 from inventory.fleet import HostSpec, load_fleet
-from rules.assessment import assess, exporter_pin_findings, render, storage_class
+from rules.assessment import assess, render, storage_class
 from rules.host_plan import HostPlan, plan_host
 from tests.sim.weights import config_json
 
