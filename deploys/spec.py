@@ -18,11 +18,10 @@ def host_spec(current: Host | None = None) -> HostSpec:
             f"{current.name} has no gpufleet spec: run with the fleet inventory, "
             "`pyinfra inventory.py deploys/gpu_host.py`"
         )
-    # Validated once per host and run (HostSpec is frozen): kept on pyinfra's State with the
+    # Validated once per host and run (HostSpec is frozen): kept in the run's context with the
     # data it was validated from, and validated again should that data differ.
-    memo: dict[str, tuple[object, HostSpec]] = (
-        current.state.__dict__.setdefault("gpufleet_host_specs", {})
-        if getattr(current, "state", None) is not None else {})
+    state = getattr(current, "state", None)
+    memo = run_context(state).host_specs if state is not None else {}
     known = memo.get(current.name)
     if known is not None and known[0] == data:
         return known[1]

@@ -27,6 +27,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from packaging.utils import canonicalize_name
@@ -151,15 +152,16 @@ def load_lock(lock: str, python: str, machine: str, locks_dir: Path | None = Non
     return LockFile(lock, python, machine, path, text, packages)
 
 
-# The lock text -> its packages: every host's plan loads the same lock file.
-_PARSED: dict[str, dict[str, LockedPackage]] = {}
-
-
 def _parsed_once(text: str) -> dict[str, LockedPackage]:
-    """parse_lock(text), parsed once per distinct text (each caller gets a dict of its own)."""
-    if text not in _PARSED:
-        _PARSED[text] = parse_lock(text)
-    return dict(_PARSED[text])
+    """parse_lock(text), parsed once per distinct text (each caller gets a dict of its own):
+    every host's plan loads the same lock file."""
+    return dict(_parse_lock_memo(text))
+
+
+@lru_cache(maxsize=16)
+def _parse_lock_memo(text: str) -> dict[str, LockedPackage]:
+    """A memo of a pure function (the key is the whole input), not run data."""
+    return parse_lock(text)
 
 
 def pin_problems(lock: LockFile, pins: PythonPins) -> list[str]:

@@ -9,6 +9,7 @@ import logging
 import os
 import tarfile
 import uuid
+from functools import lru_cache
 
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, FunctionCommand, StringCommand, operation
@@ -79,12 +80,6 @@ def daemon_json(path: str, record: str, wanted: DaemonJsonWanted):
         yield write_file_command(record, render_claims(path, claims))
 
 
-# (archive, image, the archive file's identity: inode, size, mtime) -> the id found: every
-# host's plan asks for the same archives, and finding manifest.json reads the headers of the
-# whole archive (tens of members over hundreds of MB).
-_ARCHIVE_IMAGE_IDS: dict[tuple[str, str, int, int, int], str | None] = {}
-
-
 def archive_image_id(archive: str, image: str) -> str | None:
     """The id (sha256:...) of ``image`` in a `docker save` archive on the controller, from the
     archive's manifest.json; None when the archive cannot tell (then presence is enough).
@@ -93,10 +88,16 @@ def archive_image_id(archive: str, image: str) -> str | None:
         found = os.stat(archive)
     except OSError:
         return None
-    key = (archive, image, found.st_ino, found.st_size, found.st_mtime_ns)
-    if key not in _ARCHIVE_IMAGE_IDS:
-        _ARCHIVE_IMAGE_IDS[key] = _read_archive_image_id(archive, image)
-    return _ARCHIVE_IMAGE_IDS[key]
+    return _archive_image_id_of(archive, image, found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+# Keyed by the archive file's identity (inode, size, mtime) as well: every host's plan asks
+# for the same archives, and finding manifest.json reads the headers of the whole archive
+# (tens of members over hundreds of MB). A memo of the file's content, not run data.
+@lru_cache(maxsize=64)
+def _archive_image_id_of(archive: str, image: str, inode: int, size: int,
+                         mtime_ns: int) -> str | None:
+    return _read_archive_image_id(archive, image)
 
 
 def _read_archive_image_id(archive: str, image: str) -> str | None:

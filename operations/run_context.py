@@ -52,6 +52,8 @@ class RunContext:
     probes: dict[str, tuple[HostProbe | None, float]] = field(default_factory=dict)
     # deploys/spec.py: every host of the fleet inventory, validated once.
     fleet: list[HostSpec] = field(default_factory=list)
+    # deploys/spec.py: each host's spec, validated once, with the data it was validated from.
+    host_specs: dict[str, tuple[object, HostSpec]] = field(default_factory=dict)
     # deploys/audit.py: each host's drift, printed as one table when the run ends
     # (None until the first host registers the report).
     audit: dict[str, list[Drift]] | None = None

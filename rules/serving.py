@@ -8,11 +8,13 @@ validate it with the real `docker-compose config` and `systemd-analyze verify`.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import ipaddress
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -478,9 +480,6 @@ def render_compose(plan: EnginePlan, beside: Mapping[str, Any] | None = None) ->
     return render("inference/docker-compose.yml.j2", plan=plan, body=body)
 
 
-# A Compose document's repr (builtin values only: the repr tells them apart, type and order
-# included) -> its YAML. Hosts with the same plan have the same document: dumped once per run.
-_COMPOSE_YAML: dict[str, str] = {}
 _PLAIN = (str, int, float, bool, type(None))
 
 
@@ -496,14 +495,21 @@ def _plain(value: Any) -> bool:
 
 def compose_yaml(document: dict[str, Any]) -> str:
     """The YAML of a Compose document (every service in full, in the document's order)."""
-    key = repr(document) if _plain(document) else None
-    if key is not None and key in _COMPOSE_YAML:
-        return _COMPOSE_YAML[key]
+    # Hosts with the same plan have the same document: dumped once, keyed by its repr
+    # (builtin values only: the repr tells them apart, type and order included).
+    return _yaml_of_repr(repr(document)) if _plain(document) else _dump(document)
+
+
+def _dump(document: Any) -> str:
     body: str = yaml.dump(document, Dumper=_NoAliases, sort_keys=False,
                           default_flow_style=False, width=100)
-    if key is not None:
-        _COMPOSE_YAML[key] = body
     return body
+
+
+@lru_cache(maxsize=64)
+def _yaml_of_repr(text: str) -> str:
+    """A memo of a pure function (the key is the whole document), not run data."""
+    return _dump(ast.literal_eval(text))
 
 
 def render_unit(plan: EnginePlan, compose: Compose) -> str:

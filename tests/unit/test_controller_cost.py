@@ -102,6 +102,7 @@ def test_an_image_archive_is_read_once_for_all_hosts_and_again_when_it_changes(
         return real_open(name, mode, *args, **kwargs)
 
     monkeypatch.setattr(tarfile, "open", counted)
+    docker_config._archive_image_id_of.cache_clear()
     archive = tmp_path / "engine.tar"
     _docker_save(archive, "engine:1", "a" * 64)
     for _ in range(3):  # three hosts' plans
@@ -126,6 +127,7 @@ def test_a_lock_file_is_parsed_once_for_all_hosts_and_again_when_it_changes(
         return real(text)
 
     monkeypatch.setattr(locks, "parse_lock", counted)
+    locks._parse_lock_memo.cache_clear()
     folder = tmp_path / "x"
     folder.mkdir()
     path = folder / locks.lock_file_name("3.11", "x86_64")
@@ -190,7 +192,7 @@ def test_a_compose_document_is_dumped_once_for_all_hosts_with_the_same_plan(
                               default_flow_style=False, width=100)
         return text
 
-    monkeypatch.setattr(serving, "_COMPOSE_YAML", {})
+    serving._yaml_of_repr.cache_clear()
     monkeypatch.setattr(yaml, "dump", counted)
     engine = plan(tmp_path)
     texts = [serving.render_compose(engine) for _ in range(3)]  # three hosts, one plan
