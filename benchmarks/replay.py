@@ -62,7 +62,7 @@ RUNS: dict[str, list[str]] = {
     "audit": ["-y", "inventory.py", "deploys/audit.py"],
 }
 # Runs recorded with the host state read again when execution starts (as it is when planning
-# takes longer than facts.host_state.REUSE_ACROSS_PHASES_SECONDS: at 1,000 hosts), so that
+# takes longer than operations.host_reading.REUSE_ACROSS_PHASES_SECONDS: at 1,000 hosts), so that
 # the replay has that read's answer too. A shorter replayed run simply does not ask for it.
 LATE_READ_RUNS = ("no-op",)
 CLONE = re.compile(r"--\d{4,}")
@@ -324,10 +324,12 @@ def child(mode: str, out: str | None, pyinfra_args: list[str]) -> int:
         release = json.loads(os.environ[ENV_RELEASE])
         setattr(rules.manifest, "gpufleet_release", lambda: release)  # noqa: B010
     if os.environ.get(ENV_LATE_READ):
-        import facts.host_state
+        import operations.host_reading as host_reading
 
         # The probe's reading never carries over into execution: the state is read again.
-        setattr(facts.host_state, "REUSE_ACROSS_PHASES_SECONDS", -1.0)  # noqa: B010
+        # (Checked: a setattr on a module that no longer has the name would do nothing.)
+        assert hasattr(host_reading, "REUSE_ACROSS_PHASES_SECONDS")
+        setattr(host_reading, "REUSE_ACROSS_PHASES_SECONDS", -1.0)  # noqa: B010
     if os.environ.get(ENV_BASELINE):
         # Measure pyinfra as it is (its own operation order with inspect.stack(), its own
         # global arguments), as before the adapter's replacements.
