@@ -42,10 +42,13 @@ rehearse: venv host-tools sim-up
 	$(BIN)/python tools/smoke.py --fleet $(SIM_FLEET) --requests 5 --seconds 10
 
 ## All the tests: unit tests, then the simulator end-to-end tests.
-# Two workers, a whole test file each: every e2e module runs on its own copies of the hosts.
-# Files go out longest first (tests/conftest.py), not xdist's most-tests-first.
+# Four workers, a whole test file each: every e2e module runs on its own copies of the hosts.
+# On the 2-core machine two workers left the CPU 40 % idle (the e2e tests wait on reboots,
+# engines starting, alerts firing), so four fill those waits. Files go out longest first
+# (tests/conftest.py), not xdist's most-tests-first. TEST_WORKERS=N to change it.
+TEST_WORKERS ?= 4
 test: venv host-tools validators
-	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 unit: venv validators
 	$(BIN)/pytest tests/unit

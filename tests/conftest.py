@@ -1,4 +1,4 @@
-"""Test order for `make test` (two pytest-xdist workers, a whole file each, --dist loadfile).
+"""Test order for `make test` (pytest-xdist workers, a whole file each, --dist loadfile).
 
 xdist hands a file to whichever worker is free, in collection order. Its default reorders
 files by their number of tests, which puts the longest end-to-end files (few tests, minutes
