@@ -1,8 +1,9 @@
 """The one pipeline every converging entry runs: fleet spec -> probe -> preflight (every
 check, one report) -> the entry's steps in their fixed order -> the host manifest.
 
-An entry is a list of steps (``GPU_HOST``, ``SERVE``): the entries differ only in which steps
-they take, never in how a step is prepared, so they cannot drift apart. Preflight is the same
+An entry is a list of parts (``GPU_HOST``, ``SERVE``), each a step or a component
+(``components/<name>/``, protocol in rules/component.py): the entries differ only in which
+parts they take, never in how a part is prepared, so they cannot drift apart. Preflight is the same
 for every entry (the Python environment's findings, the monitored fleet's replica count and
 exporter pin, the replica's other nodes), and so is what a monitored host runs beside its
 engine (the DCGM exporter in the compose file: a compose file rendered without it would make

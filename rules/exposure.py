@@ -21,6 +21,7 @@ from rules.monitoring import (
     PROMETHEUS_PORT,
     fleet_replicas,
     is_monitor,
+    is_monitored,
 )
 from rules.multinode import DEFAULT_PORT
 
@@ -126,8 +127,7 @@ def listeners(spec: HostSpec, fleet: list[HostSpec]) -> list[Listener]:
     """Everything gpufleet makes this host listen on."""
     if is_monitor(spec):
         return monitor_listeners(spec, fleet)
-    monitored = spec.settings.monitoring.enabled and any(is_monitor(s) for s in fleet)
-    return gpu_host_listeners(spec, monitored)
+    return gpu_host_listeners(spec, is_monitored(spec, fleet))
 
 
 def exposure_findings(spec: HostSpec, fleet: list[HostSpec]) -> list[Finding]:
