@@ -76,7 +76,13 @@ def remove_later(names: list[str], then: Callable[[], object] | None = None) -> 
     host's removal is mostly the deletion of its Docker data (~9 s each on the 2-core machine),
     which the next module need not wait for. Starting one of ``names`` again waits for it
     (start_hosts, start_converged); the end of the run waits for all (tests/conftest.py), so a
-    run still leaves no host copy behind."""
+    run still leaves no host copy behind. A name already being removed is not removed a
+    second time (a module's own teardown and the autouse one both ask: Docker refuses a
+    second removal of a container while the first is under way)."""
+    STARTED.difference_update(names)
+    pending = {name for names_, thread in _REMOVALS if thread.is_alive() for name in names_}
+    names = [name for name in names if name not in pending]
+
     def work() -> None:
         try:
             simctl.remove_hosts(names)
