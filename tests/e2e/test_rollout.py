@@ -85,8 +85,12 @@ def boot_id(host: str) -> str:
 
 
 def under_load(rollout: Rollout, *args: str) -> tuple[subprocess.CompletedProcess[str], Load]:
-    """The rollout, with a bounded load through the gateway for as long as it runs."""
-    load = Load(rollout.gateway, key=rollout.key, count=1_000_000, concurrency=4, seconds=900).start()
+    """The rollout, with a bounded load through the gateway for as long as it runs: 25
+    requests a second (each engine answers in ~15 ms), so every drain, reboot and gateway
+    reload of the rollout happens with requests in flight; unpaced, the load alone kept a
+    core busy for the whole rollout."""
+    load = Load(rollout.gateway, key=rollout.key, count=1_000_000, concurrency=4, seconds=900,
+                rate=25).start()
     try:
         run = rollout.run(*args)
     finally:
