@@ -167,9 +167,9 @@ def _copy_volume(image: str, source: str, dest: str, label: str = f"{simctl.LABE
                     image, "-a", "/from/.", "/to/"], check=True, capture_output=True, text=True)
 
 
-def _prune_snapshots(keep: int = 4) -> None:
+def _prune_snapshots(keep: int = 6) -> None:
     """Remove the snapshots (images, volumes) of all but the ``keep`` newest keys: each product
-    change makes new ones."""
+    change makes new ones (two per tree: the default pins and test_rollout's older ones)."""
     volumes = simctl.docker("volume", "ls", "-q", "--filter", f"label={SNAPSHOT_LABEL}"
                             ).stdout.split()
     if not volumes:
@@ -205,7 +205,9 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
     tags = {kind: f"gpufleet-sim/converged:{key}-{kind}" for kind in order}
     volumes = [_snapshot_volume(key, kind, v) for kind in order for v in ("docker", "sysmodule")]
     simctl.BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    with open(simctl.BUILD_DIR / ".snapshot.lock", "w") as lock:
+    # One lock per key: two modules asking for the same snapshot make it once; snapshots of
+    # other pins (test_rollout's) are made side by side.
+    with open(simctl.BUILD_DIR / f".snapshot-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if all(simctl.image_exists(t) for t in tags.values()) and all(
                 simctl.docker("volume", "inspect", v, check=False).returncode == 0

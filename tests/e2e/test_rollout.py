@@ -61,11 +61,11 @@ def address_of(container: str) -> str:
 @pytest.fixture(scope="module")
 def rollout(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
     tmp = tmp_path_factory.mktemp("rollout")
-    # From the converged snapshot of the default pins (stack_helpers), shared with the other
-    # modules: the rollouts under load are this module's subject, not the converge from bare.
-    # The converge below takes the hosts to the older pins (a driver and CUDA change: a reboot
-    # per host), where the story starts.
-    sh.start_converged([*GPUS, MONITOR])
+    # From a converged snapshot of the older pins (stack_helpers; made once per product tree,
+    # beside the default pins' one the other modules share): the rollouts under load are this
+    # module's subject, not the converge from bare, nor a first downgrade of four hosts with
+    # a reboot each. The converge below gives the hosts this module's fleet (names, key).
+    sh.start_converged([*GPUS, MONITOR], pins=OLD)
     tree = sh.product_copy(tmp / "tree")
     (tree / "tools").mkdir()
     shutil.copy2(sh.REPO / "tools" / "rollout.py", tree / "tools" / "rollout.py")
