@@ -256,19 +256,21 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
         return key, tags
 
 
-def start_converged(names: list[str], pins: tuple[str, str, str] | None = None) -> None:
+def start_converged(names: list[str], pins: tuple[str, str, str] | None = None,
+                    run_args: dict[str, tuple[str, ...]] | None = None) -> None:
     """Start test copies (recreated) from the converged snapshot of their kind (see above);
     bare, with a warning in the run's summary, when the snapshot cannot be made (the bare
-    converge's own modules then say why), or when $GPUFLEET_TEST_SNAPSHOTS is 0."""
+    converge's own modules then say why), or when $GPUFLEET_TEST_SNAPSHOTS is 0.
+    ``run_args``: extra `docker run` flags per host, as start_hosts takes them."""
     if os.environ.get("GPUFLEET_TEST_SNAPSHOTS", "1") == "0":  # every module from bare
-        start_hosts(names)
+        start_hosts(names, run_args=run_args)
         return
     try:
         key, tags = converged_snapshot({hardware_of(n) for n in names}, pins)
     except (AssertionError, simctl.SimError, subprocess.SubprocessError) as exc:
         warnings.warn(f"no converged snapshot ({exc}); {', '.join(names)} start bare",
                       stacklevel=2)
-        start_hosts(names)
+        start_hosts(names, run_args=run_args)
         return
     images = simctl.ensure_shared()
     wait_for_removals(names)
@@ -279,7 +281,8 @@ def start_converged(names: list[str], pins: tuple[str, str, str] | None = None) 
             _copy_volume(images["host"], _snapshot_volume(key, kind, volume), f"{name}-{volume}")
     STARTED.update(names)
     for spec in copy_specs(names).values():
-        simctl.ensure_host(spec, tags[hardware_of(spec.name)])
+        simctl.ensure_host(spec, tags[hardware_of(spec.name)],
+                           (run_args or {}).get(spec.name, ()))
     for name in names:
         simctl.wait_for_systemd(name)
 
