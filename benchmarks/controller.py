@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import pstats
 import secrets
 import sys
@@ -262,23 +263,26 @@ def shards(n: int, labels: list[str]) -> int:
 
     half = {"pcie": n // 2, "hgx": n - n // 2}
     rows = [f"| run of {n:,} replayed hosts | one controller: wall (s) | CPU (s) | peak RSS "
-            "(MiB) | shard pcie: wall (s) | CPU (s) | shard hgx: wall (s) | CPU (s) | two "
-            "shards side by side: wall (s) |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "(MiB) | load average | shard pcie: wall (s) | CPU (s) | shard hgx: wall (s) | CPU "
+            "(s) | two shards side by side: wall (s) | load average |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
     same = True
     with tempfile.TemporaryDirectory() as tmp:
         whole = write_fleet(Path(tmp) / "whole", half)
         fleets = {group: write_fleet(Path(tmp) / f"shard-{group}", {group: count})
                   for group, count in half.items()}
         for label in labels:
+            load_before = os.getloadavg()[0]
             wall, _, report = checked_run(label, whole, half, f"{label}, one controller")
             print(f"{label}: one controller, {n} hosts: wall {wall:.1f} s, CPU "
-                  f"{report['cpu']:.1f} s, peak RSS {report['maxrss_kib'] / 1024:.0f} MiB",
-                  flush=True)
+                  f"{report['cpu']:.1f} s, peak RSS {report['maxrss_kib'] / 1024:.0f} MiB "
+                  f"(load average {load_before:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
             row = [label, f"{wall:.1f}", f"{report['cpu']:.1f}",
-                   f"{report['maxrss_kib'] / 1024:.0f}"]
+                   f"{report['maxrss_kib'] / 1024:.0f}",
+                   f"{load_before:.1f} → {os.getloadavg()[0]:.1f}"]
             seeded = {group: seed_copies(fleet, {group: half[group]}) if label == "no-op"
                       else {} for group, fleet in fleets.items()}
+            load_before = os.getloadavg()[0]
             t0 = time.monotonic()
             with concurrent.futures.ThreadPoolExecutor(len(fleets)) as pool:
                 started = {group: pool.submit(replay, label, fleet, [group])
@@ -292,9 +296,11 @@ def shards(n: int, labels: list[str]) -> int:
                       f"CPU {shard_report['cpu']:.1f} s, peak RSS "
                       f"{shard_report['maxrss_kib'] / 1024:.0f} MiB", flush=True)
                 row += [f"{shard_wall:.1f}", f"{shard_report['cpu']:.1f}"]
-            print(f"{label}: two shards side by side: wall {side_by_side:.1f} s; every host "
-                  "reported no change", flush=True)
-            rows.append("| " + " | ".join([*row, f"{side_by_side:.1f}"]) + " |")
+            print(f"{label}: two shards side by side: wall {side_by_side:.1f} s (load average "
+                  f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}); every host reported no "
+                  "change", flush=True)
+            rows.append("| " + " | ".join([*row, f"{side_by_side:.1f}", f"{load_before:.1f} → "
+                                           f"{os.getloadavg()[0]:.1f}"]) + " |")
             if label == "audit":
                 same = merged_equals_one(whole, fleets, n) and same
     print()
