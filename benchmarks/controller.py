@@ -42,6 +42,9 @@ from benchmarks.replay import (  # noqa: E402
     RECORDING,
     RUNS,
     SIM_FLEET,
+    child_argv,
+    child_env,
+    child_report,
     run_child,
     unchanged,
 )
@@ -105,9 +108,9 @@ def key_env(config: Path) -> dict[str, str]:
     return {"GPUFLEET_CONFIG_DIR": str(config), ENV_SWAP: json.dumps(swap)}
 
 
-def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
-           baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
-    """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report).
+def replay_run(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
+               baseline: bool = False) -> tuple[list[str], dict[str, str]]:
+    """A replayed run of ``groups`` of ``fleet``: (pyinfra's arguments, the environment).
     ``baseline``: with pyinfra as it ships (its own operation order with inspect.stack(),
     its own global arguments): operations/pyinfra_adapter.py's replacements left out."""
     env = {ENV_FILE: str(RECORDING), ENV_RUN: label, ENV_RELEASE: json.dumps(RELEASE),
@@ -115,9 +118,45 @@ def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = No
            **({"GPUFLEET_REPLAY_PROFILE": str(profile)} if profile else {}),
            **({ENV_BASELINE: "1"} if baseline else {})}
     limit = [arg for group in groups for arg in ("--limit", group)]
+    return [*RUNS[label], *limit], env
+
+
+def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
+           baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
+    """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report)."""
+    args, env = replay_run(label, fleet, groups, profile, baseline)
     t0 = time.monotonic()
-    output, report = run_child("replay", fleet, [*RUNS[label], *limit], env)
+    output, report = run_child("replay", fleet, args, env)
     return time.monotonic() - t0, output, report
+
+
+def side_by_side(label: str, fleets: dict[str, Path]
+                 ) -> tuple[float, dict[str, tuple[float, str, dict[str, Any]]]]:
+    """The shards' replayed runs (group -> its fleet file, the run limited to that group) as
+    processes side by side, through the runner of `gpufleet shards`
+    (gpufleet/sharding.py: run_side_by_side): (wall seconds of them all, group -> (wall,
+    output, report))."""
+    import io
+
+    from gpufleet.sharding import ShardRun, run_side_by_side
+
+    runs, outs = [], []
+    for group, fleet in fleets.items():
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+            outs.append(tmp.name)
+        args, env = replay_run(label, fleet, [group])
+        runs.append(ShardRun(group, child_argv("replay", tmp.name, args), REPO,
+                             child_env(fleet, env)))
+    log = io.StringIO()
+    t0 = time.monotonic()
+    run_side_by_side(runs, jobs=len(runs), out=log)
+    wall = time.monotonic() - t0
+    lines = log.getvalue().splitlines()
+    return wall, {run.label: (run.seconds,
+                              "\n".join(line for line in lines
+                                        if line.startswith(f"[{run.label}] ")),
+                              child_report(out, run.status if run.status is not None else 1))
+                  for run, out in zip(runs, outs, strict=True)}
 
 
 def state_dir(fleet: Path) -> Path:
@@ -259,8 +298,6 @@ def shards(n: int, labels: list[str]) -> int:
     controller, then by two (one shard per group, each its own fleet file and fleet-state,
     run side by side), every run checked as in measure(). The audit's shards are merged,
     and the merge must equal the one controller's audit, host for host."""
-    import concurrent.futures
-
     half = {"pcie": n // 2, "hgx": n - n // 2}
     rows = [f"| run of {n:,} replayed hosts | one controller: wall (s) | CPU (s) | peak RSS "
             "(MiB) | load average | shard pcie: wall (s) | CPU (s) | shard hgx: wall (s) | CPU "
@@ -283,12 +320,7 @@ def shards(n: int, labels: list[str]) -> int:
             seeded = {group: seed_copies(fleet, {group: half[group]}) if label == "no-op"
                       else {} for group, fleet in fleets.items()}
             load_before = os.getloadavg()[0]
-            t0 = time.monotonic()
-            with concurrent.futures.ThreadPoolExecutor(len(fleets)) as pool:
-                started = {group: pool.submit(replay, label, fleet, [group])
-                           for group, fleet in fleets.items()}
-                runs = {group: future.result() for group, future in started.items()}
-            side_by_side = time.monotonic() - t0
+            both, runs = side_by_side(label, fleets)
             for group, (shard_wall, shard_output, shard_report) in runs.items():
                 checked(label, fleets[group], {group: half[group]}, seeded[group],
                         shard_output, shard_report, f"{label}, shard {group}")
@@ -296,10 +328,10 @@ def shards(n: int, labels: list[str]) -> int:
                       f"CPU {shard_report['cpu']:.1f} s, peak RSS "
                       f"{shard_report['maxrss_kib'] / 1024:.0f} MiB", flush=True)
                 row += [f"{shard_wall:.1f}", f"{shard_report['cpu']:.1f}"]
-            print(f"{label}: two shards side by side: wall {side_by_side:.1f} s (load average "
+            print(f"{label}: two shards side by side: wall {both:.1f} s (load average "
                   f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}); every host reported no "
                   "change", flush=True)
-            rows.append("| " + " | ".join([*row, f"{side_by_side:.1f}", f"{load_before:.1f} → "
+            rows.append("| " + " | ".join([*row, f"{both:.1f}", f"{load_before:.1f} → "
                                            f"{os.getloadavg()[0]:.1f}"]) + " |")
             if label == "audit":
                 same = merged_equals_one(whole, fleets, n) and same
