@@ -412,7 +412,11 @@ def cmd_shards(args: argparse.Namespace) -> int:
         for run_ in runs:
             print(Command(run_.argv, run_.cwd, run_.env).shell())
         return 0
-    run_side_by_side(runs, args.jobs, sys.stdout)
+    try:
+        run_side_by_side(runs, args.jobs, sys.stdout)
+    except KeyboardInterrupt:  # the shards got the terminal's Ctrl-C too
+        print("gpufleet: shards interrupted", file=sys.stderr)
+        return 130
     print("\n--> Shards")
     for run_ in runs:
         print(f"    {run_.label}: exit status {run_.status}, {run_.seconds:.1f} s")
