@@ -24,20 +24,21 @@ import pytest
 # run inherit it, so test and deploy see the same key.
 os.environ.setdefault("GPUFLEET_CONFIG_DIR", tempfile.mkdtemp(prefix="gpufleet-test-config-"))
 
-# End-to-end files, longest first (seconds on the 2-core machine, one worker each, from the
-# per-module table every run prints at its end (below); 2026-12-07, load 5-6, all from bare).
+# End-to-end files, longest first (seconds on the 2-core machine, one file alone, from the
+# per-module table every run prints at its end; 2026-12-07 night, load 2-5; "snapshot": its
+# hosts start from a converged snapshot, stack_helpers.converged_snapshot, made once per tree).
 LONGEST_FIRST = (
-    "tests/e2e/test_faults.py",  # 488: faults need bare hosts
-    "tests/e2e/test_rollout.py",  # 454: five hosts, two rollouts under load (from the
-    #   converged snapshot, which it makes when first: stack_helpers.converged_snapshot)
+    "tests/e2e/test_faults.py",  # 334-362: A bare, B and C from the snapshot
+    "tests/e2e/test_rollout.py",  # 306 (+118 when it makes its older pins' snapshot): five
+    #   hosts, three rollouts under a paced load
     "tests/e2e/test_monitoring.py",  # 250: monitoring host, gateway, canary
-    "tests/e2e/test_gpu_host.py",  # 220
-    "tests/e2e/test_fleet_state.py",  # 188: converge, drift, rebuild from bare
-    "tests/e2e/test_nvidia_stack.py",  # 164
-    "tests/e2e/test_inference.py",  # 130
-    "tests/e2e/test_multinode.py",  # 122: two hosts, one replica across them
+    "tests/e2e/test_gpu_host.py",  # 220: bare, the real torch lock
+    "tests/e2e/test_fleet_state.py",  # 188: snapshot, then a rebuild from bare
+    "tests/e2e/test_nvidia_stack.py",  # 164: bare
+    "tests/e2e/test_inference.py",  # 110: snapshot
+    "tests/e2e/test_multinode.py",  # 107: snapshot, two hosts, one replica across them
     "tests/e2e/test_simulator.py",  # 86
-    "tests/e2e/test_ssh.py",  # 85
+    "tests/e2e/test_ssh.py",  # 85: bare over SSH
     "tests/e2e/test_python_env.py",  # 29: small locks on a plain host container
 )
 
