@@ -363,8 +363,9 @@ def test_a_promote_killed_between_record_and_reload_is_pending_not_applied(
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)
     try:
-        wait_for("the promote's nginx -t", lambda: run_on(
-            MONITOR, "test -s /tmp/gpufleet-e2e-check.pid").returncode == 0, 300, every=0.5)
+        # the wait runs inside the host: one `docker exec`, not one every half second
+        ok(MONITOR, "timeout 300 sh -c 'until test -s /tmp/gpufleet-e2e-check.pid; do "
+                    "sleep 0.2; done'", timeout=330)
         os.killpg(promote.pid, signal.SIGKILL)  # the controller dies mid-change
         promote.wait(timeout=30)
     finally:
