@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import pstats
 import secrets
 import sys
@@ -41,6 +42,9 @@ from benchmarks.replay import (  # noqa: E402
     RECORDING,
     RUNS,
     SIM_FLEET,
+    child_argv,
+    child_env,
+    child_report,
     run_child,
     unchanged,
 )
@@ -104,9 +108,9 @@ def key_env(config: Path) -> dict[str, str]:
     return {"GPUFLEET_CONFIG_DIR": str(config), ENV_SWAP: json.dumps(swap)}
 
 
-def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
-           baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
-    """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report).
+def replay_run(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
+               baseline: bool = False) -> tuple[list[str], dict[str, str]]:
+    """A replayed run of ``groups`` of ``fleet``: (pyinfra's arguments, the environment).
     ``baseline``: with pyinfra as it ships (its own operation order with inspect.stack(),
     its own global arguments): operations/pyinfra_adapter.py's replacements left out."""
     env = {ENV_FILE: str(RECORDING), ENV_RUN: label, ENV_RELEASE: json.dumps(RELEASE),
@@ -114,9 +118,111 @@ def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = No
            **({"GPUFLEET_REPLAY_PROFILE": str(profile)} if profile else {}),
            **({ENV_BASELINE: "1"} if baseline else {})}
     limit = [arg for group in groups for arg in ("--limit", group)]
+    return [*RUNS[label], *limit], env
+
+
+def replay(label: str, fleet: Path, groups: list[str], profile: Path | None = None,
+           baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
+    """One replayed run of ``groups`` of ``fleet``: (wall seconds, output, report)."""
+    args, env = replay_run(label, fleet, groups, profile, baseline)
     t0 = time.monotonic()
-    output, report = run_child("replay", fleet, [*RUNS[label], *limit], env)
+    output, report = run_child("replay", fleet, args, env)
     return time.monotonic() - t0, output, report
+
+
+def side_by_side(label: str, fleets: dict[str, Path]
+                 ) -> tuple[float, dict[str, tuple[float, str, dict[str, Any]]]]:
+    """The shards' replayed runs (group -> its fleet file, the run limited to that group) as
+    processes side by side, through the runner of `gpufleet shards`
+    (gpufleet/sharding.py: run_side_by_side): (wall seconds of them all, group -> (wall,
+    output, report))."""
+    import io
+
+    from gpufleet.sharding import ShardRun, run_side_by_side
+
+    runs, outs = [], []
+    for group, fleet in fleets.items():
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+            outs.append(tmp.name)
+        args, env = replay_run(label, fleet, [group])
+        runs.append(ShardRun(group, child_argv("replay", tmp.name, args), REPO,
+                             child_env(fleet, env)))
+    log = io.StringIO()
+    t0 = time.monotonic()
+    run_side_by_side(runs, jobs=len(runs), out=log)
+    wall = time.monotonic() - t0
+    lines = log.getvalue().splitlines()
+    return wall, {run.label: (run.seconds,
+                              "\n".join(line for line in lines
+                                        if line.startswith(f"[{run.label}] ")),
+                              child_report(out, run.status if run.status is not None else 1))
+                  for run, out in zip(runs, outs, strict=True)}
+
+
+def state_dir(fleet: Path) -> Path:
+    """The controller's files for the benchmark's fleet (named sim, as inventory/sim.toml)."""
+    return fleet.parent / "fleet-state" / "sim"
+
+
+def seed_copies(fleet: Path, counts: dict[str, int]) -> dict[Path, int]:
+    """The controller's copies of the host manifests (fleet-state/sim/HOST.json) as the run
+    before left them: a no-op is a second run, and the controller keeps a copy of each host's
+    manifest from the converge on, so a no-op finds them in place and writes none. One clone
+    per group is replayed (no-op) to get its copy, which names the host; each clone's copy is
+    that one with its own name. Returns each copy's inode, to tell afterwards whether the run
+    wrote it again (the controller writes a file whole, to a new inode: write_atomically)."""
+    seeded: dict[Path, int] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for group, count in counts.items():
+            if not count:
+                continue
+            one = write_fleet(Path(tmp) / group, {group: 1})
+            _, output, report = replay("no-op", one, [group])
+            if unchanged(report, 1):
+                print(output[-4000:])
+                raise SystemExit(f"controller: no-op of one {group} host: {unchanged(report, 1)}")
+            first = clone_name(CLONED[group], 1)
+            text = (state_dir(one) / f"{first}.json").read_text()
+            for i in range(1, count + 1):
+                path = state_dir(fleet) / f"{clone_name(CLONED[group], i)}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text.replace(first, clone_name(CLONED[group], i)))
+                seeded[path] = path.stat().st_ino
+    return seeded
+
+
+def written_again(fleet: Path, seeded: dict[Path, int]) -> list[Path]:
+    """The controller's files the run wrote: a seeded copy replaced, or a new host copy."""
+    found = sorted(state_dir(fleet).glob("*.json")) if state_dir(fleet).is_dir() else []
+    return [path for path in found if path.name != "audit.json"
+            and (path not in seeded or path.stat().st_ino != seeded[path])]
+
+
+def checked(label: str, fleet: Path, counts: dict[str, int], seeded: dict[Path, int],
+            output: str, report: dict[str, Any], what: str) -> None:
+    """A replayed run of the fleet written with ``counts`` (write_fleet) must report what the
+    real hosts reported: nothing changed (nor would in the preview), nothing failed, on every
+    host; the no-op, with the controller's copies in place (seed_copies), must also write
+    none of them again. Else the benchmark stops (SystemExit), naming the run."""
+    problem = unchanged(report, sum(counts.values()))
+    if not problem and label == "no-op":
+        rewritten = written_again(fleet, seeded)
+        if rewritten:
+            problem = (f"{len(rewritten)} controller file(s) written by a no-op, e.g. "
+                       f"{rewritten[0].name}")
+    if problem:
+        print(output[-4000:])
+        raise SystemExit(f"controller: {what}: {problem}")
+
+
+def checked_run(label: str, fleet: Path, counts: dict[str, int], what: str,
+                baseline: bool = False) -> tuple[float, str, dict[str, Any]]:
+    """One replayed run (the no-op's copies seeded first, not timed), checked."""
+    seeded = seed_copies(fleet, counts) if label == "no-op" else {}
+    wall, output, report = replay(label, fleet, [g for g, c in counts.items() if c],
+                                  baseline=baseline)
+    checked(label, fleet, counts, seeded, output, report, what)
+    return wall, output, report
 
 
 def measure(sizes: list[int], labels: list[str], baseline: bool = False,
@@ -128,11 +234,8 @@ def measure(sizes: list[int], labels: list[str], baseline: bool = False,
         for n in sizes:
             fleet = write_fleet(Path(tmp) / f"n{n}", {"pcie": n})
             for label in labels:
-                wall, output, report = replay(label, fleet, ["pcie"], baseline=baseline)
-                problem = unchanged(report, n)
-                if problem:
-                    print(output[-4000:])
-                    raise SystemExit(f"controller: {label} at N={n}: {problem}")
+                wall, _, report = checked_run(label, fleet, {"pcie": n},
+                                                   f"{label} at N={n}", baseline)
                 if n == same_order_at and not baseline:
                     theirs = replay(label, fleet, ["pcie"], baseline=True)[2]
                     if theirs["order"] != report["order"]:
@@ -190,47 +293,66 @@ def profile(n: int, label: str, top: int, baseline: bool = False) -> None:
         stats.sort_stats("tottime").print_stats(top)
 
 
-def shards(n: int) -> int:
-    """N/2 A100 clones (group pcie) and N/2 H100 clones (group hgx): the audit by one
+def shards(n: int, labels: list[str]) -> int:
+    """N/2 A100 clones (group pcie) and N/2 H100 clones (group hgx): each run by one
     controller, then by two (one shard per group, each its own fleet file and fleet-state,
-    run side by side), and the shards' audits merged. The merge must equal the one
-    controller's audit, host for host."""
-    from rules.shards import merge_audits
-
+    run side by side), every run checked as in measure(). The audit's shards are merged,
+    and the merge must equal the one controller's audit, host for host."""
     half = {"pcie": n // 2, "hgx": n - n // 2}
+    rows = [f"| run of {n:,} replayed hosts | one controller: wall (s) | CPU (s) | peak RSS "
+            "(MiB) | load average | shard pcie: wall (s) | CPU (s) | shard hgx: wall (s) | CPU "
+            "(s) | two shards side by side: wall (s) | load average |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"]
+    same = True
     with tempfile.TemporaryDirectory() as tmp:
         whole = write_fleet(Path(tmp) / "whole", half)
-        wall, output, report = replay("audit", whole, ["pcie", "hgx"])
-        if unchanged(report, n):
-            print(output[-4000:])
-            raise SystemExit(f"controller: one-controller audit: {unchanged(report, n)}")
-        one = json.loads((whole.parent / "fleet-state" / "sim" / "audit.json").read_text())
-        print(f"one controller: audit of {n} hosts, wall {wall:.1f} s, CPU {report['cpu']:.1f} s,"
-              f" peak RSS {report['maxrss_kib'] / 1024:.0f} MiB")
-        import concurrent.futures
-
         fleets = {group: write_fleet(Path(tmp) / f"shard-{group}", {group: count})
                   for group, count in half.items()}
-        t0 = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(len(fleets)) as pool:
-            runs = dict(zip(fleets, pool.map(
-                lambda item: replay("audit", item[1], [item[0]]), fleets.items()), strict=True))
-        shard_wall = time.monotonic() - t0
-        documents = []
-        for group, (wall, output, report) in runs.items():
-            if unchanged(report, half[group]):
-                print(output[-4000:])
-                raise SystemExit(f"controller: shard {group}: {unchanged(report, half[group])}")
-            path = fleets[group].parent / "fleet-state" / "sim" / "audit.json"
-            documents.append((str(path), path.read_text()))
-            print(f"shard {group}: audit of {half[group]} hosts, wall {wall:.1f} s, CPU "
-                  f"{report['cpu']:.1f} s, peak RSS {report['maxrss_kib'] / 1024:.0f} MiB")
-        merged = merge_audits(documents)
-        print(f"two shards side by side: wall {shard_wall:.1f} s; merged audit: "
-              f"{len(merged)} hosts, {sum(1 for d in merged.values() if d)} drifted")
-        same = {h: [vars(d) for d in found] for h, found in merged.items()} == one
-        print("merged audit equals the one controller's: " + ("yes" if same else "NO"))
-        return 0 if same and len(merged) == n else 1
+        for label in labels:
+            load_before = os.getloadavg()[0]
+            wall, _, report = checked_run(label, whole, half, f"{label}, one controller")
+            print(f"{label}: one controller, {n} hosts: wall {wall:.1f} s, CPU "
+                  f"{report['cpu']:.1f} s, peak RSS {report['maxrss_kib'] / 1024:.0f} MiB "
+                  f"(load average {load_before:.1f} -> {os.getloadavg()[0]:.1f})", flush=True)
+            row = [label, f"{wall:.1f}", f"{report['cpu']:.1f}",
+                   f"{report['maxrss_kib'] / 1024:.0f}",
+                   f"{load_before:.1f} → {os.getloadavg()[0]:.1f}"]
+            seeded = {group: seed_copies(fleet, {group: half[group]}) if label == "no-op"
+                      else {} for group, fleet in fleets.items()}
+            load_before = os.getloadavg()[0]
+            both, runs = side_by_side(label, fleets)
+            for group, (shard_wall, shard_output, shard_report) in runs.items():
+                checked(label, fleets[group], {group: half[group]}, seeded[group],
+                        shard_output, shard_report, f"{label}, shard {group}")
+                print(f"{label}: shard {group}, {half[group]} hosts: wall {shard_wall:.1f} s, "
+                      f"CPU {shard_report['cpu']:.1f} s, peak RSS "
+                      f"{shard_report['maxrss_kib'] / 1024:.0f} MiB", flush=True)
+                row += [f"{shard_wall:.1f}", f"{shard_report['cpu']:.1f}"]
+            print(f"{label}: two shards side by side: wall {both:.1f} s (load average "
+                  f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}); every host reported no "
+                  "change", flush=True)
+            rows.append("| " + " | ".join([*row, f"{both:.1f}", f"{load_before:.1f} → "
+                                           f"{os.getloadavg()[0]:.1f}"]) + " |")
+            if label == "audit":
+                same = merged_equals_one(whole, fleets, n) and same
+    print()
+    print("\n".join(rows))
+    return 0 if same else 1
+
+
+def merged_equals_one(whole: Path, fleets: dict[str, Path], n: int) -> bool:
+    """The shards' audit.json files merged (rules/shards.py) against the one controller's."""
+    from rules.shards import merge_audits
+
+    one = json.loads((state_dir(whole) / "audit.json").read_text())
+    documents = [(str(state_dir(fleet) / "audit.json"),
+                  (state_dir(fleet) / "audit.json").read_text()) for fleet in fleets.values()]
+    merged = merge_audits(documents)
+    same = {h: [vars(d) for d in found] for h, found in merged.items()} == one
+    print(f"audit: merged from the shards: {len(merged)} hosts, "
+          f"{sum(1 for d in merged.values() if d)} drifted; equals the one controller's: "
+          + ("yes" if same and len(merged) == n else "NO"), flush=True)
+    return same and len(merged) == n
 
 
 def main() -> int:
@@ -245,7 +367,8 @@ def main() -> int:
                         help="pyinfra as it ships (its own operation order and global "
                         "arguments): the adapter's replacements left out")
     parser.add_argument("--shards", type=int, metavar="N",
-                        help="audit N hosts by one controller and by two shards; merge")
+                        help="each run (--runs) of N hosts by one controller, then by two "
+                        "shards side by side; the audits merged")
     args = parser.parse_args()
     labels = [label for label in args.runs.split(",") if label]
     unknown = [label for label in labels if label not in RUNS]
@@ -259,10 +382,10 @@ def main() -> int:
         profile(args.profile, labels[0], args.top, args.baseline)
         return 0
     if args.shards:
-        return shards(args.shards)
+        return shards(args.shards, labels)
     sizes = sorted({int(size) for size in args.sizes.split(",")})
     figures = measure(sizes, labels, args.baseline,
-                      same_order_at=10 if 10 in sizes else sizes[-1])
+                      same_order_at=10 if 10 in sizes else sizes[0])
     print()
     print(table(figures, sizes, labels))
     return 0

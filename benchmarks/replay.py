@@ -365,6 +365,28 @@ def child(mode: str, out: str | None, pyinfra_args: list[str]) -> int:
     return int(rc or 0)
 
 
+def child_argv(mode: str, out: str, args: list[str]) -> list[str]:
+    """The command line of a child pyinfra run (``child`` below) writing its report to
+    ``out``; run it from REPO with child_env's environment."""
+    return [sys.executable, str(Path(__file__).resolve()), "child", mode, out, "--", *args]
+
+
+def child_env(fleet: Path, env: dict[str, str] | None = None) -> dict[str, str]:
+    """What a child run needs in its environment besides the caller's: the fleet file."""
+    return {"GPUFLEET_FLEET": str(fleet), **(env or {})}
+
+
+def child_report(out: str, returncode: int) -> dict[str, Any]:
+    """The report a finished child run wrote to ``out`` (removed), with its exit status."""
+    try:
+        text = Path(out).read_text()
+    finally:
+        os.unlink(out)
+    report: dict[str, Any] = json.loads(text) if text else {}
+    report["rc"] = returncode
+    return report
+
+
 def run_child(mode: str, fleet: Path, args: list[str], env: dict[str, str] | None = None
               ) -> tuple[str, dict[str, Any]]:
     """One pyinfra run in a fresh process (so that its CPU and peak RSS are its own):
@@ -372,16 +394,13 @@ def run_child(mode: str, fleet: Path, args: list[str], env: dict[str, str] | Non
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = tmp.name
     try:
-        proc = subprocess.run(
-            [sys.executable, str(Path(__file__).resolve()), "child", mode, out, "--", *args],
-            cwd=REPO, env={**os.environ, "GPUFLEET_FLEET": str(fleet), **(env or {})},
-            capture_output=True, text=True)
-        text = Path(out).read_text()
-        report = json.loads(text) if text else {"rc": proc.returncode}
-    finally:
+        proc = subprocess.run(child_argv(mode, out, args), cwd=REPO,
+                              env={**os.environ, **child_env(fleet, env)},
+                              capture_output=True, text=True)
+    except BaseException:
         os.unlink(out)
-    report["rc"] = proc.returncode
-    return proc.stdout + proc.stderr, report
+        raise
+    return proc.stdout + proc.stderr, child_report(out, proc.returncode)
 
 
 def record_run(label: str, fleet: Path, limit: list[str], release: dict[str, Any],

@@ -18,7 +18,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from gpufleet.sharding import Shard
+    from inventory.fleet import Fleet
 
 REPO = Path(__file__).resolve().parents[1]
 FLEET_ENV = "GPUFLEET_FLEET"
@@ -28,6 +32,9 @@ PASSTHROUGH = {"size": "tools/size.py", "cost": "tools/cost.py", "smoke": "tools
                "report": "tools/report.py"}
 # Those of them that read a fleet file: --fleet is taken here and passed as $GPUFLEET_FLEET.
 FLEET_TOOLS = ("smoke", "report")
+# The commands `gpufleet shards` runs for each shard (the others ask questions or are about
+# one fleet as a whole).
+SHARD_ACTIONS = ("plan", "apply", "audit")
 
 
 class UsageError(Exception):
@@ -232,6 +239,9 @@ EXAMPLES = {
     "smoke": "gpufleet smoke --fleet inventory/sim.toml --requests 20 --seconds 30",
     "report": "gpufleet report --fleet inventory/sim.toml --out fleet.html --gpus 1xa100-40gb "
               "--requests-per-day 100000 --cloud-per-million-tokens 0.6",
+    "shards": "gpufleet shards plan east/fleet.toml west/fleet.toml\n"
+              "  gpufleet shards apply --yes east/fleet.toml west/fleet.toml\n"
+              "  gpufleet shards audit big/fleet.toml:pcie big-hgx/fleet.toml:hgx",
 }
 
 RUNS = {
@@ -247,6 +257,8 @@ RUNS = {
     "cost": "tools/cost.py (its flags)",
     "smoke": "tools/smoke.py (its flags)",
     "report": "tools/report.py (its flags: the cost tool's, --out)",
+    "shards": "gpufleet plan | apply --yes | audit for each shard, as processes side by side\n"
+              "(docs/scale.md); a SHARD is a fleet file, or FILE:GROUP,GROUP to limit it",
 }
 
 SUMMARY = {
@@ -262,6 +274,7 @@ SUMMARY = {
     "cost": "owning against renting for a load (offline)",
     "smoke": "a completion from every endpoint and a short latency probe",
     "report": "one offline HTML page: hosts, drift, serving, canary, capacity and cost charts",
+    "shards": "plan, apply or audit a fleet split into shards, one controller each, at once",
 }
 
 
@@ -318,6 +331,13 @@ def parser() -> argparse.ArgumentParser:
     drain.add_argument("--undo", action="store_true", help="put every host back")
     for name in PASSTHROUGH:
         add(name, fleet=name in FLEET_TOOLS, passthrough=True)
+    shards = add("shards", fleet=False, yes=True)
+    shards.add_argument("action", choices=SHARD_ACTIONS)
+    shards.add_argument("shards", nargs="+", metavar="SHARD",
+                        help="a fleet file, or FILE:GROUP[,GROUP...] (its run limited to "
+                             "those groups); each host in exactly one shard")
+    shards.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="at most N shards at once (default: this machine's cores)")
     return main
 
 
@@ -346,6 +366,70 @@ def build(argv: Sequence[str]) -> tuple[Command, bool]:
     return BUILDERS[args.command](args), args.print_command
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    """Each shard's gpufleet command (the same builders as for one fleet), checked together,
+    then run side by side (gpufleet/sharding.py); the audits merged into one table."""
+    from gpufleet.sharding import (
+        ShardRun,
+        exit_status,
+        merged_audit,
+        parse_shard,
+        run_side_by_side,
+        shard_problems,
+    )
+    from inventory.fleet import FleetError, load_fleet
+    from rules.fleet_checks import fleet_problems
+
+    if args.action == "apply" and not args.yes:
+        _fail("shards apply runs every shard at once and cannot ask each one: preview with "
+              "`gpufleet shards plan`, then pass --yes")
+    if args.jobs < 1:
+        _fail(f"--jobs {args.jobs}: give 1 or more")
+    shards: list[tuple[Shard, Fleet]] = []
+    runs: list[ShardRun] = []
+    for text in args.shards:
+        try:
+            shard = parse_shard(text)
+        except ValueError as error:
+            _fail(str(error))
+        path = _fleet(argparse.Namespace(fleet=shard.fleet_file))
+        assert path is not None  # a fleet file given
+        try:
+            fleet = load_fleet(path, checks=fleet_problems)
+        except FleetError as error:
+            _fail(f"shard {text}: the fleet file has {len(error.lines)} problem(s); no host "
+                  "was contacted:", error.lines)
+        shards.append((shard, fleet))
+    problems = shard_problems(shards)
+    if problems:
+        _fail(f"the shards cannot run side by side ({len(problems)} problem(s)); no host was "
+              "contacted:", problems)
+    for shard, _ in shards:
+        command = BUILDERS[args.action](argparse.Namespace(
+            fleet=shard.fleet_file, limit=list(shard.groups) or None, yes=args.yes))
+        runs.append(ShardRun(shard.label, command.argv, command.cwd, command.env))
+    if args.print_command:
+        for run_ in runs:
+            print(Command(run_.argv, run_.cwd, run_.env).shell())
+        return 0
+    try:
+        run_side_by_side(runs, args.jobs, sys.stdout)
+    except KeyboardInterrupt:  # the shards got the terminal's Ctrl-C too
+        print("gpufleet: shards interrupted", file=sys.stderr)
+        return 130
+    print("\n--> Shards")
+    for run_ in runs:
+        print(f"    {run_.label}: exit status {run_.status}, {run_.seconds:.1f} s")
+    status = exit_status(runs)
+    if args.action == "audit":
+        text, complete = merged_audit(runs, [fleet.hosts[0].state_dir / "audit.json"
+                                             for _, fleet in shards])
+        print("\n" + text)
+        if not complete:
+            status = max(status, 1)
+    return status
+
+
 def run(command: Command) -> NoReturn:
     """Become the command: its prompts, output and exit status are the user's."""
     sys.stdout.flush()
@@ -364,7 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (REPO / "inventory.py").is_file():
             _fail(f"no gpufleet checkout at {REPO}: install it editable from the checkout "
                   "(make venv, or pip install -e .)")
-        command, print_only = build(sys.argv[1:] if argv is None else argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        if words[:1] == ["shards"]:
+            return cmd_shards(parser().parse_args(words))
+        command, print_only = build(words)
         if print_only:
             print(command.shell())
             return 0

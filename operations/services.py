@@ -39,6 +39,11 @@ def service(unit: str, enabled: bool = True, running: bool = True):
     if enabled and not state.is_enabled:
         todo.append(f"systemctl enable {quote(unit)}")
     if running and not state.is_active:
+        if state.active in ("failed", "activating"):
+            # A unit that failed (or is restarting after failures) may have hit systemd's
+            # start limit, which refuses a plain start ("Start request repeated too quickly"):
+            # an exporter that gave up at boot while what it watches was down, say.
+            todo.append(f"systemctl reset-failed {quote(unit)}")
         todo.append(f"systemctl start {quote(unit)}")
     if not todo:
         host.noop(f"{unit} is " + " and ".join(

@@ -1,6 +1,11 @@
 """A bounded load through a gateway, for the end-to-end tests (loopback and the simulator's
 own network only): a fixed number of chat completions at a fixed concurrency, stopping by
-itself after a time limit; each answer's variant (X-Gpufleet-Variant) and status recorded."""
+itself after a time limit; each answer's variant (X-Gpufleet-Variant) and status recorded.
+
+``rate`` paces it (requests per second, all workers together). Unpaced, the workers send
+back to back: the stand-in engines answer in ~15 ms, so a few workers keep one of the
+machine's two cores busy (client, nginx, engines) for as long as the load runs, which a
+test that only needs traffic flowing through a change (a rollout) does not need."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ class Load:
     seconds: float = 300
     model: str = MODEL
     key: str | None = None  # the fleet's API key (the engines behind the gateway check it)
+    rate: float | None = None  # requests per second, all workers together (None: unpaced)
     # (when the request was sent, variant, HTTP status), in the order the answers came
     results: list[tuple[float, str, int]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -32,7 +38,8 @@ class Load:
         self._lock = threading.Lock()
         self._next = 0
         self._stop = threading.Event()
-        self._deadline = time.monotonic() + self.seconds
+        self._started = time.monotonic()
+        self._deadline = self._started + self.seconds
         self._threads = [threading.Thread(target=self._worker, daemon=True)
                          for _ in range(self.concurrency)]
 
@@ -54,8 +61,11 @@ class Load:
             if self._next >= self.count or self._stop.is_set() \
                     or time.monotonic() > self._deadline:
                 return False
+            slot = self._started + self._next / self.rate if self.rate else 0.0
             self._next += 1
-            return True
+        # Paced: request n goes at start + n / rate (stop() ends the wait early).
+        self._stop.wait(max(0.0, slot - time.monotonic()))
+        return not self._stop.is_set() and time.monotonic() <= self._deadline
 
     def _worker(self) -> None:
         host, port = self.gateway.split(":")

@@ -76,7 +76,13 @@ def remove_later(names: list[str], then: Callable[[], object] | None = None) -> 
     host's removal is mostly the deletion of its Docker data (~9 s each on the 2-core machine),
     which the next module need not wait for. Starting one of ``names`` again waits for it
     (start_hosts, start_converged); the end of the run waits for all (tests/conftest.py), so a
-    run still leaves no host copy behind."""
+    run still leaves no host copy behind. A name already being removed is not removed a
+    second time (a module's own teardown and the autouse one both ask: Docker refuses a
+    second removal of a container while the first is under way)."""
+    STARTED.difference_update(names)
+    pending = {name for names_, thread in _REMOVALS if thread.is_alive() for name in names_}
+    names = [name for name in names if name not in pending]
+
     def work() -> None:
         try:
             simctl.remove_hosts(names)
@@ -135,7 +141,8 @@ MONITORING_HISTORY = ("/var/lib/prometheus/metrics2", "/var/lib/prometheus/alert
 # resolves, so nginx failed at every copy's boot and its exporter, unable to reach nginx,
 # restarted into systemd's start limit (5 in 10 s): a module's converge that reached "Ensure
 # the nginx exporter runs" within those 10 s was refused ("Start request repeated too
-# quickly"). The copy's converge enables and starts them with its own routing.
+# quickly"; operations/services.py now resets a failed unit first). The copy's converge
+# enables and starts them with its own routing.
 GATEWAY_UNITS = ("nginx", "prometheus-nginx-exporter")
 
 
@@ -168,9 +175,9 @@ def _copy_volume(image: str, source: str, dest: str, label: str = f"{simctl.LABE
                     image, "-a", "/from/.", "/to/"], check=True, capture_output=True, text=True)
 
 
-def _prune_snapshots(keep: int = 4) -> None:
+def _prune_snapshots(keep: int = 6) -> None:
     """Remove the snapshots (images, volumes) of all but the ``keep`` newest keys: each product
-    change makes new ones."""
+    change makes new ones (two per tree: the default pins and test_rollout's older ones)."""
     volumes = simctl.docker("volume", "ls", "-q", "--filter", f"label={SNAPSHOT_LABEL}"
                             ).stdout.split()
     if not volumes:
@@ -206,7 +213,9 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
     tags = {kind: f"gpufleet-sim/converged:{key}-{kind}" for kind in order}
     volumes = [_snapshot_volume(key, kind, v) for kind in order for v in ("docker", "sysmodule")]
     simctl.BUILD_DIR.mkdir(parents=True, exist_ok=True)
-    with open(simctl.BUILD_DIR / ".snapshot.lock", "w") as lock:
+    # One lock per key: two modules asking for the same snapshot make it once; snapshots of
+    # other pins (test_rollout's) are made side by side.
+    with open(simctl.BUILD_DIR / f".snapshot-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if all(simctl.image_exists(t) for t in tags.values()) and all(
                 simctl.docker("volume", "inspect", v, check=False).returncode == 0
@@ -256,19 +265,21 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
         return key, tags
 
 
-def start_converged(names: list[str], pins: tuple[str, str, str] | None = None) -> None:
+def start_converged(names: list[str], pins: tuple[str, str, str] | None = None,
+                    run_args: dict[str, tuple[str, ...]] | None = None) -> None:
     """Start test copies (recreated) from the converged snapshot of their kind (see above);
     bare, with a warning in the run's summary, when the snapshot cannot be made (the bare
-    converge's own modules then say why), or when $GPUFLEET_TEST_SNAPSHOTS is 0."""
+    converge's own modules then say why), or when $GPUFLEET_TEST_SNAPSHOTS is 0.
+    ``run_args``: extra `docker run` flags per host, as start_hosts takes them."""
     if os.environ.get("GPUFLEET_TEST_SNAPSHOTS", "1") == "0":  # every module from bare
-        start_hosts(names)
+        start_hosts(names, run_args=run_args)
         return
     try:
         key, tags = converged_snapshot({hardware_of(n) for n in names}, pins)
     except (AssertionError, simctl.SimError, subprocess.SubprocessError) as exc:
         warnings.warn(f"no converged snapshot ({exc}); {', '.join(names)} start bare",
                       stacklevel=2)
-        start_hosts(names)
+        start_hosts(names, run_args=run_args)
         return
     images = simctl.ensure_shared()
     wait_for_removals(names)
@@ -279,7 +290,8 @@ def start_converged(names: list[str], pins: tuple[str, str, str] | None = None) 
             _copy_volume(images["host"], _snapshot_volume(key, kind, volume), f"{name}-{volume}")
     STARTED.update(names)
     for spec in copy_specs(names).values():
-        simctl.ensure_host(spec, tags[hardware_of(spec.name)])
+        simctl.ensure_host(spec, tags[hardware_of(spec.name)],
+                           (run_args or {}).get(spec.name, ()))
     for name in names:
         simctl.wait_for_systemd(name)
 

@@ -45,6 +45,17 @@ One converge serves faults 1-3, then a pin change with the lock held past the bo
 re-run; 4 and 5 use two of the hosts, 6, 7 and 8 one each. Every wait is bounded: the user's
 package gives up its lock after 300 s whatever happens, a reboot is given up after 60 s, the
 repository copy must answer within 30 s, the racing writer of 6 fills the disk within 120 s.
+
+A starts bare: fault 1's wait shows only where the converge has apt work to do under the held
+lock (a converged host at the same pins has none), and A's whole converge from bare runs
+there. B and C start from the converged snapshot (stack_helpers.start_converged: the standard
+test fleet's converge at the default pins, inference on): none of their faults is the converge
+from bare (A's here, and test_gpu_host's and test_nvidia_stack's): B's interrupted dpkg is
+found by the probe whatever the host's state, a lost host is read again by the next run, and
+the pin change, the reboot, the repository and the full disks start from a converged host as
+in a fleet. The snapshot's engines keep running on B and C (this fleet has inference off, and
+the product leaves an engine alone where the step is off); fault 6's converge reconfigures B's
+to serve from its small disk.
 """
 
 from __future__ import annotations
@@ -148,7 +159,9 @@ def host_flags() -> dict[str, tuple[str, ...]]:
 @pytest.fixture(scope="module")
 def tree(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     simctl.remove_hosts(HOSTS)  # (a volume in use cannot be created again)
-    sh.start_hosts(HOSTS, fresh=True, run_args=host_flags())
+    flags = host_flags()
+    sh.start_converged([B, C], run_args=flags)  # (see above: A bare, B and C converged)
+    sh.start_hosts([A], fresh=True, run_args=flags)
     for host in HOSTS:
         ok(host, SLEEPER)
     start_repo_copy()
@@ -244,7 +257,7 @@ def test_a_lock_held_past_the_bound_fails_the_host_naming_the_holder_and_a_rerun
         # nothing held was unheld, nothing moved, the user's apt-get was left running
         assert holds_and_versions(A) == before
         assert run_in(A, f"test -d /proc/{holder}").returncode == 0
-        # the other hosts went on: C, lost in the first run, converged; B took the pin change
+        # the other hosts went on: C, lost in the first run, and B took the pin change
         for host in (B, C):
             assert sh.dpkg_versions(host, TOOLKIT) == dict.fromkeys(TOOLKIT, NEW_TOOLKIT)
             assert set(DRIVER + TOOLKIT) <= set(ok(host, "apt-mark showhold").split())

@@ -61,11 +61,11 @@ def address_of(container: str) -> str:
 @pytest.fixture(scope="module")
 def rollout(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
     tmp = tmp_path_factory.mktemp("rollout")
-    # From the converged snapshot of the default pins (stack_helpers), shared with the other
-    # modules: the rollouts under load are this module's subject, not the converge from bare.
-    # The converge below takes the hosts to the older pins (a driver and CUDA change: a reboot
-    # per host), where the story starts.
-    sh.start_converged([*GPUS, MONITOR])
+    # From a converged snapshot of the older pins (stack_helpers; made once per product tree,
+    # beside the default pins' one the other modules share): the rollouts under load are this
+    # module's subject, not the converge from bare, nor a first downgrade of four hosts with
+    # a reboot each. The converge below gives the hosts this module's fleet (names, key).
+    sh.start_converged([*GPUS, MONITOR], pins=OLD)
     tree = sh.product_copy(tmp / "tree")
     (tree / "tools").mkdir()
     shutil.copy2(sh.REPO / "tools" / "rollout.py", tree / "tools" / "rollout.py")
@@ -85,8 +85,12 @@ def boot_id(host: str) -> str:
 
 
 def under_load(rollout: Rollout, *args: str) -> tuple[subprocess.CompletedProcess[str], Load]:
-    """The rollout, with a bounded load through the gateway for as long as it runs."""
-    load = Load(rollout.gateway, key=rollout.key, count=1_000_000, concurrency=4, seconds=900).start()
+    """The rollout, with a bounded load through the gateway for as long as it runs: 25
+    requests a second (each engine answers in ~15 ms), so every drain, reboot and gateway
+    reload of the rollout happens with requests in flight; unpaced, the load alone kept a
+    core busy for the whole rollout."""
+    load = Load(rollout.gateway, key=rollout.key, count=1_000_000, concurrency=4, seconds=900,
+                rate=25).start()
     try:
         run = rollout.run(*args)
     finally:

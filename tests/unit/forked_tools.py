@@ -1,4 +1,4 @@
-"""Run `python tools/<tool>.py ARGS` hundreds of times without paying Python's start and the
+"""Run `python tools/<tool>.py ARGS` (or `python inventory.py`) hundreds of times without paying Python's start and the
 tools' imports (pyinfra, pydantic: about a second a run on the 2-core machine) each time.
 
 One server process imports the tools' libraries once; for each run it forks, and the child
@@ -24,10 +24,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# What tools/size.py, cost.py and smoke.py import: loaded once, in the server.
+# What tools/size.py, cost.py, smoke.py and inventory.py import: loaded once, in the server.
 PRELOAD = ("argparse", "json", "requests", "packaging.version", "pydantic", "pyinfra",
            "pyinfra.api", "inventory.catalog", "inventory.fleet", "inventory.pins",
-           "inventory.schema", "rules.capacity", "rules.compat", "rules.cost", "rules.gateway",
+           "inventory.schema", "rules.capacity", "rules.compat", "rules.cost", "rules.fleet_checks", "rules.gateway",
            "rules.monitoring", "rules.sizing", "tools.inputs")
 
 _SERVER = r"""
@@ -96,7 +96,12 @@ class ToolServer:
 
     def run(self, tool: str, args: tuple[str, ...], cwd: Path, env: dict[str, str],
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        script = str(ROOT / "tools" / f"{tool}.py")
+        return self.run_script(ROOT / "tools" / f"{tool}.py", args, cwd, env, timeout)
+
+    def run_script(self, path: Path, args: tuple[str, ...], cwd: Path, env: dict[str, str],
+                   timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """`python PATH ARGS` (any script of the repository: inventory.py too)."""
+        script = str(path)
         out, err = Path(self._tmp.name) / "stdout", Path(self._tmp.name) / "stderr"
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._proc.stdin.write(json.dumps({

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 PYINFRA = str(Path(PYTHON).with_name("pyinfra"))
 COMMANDS = ("check", "plan", "apply", "doctor", "audit", "rollout", "canary", "drain", "size",
-            "cost", "smoke", "report")
+            "cost", "smoke", "report", "shards")
 
 FLEET = """\
 [fleet]

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from inventory.fleet import Fleet, FleetError, load_fleet
 from inventory.toml import load_toml
 from rules.findings import CODES
 from rules.fleet_checks import fleet_problems
+from tests.unit.forked_tools import ToolServer
 
 REPO = Path(__file__).resolve().parents[2]
 SEEDS = {name: (REPO / "inventory" / name).read_text() for name in ("fleet.toml", "sim.toml")}
@@ -355,14 +355,22 @@ def test_cli_never_prints_a_traceback(chunk: int) -> None:
             path.write_bytes(content)
             files.append(path)
 
-        def run(path: Path) -> subprocess.CompletedProcess[str]:
+        def env(path: Path) -> dict[str, str]:
             # Named the way pyinfra runs get it: through $GPUFLEET_FLEET.
-            return subprocess.run([sys.executable, "inventory.py"], cwd=REPO,
-                                  env={"PATH": "/usr/bin:/bin", "GPUFLEET_FLEET": str(path)},
-                                  capture_output=True, text=True, timeout=60)
+            return {"PATH": "/usr/bin:/bin", "GPUFLEET_FLEET": str(path)}
 
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            results = list(pool.map(run, files))
+        # Forked from one process that has imported the libraries (tests/unit/forked_tools.py),
+        # not a new interpreter per file; the first file through both, which must agree.
+        server = ToolServer()
+        try:
+            results = [server.run_script(REPO / "inventory.py", (), REPO, env(path))
+                       for path in files]
+        finally:
+            server.close()
+        new = subprocess.run([sys.executable, "inventory.py"], cwd=REPO, env=env(files[0]),
+                             capture_output=True, text=True, timeout=60)
+        assert (new.returncode, new.stdout, new.stderr) == (
+            results[0].returncode, results[0].stdout, results[0].stderr)
     for path, result in zip(files, results, strict=True):
         output = result.stdout + result.stderr
         assert "Traceback" not in output, (path, output)

@@ -10,6 +10,7 @@ them all the same way: exit 2, no traceback, no secret echoed.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from inventory.fleet import FleetError, load_fleet
 from rules.assessment import unchecked_daemon_json
 from rules.daemon_json import DaemonJsonWanted, merge_daemon_json
 from rules.fleet_checks import fleet_problems
+from tests.unit.forked_tools import ToolServer
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "fixtures" / "hostile_fleets"
@@ -54,9 +56,20 @@ def test_hostile_fleet_is_refused_for_its_reason(path: Path) -> None:
 
 
 def test_the_cli_refuses_each_in_one_line_per_problem() -> None:
-    for path in FILES:
-        result = subprocess.run([sys.executable, "inventory.py", str(path)], cwd=REPO,
-                                capture_output=True, text=True, timeout=60)
+    # Forked from one process that has imported the libraries (tests/unit/forked_tools.py):
+    # a second of interpreter start per file saved; the first file also through a new
+    # interpreter, which must say the same.
+    server = ToolServer()
+    try:
+        results = [server.run_script(REPO / "inventory.py", (str(path),), REPO,
+                                     dict(os.environ)) for path in FILES]
+    finally:
+        server.close()
+    new = subprocess.run([sys.executable, "inventory.py", str(FILES[0])], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert (new.returncode, new.stdout, new.stderr) == (
+        results[0].returncode, results[0].stdout, results[0].stderr)
+    for path, result in zip(FILES, results, strict=True):
         output = result.stdout + result.stderr
         assert result.returncode == 2, (path.name, output)
         assert "Traceback" not in output and SECRET not in output, (path.name, output)

@@ -68,3 +68,31 @@ def test_a_background_removal_that_fails_is_reported(monkeypatch: pytest.MonkeyP
     stack_helpers.wait_for_removals()
     assert stack_helpers.REMOVAL_ERRORS == [
         "gpufleet-v-a100x2: docker rm: device or resource busy"]
+
+
+def test_a_host_already_being_removed_is_not_removed_twice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module's fixture removes its host at its end, then the autouse fixture removes every
+    host the module started: the second must not ask Docker again while the first removal is
+    under way (Docker answers "removal ... is already in progress" and the run failed)."""
+    import threading
+
+    from tests.e2e import stack_helpers
+
+    asked: list[list[str]] = []
+    release = threading.Event()
+
+    def slow_remove(names: list[str] | None = None) -> None:
+        asked.append(list(names or []))
+        release.wait(10)
+
+    monkeypatch.setattr(stack_helpers.simctl, "remove_hosts", slow_remove)
+    monkeypatch.setattr(stack_helpers, "REMOVAL_ERRORS", [])
+    monkeypatch.setattr(stack_helpers, "STARTED", {"gpufleet-w-a100x2", "gpufleet-x-a100x2"})
+    stack_helpers.remove_later(["gpufleet-w-a100x2"])  # the module's own teardown
+    assert sorted(stack_helpers.STARTED) == ["gpufleet-x-a100x2"]  # no longer the module's to remove
+    stack_helpers.remove_later(["gpufleet-w-a100x2", "gpufleet-x-a100x2"])  # a second ask
+    release.set()
+    stack_helpers.wait_for_removals()
+    assert sorted(map(sorted, asked)) == [["gpufleet-w-a100x2"], ["gpufleet-x-a100x2"]]
+    assert stack_helpers.REMOVAL_ERRORS == []
