@@ -67,7 +67,7 @@ def duration_seconds(text: str) -> int:
 
 def canary_queries(model: str, window: str) -> dict[str, str]:
     """PromQL per figure, by variant, for the gateway's served model."""
-    where = f'{{model="{model}"}}'
+    where = f'model="{model}"'
     return {
         "ttft_p99": "histogram_quantile(0.99, sum by (le, variant) "
                     f"{any_engine('ttft', '_bucket', where, window)})",

@@ -3,9 +3,9 @@
 vLLM exports ``vllm:*`` and SGLang (with --enable-metrics) ``sglang:*``, each under its own
 names (vllm/engine/metrics.py; sglang/srt/metrics/collector.py of the pinned releases). The
 recording rules, alerts, dashboards and the canary verdict query a figure through
-:func:`any_engine`, so one rule serves a fleet of either engine (a replica exports one engine's
-series, never both). tests/conformance checks every name here against the released source of
-every pinned version.
+:func:`any_engine`, so one rule serves a fleet of either engine (a replica's target counts one
+engine's series, never both: those of the engine its ``engine`` label names).
+tests/conformance checks every name here against the released source of every pinned version.
 """
 
 from __future__ import annotations
@@ -33,11 +33,23 @@ ENGINES = ("vllm", "sglang")
 METRICS_NEED_KEY = {"vllm": False, "sglang": True}
 
 
-def any_engine(figure: str, suffix: str = "", selector: str = "",
+def any_engine(figure: str, suffix: str = "", matchers: str = "",
                window: str | None = None) -> str:
     """The figure's series from whichever engine exports it: ``(a or b)``, or with a window
-    ``(rate(a[w]) or rate(b[w]))``. ``suffix``: _bucket, _sum or _count of a histogram."""
-    names = [f"{ENGINE_METRICS[figure][engine]}{suffix}{selector}" for engine in ENGINES]
+    ``(rate(a[w]) or rate(b[w]))``. ``suffix``: _bucket, _sum or _count of a histogram;
+    ``matchers``: more label matchers (``model="m"``).
+
+    Each engine's series count only from targets labelled with that engine (the fleet file's
+    ``inference.engine``, rules/monitoring.py's ``engine_targets``): when a host moves from one
+    engine to the other, Prometheus may scrape the old engine, still running, under the new
+    target before the host's converge replaces it. Its series would stay in every rate window
+    for the window's length, and `or` would take each bucket from whichever engine has it: the
+    two releases' bounds differ, so the mix is no histogram (a fast replica read a P99 of
+    about 2 s from it, and the latency alert fired)."""
+    names = []
+    for engine in ENGINES:
+        selector = ", ".join(m for m in (f'engine="{engine}"', matchers) if m)
+        names.append(f"{ENGINE_METRICS[figure][engine]}{suffix}{{{selector}}}")
     if window is not None:
         names = [f"rate({name}[{window}])" for name in names]
     return "(" + " or ".join(names) + ")"

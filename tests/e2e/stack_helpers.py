@@ -136,6 +136,14 @@ SNAPSHOT_LABEL = f"{simctl.LABEL}=snapshot"
 # Where the monitoring host keeps what it saw (rules/monitoring.py's storage paths): emptied
 # before its snapshot is taken.
 MONITORING_HISTORY = ("/var/lib/prometheus/metrics2", "/var/lib/prometheus/alertmanager")
+# The gateway's services (deploys/monitoring_host.py), not started at a copy's boot: the
+# snapshot's gateway routes to the snapshot's own hosts (gpufleet-snap-*), whose names no copy
+# resolves, so nginx failed at every copy's boot and its exporter, unable to reach nginx,
+# restarted into systemd's start limit (5 in 10 s): a module's converge that reached "Ensure
+# the nginx exporter runs" within those 10 s was refused ("Start request repeated too
+# quickly"; operations/services.py now resets a failed unit first). The copy's converge
+# enables and starts them with its own routing.
+GATEWAY_UNITS = ("nginx", "prometheus-nginx-exporter")
 
 
 def snapshot_key(images: dict[str, str], pins: tuple[str, str, str] | None,
@@ -240,6 +248,7 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
                     # Alertmanager's log would hold its alerts.
                     ok(name, "systemctl stop prometheus prometheus-alertmanager && rm -rf "
                              + " ".join(f"{d}/*" for d in MONITORING_HISTORY))
+                    ok(name, f"systemctl disable {' '.join(GATEWAY_UNITS)}")
                 simctl.docker("update", "--restart=no", name)
                 simctl.docker("stop", "-t", "120", name)  # systemd halts: Docker's data settles
                 simctl.docker("commit", name, tags[kind])
@@ -399,24 +408,41 @@ def api_key(fleet: Path) -> str | None:
 
 @contextmanager
 def process_lists(hosts: list[str], every: float = 0.2) -> Iterator[list[str]]:
-    """Every process command line seen on ``hosts`` (`ps -eo args`, sampled) while the block
-    runs: what /proc/*/cmdline showed to any user of the host."""
+    """Every process command line seen on ``hosts`` (`ps -eo args`, sampled every ``every``
+    seconds) while the block runs: what /proc/*/cmdline showed to any user of the host.
+
+    One sampling loop inside each host, streaming its lists back: a `docker exec` per sample
+    cost the machine about 0.1 s of CPU (the client, dockerd, the runtime) about four times a
+    second for the whole converge; a `ps` inside costs a few milliseconds. The loop stops at
+    the block's end (a stop file), and after an hour or with its host in any case."""
+    stop = f"/tmp/gpufleet-e2e-ps-stop-{os.getpid()}-{threading.get_ident()}"
+    loop = (f"rm -f {stop}; end=$((SECONDS + 3600)); "
+            f"while [ ! -e {stop} ] && [ $SECONDS -lt $end ]; do ps -eo args; sleep {every}; "
+            f"done; rm -f {stop}")
     seen: list[str] = []
-    done = threading.Event()
+    samplers = [subprocess.Popen(["docker", "exec", host, "bash", "-c", loop],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                for host in hosts]
 
-    def sample() -> None:
-        while not done.is_set():
-            for host in hosts:
-                seen.extend(sh(host, "ps -eo args", timeout=30).stdout.splitlines())
-            done.wait(every)
+    def read(proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line.rstrip("\n"))
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    readers = [threading.Thread(target=read, args=(p,), daemon=True) for p in samplers]
+    for reader in readers:
+        reader.start()
     try:
         yield seen
     finally:
-        done.set()
-        thread.join(60)
+        for host in hosts:
+            sh(host, f"touch {stop}", timeout=30)
+        for proc, reader in zip(samplers, readers, strict=True):
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            reader.join(60)
 
 
 def dpkg_versions(host: str, packages: list[str]) -> dict[str, str]:

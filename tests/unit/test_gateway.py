@@ -118,8 +118,8 @@ def test_the_figures_parser_never_raises() -> None:
 
 def test_queries_select_the_served_model_by_variant() -> None:
     queries = canary_queries("deepseek-r1-distill-qwen-7b", "5m")
-    assert 'vllm:time_to_first_token_seconds_bucket{model="deepseek-r1-distill-qwen-7b"}[5m]' \
-        in queries["ttft_p99"]
+    assert ('vllm:time_to_first_token_seconds_bucket{engine="vllm", '
+            'model="deepseek-r1-distill-qwen-7b"}[5m]') in queries["ttft_p99"]
     assert "sum by (variant)" in queries["tokens_per_second"]
 
 

@@ -18,10 +18,12 @@ import yaml
 from facts.host_state import SCRAPE_KEY_PATH
 from inventory.fleet import load_fleet
 from inventory.schema import AlertSettings
+from rules.canary_verdict import canary_queries
 from rules.fleet_checks import fleet_problems
 from rules.monitoring import (
     DASHBOARDS,
     DATASOURCE_UID,
+    TTFT_P99,
     alert_rules,
     fleet_targets,
     is_monitor,
@@ -210,7 +212,8 @@ def ttft_series(bucket: str, engine: str = "vllm") -> list[dict[str, str]]:
     series = []
     for le in ("0.25", "0.5", "0.75", "1", "+Inf"):
         grows = bucket != "none" and (le == "+Inf" or float(le) >= float(bucket))
-        series.append({"series": f'{engine}:time_to_first_token_seconds_bucket{{le="{le}",{LABELS}}}',
+        series.append({"series": f'{engine}:time_to_first_token_seconds_bucket'
+                                 f'{{le="{le}",{LABELS},engine="{engine}"}}',
                        "values": "0+10x20" if grows else "0x20"})
     return series
 
@@ -239,8 +242,12 @@ GPU_LABELS = {"host": "gpu-01", "group": "hgx", "gpu": "0", "UUID": "GPU-1",
 ENGINE = 'host="gpu-01",group="hgx",replica="0",job="engine",instance="10.0.0.11:8000"'
 ENGINE_LABELS = {"host": "gpu-01", "group": "hgx", "replica": "0", "job": "engine",
                  "instance": "10.0.0.11:8000"}
-VLLM = 'host="gpu-01",model_name="m",job="engine",instance="10.0.0.11:8000"'
-VLLM_LABELS = {"host": "gpu-01", "model_name": "m", "job": "engine", "instance": "10.0.0.11:8000"}
+# An engine replica's own series, with its target's labels (the engine it runs among them).
+VLLM = 'host="gpu-01",model_name="m",job="engine",instance="10.0.0.11:8000",engine="vllm"'
+VLLM_LABELS = {"host": "gpu-01", "model_name": "m", "job": "engine", "instance": "10.0.0.11:8000",
+               "engine": "vllm"}
+SGLANG = VLLM.replace('engine="vllm"', 'engine="sglang"')
+SGLANG_LABELS = {**VLLM_LABELS, "engine": "sglang"}
 FM = 'host="gpu-01",name="nvidia-fabricmanager.service",state="active",job="node"'
 FM_LABELS = {"host": "gpu-01", "name": "nvidia-fabricmanager.service", "state": "active",
              "job": "node"}
@@ -297,9 +304,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
                                       "values": "0.5x20"}], "15m", None),
         case("GpufleetKvCacheFull", [{"series": f"vllm:gpu_cache_usage_perc{{{VLLM}}}",
                                       "values": "0x20"}], "15m", None),
-        case("GpufleetKvCacheFull", [{"series": f"sglang:token_usage{{{VLLM}}}",
+        case("GpufleetKvCacheFull", [{"series": f"sglang:token_usage{{{SGLANG}}}",
                                       "values": "0.95x20"}], "15m",
-             [sev("warning", **VLLM_LABELS)], "gpu-01: KV cache 95 % used"),
+             [sev("warning", **SGLANG_LABELS)], "gpu-01: KV cache 95 % used"),
     ],
     "GpufleetRequestsWaiting": [
         case("GpufleetRequestsWaiting", [{"series": f"vllm:num_requests_waiting{{{VLLM}}}",
@@ -309,9 +316,9 @@ CASES: dict[str, list[dict[str, Any]]] = {
                                           "values": "10x20"}], "10m", None),
         case("GpufleetRequestsWaiting", [{"series": f"vllm:num_requests_waiting{{{VLLM}}}",
                                           "values": "0x20"}], "10m", None),
-        case("GpufleetRequestsWaiting", [{"series": f"sglang:num_queue_reqs{{{VLLM}}}",
+        case("GpufleetRequestsWaiting", [{"series": f"sglang:num_queue_reqs{{{SGLANG}}}",
                                           "values": "40x20"}], "10m",
-             [sev("warning", **VLLM_LABELS)], "gpu-01: 40 requests waiting"),
+             [sev("warning", **SGLANG_LABELS)], "gpu-01: 40 requests waiting"),
     ],
     "GpufleetXidError": [
         case("GpufleetXidError", [{"series": f"DCGM_FI_DEV_XID_ERRORS{{{GPU}}}",
@@ -331,6 +338,64 @@ CASES: dict[str, list[dict[str, Any]]] = {
                                            "values": "1x10"}], "6m", None),
     ],
 }
+
+
+# --- an engine switch: the old engine answers once under the new engine's target -------------
+# A host moved from vLLM to SGLang (or back): Prometheus may be reconfigured before the host's
+# old engine stops, and scrapes it under the new target labels (engine="sglang"), so the
+# replica exports both engines' histograms within the rate windows. The buckets come from the
+# pinned releases (the stand-in's data, tests/conformance): vLLM 0.4.2 and SGLang 0.4.1.post7
+# share only some bounds, and a bucket-by-bucket `or` of the two is no histogram.
+RELEASED = Path(__file__).resolve().parents[1] / "sim" / "images" / "engine" / "released"
+
+
+def ttft_buckets(engine: str) -> list[float]:
+    release = {"vllm": "vllm-0.4.2", "sglang": "sglang-0.4.1.post7"}[engine]
+    data = json.loads((RELEASED / f"{release}.json").read_text())
+    return [float(b) for b in data["metrics"][f"{engine}:time_to_first_token_seconds"]["buckets"]]
+
+
+def fast_ttft(engine: str, target_engine: str, values: str) -> list[dict[str, str]]:
+    """``engine``'s TTFT histogram scraped from a target labelled ``target_engine``, every
+    observation in its first bucket (so each bucket's series has the same ``values``)."""
+    labels = f'{LABELS},engine="{target_engine}"'
+    return [{"series": f'{engine}:time_to_first_token_seconds_bucket{{le="{le}",{labels}}}',
+             "values": values} for le in [*map(str, ttft_buckets(engine)), "+Inf"]]
+
+
+# The old vLLM answered three scrapes (no requests) under the SGLang target, then the new
+# SGLang replica serves 20 fast requests a minute.
+SWITCH = [*fast_ttft("vllm", "sglang", "0x3"), *fast_ttft("sglang", "sglang", "_x3 0+20x8")]
+
+
+def test_an_engine_switch_does_not_fire_the_latency_alert(tmp_path: Path) -> None:
+    """Every request answered fast: the alert stays quiet while the old engine's series are
+    still in the 5-minute window (a bucket-by-bucket mix of the two layouts read ~2 s)."""
+    (tmp_path / "rules.yml").write_text(render_rules(AlertSettings()))
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
+        case("GpufleetTimeToFirstTokenHigh", SWITCH, "7m", None),
+        {"interval": "1m", "input_series": SWITCH, "promql_expr_test": [
+            {"expr": f"round({TTFT_P99}, 0.001)", "eval_time": "7m", "exp_samples": [
+                {"labels": f"{{{LABELS}}}", "value": 0.099}]}]},
+    ]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = run(PROMTOOL, "test", "rules", tmp_path / "tests.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_engine_switch_leaves_the_canary_verdicts_ttft_to_the_new_engine(
+        tmp_path: Path) -> None:
+    """The canary verdict's P99 over its window, just after the switch: the new engine's."""
+    query = canary_queries("m", "5m")["ttft_p99"]
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "none", "rules": [
+        {"record": "unused", "expr": "vector(1)"}]}]}))
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": SWITCH, "promql_expr_test": [
+            {"expr": f"round({query}, 0.001)", "eval_time": "7m", "exp_samples": [
+                {"labels": '{variant="canary"}', "value": 0.099}]}]}]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = run(PROMTOOL, "test", "rules", tmp_path / "tests.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_alert_has_promtool_tests() -> None:
