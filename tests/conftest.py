@@ -31,7 +31,7 @@ LONGEST_FIRST = (
     "tests/e2e/test_faults.py",  # 334-362: A bare, B and C from the snapshot
     "tests/e2e/test_rollout.py",  # 306 (+118 when it makes its older pins' snapshot): five
     #   hosts, three rollouts under a paced load
-    "tests/e2e/test_monitoring.py",  # 250: monitoring host, gateway, canary
+    "tests/e2e/test_monitoring.py",  # 175-198: snapshot; monitoring host, gateway, canary
     "tests/e2e/test_gpu_host.py",  # 220: bare, the real torch lock
     "tests/e2e/test_fleet_state.py",  # 188: snapshot, then a rebuild from bare
     "tests/e2e/test_nvidia_stack.py",  # 164: bare
