@@ -165,10 +165,13 @@ def test_a_worker_without_the_interface_refuses_the_replica_before_anything_chan
         assert run.rc != 0
         assert (f"[multinode-interface-missing] the inter-node interface eth1 does not exist "
                 f"on {WORKER}") in run.output, run.output[-6000:]
-        # every interface the worker has, named (a converged host has Docker's too)
-        found = ", ".join(ok(WORKER, "ls /sys/class/net").split())
-        assert "ens9" in found and "eth1" not in found
-        assert f"found:    interfaces: {found}" in run.output, run.output[-6000:]
+        # every interface the worker has, named (a converged host has Docker's too: docker0,
+        # a bridge, its containers' veths)
+        shown = re.search(r"found:    interfaces: (.*)", run.output)
+        assert shown, run.output[-6000:]
+        names = shown.group(1).strip().split(", ")
+        assert {"ens9", "eth0", "lo"} <= set(names) and "eth1" not in names, names
+        assert names == ok(WORKER, "ls /sys/class/net").split()
         assert (f"[multinode-node-refused] node {WORKER} of replica 0 of group pcie"
                 in run.output), run.output[-6000:]
         assert {h: sh.snapshot(h) for h in (HEAD, WORKER)} == before
