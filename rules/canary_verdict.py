@@ -13,6 +13,7 @@ against the manifest and a completion from each replica. A host left out (`--lim
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
@@ -69,8 +70,10 @@ def canary_queries(model: str, window: str) -> dict[str, str]:
     """PromQL per figure, by variant, for the gateway's served model."""
     where = f'model="{model}"'
     return {
-        "ttft_p99": "histogram_quantile(0.99, sum by (le, variant) "
-                    f"{any_engine('ttft', '_bucket', where, window)})",
+        # Raw bucket rates, by engine too: the P99 is taken on the controller, on the bounds
+        # every engine's layout shares (facts/histogram.py).
+        "ttft_buckets": "sum by (le, variant, engine) "
+                        f"{any_engine('ttft', '_bucket', where, window)}",
         "tokens_per_second": (
             f"sum by (variant) {any_engine('tpot', '_count', where, window)}"
             f" / sum by (variant) {any_engine('tpot', '_sum', where, window)}"),
@@ -83,6 +86,11 @@ class Judgement:
     reasons: list[str]
     canary: VariantFigures
     stable: VariantFigures
+    ttft_bounds: tuple[float, ...] = ()  # CanaryFiguresResult's: the bounds TTFT was read on
+
+    @property
+    def finite_ttft_bounds(self) -> list[float]:
+        return [b for b in self.ttft_bounds if math.isfinite(b)]
 
     def render(self) -> str:
         def row(name: str, f: VariantFigures) -> str:
@@ -90,8 +98,12 @@ class Judgement:
             tps = f"{f.tokens_per_second:.1f}" if f.tokens_per_second is not None else "n/a"
             return (f"  {name:<7} {f.requests:>7} requests  {f.error_rate:6.2%} errors  "
                     f"TTFT P99 {ttft:>9}  {tps:>7} tokens/s per sequence")
+        shared = []
+        if self.ttft_bounds:
+            shared = ["  TTFT read on the bucket bounds every engine's histogram has: "
+                      + ", ".join(f"{b:g}" for b in self.finite_ttft_bounds) + " s"]
         return "\n".join([f"canary verdict: {self.verdict.upper()}",
-                          row("stable", self.stable), row("canary", self.canary),
+                          row("stable", self.stable), row("canary", self.canary), *shared,
                           *(f"  - {r}" for r in self.reasons)])
 
 
@@ -115,16 +127,16 @@ def judge(figures: CanaryFiguresResult, settings: CanarySettings,
         worse.append(f"canary decodes {canary.tokens_per_second:.1f} tokens/s < "
                      f"{settings.min_tokens_ratio} x stable's {stable.tokens_per_second:.1f}")
     if worse:
-        return Judgement("roll back", worse, canary, stable)
+        return Judgement("roll back", worse, canary, stable, figures.ttft_bounds)
     if canary.requests < settings.min_requests:
         return Judgement("hold", [f"the canary answered {canary.requests} requests in the "
                                   f"window; {settings.min_requests} are needed for a verdict"],
-                         canary, stable)
+                         canary, stable, figures.ttft_bounds)
     if figures.errors:
         return Judgement("hold", ["incomplete reading: " + "; ".join(figures.errors)],
-                         canary, stable)
+                         canary, stable, figures.ttft_bounds)
     return Judgement("promote", ["the canary is as good as stable on errors, TTFT and decode "
-                                 "speed"], canary, stable)
+                                 "speed"], canary, stable, figures.ttft_bounds)
 
 
 def verdict_record(judgement: Judgement, phase: str, share: int, served: str,
@@ -138,4 +150,5 @@ def verdict_record(judgement: Judgement, phase: str, share: int, served: str,
     return json.dumps({"written_at": written_at, "model": served, "phase": phase,
                        "share_percent": share, "verdict": judgement.verdict,
                        "reasons": judgement.reasons, "canary": figures(judgement.canary),
-                       "stable": figures(judgement.stable)}, indent=2) + "\n"
+                       "stable": figures(judgement.stable),
+                       "ttft_shared_bounds_s": judgement.finite_ttft_bounds}, indent=2) + "\n"

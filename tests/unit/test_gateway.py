@@ -3,6 +3,9 @@ rendered file in the simulator (`nginx -t` before every change, tests/e2e/test_m
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from rules.gateway import (
     routing,
 )
 from rules.monitoring import is_monitor
-from tests.unit.test_monitoring import FLEET
+from tests.unit.test_monitoring import FLEET, ttft_buckets
 
 
 def specs(tmp_path: Path, text: str = FLEET) -> tuple:
@@ -109,17 +112,76 @@ def test_too_little_canary_traffic_holds() -> None:
 
 def test_the_figures_parser_never_raises() -> None:
     assert parse_canary_figures("python3: not found").errors
-    parsed = parse_canary_figures(
-        '{"queries": {"ttft_p99": {"canary": 0.7, "stable": "NaN"}, "tokens_per_second": {}},'
-        ' "log": {"canary": [100, 3], "stable": [400, 0]}, "errors": []}')
-    assert parsed.variants["canary"] == VariantFigures(100, 3, 0.7, None)
-    assert parsed.variants["stable"].ttft_p99 is None  # no traffic: NaN is no figure
+    assert parse_canary_figures('{"queries": [], "log": 3}').errors
+    parsed = parse_canary_figures(json.dumps({
+        "queries": {"ttft_buckets": [*ttft_rows("canary", "vllm", {0.5: 0, 0.75: 10}),
+                                     *ttft_rows("stable", "vllm", {0.5: 0, 0.75: 0}),
+                                     [{"variant": "canary", "le": "x"}, "1"], ["junk"]],
+                    "tokens_per_second": [[{"variant": "canary"}, "NaN"]]},
+        "log": {"canary": [100, 3], "stable": [400, 0]}, "errors": []}))
+    canary = parsed.variants["canary"]
+    assert (canary.requests, canary.errors, canary.tokens_per_second) == (100, 3, None)
+    assert canary.ttft_p99 == pytest.approx(0.5 + 0.25 * 0.99)  # inside (0.5, 0.75]
+    assert parsed.variants["stable"].ttft_p99 is None  # no traffic: no figure
+    assert parsed.ttft_bounds == ()  # one layout: read on all of its bounds
+
+
+# --- TTFT across engines: each engine's bucket bounds from its pinned release ---------------
+def ttft_rows(variant: str, engine: str, counts: Mapping[float, float]) -> list[list[object]]:
+    """The fact script's rows for one engine's TTFT histogram: ``counts`` gives the cumulative
+    rate at some bounds; every bound of the release's layout reads as the last one given below
+    it (0 below the first), +Inf as the largest."""
+    rows: list[list[object]] = []
+    for bound in [*ttft_buckets(engine), math.inf]:
+        below = [c for b, c in counts.items() if b <= bound]
+        rows.append([{"le": "+Inf" if bound == math.inf else str(bound), "variant": variant,
+                      "engine": engine}, str(max(below, default=0))])
+    return rows
+
+
+def reading(stable: list[list[object]], canary: list[list[object]]) -> CanaryFiguresResult:
+    return parse_canary_figures(json.dumps({
+        "queries": {"ttft_buckets": stable + canary,
+                    "tokens_per_second": [[{"variant": "stable"}, "190"],
+                                          [{"variant": "canary"}, "185"]]},
+        "log": {"canary": [200, 0], "stable": [800, 0]}, "errors": []}))
+
+
+def test_an_equally_fast_canary_on_the_other_engine_is_promoted() -> None:
+    """Every reply in ~15 ms on both sides. On its own buckets vLLM reads 20 ms and SGLang
+    (first bound 100 ms) 99 ms, five times slower: compared on the bounds both engines
+    export, the two read alike."""
+    figures = reading(ttft_rows("stable", "vllm", {0.02: 40}),
+                      ttft_rows("canary", "sglang", {0.1: 10}))
+    assert figures.ttft_bounds == (0.1, 0.25, 0.5, 0.75, 1.0, 5.0, 10.0, math.inf)
+    verdict = judge(figures, CanarySettings(), 0.5)
+    assert verdict.verdict == "promote", verdict.render()
+    assert "TTFT read on the bucket bounds every engine's histogram has: 0.1, 0.25, 0.5, " \
+        "0.75, 1, 5, 10 s" in verdict.render()
+
+
+def test_a_slower_canary_on_the_other_engine_is_still_rolled_back() -> None:
+    figures = reading(ttft_rows("stable", "vllm", {0.02: 40}),
+                      ttft_rows("canary", "sglang", {0.1: 2, 0.25: 10}))
+    verdict = judge(figures, CanarySettings(), 0.5)
+    assert verdict.verdict == "roll back"
+    assert "canary TTFT P99 248 ms > 1.5 x stable's 99 ms" in verdict.reasons
+
+
+def test_a_mixed_stable_is_read_on_the_shared_bounds_too() -> None:
+    """Stable replicas on both engines: their buckets add up only where both have a bound."""
+    stable = ttft_rows("stable", "vllm", {0.02: 30}) + ttft_rows("stable", "sglang", {0.1: 10})
+    figures = reading(stable, ttft_rows("canary", "vllm", {0.02: 10}))
+    assert figures.ttft_bounds[0] == 0.1
+    assert figures.variants["stable"].ttft_p99 == pytest.approx(0.099)
+    assert figures.variants["canary"].ttft_p99 == pytest.approx(0.099)
 
 
 def test_queries_select_the_served_model_by_variant() -> None:
     queries = canary_queries("deepseek-r1-distill-qwen-7b", "5m")
     assert ('vllm:time_to_first_token_seconds_bucket{engine="vllm", '
-            'model="deepseek-r1-distill-qwen-7b"}[5m]') in queries["ttft_p99"]
+            'model="deepseek-r1-distill-qwen-7b"}[5m]') in queries["ttft_buckets"]
+    assert queries["ttft_buckets"].startswith("sum by (le, variant, engine) ")
     assert "sum by (variant)" in queries["tokens_per_second"]
 
 

@@ -8,13 +8,16 @@ from Debian's packages (tools/ensure-validators.sh, run by `make unit` / `make t
 from __future__ import annotations
 
 import json
+import math
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from facts.histogram import histogram_quantile
 from facts.host_state import SCRAPE_KEY_PATH
 from inventory.fleet import load_fleet
 from inventory.schema import AlertSettings
@@ -385,17 +388,65 @@ def test_an_engine_switch_does_not_fire_the_latency_alert(tmp_path: Path) -> Non
 
 def test_an_engine_switch_leaves_the_canary_verdicts_ttft_to_the_new_engine(
         tmp_path: Path) -> None:
-    """The canary verdict's P99 over its window, just after the switch: the new engine's."""
-    query = canary_queries("m", "5m")["ttft_p99"]
+    """The canary verdict's buckets over its window, just after the switch: the new engine's
+    only (their P99 taken as Prometheus would: facts/histogram.py, checked below)."""
+    query = f'histogram_quantile(0.99, {canary_queries("m", "5m")["ttft_buckets"]})'
     (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "none", "rules": [
         {"record": "unused", "expr": "vector(1)"}]}]}))
     tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
         {"interval": "1m", "input_series": SWITCH, "promql_expr_test": [
             {"expr": f"round({query}, 0.001)", "eval_time": "7m", "exp_samples": [
-                {"labels": '{variant="canary"}', "value": 0.099}]}]}]}
+                {"labels": '{engine="sglang",variant="canary"}', "value": 0.099}]}]}]}
     (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
     result = run(PROMTOOL, "test", "rules", tmp_path / "tests.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Cumulative observations a minute at each bound, for histograms of either released layout:
+# spread over several buckets, all in the first, all beyond the last finite bound.
+QUANTILE_CASES = {
+    "spread": ("vllm", {0.01: 1, 0.02: 6, 0.04: 60, 0.1: 90, 0.75: 97, math.inf: 100}),
+    "first": ("sglang", {0.1: 20, math.inf: 20}),
+    "beyond": ("sglang", {10: 1, math.inf: 50}),
+    "tail": ("vllm", {0.25: 5, 2.5: 99, 7.5: 100, math.inf: 100}),
+}
+
+
+def cumulative(engine: str, counts: Mapping[float, float]) -> dict[float, float]:
+    """Every bound of the release's layout, read as the last count given at or below it."""
+    return {bound: max((c for b, c in counts.items() if b <= bound), default=0)
+            for bound in [*ttft_buckets(engine), math.inf]}
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.99])
+def test_the_canary_verdicts_quantile_is_prometheus_own(tmp_path: Path, q: float) -> None:
+    """facts/histogram.py against promtool's histogram_quantile, on the same rates."""
+    series, samples = [], []
+    for name, (engine, counts) in QUANTILE_CASES.items():
+        buckets = cumulative(engine, counts)
+        for bound, count in buckets.items():
+            le = "+Inf" if bound == math.inf else str(bound)
+            series.append({"series": f'h_bucket{{case="{name}",le="{le}"}}',
+                           "values": f"0+{count}x10"})
+        expected = histogram_quantile(q, buckets)
+        assert expected is not None
+        samples.append({"labels": f'{{case="{name}"}}',
+                        "value": math.floor(expected * 10000 + 0.5) / 10000})
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "none", "rules": [
+        {"record": "unused", "expr": "vector(1)"}]}]}))
+    tests = {"rule_files": ["rules.yml"], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": series, "promql_expr_test": [
+            {"expr": f"round(histogram_quantile({q}, rate(h_bucket[5m])), 0.0001)",
+             "eval_time": "10m", "exp_samples": samples}]}]}
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = run(PROMTOOL, "test", "rules", tmp_path / "tests.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_quantile_without_observations_or_an_inf_bucket_is_no_figure() -> None:
+    assert histogram_quantile(0.99, {0.1: 0.0, math.inf: 0.0}) is None
+    assert histogram_quantile(0.99, {0.1: 3.0, 0.2: 5.0}) is None
+    assert histogram_quantile(0.99, {math.inf: 5.0}) is None
 
 
 def test_every_alert_has_promtool_tests() -> None:
