@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 SIM_FLEET := $(if $(HOSTS),tests/sim/build/scale-fleet.toml,inventory/sim.toml)
 
 .PHONY: rehearse test unit sim-up sim-down sim-status lint host-tools validators venv clean \
-        python-locks python-locks-check wheelhouse bench check-fleet
+        python-locks python-locks-check wheelhouse bench check-fleet engine-wheels
 
 # Controller tooling, installed from the hash-locked requirements file; then gpufleet itself,
 # editable (the `gpufleet` command runs this checkout's deploys and tools), built by the locked
@@ -35,6 +35,11 @@ host-tools:
 validators:
 	@./tools/ensure-validators.sh
 
+# The released engines' wheels the conformance tests re-read (tests/conformance/released.py),
+# hash-locked, cached outside the checkout: without them those tests could only skip.
+engine-wheels: venv
+	@$(BIN)/python -m tests.conformance.released fetch
+
 ## The main job: bring the simulated fleet up and provision it (the built-in default).
 rehearse: venv host-tools sim-up
 	GPUFLEET_FLEET=$(SIM_FLEET) $(BIN)/pyinfra -y inventory.py deploys/gpu_host.py
@@ -47,10 +52,10 @@ rehearse: venv host-tools sim-up
 # engines starting, alerts firing), so four fill those waits. Files go out longest first
 # (tests/conftest.py), not xdist's most-tests-first. TEST_WORKERS=N to change it.
 TEST_WORKERS ?= 4
-test: venv host-tools validators
+test: venv host-tools validators engine-wheels
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-unit: venv validators
+unit: venv validators engine-wheels
 	$(BIN)/pytest tests/unit
 
 sim-up: venv host-tools

@@ -30,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -490,10 +491,24 @@ def verified_wheel(locked: Locked, directory: Path | None = None) -> Path | None
 
 
 def fetch(directory: Path) -> None:
+    """Download the locked wheels not yet in ``directory`` (nothing, not even an index query,
+    when every one is there with its locked sha256). One pip call per wheel: the lock holds
+    several versions of vLLM, which one resolution refuses as a conflict."""
+    missing = [locked for locked in read_lock() if verified_wheel(locked, directory) is None]
+    if not missing:
+        print(f"engine wheels: all {len(read_lock())} locked wheels are in {directory}")
+        return
     directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-                    "--disable-pip-version-check", *PIP_PLATFORM, "-d", str(directory),
-                    "-r", str(LOCK)], check=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for locked in missing:
+            requirement = Path(tmp) / f"{locked.engine}-{locked.version}.txt"
+            requirement.write_text(
+                f"{locked.engine}=={locked.version} --hash=sha256:{locked.sha256}\n")
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                            "--require-hashes", "--disable-pip-version-check", "-qq",
+                            *PIP_PLATFORM, "-d", str(directory), "-r", str(requirement)],
+                           check=True)
+            verified_wheel(locked, directory)  # raises when pip kept another file's hash
 
 
 def main(argv: list[str] | None = None) -> int:
