@@ -137,7 +137,7 @@ SNAPSHOT_LABEL = f"{simctl.LABEL}=snapshot"
 # before its snapshot is taken.
 MONITORING_HISTORY = ("/var/lib/prometheus/metrics2", "/var/lib/prometheus/alertmanager")
 # The gateway's services (deploys/monitoring_host.py), not started at a copy's boot: the
-# snapshot's gateway routes to the snapshot's own hosts (gpufleet-snap-*), whose names no copy
+# snapshot's gateway routes to the snapshot's own hosts (gpufleet-snap<key>-*), whose names no copy
 # resolves, so nginx failed at every copy's boot and its exporter, unable to reach nginx,
 # restarted into systemd's start limit (5 in 10 s): a module's converge that reached "Ensure
 # the nginx exporter runs" within those 10 s was refused ("Start request repeated too
@@ -222,7 +222,11 @@ def converged_snapshot(kinds: set[str], pins: tuple[str, str, str] | None = None
                 for v in volumes):
             return key, tags
         started = time.monotonic()
-        names = [copy_name("snap", SIM_PREFIX + kind) for kind in order]
+        # Named after the key: two snapshots of different keys (the default pins' and
+        # test_rollout's older ones) are made side by side in two workers, and one name for
+        # both had each recreate the other's hosts (a fresh CI run: "volume is in use", and
+        # test_faults' copies started bare).
+        names = [copy_name(f"snap{key[:6]}", SIM_PREFIX + kind) for kind in order]
         try:
             start_hosts(names)
             with tempfile.TemporaryDirectory(prefix="gpufleet-snapshot-") as tmp:
