@@ -21,6 +21,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import server
 
 from facts.host_state import SCRAPE_KEY_PATH
+from facts.name_resolution import NameLookup, ResolvedNames
 from inventory.fleet import HostSpec
 from inventory.key_files import read_key_file
 from operations.apt_pins import packages_present
@@ -39,7 +40,9 @@ from rules.gateway import (
     Drainer,
     GatewayState,
     Phase,
+    Routing,
     drain_report,
+    lookup_names,
     parse_canary_state,
     parse_drained,
     parse_pending,
@@ -49,6 +52,8 @@ from rules.gateway import (
     render_gateway,
     render_pending,
     routing,
+    unresolved_report,
+    upstreams,
 )
 from rules.monitoring import (
     ALERTMANAGER_CONFIG,
@@ -139,6 +144,13 @@ def gateway_change(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
                          pending is not None or (record is not None and record.did_change())))
 
 
+def resolved_names(route: Routing) -> dict[str, NameLookup]:
+    """What the replicas' host names resolve to on this (the gateway) host: one read-only
+    command, none when every replica is addressed by IP."""
+    names = lookup_names(route)
+    return host.get_fact(ResolvedNames, names=names) if names else {}
+
+
 def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
             drained: frozenset[str] | None = None, **gate: Any) -> None:
     """nginx in front of every replica serving the gateway's model, split by canary phase,
@@ -152,10 +164,16 @@ def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
         if recorded:  # every deploy says which hosts stay out of rotation, and who took them out
             host.log_styled(drain_report(recorded), log_func=logger.warning)
     route = routing(spec, fleet, phase, drained)
+    lookups = resolved_names(route)
+    found = upstreams(route, lookups)
+    if found.left_out:  # the gateway runs without them: said on every deploy until fixed
+        host.log_styled(unresolved_report(spec, found), fg="red", bold=True,
+                        log_func=logger.warning)
     conf = validated_file(
-        name=f"Ensure the gateway routes {route.weight} % to the canary (phase {route.phase}; "
+        name=f"Ensure the gateway routes {found.weight} % to the canary (phase {route.phase}; "
              "checked by nginx -t)",
-        path=GATEWAY_CONF, content=render_gateway(spec, route), check=NGINX_CHECK, **gate,
+        path=GATEWAY_CONF, content=render_gateway(spec, route, lookups), check=NGINX_CHECK,
+        **gate,
     )
     service(name="Ensure nginx runs", unit="nginx")
     reloaded_after("nginx", conf)

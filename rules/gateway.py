@@ -19,6 +19,13 @@ intends as pending first (GATEWAY_PENDING), and the phase and the drained hosts 
 (CANARY_STATE, DRAIN_STATE) only once nginx -t passed and nginx reloaded; then it clears the
 pending record. Cut in between, the change stays pending: the routine deploy keeps routing by
 the applied state, says what is pending, and applies it only when asked.
+
+Upstream servers are IP addresses, resolved on the gateway host when the file is rendered
+(facts.name_resolution): Debian 12's nginx 1.22 resolves an upstream's name once, when it
+loads its configuration, and refuses to start on one it cannot resolve, so one GPU host
+missing from DNS (or DNS down at boot) would take the gateway down for every replica. A
+replica whose name does not resolve is left out of its pool and the deploy says so; a GPU
+host's new address is picked up on the gateway host's next deploy.
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import ip_address
 from typing import Literal
 
+from facts.name_resolution import NameLookup
 from inventory.fleet import HostSpec
 from inventory.urls import host_problem
 from rules.monitoring import engine_targets, host_port, served_name
@@ -70,6 +79,8 @@ class Routing:
     canary: tuple[str, ...]
     phase: Phase
     configured_weight: int = 20  # settings.canary.weight
+    # host:port of a replica -> the GPU host (its name in the fleet file) that runs it
+    hosts: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def weight(self) -> int:
@@ -96,12 +107,15 @@ def routing(gateway: HostSpec, specs: list[HostSpec], phase: Phase,
     name = served_name(gateway)
     behind = [s for s in behind_gateway(gateway, specs) if s.name not in drained]
     pools: dict[str, tuple[str, ...]] = {"stable": (), "canary": ()}
+    hosts: dict[str, str] = {}
     for spec in behind:
-        pools[spec.settings.inference.variant] += replicas_of(spec)
+        replicas = replicas_of(spec)
+        pools[spec.settings.inference.variant] += replicas
+        hosts.update(dict.fromkeys(replicas, spec.name))
     if not pools["canary"]:
         phase = "off"
     return Routing(name, pools["stable"], pools["canary"], phase,
-                   gateway.settings.canary.weight)
+                   gateway.settings.canary.weight, hosts)
 
 
 def behind_gateway(gateway: HostSpec, specs: list[HostSpec]) -> list[HostSpec]:
@@ -135,19 +149,133 @@ def nginx_server(address: str) -> str:
     return address
 
 
-def render_gateway(gateway: HostSpec, route: Routing) -> str:
+def _split_server(address: str) -> tuple[str, str]:
+    """(host, port) of a checked `host:port` (an IPv6 address without its brackets)."""
+    host, _, port = nginx_server(address).rpartition(":")
+    return host.removeprefix("[").removesuffix("]"), port
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def lookup_names(route: Routing) -> tuple[str, ...]:
+    """The host names the replicas are addressed by, for the gateway host to resolve
+    (facts.name_resolution); an IP address needs no lookup."""
+    hosts = (_split_server(address)[0] for address in route.stable + route.canary)
+    return tuple(sorted({host for host in hosts if not _is_ip(host)}))
+
+
+def preferred_address(lookup: NameLookup) -> str | None:
+    """The address to route to: of the family getaddrinfo puts first (the one a client
+    would connect by), the lowest, so a DNS server rotating its answers (round robin) does
+    not rewrite the file on every deploy."""
+    if lookup.status != "resolved" or not lookup.addresses:
+        return None
+    family = ip_address(lookup.addresses[0]).version
+    return min((a for a in lookup.addresses if ip_address(a).version == family),
+               key=ip_address)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One replica as nginx gets it: the address it connects to, and the replica as the fleet
+    file names it (None when that is the address itself)."""
+
+    server: str  # IP:port, an IPv6 address in brackets
+    replica: str | None = None
+
+
+@dataclass(frozen=True)
+class Unresolved:
+    """A replica left out of the gateway: its name does not resolve on the gateway host."""
+
+    replica: str  # host:port
+    host: str  # the GPU host running it (its name in the fleet file)
+    variant: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Upstreams:
+    """The pools the gateway routes to, by address, and the canary's share of them."""
+
+    phase: Phase
+    stable: tuple[Upstream, ...]
+    canary: tuple[Upstream, ...]
+    left_out: tuple[Unresolved, ...]
+    weight: int  # percent of requests to the canary
+
+    @property
+    def canary_unreachable(self) -> bool:
+        """Canary replicas exist, but none resolves: the canary gets nothing."""
+        return not self.canary and any(u.variant == "canary" for u in self.left_out)
+
+
+def upstreams(route: Routing, lookups: Mapping[str, NameLookup]) -> Upstreams:
+    """``route``'s replicas by the address their name resolves to on the gateway host
+    (``lookups``: name -> its answer there; a name missing from it did not resolve)."""
+    pools: dict[str, list[Upstream]] = {"stable": [], "canary": []}
+    left_out: list[Unresolved] = []
+    for variant, replicas in (("stable", route.stable), ("canary", route.canary)):
+        for replica in replicas:
+            name, port = _split_server(replica)
+            if _is_ip(name):
+                pools[variant].append(Upstream(replica))
+                continue
+            lookup = lookups.get(name, NameLookup("unknown", reason="no answer from getent"))
+            address = preferred_address(lookup)
+            if address is None:
+                left_out.append(Unresolved(replica, route.hosts.get(replica, "?"), variant,
+                                           lookup.reason or "no address"))
+            else:
+                pools[variant].append(Upstream(nginx_server(host_port(address, int(port))),
+                                               replica))
+    weight = route.weight
+    if not pools["stable"]:
+        weight = 100  # nothing else to route to (a promoted fleet whose stable hosts left)
+    elif not pools["canary"]:
+        # Canary replicas none of which resolves get nothing, whatever the phase: a share
+        # sent to a pool nginx cannot reach would fail those requests.
+        weight = 0
+    return Upstreams(route.phase, tuple(pools["stable"]), tuple(pools["canary"]),
+                     tuple(left_out), weight)
+
+
+def unresolved_report(gateway: HostSpec, found: Upstreams) -> str:
+    """What the deploy says when replicas were left out: which, why, and what to do."""
+    lines = [f"the gateway on {gateway.name} leaves out {len(found.left_out)} replica(s) whose "
+             f"host name does not resolve on {gateway.name} (nginx would refuse to start):"]
+    lines += [f"  {u.replica} ({u.variant}) of GPU host {u.host}: {u.reason}"
+              for u in found.left_out]
+    if found.canary_unreachable:
+        lines.append(f"  no canary replica resolves: the canary gets no request (phase "
+                     f"{found.phase}, {found.weight} % to the canary)")
+    lines.append(f"Fix the name in DNS (or /etc/hosts) on {gateway.name}, or give the GPU host "
+                 "an IP address as its `target` (or settings.monitoring.address) in the fleet "
+                 f"file; the next deploy of {gateway.name} routes to it again.")
+    return "\n".join(lines)
+
+
+def render_gateway(gateway: HostSpec, route: Routing, lookups: Mapping[str, NameLookup]
+                   ) -> str:
+    """The gateway's nginx file, every upstream server by IP address (``lookups``: what each
+    replica's name resolves to on the gateway host, facts.name_resolution)."""
     cfg = gateway.settings.gateway
     listen = nginx_server(host_port(cfg.bind, cfg.port))
     if not _NGINX_NAME.fullmatch(route.served_name):
         raise GatewayConfigError(f"not a served model name: {route.served_name!r}")
-    pools = [(v, tuple(nginx_server(server) for server in servers))
-             for v, servers in (("stable", route.stable), ("canary", route.canary)) if servers]
-    weight = route.weight
-    if not route.stable:
-        weight = 100  # nothing else to route to (a promoted fleet whose stable hosts left)
+    found = upstreams(route, lookups)
+    pools = [(v, servers) for v, servers in (("stable", found.stable),
+                                             ("canary", found.canary)) if servers]
     return render("gateway/gpufleet-gateway.conf.j2", served_name=route.served_name,
-                  phase=route.phase, weight=weight, pools=pools, listen=listen,
-                  read_timeout=cfg.read_timeout_seconds, status_port=STATUS_PORT)
+                  phase=route.phase, weight=found.weight, pools=pools, listen=listen,
+                  left_out=found.left_out, read_timeout=cfg.read_timeout_seconds,
+                  status_port=STATUS_PORT)
 
 
 def render_canary_state(phase: Phase) -> str:

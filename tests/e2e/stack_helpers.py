@@ -137,8 +137,9 @@ SNAPSHOT_LABEL = f"{simctl.LABEL}=snapshot"
 # before its snapshot is taken.
 MONITORING_HISTORY = ("/var/lib/prometheus/metrics2", "/var/lib/prometheus/alertmanager")
 # The gateway's services (deploys/monitoring_host.py), not started at a copy's boot: the
-# snapshot's gateway routes to the snapshot's own hosts (gpufleet-snap<key>-*), whose names no copy
-# resolves, so nginx failed at every copy's boot and its exporter, unable to reach nginx,
+# snapshot's gateway routes to the snapshot's own hosts (gpufleet-snap<key>-*; by address now,
+# which other containers may hold by then; by name once, which no copy resolved, so nginx failed
+# at every copy's boot), and the exporter, unable to reach a failed nginx,
 # restarted into systemd's start limit (5 in 10 s): a module's converge that reached "Ensure
 # the nginx exporter runs" within those 10 s was refused ("Start request repeated too
 # quickly"; operations/services.py now resets a failed unit first). The copy's converge

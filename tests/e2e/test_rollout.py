@@ -58,6 +58,13 @@ def address_of(container: str) -> str:
         capture_output=True, text=True, check=True).stdout.split()[0]
 
 
+def routed(gateway: str, host: str) -> bool:
+    """Whether the gateway file routes to ``host``'s first replica: a server by the address
+    its name resolves to, the name beside it in a comment (rules/gateway.py)."""
+    return (f"server {address_of(host)}:8000 max_fails=3 fail_timeout=10s;  # {host}:8000"
+            in gateway)
+
+
 @pytest.fixture(scope="module")
 def rollout(sim: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rollout]:
     tmp = tmp_path_factory.mktemp("rollout")
@@ -119,7 +126,7 @@ def test_a_pin_change_rolls_through_in_batches_without_a_failed_request(
         assert f"{host}: r535-cuda121 (the fleet file's pins)" in run.stdout
         assert sh.dpkg_versions(host, ["cuda-toolkit-12-1"]) == {"cuda-toolkit-12-1": NEW[1]}
     gateway = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
-    assert all(f"server {host}:8000" in gateway for host in GPUS)  # everyone back
+    assert all(routed(gateway, host) for host in GPUS)  # everyone back
 
     # The drift audit of the rolled fleet: one table and one JSON for all five hosts.
     audit = sh.deploy(rollout.tree, rollout.fleet, script="deploys/audit.py", timeout=300)
@@ -141,8 +148,8 @@ def test_a_failed_batch_stops_the_rollout_and_says_who_is_on_which_pins(
     assert f"{GPUS[0]}: r535-cuda121 (the fleet file's pins)" in run.stdout
     assert f"{GPUS[2]}: r535-cuda121 (older pins)" in run.stdout
     gateway = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
-    assert f"server {GPUS[2]}:8000" not in gateway  # the failed batch stays out
-    assert f"server {GPUS[0]}:8000" in gateway
+    assert not routed(gateway, GPUS[2])  # the failed batch stays out
+    assert routed(gateway, GPUS[0])
 
     ok(GPUS[2], f"rm -f {BROKEN}")
     resumed = rollout.run("--behind-only")
@@ -163,7 +170,7 @@ def test_a_batch_holding_every_replica_is_refused_and_a_host_drained_by_hand_sta
     assert drained.rc == 0, drained.output[-4000:]
     before = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
     state = ok(MONITOR, "cat /var/lib/gpufleet/drained.json")
-    assert f"server {hand}:8000" not in before and json.loads(state)["by"] == {hand: "hand"}
+    assert not routed(before, hand) and json.loads(state)["by"] == {hand: "hand"}
 
     per_gpu = {"inference": {"replicas": 2}, "rollout": {"batch": "100%"}}
     whole = Rollout(rollout.tree, sh.write_fleet(
@@ -182,8 +189,8 @@ def test_a_batch_holding_every_replica_is_refused_and_a_host_drained_by_hand_sta
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
     assert drained_batches(run.stdout) == [GPUS]
     gateway = ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
-    assert f"server {hand}:8000" not in gateway  # drained by hand: still out
-    assert all(f"server {host}:8000" in gateway for host in GPUS[1:])
+    assert not routed(gateway, hand)  # drained by hand: still out
+    assert all(routed(gateway, host) for host in GPUS[1:])
     assert json.loads(ok(MONITOR, "cat /var/lib/gpufleet/drained.json"))["by"] == {hand: "hand"}
     assert ok(MONITOR, "ls /var/lib/gpufleet/run.lock 2>/dev/null || echo free").strip() == \
         "free"  # the rollout gave every lock back
@@ -191,4 +198,4 @@ def test_a_batch_holding_every_replica_is_refused_and_a_host_drained_by_hand_sta
     back = sh.deploy(rollout.tree, rollout.fleet, "--limit", MONITOR, "--data",
                      f"restore={hand}", script="deploys/drain.py", timeout=300)
     assert back.rc == 0, back.output[-4000:]
-    assert f"server {hand}:8000" in ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf")
+    assert routed(ok(MONITOR, "cat /etc/nginx/conf.d/gpufleet-gateway.conf"), hand)

@@ -185,7 +185,7 @@ def test_every_address_and_port_is_the_one_the_renderers_write(tmp_path: Path) -
     assert mon_listeners["Alertmanager"][:2] == ("10.0.0.5", "9093")
     assert "--web.listen-address=10.0.0.5:9093" in alertmanager_args(mon)
     assert mon_listeners["gateway (nginx)"][:2] == ("10.0.0.5", "8181")
-    conf = render_gateway(mon, routing(mon, specs, "off"))
+    conf = render_gateway(mon, routing(mon, specs, "off"), {})
     assert "listen 10.0.0.5:8181;" in conf and "listen 127.0.0.1:8099;" in conf
 
 

@@ -12,19 +12,26 @@ from pathlib import Path
 import pytest
 
 from facts.canary_figures import CanaryFiguresResult, VariantFigures, parse_canary_figures
+from facts.name_resolution import NameLookup
 from inventory.fleet import load_fleet
 from inventory.schema import CanarySettings
 from rules.canary_verdict import canary_queries, judge
 from rules.fleet_checks import fleet_problems
 from rules.gateway import (
     GatewayConfigError,
+    lookup_names,
     parse_canary_state,
     render_canary_state,
     render_gateway,
     routing,
+    unresolved_report,
+    upstreams,
 )
 from rules.monitoring import is_monitor
 from tests.unit.test_monitoring import FLEET, ttft_buckets
+
+# What the canary host's name resolves to on the gateway host (facts.name_resolution).
+RESOLVED = {"gpu-02.example.internal": NameLookup("resolved", ("10.0.0.12",))}
 
 
 def specs(tmp_path: Path, text: str = FLEET) -> tuple:
@@ -46,28 +53,30 @@ def test_each_phase_routes_its_share_to_the_canary(tmp_path: Path, phase: str,
     route = routing(gateway, hosts, phase)  # type: ignore[arg-type]
     assert route.stable == tuple(f"10.0.0.11:{8000 + i}" for i in range(8))
     assert route.canary == ("gpu-02.example.internal:8000", "gpu-02.example.internal:8001")
-    text = render_gateway(gateway, route)
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("split_clients "))
-    end = lines.index("}", start)
-    assert [line.strip() for line in lines[start + 1:end]] == split
+    text = render_gateway(gateway, route, RESOLVED)
+    assert split_lines(text) == split
     assert "proxy_buffering off;" in text and "proxy_read_timeout 1800s;" in text
     assert "listen 127.0.0.1:8080;" in text  # loopback unless configured
-    assert "server 10.0.0.11:8007 max_fails=3 fail_timeout=10s;" in text
+    assert "    server 10.0.0.11:8007 max_fails=3 fail_timeout=10s;\n" in text
+    # by the address its name resolves to on the gateway host, the name kept beside it
+    assert ("    server 10.0.0.12:8001 max_fails=3 fail_timeout=10s;  "
+            "# gpu-02.example.internal:8001\n") in text
+    assert "server gpu-02" not in text
 
 
 def test_the_weight_is_a_setting(tmp_path: Path) -> None:
     gateway, hosts = specs(tmp_path, FLEET.replace('settings = { role = "monitor" }',
                                                    'settings = { role = "monitor", '
                                                    'canary = { weight = 5 } }'))
-    assert "    5% canary;" in render_gateway(gateway, routing(gateway, hosts, "running"))
+    assert "    5% canary;" in render_gateway(gateway, routing(gateway, hosts, "running"),
+                                           RESOLVED)
 
 
 def test_without_canary_hosts_nothing_goes_to_a_canary(tmp_path: Path) -> None:
     gateway, hosts = specs(tmp_path, FLEET.replace(', inference = { variant = "canary" }', ""))
     route = routing(gateway, hosts, "running")
     assert route.phase == "off" and route.weight == 0 and route.canary == ()
-    text = render_gateway(gateway, route)
+    text = render_gateway(gateway, route, {})
     assert "upstream gpufleet_canary" not in text and "canary;" not in text
 
 
@@ -189,8 +198,10 @@ def test_an_ipv6_monitoring_address_becomes_one_bracketed_server(tmp_path: Path)
     gateway, hosts = specs(tmp_path, FLEET.replace(
         'target = "gpu-02.example.internal"',
         'target = "gpu-02.example.internal"\nsettings = { monitoring = { address = "fd00::12" } }'))
-    text = render_gateway(gateway, routing(gateway, hosts, "running"))
-    assert "    server [fd00::12]:8001 max_fails=3 fail_timeout=10s;" in text
+    route = routing(gateway, hosts, "running")
+    assert lookup_names(route) == ()  # an IP address needs no lookup
+    text = render_gateway(gateway, route, {})
+    assert "    server [fd00::12]:8001 max_fails=3 fail_timeout=10s;\n" in text
 
 
 @pytest.mark.parametrize("address", [
@@ -207,6 +218,83 @@ def test_the_renderer_refuses_a_server_that_is_not_host_and_port(tmp_path: Path,
     route = routing(gateway, hosts, "running")
     hostile = replace(route, canary=(f"{address}:8000",))
     with pytest.raises(GatewayConfigError, match="not an nginx server address"):
-        render_gateway(gateway, hostile)
+        render_gateway(gateway, hostile, RESOLVED)
+    with pytest.raises(GatewayConfigError, match="not an nginx server address"):
+        lookup_names(hostile)  # nor asked of the gateway host's shell
     with pytest.raises(GatewayConfigError, match="not a served model name"):
-        render_gateway(gateway, replace(route, served_name='m"; return 200 "x'))
+        render_gateway(gateway, replace(route, served_name='m"; return 200 "x'), RESOLVED)
+
+
+# --- upstreams by address: the names resolved on the gateway host -------------------------------
+def test_only_names_are_looked_up(tmp_path: Path) -> None:
+    gateway, hosts = specs(tmp_path)
+    assert lookup_names(routing(gateway, hosts, "running")) == ("gpu-02.example.internal",)
+
+
+def test_a_canary_whose_name_does_not_resolve_is_left_out_and_gets_nothing(
+        tmp_path: Path) -> None:
+    """nginx 1.22 would refuse to start on the name: the gateway runs without the replica,
+    and the canary's share (20 % while it runs) goes to stable, not to a pool nginx cannot
+    reach."""
+    gateway, hosts = specs(tmp_path)
+    route = routing(gateway, hosts, "running")
+    missing = {"gpu-02.example.internal": NameLookup(
+        "not_found", reason="the resolver has no address for it")}
+    found = upstreams(route, missing)
+    assert found.canary == () and len(found.stable) == 8 and found.weight == 0
+    assert found.canary_unreachable
+    text = render_gateway(gateway, route, missing)
+    assert "upstream gpufleet_canary" not in text and "gpu-02.example.internal:8000" in text
+    assert split_lines(text) == ["* stable;"]
+    assert "# Left out: gpu-02.example.internal:8001 (canary): its name does not resolve " \
+        "here." in text
+    report = unresolved_report(gateway, found)
+    assert report.splitlines() == [
+        "the gateway on mon-01 leaves out 2 replica(s) whose host name does not resolve on "
+        "mon-01 (nginx would refuse to start):",
+        "  gpu-02.example.internal:8000 (canary) of GPU host gpu-02: the resolver has no "
+        "address for it",
+        "  gpu-02.example.internal:8001 (canary) of GPU host gpu-02: the resolver has no "
+        "address for it",
+        "  no canary replica resolves: the canary gets no request (phase running, 0 % to the "
+        "canary)",
+        "Fix the name in DNS (or /etc/hosts) on mon-01, or give the GPU host an IP address as "
+        "its `target` (or settings.monitoring.address) in the fleet file; the next deploy of "
+        "mon-01 routes to it again."]
+    # a name the fact brought no answer for counts as unresolved too
+    assert upstreams(route, {}).left_out[0].reason == "no answer from getent"
+
+
+def test_a_stable_pool_left_empty_sends_everything_to_the_canary(tmp_path: Path) -> None:
+    """As when every stable host is drained: nothing else to route to."""
+    gateway, hosts = specs(tmp_path, FLEET.replace('target = "10.0.0.11"',
+                                                   'target = "gpu-01.example.internal"'))
+    route = routing(gateway, hosts, "off")
+    found = upstreams(route, RESOLVED)
+    assert found.stable == () and len(found.left_out) == 8 and found.weight == 100
+    assert not found.canary_unreachable
+    text = render_gateway(gateway, route, RESOLVED)
+    assert split_lines(text) == ["* canary;"] and "upstream gpufleet_stable" not in text
+    # and no replica left at all: the gateway still starts, and answers 503
+    assert "return 503" in render_gateway(gateway, route, {})
+
+
+def test_an_ipv6_answer_is_bracketed_and_the_pick_is_stable(tmp_path: Path) -> None:
+    gateway, hosts = specs(tmp_path)
+    route = routing(gateway, hosts, "running")
+    rotated = [("fd00::13", "10.0.0.12", "fd00::12"), ("fd00::12", "fd00::13", "10.0.0.12")]
+    texts = {render_gateway(gateway, route, {"gpu-02.example.internal": NameLookup(
+        "resolved", answer)}) for answer in rotated}
+    assert len(texts) == 1  # a DNS server rotating its answers rewrites nothing
+    assert ("    server [fd00::12]:8000 max_fails=3 fail_timeout=10s;  "
+            "# gpu-02.example.internal:8000\n") in texts.pop()
+    # getaddrinfo put IPv4 first: the IPv4 address, not the lowest of all
+    ipv4_first = NameLookup("resolved", ("10.0.0.12", "fd00::12"))
+    found = upstreams(route, {"gpu-02.example.internal": ipv4_first})
+    assert [u.server for u in found.canary] == ["10.0.0.12:8000", "10.0.0.12:8001"]
+
+
+def split_lines(text: str) -> list[str]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("split_clients "))
+    return [line.strip() for line in lines[start + 1:lines.index("}", start)]]

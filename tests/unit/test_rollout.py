@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from facts.name_resolution import NameLookup
 from inventory.fleet import FleetError, load_fleet
 from rules.fleet_checks import fleet_problems
 from rules.gateway import (
@@ -93,7 +94,12 @@ def test_the_gateway_routes_around_drained_hosts(tmp_path: Path) -> None:
     route = routing(gateway, specs, "off", frozenset({"a1", "a2"}))
     assert not any(server.startswith(("a1:", "a2:")) for server in route.stable)
     assert "a3:8000" in route.stable
-    assert "server a1:8000" not in render_gateway(gateway, route)
+    # every host's name resolves on the gateway host: a1 is left out by the drain alone
+    answers = {name: NameLookup("resolved", (f"10.0.0.{i}",))
+               for i, name in enumerate(("a1", "a2", "a3", "a4", "a5", "b1", "b2", "b3"), 11)}
+    conf = render_gateway(gateway, route, answers)
+    assert "# a1:8000" not in conf and "server 10.0.0.11:" not in conf
+    assert "    server 10.0.0.13:8000 max_fails=3 fail_timeout=10s;  # a3:8000\n" in conf
     state = {"a2": ROLLOUT, "a1": HAND}
     assert parse_drained(render_drained(state)) == state
     for garbage in (None, "", "[", '{"hosts": "a1"}', "[1]"):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from facts import docker, nvidia, storage, system
+from facts import docker, name_resolution, nvidia, storage, system
 from facts.replica_node import alive_addresses, parse_ray_nodes
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "facts"
@@ -43,6 +43,7 @@ PARSERS: dict[str, Callable[[str, int | None], Any]] = {
     "read_speed": storage.parse_read_speed,
     "docker_info": docker.parse_docker_info,
     "nvidia_ctk": docker.parse_nvidia_ctk_version,
+    "getent_ahosts": name_resolution.parse_getent_ahosts,
     "ray_nodes": lambda text, _rc: {
         "alive": alive_addresses(parse_ray_nodes(text.splitlines())),
         "nodes": parse_ray_nodes(text.splitlines())},
