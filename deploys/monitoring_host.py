@@ -51,6 +51,7 @@ from rules.gateway import (
     render_drained,
     render_gateway,
     render_pending,
+    resolver_trouble,
     routing,
     unresolved_report,
     upstreams,
@@ -166,6 +167,11 @@ def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
     route = routing(spec, fleet, phase, drained)
     lookups = resolved_names(route)
     found = upstreams(route, lookups)
+    trouble = resolver_trouble(spec, route, lookups, found)
+    if trouble:  # stops this host here: nothing of the gateway changes, the pending stays
+        refuse_host(name="Refuse: the gateway keeps its routing (its replicas' names did not "
+                         "resolve on this host)", message=trouble)
+        return
     if found.left_out:  # the gateway runs without them: said on every deploy until fixed
         host.log_styled(unresolved_report(spec, found), fg="red", bold=True,
                         log_func=logger.warning)

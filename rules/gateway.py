@@ -261,6 +261,27 @@ def unresolved_report(gateway: HostSpec, found: Upstreams) -> str:
     return "\n".join(lines)
 
 
+def resolver_trouble(gateway: HostSpec, route: Routing, lookups: Mapping[str, NameLookup],
+                     found: Upstreams) -> str | None:
+    """Why the gateway's file must not change in this run, or None. A name with no answer
+    (a timeout, a resolver error) says nothing about the host behind it; and a stable pool
+    none of whose names resolves is a resolver in trouble far more often than every stable
+    host gone, and rendering it would send every request to the canary (or none anywhere).
+    The running nginx keeps the file it has: it holds addresses, it needs no resolver."""
+    unanswered = sorted(name for name in lookup_names(route)
+                        if lookups.get(name, NameLookup("unknown")).status == "unknown")
+    problems = [f"no answer for {name}: {lookups[name].reason if name in lookups else 'none'}"
+                for name in unanswered]
+    if route.stable and not found.stable:
+        problems.append(f"none of the {len(route.stable)} stable replicas' names resolves")
+    if not problems:
+        return None
+    return (f"the gateway on {gateway.name} keeps its current routing file: its resolver did "
+            "not give the replicas' addresses (" + "; ".join(problems) + "). Fix name "
+            f"resolution on {gateway.name} (DNS, /etc/hosts), or give the GPU hosts IP "
+            "addresses as their `target` in the fleet file, then run again.")
+
+
 def render_gateway(gateway: HostSpec, route: Routing, lookups: Mapping[str, NameLookup]
                    ) -> str:
     """The gateway's nginx file, every upstream server by IP address (``lookups``: what each

@@ -23,6 +23,7 @@ from rules.gateway import (
     parse_canary_state,
     render_canary_state,
     render_gateway,
+    resolver_trouble,
     routing,
     unresolved_report,
     upstreams,
@@ -265,8 +266,10 @@ def test_a_canary_whose_name_does_not_resolve_is_left_out_and_gets_nothing(
     assert upstreams(route, {}).left_out[0].reason == "no answer from getent"
 
 
-def test_a_stable_pool_left_empty_sends_everything_to_the_canary(tmp_path: Path) -> None:
-    """As when every stable host is drained: nothing else to route to."""
+def test_a_stable_pool_left_empty_is_refused_not_sent_to_the_canary(tmp_path: Path) -> None:
+    """Rendered, it would send everything to the canary (as when every stable host is
+    drained): the deploy keeps the running file instead (resolver_trouble), since a stable
+    pool none of whose names resolves is a resolver in trouble."""
     gateway, hosts = specs(tmp_path, FLEET.replace('target = "10.0.0.11"',
                                                    'target = "gpu-01.example.internal"'))
     route = routing(gateway, hosts, "off")
@@ -277,6 +280,25 @@ def test_a_stable_pool_left_empty_sends_everything_to_the_canary(tmp_path: Path)
     assert split_lines(text) == ["* canary;"] and "upstream gpufleet_stable" not in text
     # and no replica left at all: the gateway still starts, and answers 503
     assert "return 503" in render_gateway(gateway, route, {})
+    gone = {**RESOLVED, "gpu-01.example.internal": NameLookup("not_found", reason="none")}
+    trouble = resolver_trouble(gateway, route, gone, upstreams(route, gone))
+    assert trouble is not None and trouble.startswith(
+        "the gateway on mon-01 keeps its current routing file: its resolver did not give the "
+        "replicas' addresses (none of the 8 stable replicas' names resolves)")
+
+
+def test_a_name_without_an_answer_keeps_the_running_file(tmp_path: Path) -> None:
+    """A timeout says nothing of the host behind the name: nothing is left out on it."""
+    gateway, hosts = specs(tmp_path)
+    route = routing(gateway, hosts, "running")
+    silent = {"gpu-02.example.internal": NameLookup("unknown", reason="no answer within 10 s")}
+    trouble = resolver_trouble(gateway, route, silent, upstreams(route, silent))
+    assert trouble is not None
+    assert "(no answer for gpu-02.example.internal: no answer within 10 s)" in trouble
+    # a name the resolver says does not exist is left out, and the rest routed (above)
+    missing = {"gpu-02.example.internal": NameLookup("not_found", reason="no address")}
+    assert resolver_trouble(gateway, route, missing, upstreams(route, missing)) is None
+    assert resolver_trouble(gateway, route, RESOLVED, upstreams(route, RESOLVED)) is None
 
 
 def test_an_ipv6_answer_is_bracketed_and_the_pick_is_stable(tmp_path: Path) -> None:
