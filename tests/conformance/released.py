@@ -508,7 +508,8 @@ def fetch(directory: Path) -> None:
                             "--require-hashes", "--disable-pip-version-check", "-qq",
                             *PIP_PLATFORM, "-d", str(directory), "-r", str(requirement)],
                            check=True)
-            verified_wheel(locked, directory)  # raises when pip kept another file's hash
+            if verified_wheel(locked, directory) is None:  # (a wrong hash raises)
+                raise SystemExit(f"pip left no {locked.filename} in {directory}")
 
 
 def main(argv: list[str] | None = None) -> int:
