@@ -178,7 +178,7 @@ def gateway(spec: HostSpec, fleet: list[HostSpec], phase: Phase,
     conf = validated_file(
         name=f"Ensure the gateway routes {found.weight} % to the canary (phase {route.phase}; "
              "checked by nginx -t)",
-        path=GATEWAY_CONF, content=render_gateway(spec, route, lookups), check=NGINX_CHECK,
+        path=GATEWAY_CONF, content=render_gateway(spec, route, found), check=NGINX_CHECK,
         **gate,
     )
     service(name="Ensure nginx runs", unit="nginx")

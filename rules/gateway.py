@@ -282,15 +282,13 @@ def resolver_trouble(gateway: HostSpec, route: Routing, lookups: Mapping[str, Na
             "addresses as their `target` in the fleet file, then run again.")
 
 
-def render_gateway(gateway: HostSpec, route: Routing, lookups: Mapping[str, NameLookup]
-                   ) -> str:
-    """The gateway's nginx file, every upstream server by IP address (``lookups``: what each
-    replica's name resolves to on the gateway host, facts.name_resolution)."""
+def render_gateway(gateway: HostSpec, route: Routing, found: Upstreams) -> str:
+    """The gateway's nginx file, every upstream server by IP address (``found``: the route's
+    replicas by the addresses their names resolve to on the gateway host, ``upstreams``)."""
     cfg = gateway.settings.gateway
     listen = nginx_server(host_port(cfg.bind, cfg.port))
     if not _NGINX_NAME.fullmatch(route.served_name):
         raise GatewayConfigError(f"not a served model name: {route.served_name!r}")
-    found = upstreams(route, lookups)
     pools = [(v, servers) for v, servers in (("stable", found.stable),
                                              ("canary", found.canary)) if servers]
     return render("gateway/gpufleet-gateway.conf.j2", served_name=route.served_name,

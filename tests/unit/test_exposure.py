@@ -11,7 +11,7 @@ import pytest
 from components.dcgm_exporter.decisions import compose_services, dcgm_exporter
 from inventory.fleet import HostSpec, load_fleet
 from rules.exposure import Listener, exposure_findings, listeners
-from rules.gateway import render_gateway, routing
+from rules.gateway import render_gateway, routing, upstreams
 from rules.monitoring import alertmanager_args, node_exporter_args, prometheus_args
 from rules.serving import EnginePlan, compose_document, plan_engine
 
@@ -185,7 +185,8 @@ def test_every_address_and_port_is_the_one_the_renderers_write(tmp_path: Path) -
     assert mon_listeners["Alertmanager"][:2] == ("10.0.0.5", "9093")
     assert "--web.listen-address=10.0.0.5:9093" in alertmanager_args(mon)
     assert mon_listeners["gateway (nginx)"][:2] == ("10.0.0.5", "8181")
-    conf = render_gateway(mon, routing(mon, specs, "off"), {})
+    route = routing(mon, specs, "off")
+    conf = render_gateway(mon, route, upstreams(route, {}))
     assert "listen 10.0.0.5:8181;" in conf and "listen 127.0.0.1:8099;" in conf
 
 

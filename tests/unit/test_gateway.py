@@ -54,7 +54,7 @@ def test_each_phase_routes_its_share_to_the_canary(tmp_path: Path, phase: str,
     route = routing(gateway, hosts, phase)  # type: ignore[arg-type]
     assert route.stable == tuple(f"10.0.0.11:{8000 + i}" for i in range(8))
     assert route.canary == ("gpu-02.example.internal:8000", "gpu-02.example.internal:8001")
-    text = render_gateway(gateway, route, RESOLVED)
+    text = render_gateway(gateway, route, upstreams(route, RESOLVED))
     assert split_lines(text) == split
     assert "proxy_buffering off;" in text and "proxy_read_timeout 1800s;" in text
     assert "listen 127.0.0.1:8080;" in text  # loopback unless configured
@@ -69,15 +69,15 @@ def test_the_weight_is_a_setting(tmp_path: Path) -> None:
     gateway, hosts = specs(tmp_path, FLEET.replace('settings = { role = "monitor" }',
                                                    'settings = { role = "monitor", '
                                                    'canary = { weight = 5 } }'))
-    assert "    5% canary;" in render_gateway(gateway, routing(gateway, hosts, "running"),
-                                           RESOLVED)
+    route = routing(gateway, hosts, "running")
+    assert "    5% canary;" in render_gateway(gateway, route, upstreams(route, RESOLVED))
 
 
 def test_without_canary_hosts_nothing_goes_to_a_canary(tmp_path: Path) -> None:
     gateway, hosts = specs(tmp_path, FLEET.replace(', inference = { variant = "canary" }', ""))
     route = routing(gateway, hosts, "running")
     assert route.phase == "off" and route.weight == 0 and route.canary == ()
-    text = render_gateway(gateway, route, {})
+    text = render_gateway(gateway, route, upstreams(route, {}))
     assert "upstream gpufleet_canary" not in text and "canary;" not in text
 
 
@@ -201,7 +201,7 @@ def test_an_ipv6_monitoring_address_becomes_one_bracketed_server(tmp_path: Path)
         'target = "gpu-02.example.internal"\nsettings = { monitoring = { address = "fd00::12" } }'))
     route = routing(gateway, hosts, "running")
     assert lookup_names(route) == ()  # an IP address needs no lookup
-    text = render_gateway(gateway, route, {})
+    text = render_gateway(gateway, route, upstreams(route, {}))
     assert "    server [fd00::12]:8001 max_fails=3 fail_timeout=10s;\n" in text
 
 
@@ -219,11 +219,12 @@ def test_the_renderer_refuses_a_server_that_is_not_host_and_port(tmp_path: Path,
     route = routing(gateway, hosts, "running")
     hostile = replace(route, canary=(f"{address}:8000",))
     with pytest.raises(GatewayConfigError, match="not an nginx server address"):
-        render_gateway(gateway, hostile, RESOLVED)
+        render_gateway(gateway, hostile, upstreams(hostile, RESOLVED))
     with pytest.raises(GatewayConfigError, match="not an nginx server address"):
         lookup_names(hostile)  # nor asked of the gateway host's shell
     with pytest.raises(GatewayConfigError, match="not a served model name"):
-        render_gateway(gateway, replace(route, served_name='m"; return 200 "x'), RESOLVED)
+        render_gateway(gateway, replace(route, served_name='m"; return 200 "x'),
+                       upstreams(route, RESOLVED))
 
 
 # --- upstreams by address: the names resolved on the gateway host -------------------------------
@@ -244,7 +245,7 @@ def test_a_canary_whose_name_does_not_resolve_is_left_out_and_gets_nothing(
     found = upstreams(route, missing)
     assert found.canary == () and len(found.stable) == 8 and found.weight == 0
     assert found.canary_unreachable
-    text = render_gateway(gateway, route, missing)
+    text = render_gateway(gateway, route, upstreams(route, missing))
     assert "upstream gpufleet_canary" not in text and "gpu-02.example.internal:8000" in text
     assert split_lines(text) == ["* stable;"]
     assert "# Left out: gpu-02.example.internal:8001 (canary): its name does not resolve " \
@@ -276,10 +277,10 @@ def test_a_stable_pool_left_empty_is_refused_not_sent_to_the_canary(tmp_path: Pa
     found = upstreams(route, RESOLVED)
     assert found.stable == () and len(found.left_out) == 8 and found.weight == 100
     assert not found.canary_unreachable
-    text = render_gateway(gateway, route, RESOLVED)
+    text = render_gateway(gateway, route, upstreams(route, RESOLVED))
     assert split_lines(text) == ["* canary;"] and "upstream gpufleet_stable" not in text
     # and no replica left at all: the gateway still starts, and answers 503
-    assert "return 503" in render_gateway(gateway, route, {})
+    assert "return 503" in render_gateway(gateway, route, upstreams(route, {}))
     gone = {**RESOLVED, "gpu-01.example.internal": NameLookup("not_found", reason="none")}
     trouble = resolver_trouble(gateway, route, gone, upstreams(route, gone))
     assert trouble is not None and trouble.startswith(
@@ -305,8 +306,9 @@ def test_an_ipv6_answer_is_bracketed_and_the_pick_is_stable(tmp_path: Path) -> N
     gateway, hosts = specs(tmp_path)
     route = routing(gateway, hosts, "running")
     rotated = [("fd00::13", "10.0.0.12", "fd00::12"), ("fd00::12", "fd00::13", "10.0.0.12")]
-    texts = {render_gateway(gateway, route, {"gpu-02.example.internal": NameLookup(
-        "resolved", answer)}) for answer in rotated}
+    texts = {render_gateway(gateway, route, upstreams(route, {"gpu-02.example.internal":
+                                                              NameLookup("resolved", answer)}))
+             for answer in rotated}
     assert len(texts) == 1  # a DNS server rotating its answers rewrites nothing
     assert ("    server [fd00::12]:8000 max_fails=3 fail_timeout=10s;  "
             "# gpu-02.example.internal:8000\n") in texts.pop()

@@ -19,6 +19,7 @@ from rules.gateway import (
     render_gateway,
     restore_hosts,
     routing,
+    upstreams,
 )
 from rules.manifest import pins_digest
 from rules.monitoring import is_monitor
@@ -97,7 +98,7 @@ def test_the_gateway_routes_around_drained_hosts(tmp_path: Path) -> None:
     # every host's name resolves on the gateway host: a1 is left out by the drain alone
     answers = {name: NameLookup("resolved", (f"10.0.0.{i}",))
                for i, name in enumerate(("a1", "a2", "a3", "a4", "a5", "b1", "b2", "b3"), 11)}
-    conf = render_gateway(gateway, route, answers)
+    conf = render_gateway(gateway, route, upstreams(route, answers))
     assert "# a1:8000" not in conf and "server 10.0.0.11:" not in conf
     assert "    server 10.0.0.13:8000 max_fails=3 fail_timeout=10s;  # a3:8000\n" in conf
     state = {"a2": ROLLOUT, "a1": HAND}
