@@ -76,6 +76,8 @@ SCALE_TEMPLATE, SCALE_GROUP = "gpufleet-sim-a100x2", "pcie"
 DEFAULT_PIN_SET = "r535-cuda121"
 CONTROLLER_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 CA_IN_HOST = "/usr/local/share/gpufleet-sim/controller-ca.crt"
+HARDWARE_IN_HOST = "/etc/gpufleet-sim/hardware.json"
+PCI_IN_HOST = "/sys/bus/pci/devices"
 SUITE = "bookworm"
 BOOT_TIMEOUT_S = 120
 INOTIFY_INSTANCES = 1024  # tools/ensure-host-tools.sh raises the kernel's limit to this
@@ -453,15 +455,30 @@ def ensure_volume(name: str) -> None:
         docker("volume", "create", "--label", f"{LABEL}=host", name)
 
 
-def current(name: str, image: str, config: str) -> str:
-    """'ok' (running, same image/config), 'stopped', 'stale' or 'absent'."""
+def current(name: str, image: str, config: str, binds: dict[str, Path] | None = None) -> str:
+    """'ok' (running, same image/config), 'stopped', 'stale', 'foreign' or 'absent'.
+
+    'foreign': the container mounts ``binds`` (destination -> source) from elsewhere, i.e. it
+    was made from another checkout; that checkout's files may be gone (a deleted clone), and
+    then the engine cannot start it again."""
     st = container_state(name)
     if st is None:
         return "absent"
     labels = st["Config"]["Labels"] or {}
     if st["Config"]["Image"] != image or labels.get("gpufleet-sim.config") != config:
         return "stale"
+    if binds and foreign_binds(st, binds):
+        return "foreign"
     return "ok" if st["State"]["Running"] else "stopped"
+
+
+def foreign_binds(state: dict[str, Any], binds: dict[str, Path]) -> list[str]:
+    """The bind-mount sources of a container (``docker inspect`` output) that are not the
+    ones wanted here, for the destinations in ``binds``."""
+    mounted = {m["Destination"]: m["Source"] for m in state.get("Mounts") or []
+               if m.get("Type") == "bind"}
+    return sorted(mounted.get(dest, "(none)") for dest, source in binds.items()
+                  if mounted.get(dest) != str(source))
 
 
 def ensure_repo(image: str) -> None:
@@ -537,11 +554,17 @@ def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> N
     pci_tree = BUILD_DIR / "hosts" / host.name / "pci"
     write_pci_tree(host, pci_tree)
     config = tree_hash(host_config_hash(host), *run_args)
-    state = current(host.name, image, config)
+    binds = {HARDWARE_IN_HOST: hw_file, PCI_IN_HOST: pci_tree}
+    state = current(host.name, image, config, binds)
     if state == "stale":
         log(f"{host.name}: image or hardware changed, recreating the container")
+    elif state == "foreign":
+        log(f"{host.name}: made from another checkout (it mounts "
+            f"{', '.join(foreign_binds(container_state(host.name) or {}, binds))}); "
+            "recreating the container from this one (its volumes are kept)")
+    if state in ("stale", "foreign"):
         docker("rm", "-f", host.name)
-    if state in ("stale", "absent"):
+    if state in ("stale", "foreign", "absent"):
         ensure_volume(host.docker_volume)
         ensure_volume(host.sysmodule_volume)
         if not CONTROLLER_CA.exists():
@@ -554,8 +577,8 @@ def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> N
             *SYSTEMD_RUN_FLAGS,
             "-v", f"{host.docker_volume}:/var/lib/docker",
             "-v", f"{host.sysmodule_volume}:/sys/module",
-            "-v", f"{hw_file}:/etc/gpufleet-sim/hardware.json:ro",
-            "-v", f"{pci_tree}:/sys/bus/pci/devices:ro",
+            "-v", f"{hw_file}:{HARDWARE_IN_HOST}:ro",
+            "-v", f"{pci_tree}:{PCI_IN_HOST}:ro",
             "-v", f"{CONTROLLER_CA}:{CA_IN_HOST}:ro",
             "--label", f"{LABEL}=host", "--label", f"gpufleet-sim.config={config}",
             *run_args, image,

@@ -43,3 +43,27 @@ def test_sim_up_starts_only_the_hosts_the_rehearsal_fleet_uses() -> None:
     assert sorted(names) == ["gpufleet-sim-a100x2", "gpufleet-sim-h100x8",
                              "gpufleet-sim-monitor"]
     assert "gpufleet-sim-rtx4090" in [h.name for h in simctl.load_hosts()]
+
+
+def _inspected(sources: dict[str, str]) -> dict[str, object]:
+    """The part of `docker container inspect` that foreign_binds reads (its "Mounts" entries)."""
+    return {"Mounts": [
+        {"Type": "bind", "Source": src, "Destination": dest, "Mode": "ro", "RW": False}
+        for dest, src in sources.items()] + [
+        {"Type": "volume", "Name": "h-docker", "Source": "/var/lib/docker/volumes/h-docker/_data",
+         "Destination": "/var/lib/docker", "RW": True}]}
+
+
+def test_a_host_made_from_another_checkout_is_recognised_by_its_mounts() -> None:
+    """A clone that was deleted leaves hosts whose mounts the engine cannot make again
+    ("not a directory" at `docker start`): such a host is made again from this checkout."""
+    here = simctl.BUILD_DIR / "hosts" / "h"
+    binds = {simctl.HARDWARE_IN_HOST: here / "hardware.json", simctl.PCI_IN_HOST: here / "pci"}
+    same = _inspected({dest: str(src) for dest, src in binds.items()})
+    assert simctl.foreign_binds(same, binds) == []
+    other = "/work/deleted-clone/tests/sim/build/hosts/h"
+    elsewhere = _inspected({simctl.HARDWARE_IN_HOST: f"{other}/hardware.json",
+                            simctl.PCI_IN_HOST: f"{other}/pci"})
+    assert simctl.foreign_binds(elsewhere, binds) == [f"{other}/hardware.json", f"{other}/pci"]
+    # A container without the mount at all (made by an older simctl) is not this checkout's.
+    assert simctl.foreign_binds({"Mounts": []}, binds) == ["(none)", "(none)"]
