@@ -36,7 +36,7 @@ from operations.model_weights import (
     weights_recorded,
     weights_verified,
 )
-from operations.services import service
+from operations.services import service, service_stopped
 from rules.checkpoint import (
     WeightsCheck,
     WeightsSourceError,
@@ -215,7 +215,10 @@ def inference(spec: HostSpec, plan: HostPlan, listing: WeightsListing,
     cfg = spec.settings.inference
     engine = plan.engine
     if not cfg.enabled or engine is None:
-        host.noop("settings.inference.enabled = false: no engine on this host")
+        # Switched off on a host that served: the engine stops (compose down, by the unit's
+        # ExecStop); its files, image and weights stay for when it is switched on again.
+        service_stopped(name=f"Ensure no engine runs on this host ({UNIT_NAME} stopped: "
+                        "settings.inference.enabled = false)", unit=UNIT_NAME)
         return
     compose: Compose = plan.compose
 

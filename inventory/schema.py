@@ -308,7 +308,9 @@ class WeightsSettings(Strict):
 # --- the inference stack -------------------------------------------------------------------
 class InferenceSettings(Strict):
     # Serve the model after the host stack: Compose under systemd, proven by a completion.
-    enabled: bool = Field(default=True, description="serve the model")
+    enabled: bool = Field(default=True, description=(
+        "serve the model; false on a host that served stops its engine (weights, image and "
+        "unit file stay)"))
     engine: Literal["vllm", "sglang"] = Field(
         default="vllm",
         description="the engine: `vllm` or `sglang`")

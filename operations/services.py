@@ -52,6 +52,34 @@ def service(unit: str, enabled: bool = True, running: bool = True):
     yield from todo
 
 
+@operation()
+def service_stopped(unit: str):
+    """
+    Ensure a systemd service is stopped and not started at boot; its unit file stays, so that
+    turning it on again is one run, and what it keeps on disk (volumes, weights) is untouched.
+
+    + unit: the unit name without .service
+
+    **Example:**
+
+    .. code:: python
+
+        service_stopped(name="Ensure no engine runs on this host", unit="gpufleet-inference")
+    """
+    if not re.fullmatch(r"[A-Za-z0-9@._-]+", unit):
+        raise OperationValueError(f"not a systemd unit name: {unit!r}")
+    state = host_state().service(unit)
+    todo = []
+    if state.enabled == "enabled":
+        todo.append(f"systemctl disable {quote(unit)}")
+    if state.active in ("active", "activating", "reloading"):
+        todo.append(f"systemctl stop {quote(unit)}")
+    if not todo:
+        host.noop(f"{unit} is stopped" + ("" if state.enabled else " (not installed)"))
+        return
+    yield from todo
+
+
 def restarted_after(unit: str, *causes: OperationMeta) -> None:
     """Restart ``unit`` when one of ``causes`` changed it (its command line, its image)."""
     follow = after_change(*causes)

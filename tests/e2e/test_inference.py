@@ -8,7 +8,8 @@ converge -> the unit is active, each replica on its own GPU, answering -> a seco
 nothing -> a new context_length is previewed, then only the engine is recreated, with the new
 --max-model-len -> the host reboots and the engine comes back -> a killed engine container
 comes back -> a corrupted shard stops the next run before anything restarts, naming the file,
-while the engine keeps serving -> pushing the weights from the controller heals it.
+while the engine keeps serving -> pushing the weights from the controller heals it -> the
+inference step switched off stops the engine and keeps its weights; switched on, it serves.
 """
 
 from __future__ import annotations
@@ -194,4 +195,34 @@ def test_pushing_the_weights_from_the_controller_heals_the_shard(story: Path) ->
                              capture_output=True, check=True).stdout
     assert on_host == local
     assert [max_model_len(c) for c in ENGINES] == ["32768", "32768"]
+    assert completion()["choices"]
+
+
+def test_switching_inference_off_stops_the_engine_and_keeps_what_it_had(story: Path) -> None:
+    """settings.inference.enabled = false on a host that serves: the preview says the engine
+    will stop and stops nothing; the run stops it and keeps the weights, the image and the
+    unit file; the next run changes nothing; switching it on again serves in one run."""
+    off = sh.write_fleet(story, [HOST], name="off.toml")  # (inference off: write_fleet's default)
+    weights_before = ok(HOST, f"cd {WEIGHTS} && sha256sum *")
+    image = ok(HOST, "docker inspect --format '{{.Config.Image}}' gpufleet-inference-engine-0")
+    before = sh.snapshot(HOST)
+    preview = sh.preview(sh.REPO, off)
+    assert preview.rc == 0, preview.output[-4000:]
+    assert preview.row("Ensure no engine runs on this host") == (1, 0)
+    assert sh.snapshot(HOST) == before and sorted(engines()) == ENGINES
+
+    run = sh.deploy(sh.REPO, off)
+    assert run.rc == 0, run.output[-6000:]
+    assert engines() == {}
+    assert run_on(HOST, "systemctl is-active gpufleet-inference").stdout.strip() == "inactive"
+    assert run_on(HOST, "systemctl is-enabled gpufleet-inference").stdout.strip() == "disabled"
+    assert ok(HOST, f"cd {WEIGHTS} && sha256sum *") == weights_before
+    assert run_on(HOST, f"docker image inspect {image}").returncode == 0
+    again = sh.deploy(sh.REPO, off)
+    assert again.rc == 0 and again.changed_ops == [], again.output[-6000:]
+
+    back = sh.deploy(sh.REPO, fleet(story, 32768))
+    assert back.rc == 0, back.output[-6000:]
+    assert sorted(engines()) == ENGINES
+    assert ok(HOST, "systemctl is-enabled gpufleet-inference").strip() == "enabled"
     assert completion()["choices"]
