@@ -45,6 +45,10 @@ else:  # pragma: no cover - the project runs on 3.11; tomli is tomllib's backpor
 
 SIM_DIR = Path(__file__).resolve().parent
 BUILD_DIR = SIM_DIR / "build"
+# What the hosts mount from the controller (their hardware.json, their PCI tree): one folder
+# per machine, not per checkout, so that deleting a clone never leaves hosts the engine cannot
+# start again, and another clone's `make rehearse` finds the same hosts still its own.
+HOST_FILES_DIR = Path("/var/lib/gpufleet-sim/hosts")
 HOSTS_FILE = SIM_DIR / "hosts.toml"
 KEYS_DIR = SIM_DIR / "keys"
 
@@ -458,9 +462,9 @@ def ensure_volume(name: str) -> None:
 def current(name: str, image: str, config: str, binds: dict[str, Path] | None = None) -> str:
     """'ok' (running, same image/config), 'stopped', 'stale', 'foreign' or 'absent'.
 
-    'foreign': the container mounts ``binds`` (destination -> source) from elsewhere, i.e. it
-    was made from another checkout; that checkout's files may be gone (a deleted clone), and
-    then the engine cannot start it again."""
+    'foreign': the container mounts ``binds`` (destination -> source) from elsewhere: made by
+    an older simctl, from a checkout's build folder, which may be gone (a deleted clone), and
+    then the engine cannot start it again ("not a directory")."""
     st = container_state(name)
     if st is None:
         return "absent"
@@ -546,12 +550,12 @@ def host_config_hash(host: HostSpec) -> str:
 
 def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> None:
     """Start (or keep) the host container; ``run_args``: extra `docker run` flags (ports)."""
-    hw_file = BUILD_DIR / "hosts" / host.name / "hardware.json"
+    hw_file = HOST_FILES_DIR / host.name / "hardware.json"
     hw_file.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(host.hardware, indent=2) + "\n"
     if not hw_file.exists() or hw_file.read_text() != text:
         hw_file.write_text(text)
-    pci_tree = BUILD_DIR / "hosts" / host.name / "pci"
+    pci_tree = HOST_FILES_DIR / host.name / "pci"
     write_pci_tree(host, pci_tree)
     config = tree_hash(host_config_hash(host), *run_args)
     binds = {HARDWARE_IN_HOST: hw_file, PCI_IN_HOST: pci_tree}
@@ -559,9 +563,9 @@ def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> N
     if state == "stale":
         log(f"{host.name}: image or hardware changed, recreating the container")
     elif state == "foreign":
-        log(f"{host.name}: made from another checkout (it mounts "
-            f"{', '.join(foreign_binds(container_state(host.name) or {}, binds))}); "
-            "recreating the container from this one (its volumes are kept)")
+        log(f"{host.name}: mounts "
+            f"{', '.join(foreign_binds(container_state(host.name) or {}, binds))}, not "
+            f"{HOST_FILES_DIR}: recreating the container (its volumes are kept)")
     if state in ("stale", "foreign"):
         docker("rm", "-f", host.name)
     if state in ("stale", "foreign", "absent"):

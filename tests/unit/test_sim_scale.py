@@ -54,10 +54,13 @@ def _inspected(sources: dict[str, str]) -> dict[str, object]:
          "Destination": "/var/lib/docker", "RW": True}]}
 
 
-def test_a_host_made_from_another_checkout_is_recognised_by_its_mounts() -> None:
-    """A clone that was deleted leaves hosts whose mounts the engine cannot make again
-    ("not a directory" at `docker start`): such a host is made again from this checkout."""
-    here = simctl.BUILD_DIR / "hosts" / "h"
+def test_a_host_mounting_a_checkouts_files_is_recognised_by_its_mounts() -> None:
+    """Hosts once mounted their files from a checkout's build folder: a clone that was deleted
+    left hosts whose mounts the engine could not make again ("not a directory" at `docker
+    start`). Their files now live in one folder per machine; a host mounting anything else is
+    made again."""
+    here = simctl.HOST_FILES_DIR / "h"
+    assert not here.is_relative_to(simctl.SIM_DIR)
     binds = {simctl.HARDWARE_IN_HOST: here / "hardware.json", simctl.PCI_IN_HOST: here / "pci"}
     same = _inspected({dest: str(src) for dest, src in binds.items()})
     assert simctl.foreign_binds(same, binds) == []
