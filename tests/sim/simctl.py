@@ -665,7 +665,7 @@ def up(hosts: list[HostSpec] | None = None, quiet: bool = False) -> dict[str, st
 
 
 def remove_hosts(names: list[str] | None = None) -> None:
-    """Remove host containers (all when names is None) and their per-host volumes."""
+    """Remove host containers (all when names is None), their per-host volumes and files."""
     if names is None:
         ids = docker("ps", "-aq", "--filter", f"label={LABEL}=host").stdout.split()
         vols = docker("volume", "ls", "-q", "--filter", f"label={LABEL}=host").stdout.split()
@@ -677,6 +677,9 @@ def remove_hosts(names: list[str] | None = None) -> None:
         docker("rm", "-f", "-v", *ids)
     if vols:
         docker("volume", "rm", "-f", *vols)
+    # What they mounted (tiny, but one folder per test copy would pile up run after run).
+    for folder in [HOST_FILES_DIR] if names is None else [HOST_FILES_DIR / n for n in names]:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def down(hosts_only: bool = False) -> None:
