@@ -310,7 +310,7 @@ class InferenceSettings(Strict):
     # Serve the model after the host stack: Compose under systemd, proven by a completion.
     enabled: bool = Field(default=True, description=(
         "serve the model; false on a host that served stops its engine (weights, image and "
-        "unit file stay)"))
+        "unit file stay), and with it the DCGM exporter that runs beside it"))
     engine: Literal["vllm", "sglang"] = Field(
         default="vllm",
         description="the engine: `vllm` or `sglang`")

@@ -162,11 +162,16 @@ def scrape_key(monitor: HostSpec, specs: list[HostSpec]) -> str | None:
 
 
 def exporter_targets(spec: HostSpec) -> list[Target]:
+    """node_exporter always; the DCGM exporter only where the engine runs: it is a service of
+    the engine's compose project (deploys/inference.py), which a host with the inference step
+    switched off does not run (a target scraped there would only ever be down)."""
     address, cfg = scrape_address(spec), spec.settings.monitoring
     if address is None:
         return []
-    return [Target("node", host_port(address, cfg.node_exporter_port), _host_labels(spec)),
-            Target("dcgm", host_port(address, cfg.dcgm_exporter_port), _host_labels(spec))]
+    node = Target("node", host_port(address, cfg.node_exporter_port), _host_labels(spec))
+    if not spec.settings.inference.enabled:
+        return [node]
+    return [node, Target("dcgm", host_port(address, cfg.dcgm_exporter_port), _host_labels(spec))]
 
 
 def _host_labels(spec: HostSpec) -> dict[str, str]:

@@ -99,6 +99,17 @@ def test_targets_come_from_the_fleet_file_with_their_labels(tmp_path: Path) -> N
                                         "alertmanager"}
 
 
+def test_a_host_that_serves_nothing_is_scraped_for_node_only(tmp_path: Path) -> None:
+    """The DCGM exporter runs in the engine's compose project: a host with the inference
+    step off has no engine and no DCGM exporter to scrape (a target only ever down)."""
+    loaded = fleet(tmp_path, FLEET.replace('inference = { variant = "canary" }',
+                                           "inference = { enabled = false }"))
+    monitor = next(s for s in loaded.hosts if is_monitor(s))
+    spare = [(t.job, t.address) for t in fleet_targets(monitor, loaded.hosts)
+             if t.labels.get("host") == "gpu-02"]
+    assert spare == [("node", "gpu-02.example.internal:9100")]
+
+
 def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     loaded = fleet(tmp_path)
     monitor = next(s for s in loaded.hosts if is_monitor(s))
