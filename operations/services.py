@@ -15,6 +15,12 @@ from operations.desired import desired
 from operations.host_reading import host_state
 
 
+def require_unit_name(unit: str) -> None:
+    """The unit goes into a command line: anything but a unit name is an argument error."""
+    if not re.fullmatch(r"[A-Za-z0-9@._-]+", unit):
+        raise OperationValueError(f"not a systemd unit name: {unit!r}")
+
+
 @operation()
 def service(unit: str, enabled: bool = True, running: bool = True):
     """
@@ -30,8 +36,7 @@ def service(unit: str, enabled: bool = True, running: bool = True):
 
         service(name="Ensure the NVIDIA persistence daemon runs", unit="nvidia-persistenced")
     """
-    if not re.fullmatch(r"[A-Za-z0-9@._-]+", unit):
-        raise OperationValueError(f"not a systemd unit name: {unit!r}")
+    require_unit_name(unit)
     if running or enabled:  # enabled at boot: running once the host is up
         desired().services.add(unit)
     state = host_state().service(unit)
@@ -66,8 +71,7 @@ def service_stopped(unit: str):
 
         service_stopped(name="Ensure no engine runs on this host", unit="gpufleet-inference")
     """
-    if not re.fullmatch(r"[A-Za-z0-9@._-]+", unit):
-        raise OperationValueError(f"not a systemd unit name: {unit!r}")
+    require_unit_name(unit)
     state = host_state().service(unit)
     todo = []
     if state.enabled == "enabled":

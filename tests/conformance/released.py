@@ -494,9 +494,10 @@ def fetch(directory: Path) -> None:
     """Download the locked wheels not yet in ``directory`` (nothing, not even an index query,
     when every one is there with its locked sha256). One pip call per wheel: the lock holds
     several versions of vLLM, which one resolution refuses as a conflict."""
-    missing = [locked for locked in read_lock() if verified_wheel(locked, directory) is None]
+    lock = read_lock()
+    missing = [locked for locked in lock if verified_wheel(locked, directory) is None]
     if not missing:
-        print(f"engine wheels: all {len(read_lock())} locked wheels are in {directory}")
+        print(f"engine wheels: all {len(lock)} locked wheels are in {directory}")
         return
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -459,26 +459,26 @@ def ensure_volume(name: str) -> None:
         docker("volume", "create", "--label", f"{LABEL}=host", name)
 
 
-def current(name: str, image: str, config: str, binds: dict[str, Path] | None = None) -> str:
-    """'ok' (running, same image/config), 'stopped', 'stale', 'foreign' or 'absent'.
+def current(name: str, image: str, config: str) -> str:
+    """'ok' (running, same image/config), 'stopped', 'stale' or 'absent'."""
+    return state_of(container_state(name), image, config)
 
-    'foreign': the container mounts ``binds`` (destination -> source) from elsewhere: made by
-    an older simctl, from a checkout's build folder, which may be gone (a deleted clone), and
-    then the engine cannot start it again ("not a directory")."""
-    st = container_state(name)
+
+def state_of(st: dict[str, Any] | None, image: str, config: str) -> str:
+    """current(), from the container's `docker inspect` output (None: no such container)."""
     if st is None:
         return "absent"
     labels = st["Config"]["Labels"] or {}
     if st["Config"]["Image"] != image or labels.get("gpufleet-sim.config") != config:
         return "stale"
-    if binds and foreign_binds(st, binds):
-        return "foreign"
     return "ok" if st["State"]["Running"] else "stopped"
 
 
 def foreign_binds(state: dict[str, Any], binds: dict[str, Path]) -> list[str]:
     """The bind-mount sources of a container (``docker inspect`` output) that are not the
-    ones wanted here, for the destinations in ``binds``."""
+    ones wanted here, for the destinations in ``binds``. A host made by an older simctl
+    mounted them from a checkout's build folder, which may be gone (a deleted clone), and then
+    the engine cannot start it again ("not a directory")."""
     mounted = {m["Destination"]: m["Source"] for m in state.get("Mounts") or []
                if m.get("Type") == "bind"}
     return sorted(mounted.get(dest, "(none)") for dest, source in binds.items()
@@ -558,17 +558,18 @@ def ensure_host(host: HostSpec, image: str, run_args: tuple[str, ...] = ()) -> N
     pci_tree = HOST_FILES_DIR / host.name / "pci"
     write_pci_tree(host, pci_tree)
     config = tree_hash(host_config_hash(host), *run_args)
-    binds = {HARDWARE_IN_HOST: hw_file, PCI_IN_HOST: pci_tree}
-    state = current(host.name, image, config, binds)
+    inspected = container_state(host.name)
+    state = state_of(inspected, image, config)
+    foreign = foreign_binds(inspected, {HARDWARE_IN_HOST: hw_file, PCI_IN_HOST: pci_tree}
+                            ) if inspected and state in ("ok", "stopped") else []
     if state == "stale":
         log(f"{host.name}: image or hardware changed, recreating the container")
-    elif state == "foreign":
-        log(f"{host.name}: mounts "
-            f"{', '.join(foreign_binds(container_state(host.name) or {}, binds))}, not "
-            f"{HOST_FILES_DIR}: recreating the container (its volumes are kept)")
-    if state in ("stale", "foreign"):
+    elif foreign:
+        log(f"{host.name}: mounts {', '.join(foreign)}, not {HOST_FILES_DIR}: recreating the "
+            "container (its volumes are kept)")
+    if state == "stale" or foreign:
         docker("rm", "-f", host.name)
-    if state in ("stale", "foreign", "absent"):
+    if state in ("stale", "absent") or foreign:
         ensure_volume(host.docker_volume)
         ensure_volume(host.sysmodule_volume)
         if not CONTROLLER_CA.exists():
